@@ -1,0 +1,1 @@
+"""DynaST model: configs, generator, discriminator, VGG features, weights I/O, datasets."""

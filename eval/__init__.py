@@ -1,0 +1,1 @@
+"""Evaluation (FID, SWD, paired and correspondence metrics) and generation CLIs."""

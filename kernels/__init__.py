@@ -1,0 +1,15 @@
+"""Dynamic sparse attention of DynaST: fused Triton kernels with PyTorch references.
+
+Tensors are token-major, tokens row-major (`y * W + x`). See method.md section 4.
+"""
+
+from .candidates import inner_scale_candidates, inter_scale_candidates
+from .ops import AttentionOutput, candidate_attention, dynamic_attention
+
+__all__ = [
+    "AttentionOutput",
+    "candidate_attention",
+    "dynamic_attention",
+    "inner_scale_candidates",
+    "inter_scale_candidates",
+]

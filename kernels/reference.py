@@ -1,0 +1,161 @@
+"""Plain PyTorch reference of the dynamic attention operators: the specification the kernels meet.
+
+Method.md section 4, written for clarity rather than speed. Both operators share one recipe; they
+differ only in which keys a query sees:
+
+- dense: every key, `z = scale * Q K^T` is a (queries x keys) matrix;
+- candidates: the keys listed in `candidates[b, i, :]`, gathered into (queries x M x channels).
+
+Inputs arrive validated and in one floating dtype (see `kernels.ops`). Scores, softmax statistics
+and accumulations are formed in fp32 whatever the input dtype; outputs return in the input dtype.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+WARP_MODES = ("kept", "pruned", "all")
+
+
+class StraightThroughMask(torch.autograd.Function):
+    """`m = 1[s > 0]` forward; `dm/ds = sigmoid(s) * (1 - sigmoid(s))` backward (the release's
+    surrogate). The step itself has zero gradient almost everywhere, which would leave the prune
+    projections untrained."""
+
+    @staticmethod
+    def forward(ctx, logits: Tensor) -> Tensor:
+        ctx.save_for_backward(logits)
+        return (logits > 0).to(logits.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        (logits,) = ctx.saved_tensors
+        sig = torch.sigmoid(logits)
+        return grad * sig * (1 - sig)
+
+
+def straight_through_mask(logits: Tensor) -> Tensor:
+    return StraightThroughMask.apply(logits)
+
+
+def _warp_selection(mask: Tensor, warp_over: str) -> Tensor:
+    """Boolean set of keys the warp softmax runs over, with the empty-set fallback to all keys.
+
+    Computed from the mask's value only: the selection carries no gradient (as in the release)."""
+    kept = mask.detach() > 0
+    if warp_over == "kept":
+        sel = kept
+    elif warp_over == "pruned":
+        sel = ~kept
+    else:
+        sel = torch.ones_like(kept)
+    empty = ~sel.any(dim=-1, keepdim=True)
+    return sel | empty
+
+
+def _topk_positions(scores: Tensor, k: int) -> Tensor:
+    """Positions of the k largest scores along the last axis; ties go to the lower position.
+
+    Ranked by scores rather than probabilities: at scale 100 many probabilities underflow to 0 in
+    fp32 and would tie. A stable descending sort keeps equal scores in their original order."""
+    order = torch.sort(scores, dim=-1, descending=True, stable=True).indices
+    return order[..., :k]
+
+
+def _attention_weights(
+    z: Tensor, s: Tensor, warp_over: str, need_warp: bool
+) -> tuple[Tensor, Tensor | None]:
+    """Masked attention `p * m` and, when asked, the restricted warp weights `w`."""
+    p = torch.softmax(z, dim=-1)
+    m = straight_through_mask(s)
+    w = None
+    if need_warp:
+        sel = _warp_selection(m, warp_over)
+        w = torch.softmax(z.masked_fill(~sel, float("-inf")), dim=-1)
+    return p * m, w
+
+
+def reference_dynamic_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    q_prune: Tensor,
+    k_prune: Tensor,
+    *,
+    scale: float,
+    prune_scale: float,
+    topk: int = 0,
+    warp_values: Tensor | None = None,
+    warp_over: str = "kept",
+) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+    """Dense dynamic attention: every query sees every key. Returns (out, conf, topk, warp)."""
+    dtype = v.dtype
+    z = scale * torch.bmm(q.float(), k.float().transpose(1, 2))  # [B, Nq, Nk]
+    s = prune_scale * torch.bmm(q_prune.float(), k_prune.float().transpose(1, 2))  # [B, Nq, Nk]
+    pm, w = _attention_weights(z, s, warp_over, warp_values is not None)
+    out = torch.bmm(pm, v.float())
+    conf = pm.sum(dim=-1)
+    top = _topk_positions(z.detach(), topk) if topk > 0 else None
+    warp = torch.bmm(w, warp_values.float()).to(warp_values.dtype) if w is not None else None
+    return out.to(dtype), conf.to(dtype), top, warp
+
+
+def _gather_rows(x: Tensor, index: Tensor) -> Tensor:
+    """x [B, N, C], index [B, Nq, M] -> [B, Nq, M, C]."""
+    b, nq, m = index.shape
+    flat = index.reshape(b, nq * m, 1).expand(-1, -1, x.shape[-1])
+    return torch.gather(x, 1, flat).reshape(b, nq, m, x.shape[-1])
+
+
+def reference_candidate_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    q_prune: Tensor,
+    k_prune: Tensor,
+    candidates: Tensor,
+    *,
+    scale: float,
+    prune_scale: float,
+    topk: int = 0,
+    warp_values: Tensor | None = None,
+    warp_over: str = "kept",
+) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+    """Candidate attention: query i sees the keys `candidates[b, i, :]`, duplicates included.
+
+    Returns (out, conf, topk, warp); topk holds key indices (not candidate positions)."""
+    dtype = v.dtype
+    idx = candidates.long()
+    kg = _gather_rows(k.float(), idx)  # [B, Nq, M, Cqk]
+    kpg = _gather_rows(k_prune.float(), idx)  # [B, Nq, M, Cp]
+    z = scale * torch.einsum("bqc,bqmc->bqm", q.float(), kg)
+    s = prune_scale * torch.einsum("bqc,bqmc->bqm", q_prune.float(), kpg)
+    pm, w = _attention_weights(z, s, warp_over, warp_values is not None)
+    out = torch.einsum("bqm,bqmc->bqc", pm, _gather_rows(v.float(), idx))
+    conf = pm.sum(dim=-1)
+    top = torch.gather(idx, -1, _topk_positions(z.detach(), topk)) if topk > 0 else None
+    warp = None
+    if w is not None:
+        warp = torch.einsum("bqm,bqmc->bqc", w, _gather_rows(warp_values.float(), idx))
+        warp = warp.to(warp_values.dtype)
+    return out.to(dtype), conf.to(dtype), top, warp
+
+
+def kept_counts(
+    q_prune: Tensor,
+    k_prune: Tensor,
+    *,
+    prune_scale: float,
+    candidates: Tensor | None = None,
+) -> Tensor:
+    """Number of kept keys (`s > 0`) per query, [B, Nq] int64: the dynamic sparsity, for display.
+
+    Dense when `candidates` is None. No gradient; duplicates among candidates count each time."""
+    with torch.no_grad():
+        if candidates is None:
+            s = torch.bmm(q_prune.float(), k_prune.float().transpose(1, 2))
+        else:
+            kpg = _gather_rows(k_prune.float(), candidates.long())
+            s = torch.einsum("bqc,bqmc->bqm", q_prune.float(), kpg)
+        return (prune_scale * s > 0).sum(dim=-1)

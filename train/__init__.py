@@ -1,0 +1,1 @@
+"""Training of DynaST with Accelerate: `accelerate launch train/main.py`."""
