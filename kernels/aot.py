@@ -1,0 +1,199 @@
+"""Ahead-of-time compilation of the kernels for real GPUs, on any machine (no GPU needed).
+
+Triton ships the NVIDIA toolchain it needs, so every kernel can be compiled to a cubin for sm_80
+(A100) and sm_90 (H100) here. That catches what the CPU interpreter lets through: shapes `tl.dot`
+rejects, unsupported ops, register spills and shared memory over the card's limit.
+
+    python -m kernels.aot       # every kernel and config, real model sizes, sm_80 and sm_90
+    python -m kernels.aot --arch 90 --defaults-only
+
+Must run without TRITON_INTERPRET (the interpreter replaces `@triton.jit` functions with objects
+the compiler cannot read). Each fused module declares its cases through `aot_cases()`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+# Shared memory a block may use, per compute capability (bytes).
+SHARED_LIMIT = {80: 163 * 1024, 86: 99 * 1024, 89: 99 * 1024, 90: 227 * 1024}
+FUSED_MODULES = ("kernels.fused_dense", "kernels.fused_candidates")
+
+
+@dataclass(frozen=True)
+class AotCase:
+    """One kernel specialisation to compile: the jit function (by module and attribute name, so
+    cases can cross process boundaries), its signature, constexprs and launch options."""
+
+    label: str  # e.g. "dense_fwd Cqk=640 Cp=128 Cv=512"
+    module: str
+    function: str
+    signature: dict[str, str]
+    constexprs: dict[str, Any]
+    num_warps: int
+    num_stages: int
+    is_default: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class AotReport:
+    label: str
+    arch: int
+    num_warps: int
+    num_stages: int
+    is_default: bool
+    registers: int
+    stack: int
+    shared: int
+    local: int
+    shared_limit: int
+    error: str = ""
+
+    @property
+    def spills(self) -> bool:
+        return self.stack > 0 or self.local > 0
+
+    @property
+    def fits(self) -> bool:
+        return not self.error and self.shared <= self.shared_limit
+
+
+def _cuobjdump() -> Path:
+    import triton
+
+    return Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+
+
+def _resource_usage(cubin: bytes) -> dict[str, int]:
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        text = subprocess.run(
+            [str(_cuobjdump()), "--dump-resource-usage", f.name],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    found = dict(re.findall(r"\b(REG|STACK|SHARED|LOCAL):(\d+)", text))
+    return {k: int(v) for k, v in found.items()}
+
+
+def compile_case(case: AotCase, arch: int) -> AotReport:
+    """Compile one case for `sm_<arch>`; a compiler error is reported, not raised."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    base = dict(
+        label=case.label,
+        arch=arch,
+        num_warps=case.num_warps,
+        num_stages=case.num_stages,
+        is_default=case.is_default,
+        shared_limit=SHARED_LIMIT.get(arch, 99 * 1024),
+    )
+    try:
+        fn = getattr(importlib.import_module(case.module), case.function)
+        src = ASTSource(fn=fn, signature=case.signature, constexprs=case.constexprs)
+        compiled = triton.compile(
+            src,
+            target=GPUTarget("cuda", arch, 32),
+            options={"num_warps": case.num_warps, "num_stages": case.num_stages},
+        )
+        usage = _resource_usage(compiled.asm["cubin"])
+    except Exception as err:  # reported per case: one bad config must not hide the others
+        msg = f"{type(err).__name__}: {err}".strip().splitlines()
+        error = " | ".join(msg[-3:])
+        return AotReport(**base, registers=0, stack=0, shared=0, local=0, error=error)
+    return AotReport(
+        **base,
+        registers=usage.get("REG", 0),
+        stack=usage.get("STACK", 0),
+        shared=max(usage.get("SHARED", 0), int(compiled.metadata.shared)),
+        local=usage.get("LOCAL", 0),
+    )
+
+
+def _compile_star(args: tuple[AotCase, int]) -> AotReport:
+    return compile_case(*args)
+
+
+def collect_cases(defaults_only: bool = False) -> list[AotCase]:
+    cases: list[AotCase] = []
+    for name in FUSED_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as err:
+            if err.name == name:
+                continue  # that kernel family is not written yet
+            raise
+        cases.extend(module.aot_cases())
+    return [c for c in cases if c.is_default or not defaults_only]
+
+
+def compile_all(
+    cases: list[AotCase], archs: list[int], workers: int | None = None
+) -> list[AotReport]:
+    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+        raise RuntimeError("unset TRITON_INTERPRET: the interpreter's kernels cannot be compiled")
+    jobs = [(case, arch) for case in cases for arch in archs]
+    workers = workers or min(len(jobs), os.cpu_count() or 1) or 1
+    if workers == 1:
+        return [_compile_star(job) for job in jobs]
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(_compile_star, jobs))
+
+
+def format_table(reports: list[AotReport]) -> str:
+    head = (
+        f"{'kernel':<52} {'sm':>3} {'warps':>5} {'stg':>3} {'reg':>4} {'stack':>5} "
+        f"{'shared KB':>9} {'status'}"
+    )
+    lines = [head, "-" * len(head)]
+    for r in reports:
+        status = (
+            "ERROR " + r.error
+            if r.error
+            else ("SPILLS" if r.spills else ("SHARED>LIMIT" if not r.fits else "ok"))
+        )
+        star = "*" if r.is_default else " "
+        lines.append(
+            f"{star}{r.label:<51} {r.arch:>3} {r.num_warps:>5} {r.num_stages:>3} "
+            f"{r.registers:>4} {r.stack:>5} {r.shared / 1024:>9.1f} {status}"
+        )
+    lines.append("* = default config")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    doc = __doc__.splitlines()[0]
+    parser = argparse.ArgumentParser(prog="python -m kernels.aot", description=doc)
+    parser.add_argument("--arch", default="80,90", help="compute capabilities, comma-separated")
+    parser.add_argument("--defaults-only", action="store_true", help="only the default configs")
+    parser.add_argument("--workers", type=int, default=None, help="compile processes")
+    parser.add_argument("--json", type=Path, default=None, help="also write the reports here")
+    args = parser.parse_args(argv)
+    archs = [int(a) for a in args.arch.split(",") if a]
+    reports = compile_all(collect_cases(args.defaults_only), archs, args.workers)
+    print(format_table(reports))
+    if args.json:
+        rows = [asdict(r) | {"spills": r.spills, "fits": r.fits} for r in reports]
+        args.json.write_text(json.dumps(rows, indent=1))
+    bad = [r for r in reports if r.error or not r.fits or (r.is_default and r.spills)]
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
