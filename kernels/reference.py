@@ -7,7 +7,8 @@ differ only in which keys a query sees:
 - candidates: the keys listed in `candidates[b, i, :]`, gathered into (queries x M x channels).
 
 Inputs arrive validated and in one floating dtype (see `kernels.ops`). Scores, softmax statistics
-and accumulations are formed in fp32 whatever the input dtype; outputs return in the input dtype.
+and accumulations are formed in fp32 (fp64 for fp64 inputs, so the reference can be gradchecked);
+outputs return in the input dtype.
 """
 
 from __future__ import annotations
@@ -37,6 +38,11 @@ class StraightThroughMask(torch.autograd.Function):
 
 def straight_through_mask(logits: Tensor) -> Tensor:
     return StraightThroughMask.apply(logits)
+
+
+def _acc(x: Tensor) -> Tensor:
+    """x in the accumulation dtype: fp32, or fp64 when given fp64."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
 
 
 def _warp_selection(mask: Tensor, warp_over: str) -> Tensor:
@@ -91,13 +97,13 @@ def reference_dynamic_attention(
 ) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
     """Dense dynamic attention: every query sees every key. Returns (out, conf, topk, warp)."""
     dtype = v.dtype
-    z = scale * torch.bmm(q.float(), k.float().transpose(1, 2))  # [B, Nq, Nk]
-    s = prune_scale * torch.bmm(q_prune.float(), k_prune.float().transpose(1, 2))  # [B, Nq, Nk]
+    z = scale * torch.bmm(_acc(q), _acc(k).transpose(1, 2))  # [B, Nq, Nk]
+    s = prune_scale * torch.bmm(_acc(q_prune), _acc(k_prune).transpose(1, 2))  # [B, Nq, Nk]
     pm, w = _attention_weights(z, s, warp_over, warp_values is not None)
-    out = torch.bmm(pm, v.float())
+    out = torch.bmm(pm, _acc(v))
     conf = pm.sum(dim=-1)
     top = _topk_positions(z.detach(), topk) if topk > 0 else None
-    warp = torch.bmm(w, warp_values.float()).to(warp_values.dtype) if w is not None else None
+    warp = torch.bmm(w, _acc(warp_values)).to(warp_values.dtype) if w is not None else None
     return out.to(dtype), conf.to(dtype), top, warp
 
 
@@ -127,17 +133,17 @@ def reference_candidate_attention(
     Returns (out, conf, topk, warp); topk holds key indices (not candidate positions)."""
     dtype = v.dtype
     idx = candidates.long()
-    kg = _gather_rows(k.float(), idx)  # [B, Nq, M, Cqk]
-    kpg = _gather_rows(k_prune.float(), idx)  # [B, Nq, M, Cp]
-    z = scale * torch.einsum("bqc,bqmc->bqm", q.float(), kg)
-    s = prune_scale * torch.einsum("bqc,bqmc->bqm", q_prune.float(), kpg)
+    kg = _gather_rows(_acc(k), idx)  # [B, Nq, M, Cqk]
+    kpg = _gather_rows(_acc(k_prune), idx)  # [B, Nq, M, Cp]
+    z = scale * torch.einsum("bqc,bqmc->bqm", _acc(q), kg)
+    s = prune_scale * torch.einsum("bqc,bqmc->bqm", _acc(q_prune), kpg)
     pm, w = _attention_weights(z, s, warp_over, warp_values is not None)
-    out = torch.einsum("bqm,bqmc->bqc", pm, _gather_rows(v.float(), idx))
+    out = torch.einsum("bqm,bqmc->bqc", pm, _gather_rows(_acc(v), idx))
     conf = pm.sum(dim=-1)
     top = torch.gather(idx, -1, _topk_positions(z.detach(), topk)) if topk > 0 else None
     warp = None
     if w is not None:
-        warp = torch.einsum("bqm,bqmc->bqc", w, _gather_rows(warp_values.float(), idx))
+        warp = torch.einsum("bqm,bqmc->bqc", w, _gather_rows(_acc(warp_values), idx))
         warp = warp.to(warp_values.dtype)
     return out.to(dtype), conf.to(dtype), top, warp
 
@@ -154,8 +160,8 @@ def kept_counts(
     Dense when `candidates` is None. No gradient; duplicates among candidates count each time."""
     with torch.no_grad():
         if candidates is None:
-            s = torch.bmm(q_prune.float(), k_prune.float().transpose(1, 2))
+            s = torch.bmm(_acc(q_prune), _acc(k_prune).transpose(1, 2))
         else:
-            kpg = _gather_rows(k_prune.float(), candidates.long())
-            s = torch.einsum("bqc,bqmc->bqm", q_prune.float(), kpg)
+            kpg = _gather_rows(_acc(k_prune), candidates.long())
+            s = torch.einsum("bqc,bqmc->bqm", _acc(q_prune), kpg)
         return (prune_scale * s > 0).sum(dim=-1)
