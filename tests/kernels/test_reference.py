@@ -1,0 +1,452 @@
+"""The PyTorch reference operators against a brute-force per-query loop, and the API's errors.
+
+The brute force follows method.md section 4 literally, one query at a time, in float64; every
+output and every input gradient of the reference must match it.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from _assert import assert_close
+
+import kernels
+from kernels.reference import straight_through_mask
+
+B, H, W = 2, 6, 10
+N = H * W
+WARP_MODES = ("kept", "pruned", "all")
+
+
+def _step_with_sigmoid_grad(s: torch.Tensor) -> torch.Tensor:
+    # Written differently from the reference's autograd.Function on purpose.
+    sig = torch.sigmoid(s)
+    return (s > 0).to(s.dtype) + (sig - sig.detach())
+
+
+def brute_force(q, k, v, qp, kp, wv, candidates, *, scale, prune_scale, topk, warp_over):
+    outs, confs, tops, warps = [], [], [], []
+    for b in range(q.shape[0]):
+        for i in range(q.shape[1]):
+            keys = list(range(k.shape[1])) if candidates is None else candidates[b, i].tolist()
+            idx = torch.tensor(keys)
+            z = scale * (k[b, idx] @ q[b, i])
+            s = prune_scale * (kp[b, idx] @ qp[b, i])
+            p = torch.softmax(z, dim=0)
+            m = _step_with_sigmoid_grad(s)
+            outs.append((p * m) @ v[b, idx])
+            confs.append((p * m).sum())
+            order = sorted(range(len(keys)), key=lambda t: (-float(z[t].detach()), t))[:topk]
+            tops.append([keys[t] for t in order])
+            kept = s.detach() > 0
+            sel = {"kept": kept, "pruned": ~kept, "all": torch.ones_like(kept)}[warp_over]
+            if not sel.any():
+                sel = torch.ones_like(kept)
+            w = torch.softmax(z[sel], dim=0)
+            warps.append(w @ wv[b, idx][sel])
+    shape = q.shape[:2]
+    return (
+        torch.stack(outs).reshape(*shape, -1),
+        torch.stack(confs).reshape(shape),
+        torch.tensor(tops).reshape(*shape, topk),
+        torch.stack(warps).reshape(*shape, -1),
+    )
+
+
+def _inputs(seed, cqk, cp, cv, candidates=None, margin=1e-3, dtype=torch.float64):
+    """Random inputs whose prune logits keep a margin from 0, so the mask is the same whichever
+    order the sums are taken in."""
+    g = torch.Generator().manual_seed(seed)
+    while True:
+        q, k = (torch.randn(B, N, cqk, generator=g, dtype=dtype) for _ in range(2))
+        qp, kp = (torch.randn(B, N, cp, generator=g, dtype=dtype) for _ in range(2))
+        s = qp @ kp.transpose(1, 2)
+        if candidates is not None:
+            s = torch.gather(s, 2, candidates)
+        if s.abs().min() > margin:
+            break
+    v = torch.randn(B, N, cv, generator=g, dtype=dtype)
+    wv = torch.randn(B, N, 3, generator=g, dtype=dtype)
+    return [x.requires_grad_() for x in (q, k, v, qp, kp, wv)]
+
+
+def _random_candidates(seed: int, m: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    cand = torch.randint(0, N, (B, N, m), generator=g)
+    cand[:, :, -1] = cand[:, :, 0]  # a duplicate in every row
+    return cand
+
+
+CANDIDATE_SETS = {
+    "random-dup": lambda: _random_candidates(5, 9),
+    "inter": lambda: kernels.inter_scale_candidates(
+        torch.randint(0, N // 4, (B, N // 4, 3), generator=torch.Generator().manual_seed(6)), H, W
+    ),
+    "inner": lambda: kernels.inner_scale_candidates(
+        torch.randint(0, N, (B, N, 3), generator=torch.Generator().manual_seed(7)), H, W
+    ),
+}
+
+
+def _check_against_brute_force(inputs, candidates, *, scale, prune_scale, warp_over):
+    q, k, v, qp, kp, wv = inputs
+    kwargs = dict(scale=scale, prune_scale=prune_scale, topk=3, warp_over=warp_over)
+    if candidates is None:
+        res = kernels.dynamic_attention(q, k, v, qp, kp, warp_values=wv, backend="torch", **kwargs)
+    else:
+        res = kernels.candidate_attention(
+            q, k, v, qp, kp, candidates, warp_values=wv, backend="torch", **kwargs
+        )
+    out, conf, top, warp = brute_force(q, k, v, qp, kp, wv, candidates, **kwargs)
+    assert_close(res.out, out, name="out")
+    assert_close(res.conf, conf, name="conf")
+    assert_close(res.warp, warp, name="warp")
+    assert res.topk.dtype == torch.int64
+    assert torch.equal(res.topk, top), "topk differs from the brute force"
+
+    g = torch.Generator().manual_seed(11)
+    ups = [torch.randn(x.shape, generator=g, dtype=x.dtype) for x in (out, conf, warp)]
+
+    def loss(o, c, w):
+        return (o * ups[0]).sum() + (c * ups[1]).sum() + (w * ups[2]).sum()
+
+    got = torch.autograd.grad(loss(res.out, res.conf, res.warp), inputs)
+    want = torch.autograd.grad(loss(out, conf, warp), inputs)
+    for name, a, e in zip(
+        ("q", "k", "v", "q_prune", "k_prune", "warp_values"), got, want, strict=True
+    ):
+        assert_close(a, e, name=f"d{name}")
+
+
+@pytest.mark.parametrize("warp_over", WARP_MODES)
+@pytest.mark.parametrize(
+    "cqk,cp,cv",
+    [
+        pytest.param(48, 16, 80, id="Cqk48-Cp16-Cv80"),
+        pytest.param(80, 24, 48, id="Cqk80-Cp24-Cv48"),
+    ],
+)
+def test_dense_matches_brute_force(cqk, cp, cv, warp_over):
+    inputs = _inputs(1, cqk, cp, cv)
+    _check_against_brute_force(
+        inputs, None, scale=cqk**-0.5, prune_scale=1 / cp, warp_over=warp_over
+    )
+
+
+@pytest.mark.parametrize("warp_over", WARP_MODES)
+@pytest.mark.parametrize("kind", list(CANDIDATE_SETS))
+@pytest.mark.parametrize(
+    "cqk,cp,cv",
+    [
+        pytest.param(48, 16, 80, id="Cqk48-Cp16-Cv80"),
+        pytest.param(80, 24, 48, id="Cqk80-Cp24-Cv48"),
+    ],
+)
+def test_candidates_match_brute_force(cqk, cp, cv, kind, warp_over):
+    candidates = CANDIDATE_SETS[kind]()
+    inputs = _inputs(2, cqk, cp, cv, candidates=candidates)
+    # Scale 1 rather than the model's 100: at 100 the float64 softmax is one-hot and the
+    # gradients would compare little but zeros.
+    _check_against_brute_force(inputs, candidates, scale=0.3, prune_scale=1.0, warp_over=warp_over)
+
+
+def test_all_kept_and_none_kept_rows():
+    """Rows whose prune logits are all positive or all negative: conf is 1 or 0, and the warp
+    falls back to all keys when its restricted set is empty."""
+    q, k, v, qp, kp, wv = _inputs(3, 16, 8, 8)
+    with torch.no_grad():
+        qp[:, :5] = 0.0
+        qp[:, :3, 0] = 1.0  # rows 0-2: all kept
+        qp[:, 3:5, 0] = -1.0  # rows 3-4: none kept
+        kp[..., 0] = kp[..., 0].abs() + 0.5
+    for mode in WARP_MODES:
+        res = kernels.dynamic_attention(
+            q,
+            k,
+            v,
+            qp,
+            kp,
+            scale=0.25,
+            prune_scale=1.0,
+            warp_values=wv,
+            warp_over=mode,
+            backend="torch",
+        )
+        assert torch.allclose(res.conf[:, :3], torch.ones(B, 3, dtype=q.dtype))
+        assert torch.equal(res.conf[:, 3:5], torch.zeros(B, 2, dtype=q.dtype))
+        assert torch.equal(res.out[:, 3:5], torch.zeros_like(res.out[:, 3:5]))
+        full = torch.softmax(0.25 * q @ k.transpose(1, 2), dim=-1) @ wv
+        # all-kept rows under "pruned" and none-kept rows under "kept" fall back to every key
+        fallback = {"kept": slice(3, 5), "pruned": slice(0, 3), "all": slice(0, 5)}[mode]
+        assert_close(res.warp[:, fallback], full[:, fallback], name=f"warp fallback ({mode})")
+
+
+def test_topk_ranks_by_score_where_probabilities_underflow():
+    """At scale 100 the probabilities of all but the best key underflow to 0 in fp32; the top-k
+    must still follow the scores."""
+    k = torch.eye(8).unsqueeze(0)  # key j is the unit vector e_j
+    q = torch.tensor([[[3.0, 1.5, 1.4, 1.3, 1.2, 1.1, 1.0, 0.9]]])
+    qp, kp = torch.ones(1, 1, 4), torch.ones(1, 8, 4)
+    res = kernels.dynamic_attention(
+        q, k, torch.randn(1, 8, 4), qp, kp, scale=100.0, prune_scale=1.0, topk=4, backend="torch"
+    )
+    p = torch.softmax(100.0 * q @ k.transpose(1, 2), dim=-1)
+    assert (p[0, 0, 1:] == 0).all()  # the premise: these tie on probability
+    assert res.topk.tolist() == [[[0, 1, 2, 3]]]
+
+
+def test_topk_ties_go_to_the_lower_position():
+    k = torch.ones(1, 6, 4)  # every key scores the same
+    q, qp, kp = torch.randn(1, 2, 4), torch.ones(1, 2, 2), torch.ones(1, 6, 2)
+    dense = kernels.dynamic_attention(
+        q, k, torch.randn(1, 6, 3), qp, kp, scale=1.0, prune_scale=1.0, topk=3, backend="torch"
+    )
+    assert dense.topk.tolist() == [[[0, 1, 2], [0, 1, 2]]]
+    cand = torch.tensor([[[5, 2, 2, 0], [4, 4, 1, 3]]])
+    sparse = kernels.candidate_attention(
+        q,
+        k,
+        torch.randn(1, 6, 3),
+        qp,
+        kp,
+        cand,
+        scale=1.0,
+        prune_scale=1.0,
+        topk=3,
+        backend="torch",
+    )
+    assert sparse.topk.tolist() == [[[5, 2, 2], [4, 4, 1]]]
+
+
+def test_straight_through_mask_gradient_is_the_sigmoid_derivative():
+    """float64 check of the surrogate: the backward equals the finite-difference derivative of
+    sigmoid; the forward is the exact step."""
+    s = torch.linspace(-6, 6, 101, dtype=torch.float64)[torch.arange(101) != 50]  # skip s = 0
+    s.requires_grad_()
+    up = torch.randn(s.shape, dtype=torch.float64)
+    m = straight_through_mask(s)
+    assert torch.equal(m, (s > 0).double())
+    (grad,) = torch.autograd.grad(m, s, up)
+    h = 1e-6
+    fd = (torch.sigmoid(s.detach() + h) - torch.sigmoid(s.detach() - h)) / (2 * h)
+    assert_close(grad, up * fd, name="mask gradient", atol=1e-9, rtol=1e-7)
+
+
+@pytest.mark.parametrize("dense", [True, False], ids=["dense", "candidates"])
+def test_gradcheck_smooth_inputs(dense):
+    """torch.autograd.gradcheck in float64 over q, k, v and warp_values. With the prune logits held
+    away from 0 the mask is locally constant, so finite differences see the true derivative."""
+    g = torch.Generator().manual_seed(4)
+    b, n, c = 2, 6, 5
+    q, k = (torch.randn(b, n, c, generator=g, dtype=torch.float64) for _ in range(2))
+    v, wv = (torch.randn(b, n, d, generator=g, dtype=torch.float64) for d in (4, 3))
+    qp = torch.ones(b, n, 2, dtype=torch.float64)
+    kp = torch.where(torch.arange(n) % 2 == 0, 1.0, -1.0).double()[None, :, None].expand(b, n, 2)
+    cand = torch.randint(0, n, (b, n, 4), generator=g)
+
+    def fn(q, k, v, wv):
+        kw = dict(scale=0.7, prune_scale=1.0, warp_values=wv, backend="torch")
+        if dense:
+            res = kernels.dynamic_attention(q, k, v, qp, kp, **kw)
+        else:
+            res = kernels.candidate_attention(q, k, v, qp, kp, cand, **kw)
+        return res.out, res.conf, res.warp
+
+    args = tuple(x.requires_grad_() for x in (q, k, v, wv))
+    assert torch.autograd.gradcheck(fn, args)
+
+
+def test_autocast_runs_in_autocast_dtype_with_fp32_scores():
+    q, k, v, qp, kp, wv = (x.detach().float() for x in _inputs(8, 16, 8, 8))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        res = kernels.dynamic_attention(
+            q, k, v, qp, kp, scale=0.25, prune_scale=1.0, topk=2, warp_values=wv, backend="torch"
+        )
+    assert res.out.dtype == res.conf.dtype == res.warp.dtype == torch.bfloat16
+    bf = [x.bfloat16() for x in (q, k, v, qp, kp, wv)]
+    want = kernels.dynamic_attention(
+        *bf[:5], scale=0.25, prune_scale=1.0, topk=2, warp_values=bf[5], backend="torch"
+    )
+    assert torch.equal(res.out, want.out) and torch.equal(res.topk, want.topk)
+
+
+# ---------------------------------------------------------------------------------------------
+# Candidate builders
+
+
+def brute_inter(coarse: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    cw = width // 2
+    rows = []
+    for b in range(coarse.shape[0]):
+        for y in range(height):
+            for x in range(width):
+                row = []
+                for c in coarse[b, (y // 2) * cw + x // 2].tolist():
+                    u, v = divmod(c, cw)
+                    row += [
+                        2 * u * width + 2 * v,
+                        2 * u * width + 2 * v + 1,
+                        (2 * u + 1) * width + 2 * v,
+                        (2 * u + 1) * width + 2 * v + 1,
+                    ]
+                rows.append(row)
+    return torch.tensor(rows).reshape(coarse.shape[0], height * width, -1)
+
+
+def brute_inner(top: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    def clamp(y, x):
+        return min(max(y, 0), height - 1) * width + min(max(x, 0), width - 1)
+
+    rows = []
+    for b in range(top.shape[0]):
+        for y in range(height):
+            for x in range(width):
+                row = list(top[b, y * width + x].tolist())
+                # (neighbour offset, shift applied to its matches); a missing neighbour -> self
+                for (ny, nx), (sy, sx) in (
+                    ((-1, 0), (1, 0)),
+                    ((1, 0), (-1, 0)),
+                    ((0, -1), (0, 1)),
+                    ((0, 1), (0, -1)),
+                ):
+                    yy, xx = y + ny, x + nx
+                    if not (0 <= yy < height and 0 <= xx < width):
+                        yy, xx = y, x
+                    for t in top[b, yy * width + xx].tolist():
+                        ty, tx = divmod(t, width)
+                        row.append(clamp(ty + sy, tx + sx))
+                rows.append(row)
+    return torch.tensor(rows).reshape(top.shape[0], height * width, -1)
+
+
+@pytest.mark.parametrize("hw", [(6, 10), (2, 2), (4, 14)], ids=lambda s: f"{s[0]}x{s[1]}")
+def test_inter_scale_candidates_match_brute_force(hw):
+    h, w = hw
+    coarse = torch.randint(0, h * w // 4, (2, h * w // 4, 3))
+    coarse[:, :, 2] = coarse[:, :, 0]  # duplicates survive
+    got = kernels.inter_scale_candidates(coarse, h, w)
+    assert got.dtype == torch.int64 and got.shape == (2, h * w, 12)
+    assert torch.equal(got, brute_inter(coarse, h, w))
+    assert torch.equal(kernels.inter_scale_candidates(coarse.int(), h, w), got)
+
+
+@pytest.mark.parametrize("hw", [(6, 10), (1, 5), (7, 3)], ids=lambda s: f"{s[0]}x{s[1]}")
+def test_inner_scale_candidates_match_brute_force(hw):
+    h, w = hw
+    top = torch.randint(0, h * w, (2, h * w, 3))
+    # matches on the grid's border, so the shifts must clamp
+    top[:, 0] = torch.tensor([0, w - 1, h * w - 1])
+    got = kernels.inner_scale_candidates(top, h, w)
+    assert got.dtype == torch.int64 and got.shape == (2, h * w, 15)
+    assert torch.equal(got, brute_inner(top, h, w))
+
+
+# ---------------------------------------------------------------------------------------------
+# Errors
+
+
+def _good(n=12, c=8, cp=4):
+    g = torch.Generator().manual_seed(0)
+    return dict(
+        q=torch.randn(2, n, c, generator=g),
+        k=torch.randn(2, n, c, generator=g),
+        v=torch.randn(2, n, 5, generator=g),
+        q_prune=torch.randn(2, n, cp, generator=g),
+        k_prune=torch.randn(2, n, cp, generator=g),
+    )
+
+
+def _call_dense(t, **kw):
+    kw = {"scale": 1.0, "prune_scale": 1.0, **kw}
+    return kernels.dynamic_attention(t["q"], t["k"], t["v"], t["q_prune"], t["k_prune"], **kw)
+
+
+@pytest.mark.parametrize(
+    "edit,kw,match",
+    [
+        (lambda t: t.update(k=t["k"][:1]), {}, "k batch size"),
+        (lambda t: t.update(v=t["v"][:, :5]), {}, "v token count"),
+        (lambda t: t.update(k_prune=t["k_prune"][:, :3]), {}, "k_prune token count"),
+        (lambda t: t.update(q_prune=t["q_prune"][:, :3]), {}, "q_prune token count"),
+        (lambda t: t.update(k=t["k"][..., :5]), {}, "k channel count"),
+        (lambda t: t.update(k_prune=t["k_prune"][..., :1]), {}, "k_prune channel count"),
+        (lambda t: t.update(q=t["q"].long()), {}, "q must be a floating-point"),
+        (lambda t: t.update(v=t["v"].int()), {}, "v must be a floating-point"),
+        (lambda t: t.update(q=t["q"][0]), {}, "q must be 3-D"),
+        (lambda t: t.update(v=t["v"].double()), {}, "share one dtype"),
+        (lambda t: None, {"warp_over": "some"}, "warp_over"),
+        (lambda t: None, {"backend": "cuda"}, "backend"),
+        (lambda t: None, {"topk": 13}, "topk"),
+        (lambda t: None, {"topk": -1}, "topk"),
+        (lambda t: None, {"scale": float("nan")}, "scale"),
+        (lambda t: None, {"warp_values": torch.randn(2, 11, 3)}, "warp_values token count"),
+        (lambda t: None, {"warp_values": torch.ones(2, 12, 3, dtype=torch.int64)}, "warp_values"),
+    ],
+)
+def test_dense_rejects_bad_input(edit, kw, match):
+    t = _good()
+    edit(t)
+    with pytest.raises(ValueError, match=match):
+        _call_dense(t, **kw)
+
+
+@pytest.mark.parametrize(
+    "cand,kw,match",
+    [
+        (torch.full((2, 12, 4), 12), {}, "candidates values must lie in"),
+        (torch.full((2, 12, 4), -1), {}, "candidates values must lie in"),
+        (torch.zeros(2, 12, 4), {}, "int32 or int64"),
+        (torch.zeros(2, 11, 4, dtype=torch.int64), {}, "candidates must be"),
+        (torch.zeros(2, 12, 0, dtype=torch.int64), {}, "at least one key"),
+        (torch.zeros(2, 12, 4, dtype=torch.int64), {"topk": 5}, "candidate count"),
+    ],
+)
+def test_candidates_rejects_bad_input(cand, kw, match):
+    t = _good()
+    with pytest.raises(ValueError, match=match):
+        kernels.candidate_attention(
+            t["q"],
+            t["k"],
+            t["v"],
+            t["q_prune"],
+            t["k_prune"],
+            cand,
+            scale=1.0,
+            prune_scale=1.0,
+            **kw,
+        )
+
+
+def test_triton_backend_on_cpu_without_interpreter_is_a_clear_error(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with pytest.raises(ValueError, match="TRITON_INTERPRET"):
+        _call_dense(_good(), backend="triton")
+
+
+@pytest.mark.parametrize(
+    "call,match",
+    [
+        (
+            lambda: kernels.inter_scale_candidates(torch.zeros(1, 6, 2, dtype=torch.long), 3, 8),
+            "even",
+        ),
+        (
+            lambda: kernels.inter_scale_candidates(torch.zeros(1, 5, 2, dtype=torch.long), 4, 6),
+            "tokens",
+        ),
+        (lambda: kernels.inter_scale_candidates(torch.full((1, 6, 2), 6), 4, 6), "values"),
+        (lambda: kernels.inter_scale_candidates(torch.zeros(1, 6, 2), 4, 6), "int32 or int64"),
+        (
+            lambda: kernels.inner_scale_candidates(torch.zeros(1, 12, 2, dtype=torch.long), 4, 0),
+            "width",
+        ),
+        (lambda: kernels.inner_scale_candidates(torch.full((1, 12, 2), 12), 3, 4), "values"),
+        (
+            lambda: kernels.inner_scale_candidates(torch.zeros(12, 2, dtype=torch.long), 3, 4),
+            "topk must be",
+        ),
+    ],
+)
+def test_candidate_builders_reject_bad_input(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
