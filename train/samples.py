@@ -1,0 +1,48 @@
+"""Sample grids: one row per pair, columns semantic map | exemplar | warped exemplar | output |
+ground truth, saved as PNG through a temporary file."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from PIL import Image
+from torch import Tensor
+
+COLUMNS = ("semantic", "exemplar", "warped exemplar", "output", "ground truth")
+_GAP = 2  # white pixels between tiles
+
+
+def sample_grid(
+    semantic_rgb: Tensor, exemplar: Tensor, warp: Tensor, output: Tensor, target: Tensor
+) -> np.ndarray:
+    """[B, 3, H, W] images in [-1, 1] (the warp may be smaller: it is upsampled, nearest) ->
+    uint8 [B*H + gaps, 5*W + gaps, 3]."""
+    height, width = output.shape[-2:]
+    columns = []
+    for name, image in zip(COLUMNS, (semantic_rgb, exemplar, warp, output, target), strict=True):
+        if image.dim() != 4 or image.shape[1] != 3 or image.shape[0] != output.shape[0]:
+            want = f"[{output.shape[0]}, 3, h, w]"
+            raise ValueError(f"sample_grid: {name} must be {want}, got {tuple(image.shape)}")
+        image = image.detach().float().cpu()
+        if image.shape[-2:] != (height, width):
+            image = F.interpolate(image, size=(height, width), mode="nearest")
+        columns.append(image)
+    tiles = torch.stack(columns, dim=1)  # [B, 5, 3, H, W]
+    tiles = ((tiles.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    tiles = F.pad(tiles, (0, _GAP, 0, _GAP), value=255)
+    grid = rearrange(tiles, "b col c h w -> (b h) (col w) c")
+    return grid[:-_GAP, :-_GAP].numpy()
+
+
+def save_png(image: np.ndarray, path: Path) -> None:
+    """Write a uint8 [H, W, 3] image to `path` through a temporary name (never half-written)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    Image.fromarray(image).save(tmp, format="PNG")
+    os.replace(tmp, path)
