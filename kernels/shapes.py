@@ -1,0 +1,381 @@
+"""The attention problems of the real models: sizes per block, and realistic inputs for them.
+
+`kernels` must not import `dynast`, so the autotuner and the benchmarks take the sizes of the
+generator's attention blocks from here (method.md section 2; kernels.md "Sizes that matter").
+The deepfashion-256 model has, per sample:
+
+    block   grid     queries  candidates  Cqk  Cp   Cv
+    dense   32x32    1,024    all         640  128  512   (two dense blocks)
+    inter   64x64    4,096    4k = 16     320  64   256   (first block of the scale)
+    inner   64x64    4,096    5k = 20     320  64   256   (second block)
+    ...     128x128, 256x256 likewise with channels halving at each scale
+
+and the same model at 512 pixels doubles every side (dense at 4,096 tokens). Query and key grids
+are the same size at every scale (cross-attention from the input to the exemplar).
+
+Shapes are written `block:key=value,...` on command lines, e.g.
+`dense:H=32,W=32,Cqk=640,Cp=128,Cv=512` or `inner:H=256,W=256,Cqk=80,Cp=16,Cv=64,k=4`
+(optional keys: Cw, k, scale, prune_scale; scales default to the release's values per block).
+
+Tuning keys: `AttentionShape.dims(batch)` gives a block's sizes under the names the fused kernels'
+launchers use at run time to look up their tuned launch config (`kernels.tuning`): dense
+`B, Nq, Nk, Cqk, Cp, Cv, Cw, k`; candidates `Nq, Cqk, Cp, Cv, Cw, M, G` (per sample; G = queries
+sharing one list: 4 for inter-scale windows, 1 otherwise). Cw = 0 means no warp output.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .candidates import inner_scale_candidates, inter_scale_candidates
+
+BLOCKS = ("dense", "inter", "inner")
+# Candidates per query, as a multiple of k (method.md section 4).
+CANDIDATES_PER_MATCH = {"inter": 4, "inner": 5}
+
+
+@dataclass(frozen=True)
+class AttentionShape:
+    """One attention block's problem, per sample. Scales left as None take the release's values:
+    dense `1/sqrt(Cqk)` and `1/Cp`, sparse 100 and 1."""
+
+    block: str
+    height: int
+    width: int
+    cqk: int
+    cp: int
+    cv: int
+    cw: int = 3
+    k: int = 4
+    scale: float | None = None
+    prune_scale: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.block not in BLOCKS:
+            raise ValueError(f"block must be one of {BLOCKS}, got {self.block!r}")
+        for name in ("height", "width", "cqk", "cp", "cv", "k"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if isinstance(self.cw, bool) or not isinstance(self.cw, int) or self.cw < 0:
+            raise ValueError(f"cw must be a non-negative int (0: no warp), got {self.cw!r}")
+        if self.block == "inter" and (self.height % 2 or self.width % 2):
+            raise ValueError(
+                f"an inter-scale block needs an even grid, got {self.height}x{self.width}"
+            )
+        if self.k > self.candidates:
+            raise ValueError(
+                f"k ({self.k}) must not exceed the candidate count ({self.candidates})"
+            )
+        dense = self.block == "dense"
+        if self.scale is None:
+            object.__setattr__(self, "scale", 1 / math.sqrt(self.cqk) if dense else 100.0)
+        if self.prune_scale is None:
+            object.__setattr__(self, "prune_scale", 1 / self.cp if dense else 1.0)
+
+    @property
+    def tokens(self) -> int:
+        return self.height * self.width
+
+    @property
+    def candidates(self) -> int:
+        """Keys each query sees: all of them (dense) or M = 4k / 5k."""
+        if self.block == "dense":
+            return self.tokens
+        return CANDIDATES_PER_MATCH[self.block] * self.k
+
+    @property
+    def op(self) -> str:
+        """The public operator that runs this block."""
+        return "dynamic_attention" if self.block == "dense" else "candidate_attention"
+
+    @property
+    def label(self) -> str:
+        return f"{self.block}-{self.height}x{self.width}"
+
+    def describe(self) -> str:
+        m = "all" if self.block == "dense" else str(self.candidates)
+        return (
+            f"{self.label} N={self.tokens} M={m} Cqk={self.cqk} Cp={self.cp} Cv={self.cv} "
+            f"Cw={self.cw} k={self.k}"
+        )
+
+    @property
+    def group(self) -> int:
+        """Queries sharing one candidate list: the 2x2 window of an inter-scale block, else 1."""
+        return 4 if self.block == "inter" else 1
+
+    def dims(self, batch: int) -> dict[str, int]:
+        """The sizes under which the fused kernels' launchers look up their tuned config
+        (`kernels.tuning`), named as they name them: the autotuner must record winners under the
+        very same keys. The dense kernels key on the batch and top-k too; the candidate kernels
+        on per-sample sizes and the window group G."""
+        if self.block == "dense":
+            return {
+                "B": batch,
+                "Nq": self.tokens,
+                "Nk": self.tokens,
+                "Cqk": self.cqk,
+                "Cp": self.cp,
+                "Cv": self.cv,
+                "Cw": self.cw,
+                "k": self.k,
+            }
+        return {
+            "Nq": self.tokens,
+            "Cqk": self.cqk,
+            "Cp": self.cp,
+            "Cv": self.cv,
+            "Cw": self.cw,
+            "M": self.candidates,
+            "G": self.group,
+        }
+
+
+def model_shapes(
+    image_size: int = 256,
+    *,
+    coarsest_stride: int = 8,
+    n_scales: int = 4,
+    value_channels: int = 512,
+    pos_channels: int = 128,
+    prune_channels: int = 128,
+    k: int = 4,
+    warp_channels: int = 3,
+) -> list[AttentionShape]:
+    """The attention blocks of the released generator, one entry per distinct problem: the two
+    dense blocks of the coarsest scale share one, each finer scale has an inter- and an
+    inner-scale block. Channels halve at each finer scale; `Cqk = Cv + Cpos`."""
+    if image_size % (coarsest_stride * 2 ** (n_scales - 1)):
+        raise ValueError(
+            f"image_size must be a multiple of {coarsest_stride * 2 ** (n_scales - 1)}, "
+            f"got {image_size}"
+        )
+    shapes = []
+    for level in range(n_scales):
+        side = image_size // coarsest_stride * 2**level
+        cv = value_channels >> level
+        sizes = dict(
+            height=side,
+            width=side,
+            cqk=cv + (pos_channels >> level),
+            cp=prune_channels >> level,
+            cv=cv,
+            cw=warp_channels,
+            k=k,
+        )
+        blocks = ("dense",) if level == 0 else ("inter", "inner")
+        shapes.extend(AttentionShape(block=block, **sizes) for block in blocks)
+    return shapes
+
+
+def tiny_shapes() -> list[AttentionShape]:
+    """Awkward small sizes (non-square grids, channels that are no powers of two) so that CPU runs
+    of the benchmark and autotuner finish in seconds."""
+    return [
+        AttentionShape("dense", 6, 10, cqk=48, cp=12, cv=40, k=3),
+        AttentionShape("inter", 12, 20, cqk=24, cp=8, cv=20, k=3),
+        AttentionShape("inner", 12, 20, cqk=24, cp=8, cv=20, k=3),
+    ]
+
+
+PRESETS = {
+    "deepfashion-256": lambda: model_shapes(256),
+    "deepfashion-512": lambda: model_shapes(512),
+    "tiny": tiny_shapes,
+}
+
+
+def preset_shapes(name: str) -> list[AttentionShape]:
+    if name not in PRESETS:
+        raise ValueError(f"unknown shape preset {name!r}; expected one of {sorted(PRESETS)}")
+    return PRESETS[name]()
+
+
+_SPEC_KEYS = {
+    "H": ("height", int),
+    "W": ("width", int),
+    "Cqk": ("cqk", int),
+    "Cp": ("cp", int),
+    "Cv": ("cv", int),
+    "Cw": ("cw", int),
+    "k": ("k", int),
+    "scale": ("scale", float),
+    "prune_scale": ("prune_scale", float),
+}
+
+
+def parse_shape(spec: str) -> AttentionShape:
+    """`"inter:H=64,W=64,Cqk=320,Cp=64,Cv=256"` -> AttentionShape (see the module docstring)."""
+    block, sep, rest = spec.partition(":")
+    if not sep or block not in BLOCKS:
+        raise ValueError(
+            f"shape {spec!r} must read BLOCK:key=value,... with BLOCK one of {BLOCKS}, "
+            "e.g. dense:H=32,W=32,Cqk=640,Cp=128,Cv=512"
+        )
+    values: dict[str, object] = {}
+    for item in filter(None, rest.split(",")):
+        key, eq, text = item.partition("=")
+        if not eq or key not in _SPEC_KEYS:
+            raise ValueError(
+                f"shape {spec!r}: {item!r} is not key=value with a key among {list(_SPEC_KEYS)}"
+            )
+        name, kind = _SPEC_KEYS[key]
+        try:
+            values[name] = kind(text)
+        except ValueError as err:
+            raise ValueError(
+                f"shape {spec!r}: {key} must be {kind.__name__}, got {text!r}"
+            ) from err
+    missing = [key for key in ("H", "W", "Cqk", "Cp", "Cv") if _SPEC_KEYS[key][0] not in values]
+    if missing:
+        raise ValueError(f"shape {spec!r} lacks {', '.join(missing)}")
+    return AttentionShape(block=block, **values)
+
+
+def plausible_topk(
+    batch: int,
+    height: int,
+    width: int,
+    k: int,
+    *,
+    generator: torch.Generator | None = None,
+    outliers: float = 0.1,
+) -> Tensor:
+    """Top-k key indices [B, height*width, k] int64 (CPU) that look like a trained model's.
+
+    Matches between a person in two poses follow a smooth displacement field: each query's k
+    matches sit around its displaced position, so neighbouring queries share most candidates
+    (what the gather kernels rely on); a fraction `outliers` of matches land anywhere.
+    Uniformly random indices would make every gather miss the cache and misstate the speed."""
+    if not 0 <= outliers <= 1:
+        raise ValueError(f"outliers must lie in [0, 1], got {outliers}")
+    # Displacement: coarse noise upsampled, up to about a quarter of the grid.
+    coarse = torch.randn(batch, 2, 4, 4, generator=generator)
+    flow = F.interpolate(coarse, size=(height, width), mode="bilinear", align_corners=False)
+    ys = torch.arange(height, dtype=torch.float32)[:, None] + 0.12 * height * flow[:, 0]
+    xs = torch.arange(width, dtype=torch.float32)[None, :] + 0.12 * width * flow[:, 1]
+    # The k matches: the displaced cell, then its neighbours, nearest first.
+    ring = [(0, 0), (0, 1), (1, 0), (0, -1), (-1, 0), (1, 1), (-1, -1), (1, -1), (-1, 1)]
+    offsets = [ring[i % len(ring)] for i in range(k)]
+    dy = torch.tensor([o[0] for o in offsets], dtype=torch.float32)
+    dx = torch.tensor([o[1] for o in offsets], dtype=torch.float32)
+    cy = ys.round().clamp(0, height - 1)[..., None]
+    cx = xs.round().clamp(0, width - 1)[..., None]
+    my = (cy + dy).clamp(0, height - 1).long()  # [B, H, W, k]
+    mx = (cx + dx).clamp(0, width - 1).long()
+    index = (my * width + mx).reshape(batch, height * width, k)
+    stray = torch.rand(index.shape, generator=generator) < outliers
+    anywhere = torch.randint(0, height * width, index.shape, generator=generator)
+    return torch.where(stray, anywhere, index)
+
+
+def realistic_candidates(
+    shape: AttentionShape,
+    batch: int,
+    *,
+    generator: torch.Generator | None = None,
+    device: torch.device | str = "cpu",
+) -> Tensor:
+    """Candidates [B, Nq, M] int64 built the way the model builds them: the inter-scale block
+    expands a coarse top-k, the inner-scale block the top-k of its own scale.
+
+    The top-k is drawn on the CPU (so a seed gives the same problem on every device) and the
+    candidates are built on `device`: copying them afterwards would drop the mark by which the
+    fused kernels recognise window-shared inter-scale lists (`kernels.candidates`)."""
+    if shape.block == "inter":
+        coarse = plausible_topk(
+            batch, shape.height // 2, shape.width // 2, shape.k, generator=generator
+        )
+        return inter_scale_candidates(coarse.to(device), shape.height, shape.width)
+    if shape.block == "inner":
+        own = plausible_topk(batch, shape.height, shape.width, shape.k, generator=generator)
+        return inner_scale_candidates(own.to(device), shape.height, shape.width)
+    raise ValueError(f"a {shape.block} block has no candidates")
+
+
+@dataclass
+class AttentionProblem:
+    """Inputs of one block, token-major as the operators take them. `candidates` is None for a
+    dense block, `warp_values` None when Cw = 0."""
+
+    shape: AttentionShape
+    q: Tensor
+    k: Tensor
+    v: Tensor
+    q_prune: Tensor
+    k_prune: Tensor
+    warp_values: Tensor | None
+    candidates: Tensor | None
+
+    def float_inputs(self) -> dict[str, Tensor]:
+        named = {
+            "q": self.q,
+            "k": self.k,
+            "v": self.v,
+            "q_prune": self.q_prune,
+            "k_prune": self.k_prune,
+        }
+        if self.warp_values is not None:
+            named["warp_values"] = self.warp_values
+        return named
+
+    def positional(self) -> tuple[Tensor, ...]:
+        """Positional arguments of the operator (and of its backends), in order."""
+        head = (self.q, self.k, self.v, self.q_prune, self.k_prune)
+        return head if self.candidates is None else (*head, self.candidates)
+
+    def keywords(self) -> dict[str, object]:
+        return {
+            "scale": self.shape.scale,
+            "prune_scale": self.shape.prune_scale,
+            "topk": self.shape.k,
+            "warp_values": self.warp_values,
+        }
+
+
+def make_problem(
+    shape: AttentionShape,
+    batch: int,
+    *,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    seed: int = 0,
+    requires_grad: bool = False,
+) -> AttentionProblem:
+    """Fresh inputs for one block, drawn on the CPU from `seed` (the same on every device).
+
+    Dense blocks get normal features (scores of order one after `1/sqrt(Cqk)`); sparse blocks get
+    unit-norm query and key rows, so that `100 <q, k>` is the release's cosine similarity over a
+    temperature of 0.01. Prune features are normal: about half of the keys are kept."""
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise ValueError(f"batch must be a positive int, got {batch!r}")
+    gen = torch.Generator().manual_seed(seed)
+    n = shape.tokens
+
+    def draw(channels: int, unit: bool = False) -> Tensor:
+        x = torch.randn(batch, n, channels, generator=gen)
+        if unit:
+            x = x / x.norm(dim=-1, keepdim=True)
+        x = x.to(device=device, dtype=dtype)
+        return x.requires_grad_(requires_grad)
+
+    sparse = shape.block != "dense"
+    candidates = None
+    if sparse:
+        candidates = realistic_candidates(shape, batch, generator=gen, device=device)
+    return AttentionProblem(
+        shape=shape,
+        q=draw(shape.cqk, unit=sparse),
+        k=draw(shape.cqk, unit=sparse),
+        v=draw(shape.cv),
+        q_prune=draw(shape.cp),
+        k_prune=draw(shape.cp),
+        warp_values=draw(shape.cw) if shape.cw else None,
+        candidates=candidates,
+    )

@@ -1,0 +1,234 @@
+"""The autotuning script: search-space listing without a GPU, the refusal to tune without one, the
+sweep with an injected timer, and the tuning file's round trip through `kernels.tuning`."""
+
+import json
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+
+from kernels import autotune, tuning
+from kernels.autotune import Job, plan_jobs, record, sweep
+from kernels.shapes import AttentionShape, preset_shapes
+from kernels.tuning import TunableKernel, shape_key, tuned_config
+
+ROOT = Path(__file__).resolve().parents[2]
+CPU = torch.device("cpu")
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="", PYTHONPATH=str(ROOT))
+    return subprocess.run(
+        [sys.executable, "-m", "kernels.autotune", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def fake_kernel(times: dict[int, float], broken: tuple[int, ...] = ()) -> TunableKernel:
+    """A kernel whose runner returns its config's BLOCK; the fake timer maps that to a time. A
+    BLOCK listed in `broken` fails to build, as a config over the shared-memory limit would."""
+
+    def make_runner(dims, config, device, dtype):
+        if config["BLOCK"] in broken:
+            raise RuntimeError("out of resource: shared memory, required: 300000\nmore text")
+        return lambda: config["BLOCK"]
+
+    return TunableKernel(
+        name="fake_fwd",
+        space=lambda dims: [{"BLOCK": b, "num_warps": 4} for b in sorted(times) if b != 32],
+        default=lambda dims: {"BLOCK": 32, "num_warps": 4},
+        make_runner=make_runner,
+    )
+
+
+def fake_timer(times: dict[int, float]):
+    calls = []
+
+    def timer(runner):
+        block = runner()
+        calls.append(block)
+        return times[block]
+
+    timer.calls = calls
+    return timer
+
+
+DIMS = {"Nq": 4096, "Cqk": 80, "Cp": 16, "Cv": 64, "Cw": 3, "M": 20, "G": 1}
+
+
+def test_sweep_times_every_config_and_the_default_and_picks_the_fastest() -> None:
+    times = {16: 3.0, 32: 2.0, 64: 0.5, 128: 1.0}
+    timer = fake_timer(times)
+    result = sweep(
+        Job(fake_kernel(times), DIMS, ("x",)), device=CPU, dtype=torch.float32, timer=timer
+    )
+    assert sorted(timer.calls) == [16, 32, 64, 128]  # the default (32) is outside the space
+    assert result.winner.config == {"BLOCK": 64, "num_warps": 4}
+    assert result.winner.ms == 0.5
+    assert result.default_ms == 2.0
+    table = autotune.format_results([result])
+    assert "4.00x" in table  # default 2.0 ms / winner 0.5 ms
+
+
+def test_a_failing_config_is_reported_and_the_sweep_goes_on() -> None:
+    times = {16: 3.0, 32: 2.0, 64: 0.5, 128: 1.0}
+    kernel = fake_kernel(times, broken=(64,))
+    result = sweep(
+        Job(kernel, DIMS, ("x",)), device=CPU, dtype=torch.float32, timer=fake_timer(times)
+    )
+    failed = [t for t in result.trials if t.ms is None]
+    assert [t.config["BLOCK"] for t in failed] == [64]
+    assert "out of resource" in failed[0].error and "more text" not in failed[0].error
+    assert result.winner.config["BLOCK"] == 128
+    assert "failed: RuntimeError: out of resource" in autotune.format_results([result])
+
+
+def test_nothing_is_recorded_when_every_config_fails(tmp_path: Path) -> None:
+    times = {16: 1.0, 32: 1.0}
+    kernel = fake_kernel(times, broken=(16, 32))
+    result = sweep(
+        Job(kernel, DIMS, ("x",)), device=CPU, dtype=torch.float32, timer=fake_timer(times)
+    )
+    assert result.winner is None
+    assert not record(result, tmp_path / "table.json", CPU)
+    assert not (tmp_path / "table.json").exists()
+    assert "no config ran" in autotune.format_results([result])
+
+
+def test_winner_round_trips_through_the_tuning_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "tuning" / "table.json"
+    monkeypatch.setenv(tuning.TUNING_FILE_ENV, str(path))
+    times = {16: 3.0, 32: 2.0, 64: 0.5}
+    kernel = fake_kernel(times)
+    assert tuned_config(kernel, DIMS, CPU) == {"BLOCK": 32, "num_warps": 4}  # no file: default
+    result = sweep(
+        Job(kernel, DIMS, ("x",)), device=CPU, dtype=torch.float32, timer=fake_timer(times)
+    )
+    assert record(result, path, CPU)
+    table = json.loads(path.read_text())
+    entry = table["cpu"][tuning.triton_version()]["fake_fwd"][shape_key(DIMS)]
+    assert entry == {"config": {"BLOCK": 64, "num_warps": 4}, "ms": 0.5}
+    nearby = dict(DIMS, Nq=3000, Cqk=96)  # same power-of-two buckets
+    assert tuned_config(kernel, nearby, CPU) == {"BLOCK": 64, "num_warps": 4}
+    elsewhere = dict(DIMS, Nq=16384)
+    assert tuned_config(kernel, elsewhere, CPU) == {"BLOCK": 32, "num_warps": 4}
+
+
+def test_readers_see_every_write_of_a_busy_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Writes land within one tick of the file system's clock: the reader's cache must notice."""
+    path = tmp_path / "table.json"
+    monkeypatch.setenv(tuning.TUNING_FILE_ENV, str(path))
+    kernel = fake_kernel({16: 1.0})
+    for block in (16, 32, 64, 128, 256):
+        tuning.record_winner(path, CPU, "fake_fwd", DIMS, {"BLOCK": block, "num_warps": 4}, 1.0)
+        assert tuned_config(kernel, DIMS, CPU)["BLOCK"] == block
+
+
+def test_concurrent_writers_lose_nothing_and_readers_never_see_half_a_file(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "table.json"
+    kernel = fake_kernel({16: 1.0})
+    n_writers, per_writer = 3, 25
+    failures: list[str] = []
+    done = threading.Event()
+
+    def write(w: int) -> None:
+        for i in range(per_writer):
+            dims = dict(DIMS, Nq=2 ** (i % 20), Cv=2**w)
+            trial = autotune.Trial({"BLOCK": i, "num_warps": 4}, float(i))
+            job = Job(kernel, dims, ("x",))
+            record(autotune.SweepResult(job, trial.config, (trial,)), path, CPU)
+
+    def read() -> None:
+        reads = 0
+        while not done.is_set() or reads == 0:
+            if path.exists():
+                try:
+                    json.loads(path.read_text())
+                    reads += 1
+                except json.JSONDecodeError as err:
+                    failures.append(str(err))
+
+    readers = [threading.Thread(target=read) for _ in range(2)]
+    writers = [threading.Thread(target=write, args=(w,)) for w in range(n_writers)]
+    for t in readers + writers:
+        t.start()
+    for t in writers:
+        t.join()
+    done.set()
+    for t in readers:
+        t.join()
+    assert not failures
+    entries = json.loads(path.read_text())["cpu"][tuning.triton_version()]["fake_fwd"]
+    assert len(entries) == n_writers * 20  # 20 distinct Nq buckets per writer
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_blocks_in_one_bucket_share_one_job() -> None:
+    kernel = fake_kernel({16: 1.0})
+    a = AttentionShape("inner", 64, 64, cqk=80, cp=16, cv=64)
+    b = AttentionShape("inner", 60, 60, cqk=72, cp=16, cv=60)
+    c = AttentionShape("inter", 64, 64, cqk=80, cp=16, cv=64)
+    jobs = plan_jobs([("a", a), ("b", b), ("c", c)], lambda block: [kernel])
+    assert [job.shapes for job in jobs] == [("a", "b"), ("c",)]
+    assert plan_jobs([("a", a)], lambda block: [kernel], only={"other"}) == []
+
+
+def test_without_a_gpu_it_refuses_to_tune(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert autotune.main(["--preset", "tiny"]) != 0
+    err = capsys.readouterr().err
+    assert "no CUDA GPU is visible" in err and "--dry-run" in err
+
+
+def test_a_bad_shape_is_named(capsys: pytest.CaptureFixture) -> None:
+    assert autotune.main(["--dry-run", "--shape", "inner:H=64,Cqk=80"]) == 2
+    assert "inner:H=64,Cqk=80" in capsys.readouterr().err
+
+
+def tunable_names(module: str) -> list[str]:
+    return [kernel.name for kernel in autotune.load_kernels(module)]
+
+
+def test_dry_run_lists_the_space_of_every_kernel_for_a_preset() -> None:
+    proc = run_cli("--dry-run", "--preset", "deepfashion-256")
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    names = tunable_names("kernels.fused_dense") + tunable_names("kernels.fused_candidates")
+    for name in names:
+        assert f"\n{name}  [" in "\n" + out, f"{name} missing from the dry run"
+    for shape in preset_shapes("deepfashion-256"):
+        assert f"deepfashion-256/{shape.label}" in out
+    assert "num_warps=" in out and "* = default config" in out
+
+
+def test_dry_run_takes_explicit_shapes() -> None:
+    proc = run_cli(
+        "--dry-run",
+        "--shape",
+        "inner:H=48,W=40,Cqk=80,Cp=16,Cv=64",
+        "--shape",
+        "dense:H=6,W=10,Cqk=48,Cp=12,Cv=40,k=3",
+    )
+    assert proc.returncode == 0, proc.stderr
+    sparse = AttentionShape("inner", 48, 40, cqk=80, cp=16, cv=64)
+    dense = AttentionShape("dense", 6, 10, cqk=48, cp=12, cv=40, k=3)
+    assert f"key {shape_key(sparse.dims(8))}" in proc.stdout
+    assert f"key {shape_key(dense.dims(8))}" in proc.stdout
+    for name in tunable_names("kernels.fused_candidates") + tunable_names("kernels.fused_dense"):
+        assert f"{name}  [shape/" in proc.stdout
