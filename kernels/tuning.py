@@ -71,7 +71,9 @@ def triton_version() -> str:
     return triton.__version__
 
 
-_cache: dict[str, tuple[float, dict]] = {}
+# path -> (file identity, table). The identity includes the inode: every write replaces the file
+# by a renamed new one, and two writes within one tick of the file system's clock share an mtime.
+_cache: dict[str, tuple[tuple[int, int, int], dict]] = {}
 
 
 def load_table(path: Path | None = None) -> dict:
@@ -79,11 +81,12 @@ def load_table(path: Path | None = None) -> dict:
     corrupt one is an error naming it (silently ignoring it would hide a broken tuning run)."""
     path = path or tuning_file()
     try:
-        mtime = path.stat().st_mtime
+        stat = path.stat()
     except FileNotFoundError:
         return {}
+    identity = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
     hit = _cache.get(str(path))
-    if hit and hit[0] == mtime:
+    if hit and hit[0] == identity:
         return hit[1]
     try:
         table = json.loads(path.read_text())
@@ -92,7 +95,7 @@ def load_table(path: Path | None = None) -> dict:
             f"kernel tuning file {path} is unreadable ({err}); fix or delete it, or point "
             f"${TUNING_FILE_ENV} elsewhere"
         ) from err
-    _cache[str(path)] = (mtime, table)
+    _cache[str(path)] = (identity, table)
     return table
 
 
