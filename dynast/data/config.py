@@ -1,0 +1,107 @@
+"""The data configuration: which dataset, where, at what size."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from .textures import photo_textures_available
+
+DATA_KINDS = ("synthetic", "folder")
+TEXTURE_SOURCES = ("auto", "photo", "procedural")
+SPLITS = ("train", "test")
+# On-the-fly synthetic data has no natural length: these set what one epoch means.
+SYNTHETIC_TRAIN_LENGTH = 10_000
+SYNTHETIC_TEST_LENGTH = 500
+MAX_CLASSES = 65_536  # label PNGs are 8- or 16-bit
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """kind: "synthetic" (generated on the fly, deterministic for (seed, split, index)) or
+    "folder" (the plain folder format at `root`, see docs/data.md).
+    num_classes: semantic channels (background included); must match the model's semantic_nc.
+    image_size: every sample is square at this size (the folder loader resizes).
+    seed: synthetic data only.
+    train_length / test_length: synthetic: number of pairs (None: 10,000 / 500); folder: use the
+    first N pairs of the split's CSV (None: all).
+    textures: synthetic only. "photo": crops of scikit-image's bundled photos plus procedural
+    patterns; "procedural": patterns only; "auto" resolves, when the config is built, to "photo"
+    when scikit-image is installed and to "procedural" otherwise (the resolved value is what
+    to_dict records).
+    match_pair_sizes: folder only: an exemplar must have its target's size (as well as each image
+    its label map's). Turn off for datasets of mixed sizes (every file is resized anyway).
+    """
+
+    kind: str = "synthetic"
+    root: str | None = None
+    num_classes: int = 8
+    image_size: int = 64
+    seed: int = 0
+    train_length: int | None = None
+    test_length: int | None = None
+    textures: str = "auto"
+    match_pair_sizes: bool = True
+
+    def __post_init__(self) -> None:
+        if self.kind not in DATA_KINDS:
+            raise ValueError(f"DataConfig.kind must be one of {DATA_KINDS}, got {self.kind!r}")
+        if self.kind == "folder" and not self.root:
+            raise ValueError("DataConfig.root is required for kind='folder' (the dataset folder)")
+        if self.kind == "synthetic" and self.root is not None:
+            raise ValueError(
+                f"DataConfig.root={self.root!r} is only read by kind='folder'; leave it None for "
+                "synthetic data"
+            )
+        _check_int("num_classes", self.num_classes, low=2, high=MAX_CLASSES)
+        _check_int("image_size", self.image_size, low=8)
+        _check_int("seed", self.seed, low=0)
+        for name in ("train_length", "test_length"):
+            if getattr(self, name) is not None:
+                _check_int(name, getattr(self, name), low=1)
+        if not isinstance(self.match_pair_sizes, bool):
+            raise ValueError(
+                f"DataConfig.match_pair_sizes must be a bool, got {self.match_pair_sizes!r}"
+            )
+        if self.textures not in TEXTURE_SOURCES:
+            raise ValueError(
+                f"DataConfig.textures must be one of {TEXTURE_SOURCES}, got {self.textures!r}"
+            )
+        if self.kind == "synthetic" and self.textures != "procedural":
+            available = photo_textures_available()
+            if self.textures == "photo" and not available:
+                raise ValueError(
+                    "DataConfig.textures='photo' needs scikit-image's bundled photos "
+                    "(pip install scikit-image); use textures='procedural'"
+                )
+            if self.textures == "auto":
+                object.__setattr__(self, "textures", "photo" if available else "procedural")
+
+    def length(self, split: str) -> int | None:
+        """The configured number of pairs of `split` (synthetic defaults filled in)."""
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        given = self.train_length if split == "train" else self.test_length
+        if given is None and self.kind == "synthetic":
+            return SYNTHETIC_TRAIN_LENGTH if split == "train" else SYNTHETIC_TEST_LENGTH
+        return given
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> DataConfig:
+        """Strict: unknown keys raise ValueError naming them; missing keys take the defaults."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown DataConfig keys: {', '.join(unknown)}")
+        return cls(**d)
+
+
+def _check_int(name: str, value: object, *, low: int, high: int | None = None) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"DataConfig.{name} must be an int, got {value!r}")
+    if value < low or (high is not None and value > high):
+        bound = f">= {low}" if high is None else f"in [{low}, {high}]"
+        raise ValueError(f"DataConfig.{name} must be {bound}, got {value}")
