@@ -51,7 +51,7 @@ def export_synthetic(
     test_length) to `out` in the folder format. Returns `out`."""
     if cfg.kind != "synthetic":
         raise ValueError(f"export_synthetic needs DataConfig.kind='synthetic', got {cfg.kind!r}")
-    out = Path(out)
+    out = Path(out).resolve()  # a name to build the staging folder's name beside it
     _check_destination(out, force)
     datasets = {split: SyntheticDataset(cfg, split) for split in SPLITS}
     staging = out.with_name(f".{out.name}.{os.getpid()}.partial")
@@ -81,9 +81,9 @@ def export_synthetic(
                     pairs.append(names)
                     bar.update()
                 write_pairs(pairs_file(staging, split), pairs)
-        names = ("background", *(f"class_{c}" for c in range(1, cfg.num_classes)))
+        class_names = ("background", *(f"class_{c}" for c in range(1, cfg.num_classes)))
         source = {"generator": "dynast.data.synthetic", **cfg.to_dict()}
-        write_info(staging / INFO_FILE, DatasetInfo(cfg.num_classes, names), source)
+        write_info(staging / INFO_FILE, DatasetInfo(cfg.num_classes, class_names), source)
         _check_destination(out, force)  # again: something may have appeared meanwhile
         if out.exists():
             retired = out.with_name(f".{out.name}.{os.getpid()}.old")

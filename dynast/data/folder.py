@@ -252,11 +252,15 @@ class FolderDataset(Dataset):
             _check_label_mode(path, header(path)[1])
             return path
 
+        def size_of(path: Path) -> str:
+            width, height = header(path)[0]
+            return f"{width}x{height}"
+
         def check_size(image: Path, label: Path) -> None:
-            if header(image)[0] != header(label)[0]:
+            if size_of(image) != size_of(label):
                 raise ValueError(
-                    f"{image}: size {header(image)[0]} differs from its label map {label} "
-                    f"({header(label)[0]})"
+                    f"{image}: size {size_of(image)} (width x height) differs from its label map "
+                    f"{label} ({size_of(label)})"
                 )
 
         files = []
@@ -273,11 +277,10 @@ class FolderDataset(Dataset):
             check_size(exemplar_image, exemplar_label)
             if target_image is not None:
                 check_size(target_image, target_label)
-            pair_sizes = header(exemplar_label)[0], header(target_label)[0]
-            if self.config.match_pair_sizes and pair_sizes[0] != pair_sizes[1]:
+            if self.config.match_pair_sizes and size_of(exemplar_label) != size_of(target_label):
                 raise ValueError(
-                    f"{exemplar_image}: size {pair_sizes[0]} differs from the target's "
-                    f"{target_label} ({pair_sizes[1]}); set "
+                    f"{exemplar_image}: size {size_of(exemplar_label)} differs from the target's "
+                    f"{target_label} ({size_of(target_label)}); set "
                     "DataConfig.match_pair_sizes=False if mixed sizes are intended"
                 )
             files.append(PairFiles(target_label, target_image, exemplar_label, exemplar_image))

@@ -163,7 +163,7 @@ def test_image_size_differs_from_its_label(folder: Path) -> None:
     path = folder / "images" / "test_000003_exemplar.png"
     Image.open(path).resize((SIZE + 2, SIZE)).save(path)
     with pytest.raises(
-        ValueError, match=r"test_000003_exemplar\.png: size \(42, 40\) differs from"
+        ValueError, match=r"test_000003_exemplar\.png: size 42x40 \(width x height\) differs from"
     ):
         _break_and_load(folder)
 
