@@ -19,7 +19,9 @@ MAX_CLASSES = 65_536  # label PNGs are 8- or 16-bit
 @dataclass(frozen=True)
 class DataConfig:
     """kind: "synthetic" (generated on the fly, deterministic for (seed, split, index)) or
-    "folder" (the plain folder format at `root`, see docs/data.md).
+    "folder" (the plain folder format at `root`, see docs/data.md). A folder config may leave
+    `root` unset (presets for real data are completed from the command line); building its
+    dataset then fails with a message saying so.
     num_classes: semantic channels (background included); must match the model's semantic_nc.
     image_size: every sample is square at this size (the folder loader resizes).
     seed: synthetic data only.
@@ -46,8 +48,6 @@ class DataConfig:
     def __post_init__(self) -> None:
         if self.kind not in DATA_KINDS:
             raise ValueError(f"DataConfig.kind must be one of {DATA_KINDS}, got {self.kind!r}")
-        if self.kind == "folder" and not self.root:
-            raise ValueError("DataConfig.root is required for kind='folder' (the dataset folder)")
         if self.kind == "synthetic" and self.root is not None:
             raise ValueError(
                 f"DataConfig.root={self.root!r} is only read by kind='folder'; leave it None for "

@@ -199,8 +199,13 @@ class FolderDataset(Dataset):
     """Pairs of `split` from the folder at `cfg.root` (kind "folder")."""
 
     def __init__(self, cfg: DataConfig, split: str) -> None:
-        if cfg.kind != "folder" or cfg.root is None:
-            raise ValueError(f"FolderDataset needs DataConfig.kind='folder' and a root, got {cfg}")
+        if cfg.kind != "folder":
+            raise ValueError(f"FolderDataset needs DataConfig.kind='folder', got {cfg.kind!r}")
+        if not cfg.root:
+            raise ValueError(
+                "DataConfig.root is required for kind='folder': the dataset folder "
+                "(e.g. --data.root DIR)"
+            )
         limit = cfg.length(split)  # validates split
         root = Path(cfg.root)
         if not root.is_dir():
