@@ -2,7 +2,7 @@
 
 CLI: python -m dynast.data.visualize --out grid.png [--root DIR] [--split test] [--count 6]
 draws target layout, target, exemplar layout and exemplar for the first pairs of a split, from
-the synthetic generator or (with --root) from a folder dataset, to check data before training.
+the synthetic generator or (with --root) from a folder dataset.
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .build import build_dataset
+from .config import DataConfig
 from .folder import image_pixels, write_png
 from .palette import semantic_to_rgb
 from .sample import Sample
@@ -40,9 +42,6 @@ def pair_grid(samples: Sequence[Sample], *, zoom: int = 2, gap: int = 2) -> np.n
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from .build import build_dataset
-    from .config import DataConfig
-
     parser = argparse.ArgumentParser(
         prog="python -m dynast.data.visualize",
         description="Draw a grid of pairs (target layout, target, exemplar layout, exemplar).",
