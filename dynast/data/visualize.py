@@ -59,20 +59,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.count < 1 or args.first < 0 or args.zoom < 1:
         parser.error("--count and --zoom must be >= 1 and --first >= 0")
-    if args.root is None:
-        cfg = DataConfig(
-            seed=args.seed,
-            image_size=args.image_size,
-            num_classes=args.num_classes,
-            textures=args.textures,
-        )
-    else:
-        cfg = DataConfig(
-            kind="folder", root=args.root, image_size=args.image_size, num_classes=args.num_classes
-        )
-    dataset = build_dataset(cfg, args.split)
-    stop = min(len(dataset), args.first + args.count)
-    grid = pair_grid([dataset[i] for i in range(args.first, stop)], zoom=args.zoom)
+    try:
+        if args.root is None:
+            cfg = DataConfig(
+                seed=args.seed,
+                image_size=args.image_size,
+                num_classes=args.num_classes,
+                textures=args.textures,
+            )
+        else:
+            cfg = DataConfig(
+                kind="folder",
+                root=args.root,
+                image_size=args.image_size,
+                num_classes=args.num_classes,
+            )
+        dataset = build_dataset(cfg, args.split)
+        stop = min(len(dataset), args.first + args.count)
+        if stop <= args.first:
+            raise ValueError(
+                f"--first {args.first}: the {args.split} split has {len(dataset)} pairs"
+            )
+        grid = pair_grid([dataset[i] for i in range(args.first, stop)], zoom=args.zoom)
+    except (ValueError, FileNotFoundError) as e:
+        parser.error(str(e))
     write_png(args.out, grid)
     print(f"wrote {args.out}: pairs {args.first}..{stop - 1} of {args.split} ({cfg.kind})")
     return 0
