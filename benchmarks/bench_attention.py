@@ -1,0 +1,686 @@
+"""Benchmark of the dynamic attention operators at the sizes of the real models.
+
+    PYTHONPATH=. python benchmarks/bench_attention.py                       # GPU: both presets
+    python benchmarks/bench_attention.py --preset deepfashion-256 --blocks inner --passes both
+    python benchmarks/bench_attention.py --tiny                             # CPU, seconds
+
+For each attention block of deepfashion-256 and of the same model at 512 pixels (kernels.shapes),
+and each pass (fwd: inference forward; bwd: backward of a recorded forward; both: a training
+forward + backward), it times:
+
+- fused: the Triton kernels (`kernels.fused_dense` / `kernels.fused_candidates`);
+- reference: the PyTorch reference (`kernels.reference`), the specification;
+- compiled: `torch.compile` of the reference;
+- flex: FlexAttention (dense forward only): out and conf are exact from two calls returning the
+  log-sum-exp, over the kept keys and over all keys: conf = exp(lse_kept - lse_all),
+  out = out_kept * conf. No warp, no top-k.
+
+Every implementation is first checked against the reference run in fp32 (fp64 for fp32 inputs) on
+a smaller batch: forward outputs, the top-k (by the scores it selects) and, when a backward pass
+is timed, every input gradient; the worst relative RMS error is reported and a check over the
+tolerance marks the rows "wrong" instead of timing them. Timing is the median of
+`triton.testing.do_bench` on a GPU (a plain timer loop on the CPU); peak memory is the CUDA
+allocator's peak above what was allocated before the call; TFLOP/s and GB/s divide the explicit
+FLOP and byte model of benchmarks/attention_cost.py; "% copy" compares with a device-to-device copy
+measured in the same run. Rows are printed and appended to a CSV. On a CPU the default is
+reference vs compiled reference, which is how the test suite exercises this script.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import importlib
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as a script from anywhere, without PYTHONPATH
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks.attention_cost import PASSES, attention_cost  # noqa: E402
+from kernels import reference  # noqa: E402
+from kernels.shapes import (  # noqa: E402
+    PRESETS,
+    AttentionProblem,
+    AttentionShape,
+    make_problem,
+    parse_shape,
+    preset_shapes,
+)
+
+IMPLS = ("fused", "reference", "compiled", "flex")
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+# Worst relative RMS error allowed against the fp32/fp64 reference, per input dtype: a few times
+# the rounding of one output element, so that a real bug (a wrong row, a missed key) fails.
+TOLERANCE = {torch.float32: 1e-4, torch.float16: 5e-3, torch.bfloat16: 3e-2}
+DEFAULT_CSV = ROOT / "benchmarks" / "results" / "attention.csv"
+
+# Output of an implementation: (out, conf, topk or None, warp or None), as the reference returns.
+Outputs = tuple[Tensor, Tensor, Tensor | None, Tensor | None]
+Impl = Callable[[AttentionProblem], Outputs]
+
+
+@dataclass
+class Row:
+    """One CSV row (and one printed line)."""
+
+    timestamp: str
+    gpu: str
+    torch: str
+    triton: str
+    commit: str
+    preset: str
+    op: str
+    block: str
+    shape: str
+    batch: int
+    dtype: str
+    pass_: str
+    impl: str
+    status: str
+    median_ms: float | None
+    tflops: float | None
+    gbps: float | None
+    pct_copy: float | None
+    peak_mb: float | None
+    err: float | None
+    copy_gbps: float
+    flops: float
+    bytes: float
+
+
+CSV_COLUMNS = [f.name.rstrip("_") for f in fields(Row)]
+
+
+# --------------------------------------------------------------------------------------------------
+# Implementations
+# --------------------------------------------------------------------------------------------------
+
+
+def _call(fn: Callable[..., Outputs], problem: AttentionProblem) -> Outputs:
+    return fn(*problem.positional(), **problem.keywords(), warp_over="kept")
+
+
+def _reference_fn(shape: AttentionShape) -> Callable[..., Outputs]:
+    if shape.block == "dense":
+        return reference.reference_dynamic_attention
+    return reference.reference_candidate_attention
+
+
+def flex_dense_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    q_prune: Tensor,
+    k_prune: Tensor,
+    *,
+    scale: float,
+    prune_scale: float,
+    topk: int = 0,
+    warp_values: Tensor | None = None,
+    warp_over: str = "kept",
+) -> Outputs:
+    """Dense out and conf from two FlexAttention calls (topk, warp_values and warp_over are taken
+    for a common signature and ignored: FlexAttention gives neither).
+
+    The mask enters as a score_mod reading a precomputed [B, Nq, Nk] keep mask. With lse over the
+    kept keys and over all keys, sum_kept p = exp(lse_kept - lse_all) = conf, and the kept-only
+    softmax output times conf is sum_j p_j m_j v_j = out. A query with no kept key gets
+    lse_kept = -inf, hence conf = 0 and out = 0."""
+    from torch.nn.attention.flex_attention import flex_attention
+
+    logits = torch.bmm(q_prune.float(), k_prune.float().transpose(1, 2))
+    keep = prune_scale * logits > 0  # [B, Nq, Nk]
+
+    def kept_only(score: Tensor, b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
+        return torch.where(keep[b, q_idx, kv_idx], score, -float("inf"))
+
+    heads = [x.unsqueeze(1) for x in (q, k, v)]  # [B, 1 head, N, C]
+    if not torch.is_grad_enabled():  # FlexAttention on a CPU refuses inputs that require grad
+        heads = [x.detach() for x in heads]
+    out_kept, lse_kept = _flex_with_lse(flex_attention, *heads, kept_only, scale)
+    _, lse_all = _flex_with_lse(flex_attention, *heads, None, scale)
+    conf = torch.exp(lse_kept - lse_all).squeeze(1)  # [B, Nq]
+    out = torch.where(conf[..., None] > 0, out_kept.squeeze(1).float() * conf[..., None], 0.0)
+    return out.to(v.dtype), conf.to(v.dtype), None, None
+
+
+def _flex_with_lse(flex, q, k, v, score_mod, scale) -> tuple[Tensor, Tensor]:
+    try:  # torch >= 2.9 asks for the log-sum-exp this way; `return_lse` is deprecated
+        from torch.nn.attention.flex_attention import AuxRequest
+    except ImportError:
+        return flex(q, k, v, score_mod=score_mod, scale=scale, return_lse=True)
+    out, aux = flex(q, k, v, score_mod=score_mod, scale=scale, return_aux=AuxRequest(lse=True))
+    return out, aux.lse
+
+
+def implementation(name: str, shape: AttentionShape, device: torch.device) -> Impl | None:
+    """The callable timed as `name` for this block, or None where it does not apply."""
+    if name == "reference":
+        fn = _reference_fn(shape)
+    elif name == "compiled":
+        # Donated buffers let the compiled backward free its saved tensors, which forbids the
+        # repeated backward over one graph that the "bwd" pass times.
+        functorch_config = importlib.import_module("torch._functorch.config")
+        if hasattr(functorch_config, "donated_buffer"):
+            functorch_config.donated_buffer = False
+        fn = torch.compile(_reference_fn(shape), dynamic=False)
+    elif name == "fused":
+        module = "kernels.fused_dense" if shape.block == "dense" else "kernels.fused_candidates"
+        fn = importlib.import_module(module).attention
+    elif name == "flex":
+        if shape.block != "dense":
+            return None
+        # Compiled as a whole (mask and both calls): FlexAttention is only fused when compiled.
+        # On the CPU it runs eagerly (the correctness tests use that).
+        fn = flex_dense_attention
+        if device.type == "cuda":
+            fn = torch.compile(flex_dense_attention, dynamic=False)
+    else:
+        raise ValueError(f"unknown implementation {name!r}; expected one of {IMPLS}")
+    return lambda problem: _call(fn, problem)
+
+
+def passes_of(impl: str, passes: list[str]) -> list[str]:
+    return ["fwd"] if impl == "flex" and "fwd" in passes else ([] if impl == "flex" else passes)
+
+
+# --------------------------------------------------------------------------------------------------
+# Correctness
+# --------------------------------------------------------------------------------------------------
+
+
+def _float_outputs(outputs: Outputs) -> list[Tensor]:
+    out, conf, _, warp = outputs
+    return [out, conf] if warp is None else [out, conf, warp]
+
+
+def _rel_rms(actual: Tensor, expected: Tensor) -> float:
+    a, e = actual.detach().double(), expected.detach().double()
+    err = float((a - e).pow(2).mean().sqrt() / e.pow(2).mean().sqrt().clamp_min(1e-30))
+    return err if math.isfinite(err) else math.inf
+
+
+def _selected_scores(problem: AttentionProblem, index: Tensor) -> Tensor:
+    """Scores z of the keys `index` [B, Nq, k] picks, sorted per query (descending)."""
+    b, nq, k = index.shape
+    keys = torch.gather(
+        problem.k.detach(), 1, index.reshape(b, nq * k, 1).expand(-1, -1, problem.k.shape[-1])
+    ).reshape(b, nq, k, -1)
+    z = problem.shape.scale * torch.einsum("bqc,bqkc->bqk", problem.q.detach(), keys)
+    return z.sort(dim=-1, descending=True).values
+
+
+@dataclass
+class Gold:
+    """The reference at high precision on the check problem, with the upstream gradients."""
+
+    problem: AttentionProblem
+    outputs: Outputs
+    upstream: list[Tensor]
+    grads: dict[str, Tensor]
+
+
+def gold_run(check: AttentionProblem, with_grads: bool) -> Gold:
+    precise = torch.float64 if check.q.dtype == torch.float32 else torch.float32
+    named = {
+        n: x.detach().to(precise).requires_grad_(with_grads)
+        for n, x in check.float_inputs().items()
+    }
+    problem = AttentionProblem(
+        shape=check.shape,
+        candidates=check.candidates,
+        warp_values=named.get("warp_values"),
+        **{n: named[n] for n in ("q", "k", "v", "q_prune", "k_prune")},
+    )
+    outputs = _call(_reference_fn(check.shape), problem)
+    gen = torch.Generator().manual_seed(7)
+    upstream = [
+        torch.randn(t.shape, generator=gen).to(device=t.device, dtype=precise)
+        for t in _float_outputs(outputs)
+    ]
+    grads = {}
+    if with_grads:
+        torch.autograd.backward(_float_outputs(outputs), upstream)
+        grads = {n: x.grad for n, x in named.items()}
+    return Gold(problem, outputs, upstream, grads)
+
+
+def check_error(
+    impl: Impl, check: AttentionProblem, gold: Gold, *, with_grads: bool, complete: bool = True
+) -> float:
+    """Worst relative RMS error over the outputs, the top-k's scores and (`with_grads`) the
+    gradients; infinite when an output or gradient is missing. Top-k indices may differ on
+    near-ties, so they are compared by the scores of the keys they select (in high precision).
+    `complete=False` (FlexAttention) compares out and conf alone."""
+    inputs = check.float_inputs()
+    for x in inputs.values():
+        x.grad = None
+    with torch.set_grad_enabled(with_grads):
+        outputs = impl(check)
+    errors = [_rel_rms(outputs[i], gold.outputs[i]) for i in (0, 1)]
+    if complete and any(
+        (a is None) != (e is None) for a, e in zip(outputs, gold.outputs, strict=True)
+    ):
+        return math.inf
+    if outputs[3] is not None:
+        errors.append(_rel_rms(outputs[3], gold.outputs[3]))
+    if outputs[2] is not None:
+        errors.append(
+            _rel_rms(
+                _selected_scores(gold.problem, outputs[2]),
+                _selected_scores(gold.problem, gold.outputs[2]),
+            )
+        )
+    if with_grads:
+        mine = _float_outputs(outputs)
+        torch.autograd.backward(
+            mine, [u.to(t.dtype) for u, t in zip(gold.upstream, mine, strict=True)]
+        )
+        for name, x in inputs.items():
+            if x.grad is None:
+                return math.inf  # a differentiable input got no gradient
+            errors.append(_rel_rms(x.grad, gold.grads[name]))
+            x.grad = None
+    return max(errors)
+
+
+# --------------------------------------------------------------------------------------------------
+# Timing and memory
+# --------------------------------------------------------------------------------------------------
+
+
+def median_ms(
+    fn: Callable[[], object],
+    device: torch.device,
+    *,
+    warmup_ms: int,
+    rep_ms: int,
+    reset: list[Tensor] | None = None,
+) -> float:
+    """Median time of `fn` in milliseconds; the gradients of `reset` are dropped before each run."""
+    if device.type == "cuda":
+        from triton.testing import do_bench
+
+        return float(
+            do_bench(fn, warmup=warmup_ms, rep=rep_ms, grad_to_none=reset, return_mode="median")
+        )
+    times: list[float] = []
+    fn()  # the first call compiles; never timed
+    budget = time.perf_counter() + rep_ms / 1e3
+    while len(times) < 3 or (time.perf_counter() < budget and len(times) < 100):
+        for x in reset or []:
+            x.grad = None
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
+
+
+def peak_mb(fn: Callable[[], object], device: torch.device) -> float | None:
+    """Peak memory one call allocates above what was live before it (CUDA only)."""
+    if device.type != "cuda":
+        return None
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    base = torch.cuda.memory_allocated(device)
+    fn()
+    torch.cuda.synchronize(device)
+    return (torch.cuda.max_memory_allocated(device) - base) / 2**20
+
+
+def copy_bandwidth_gbps(device: torch.device, *, warmup_ms: int, rep_ms: int) -> float:
+    """Device-to-device copy, bytes read plus bytes written per second: the memory roofline."""
+    nbytes = 2**30 if device.type == "cuda" else 2**25
+    src = torch.empty(nbytes // 2, dtype=torch.bfloat16, device=device).normal_()
+    dst = torch.empty_like(src)
+    ms = median_ms(lambda: dst.copy_(src), device, warmup_ms=warmup_ms, rep_ms=rep_ms)
+    return 2 * nbytes / (ms * 1e-3) / 1e9
+
+
+def pass_runner(
+    impl: Impl, problem: AttentionProblem, pass_: str, seed: int = 3
+) -> tuple[Callable[[], object], list[Tensor]]:
+    """A zero-argument call doing one pass, and the tensors whose gradients it accumulates."""
+    inputs = list(problem.float_inputs().values())
+    if pass_ == "fwd":
+
+        def forward() -> None:
+            with torch.no_grad():
+                impl(problem)
+
+        return forward, []
+    outputs = _float_outputs(impl(problem))
+    gen = torch.Generator().manual_seed(seed)
+    upstream = [torch.randn(t.shape, generator=gen).to(t.device, t.dtype) for t in outputs]
+    if pass_ == "both":
+        return lambda: torch.autograd.backward(_float_outputs(impl(problem)), upstream), inputs
+    return lambda: torch.autograd.backward(outputs, upstream, retain_graph=True), inputs
+
+
+def _failure(impl: str, err: BaseException) -> str:
+    """Row status of a failed call: running out of memory is a result (the reference at 512 px),
+    so is a shape FlexAttention does not support; anything else is an error of this run."""
+    if isinstance(err, torch.cuda.OutOfMemoryError) or "out of memory" in str(err):
+        return "oom"
+    text = str(err).strip().splitlines()
+    message = f"{type(err).__name__}: {text[0][:100] if text else ''}"
+    return f"unsupported {message}" if impl == "flex" else f"error {message}"
+
+
+# --------------------------------------------------------------------------------------------------
+# Environment, table, CSV
+# --------------------------------------------------------------------------------------------------
+
+
+def environment(device: torch.device) -> dict[str, str]:
+    try:
+        import triton
+
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = "none"
+    if device.type == "cuda":
+        gpu = torch.cuda.get_device_name(device)
+    else:
+        gpu = (
+            f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+        )
+    return {
+        "gpu": gpu,
+        "torch": torch.__version__,
+        "triton": triton_version,
+        "commit": git_commit(),
+    }
+
+
+def git_commit() -> str:
+    def git(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True)
+
+    try:
+        head = git("rev-parse", "--short=12", "HEAD")
+    except OSError:
+        return "unknown"
+    if head.returncode != 0:
+        return "unknown"
+    dirty = git("diff", "--quiet", "HEAD", "--").returncode != 0
+    return head.stdout.strip() + ("-dirty" if dirty else "")
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+HEADER = (
+    f"{'block':<16} {'pass':<4} {'impl':<9} {'ms':>9} {'x ref':>6} {'TFLOP/s':>8} {'GB/s':>8} "
+    f"{'% copy':>6} {'peak MB':>9} {'mem/ref':>7} {'err':>8}  status"
+)
+
+
+def format_row(row: Row, ref: Row | None) -> str:
+    speedup = ref.median_ms / row.median_ms if ref and ref.median_ms and row.median_ms else None
+    memory = row.peak_mb / ref.peak_mb if ref and ref.peak_mb and row.peak_mb else None
+    return (
+        f"{row.shape.split()[0]:<16} {row.pass_:<4} {row.impl:<9} "
+        f"{_fmt(row.median_ms, '.4f'):>9} {_fmt(speedup, '.2f'):>6} {_fmt(row.tflops, '.2f'):>8} "
+        f"{_fmt(row.gbps, '.1f'):>8} {_fmt(row.pct_copy, '.1f'):>6} {_fmt(row.peak_mb, '.1f'):>9} "
+        f"{_fmt(memory, '.3f'):>7} {_fmt(row.err, '.2e'):>8}  {row.status}"
+    )
+
+
+def append_csv(path: Path, rows: list[Row]) -> None:
+    """Append rows, with a header when the file is new. Written to a temporary file and renamed,
+    so an interrupted run never leaves a half-written CSV."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    existing = path.read_text() if path.exists() else ""
+    if existing:
+        header = existing.splitlines()[0].split(",")
+        if header != CSV_COLUMNS:
+            raise ValueError(
+                f"{path} has columns {header}, expected {CSV_COLUMNS}: write to another --csv"
+            )
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", newline="") as f:
+            f.write(existing)
+            writer = csv.writer(f)
+            if not existing:
+                writer.writerow(CSV_COLUMNS)
+            for row in rows:
+                writer.writerow(["" if v is None else v for v in asdict(row).values()])
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# --------------------------------------------------------------------------------------------------
+# The run
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Settings:
+    device: torch.device
+    dtype: torch.dtype
+    batch: int
+    check_batch: int
+    impls: tuple[str, ...]
+    passes: tuple[str, ...]
+    warmup_ms: int
+    rep_ms: int
+
+
+def bench_shape(
+    preset: str, shape: AttentionShape, s: Settings, env: dict[str, str], copy_gbps: float
+) -> list[Row]:
+    """Check, then time, every implementation on one block; returns its rows."""
+    problem = make_problem(
+        shape, s.batch, device=s.device, dtype=s.dtype, seed=0, requires_grad=True
+    )
+    check = make_problem(
+        shape, s.check_batch, device=s.device, dtype=s.dtype, seed=1, requires_grad=True
+    )
+    needs_grads = any(p != "fwd" for p in s.passes)
+    gold = gold_run(check, needs_grads)
+    element = torch.finfo(s.dtype).bits // 8
+    rows = []
+    for name in s.impls:
+        impl = implementation(name, shape, s.device)
+        impl_passes = passes_of(name, list(s.passes))
+        if impl is None or not impl_passes:
+            continue
+        status, err = "ok", None
+        try:
+            flex = name == "flex"
+            err = check_error(
+                impl, check, gold, with_grads=needs_grads and not flex, complete=not flex
+            )
+            if err > TOLERANCE[s.dtype]:
+                status = "wrong"
+        except Exception as e:  # recorded as a row: an unsupported shape is a result too
+            status = _failure(name, e)
+        for pass_ in impl_passes:
+            cost = attention_cost(
+                batch=s.batch,
+                nq=shape.tokens,
+                nk=shape.tokens,
+                m=None if shape.block == "dense" else shape.candidates,
+                cqk=shape.cqk,
+                cp=shape.cp,
+                cv=shape.cv,
+                cw=shape.cw,
+                k=shape.k,
+                element_bytes=element,
+                index_bytes=8,
+                pass_=pass_,
+            )
+            ms = peak = None
+            row_status = status
+            if status == "ok":
+                try:
+                    run, reset = pass_runner(impl, problem, pass_)
+                    ms = median_ms(
+                        run, s.device, warmup_ms=s.warmup_ms, rep_ms=s.rep_ms, reset=reset
+                    )
+                    peak = peak_mb(run, s.device)
+                    del run, reset
+                except Exception as e:  # as above
+                    row_status = _failure(name, e)
+                    ms = peak = None
+                if s.device.type == "cuda":
+                    torch.cuda.empty_cache()
+            sec = ms * 1e-3 if ms else None
+            rows.append(
+                Row(
+                    timestamp=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                    **env,
+                    preset=preset,
+                    op="dense" if shape.block == "dense" else "candidate",
+                    block=shape.block,
+                    shape=shape.describe(),
+                    batch=s.batch,
+                    dtype=str(s.dtype).removeprefix("torch."),
+                    pass_=pass_,
+                    impl=name,
+                    status=row_status,
+                    median_ms=ms,
+                    tflops=cost.flops / sec / 1e12 if sec else None,
+                    gbps=cost.bytes / sec / 1e9 if sec else None,
+                    pct_copy=100 * cost.bytes / sec / 1e9 / copy_gbps if sec else None,
+                    peak_mb=peak,
+                    err=err,
+                    copy_gbps=copy_gbps,
+                    flops=cost.flops,
+                    bytes=cost.bytes,
+                )
+            )
+    return rows
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--preset", action="append", default=[], choices=sorted(PRESETS))
+    parser.add_argument(
+        "--shape", action="append", default=[], help="explicit block, BLOCK:key=value,..."
+    )
+    parser.add_argument(
+        "--tiny", action="store_true", help="the tiny preset at batch 2: a CPU run in seconds"
+    )
+    parser.add_argument("--blocks", default="dense,inter,inner", help="block types to run")
+    parser.add_argument("--passes", default=",".join(PASSES), help="fwd,bwd,both")
+    parser.add_argument(
+        "--impls",
+        default=None,
+        help=f"among {','.join(IMPLS)} (default: all on a GPU, reference,compiled on a CPU)",
+    )
+    parser.add_argument("--batch", type=int, default=None, help="default 8 (2 with --tiny)")
+    parser.add_argument(
+        "--check-batch",
+        type=int,
+        default=2,
+        help="batch of the correctness check (at most --batch)",
+    )
+    parser.add_argument(
+        "--dtype", choices=sorted(DTYPES), default=None, help="default bf16 on GPU, fp32 on CPU"
+    )
+    parser.add_argument("--device", default=None, help="default cuda when available, else cpu")
+    parser.add_argument("--warmup", type=int, default=25, help="warm-up per timing, ms")
+    parser.add_argument("--rep", type=int, default=100, help="measurement per timing, ms")
+    parser.add_argument("--csv", type=Path, default=DEFAULT_CSV, help="rows are appended here")
+    return parser
+
+
+def _split(text: str, allowed: tuple[str, ...], what: str) -> tuple[str, ...]:
+    items = tuple(x for x in text.split(",") if x)
+    bad = [x for x in items if x not in allowed]
+    if bad or not items:
+        raise ValueError(f"--{what} must list some of {allowed}, got {text!r}")
+    return items
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    on_gpu = device.type == "cuda"
+    try:
+        blocks = _split(args.blocks, ("dense", "inter", "inner"), "blocks")
+        passes = _split(args.passes, PASSES, "passes")
+        impls = _split(
+            args.impls or ("fused,reference,compiled,flex" if on_gpu else "reference,compiled"),
+            IMPLS,
+            "impls",
+        )
+        presets = args.preset + (["tiny"] if args.tiny else [])
+        if not presets and not args.shape:
+            presets = ["deepfashion-256", "deepfashion-512"]
+        shapes = [(p, s) for p in presets for s in preset_shapes(p)]
+        shapes += [("shape", parse_shape(spec)) for spec in args.shape]
+    except ValueError as err:
+        print(f"bench_attention: {err}", file=sys.stderr)
+        return 2
+    shapes = [(p, s) for p, s in shapes if s.block in blocks]
+    interpreting = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+    if "fused" in impls and not on_gpu and not interpreting:
+        print(
+            "bench_attention: the fused kernels need a CUDA device (or TRITON_INTERPRET=1); "
+            "leave 'fused' out of --impls on a CPU",
+            file=sys.stderr,
+        )
+        return 2
+    batch = args.batch or (2 if args.tiny else 8)
+    settings = Settings(
+        device=device,
+        dtype=DTYPES[args.dtype or ("bf16" if on_gpu else "fp32")],
+        batch=batch,
+        check_batch=max(1, min(args.check_batch, batch)),
+        impls=impls,
+        passes=passes,
+        warmup_ms=args.warmup,
+        rep_ms=args.rep,
+    )
+    env = environment(device)
+    copy_gbps = copy_bandwidth_gbps(device, warmup_ms=args.warmup, rep_ms=args.rep)
+    print(
+        f"{env['gpu']} | torch {env['torch']} | triton {env['triton']} | commit {env['commit']} | "
+        f"{str(settings.dtype).removeprefix('torch.')} | batch {batch} | "
+        f"device copy {copy_gbps:.1f} GB/s"
+    )
+    print(HEADER)
+    rows: list[Row] = []
+    for preset, shape in shapes:
+        torch._dynamo.reset()  # a fresh compile cache per block: no recompile limit is reached
+        print(f"# {preset}: {shape.describe()}", flush=True)
+        new = bench_shape(preset, shape, settings, env, copy_gbps)
+        for row in new:
+            ref = next(
+                (r for r in new if r.impl == "reference" and r.pass_ == row.pass_ and r.median_ms),
+                None,
+            )
+            print(format_row(row, ref), flush=True)
+        rows += new
+    append_csv(args.csv, rows)
+    print(f"appended {len(rows)} rows to {args.csv}")
+    bad = [r for r in rows if r.status == "wrong" or r.status.startswith("error")]
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
