@@ -29,16 +29,10 @@ reference vs compiled reference, which is how the test suite exercises this scri
 from __future__ import annotations
 
 import argparse
-import csv
 import importlib
 import math
 import os
-import platform
-import statistics
-import subprocess
 import sys
-import tempfile
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timezone
@@ -52,6 +46,14 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere, without PYTHONPA
     sys.path.insert(0, str(ROOT))
 
 from benchmarks.attention_cost import PASSES, attention_cost  # noqa: E402
+from benchmarks.measure import (  # noqa: E402
+    append_rows,
+    environment,
+    first_line,
+    is_out_of_memory,
+    median_ms,
+    peak_mb,
+)
 from kernels import reference  # noqa: E402
 from kernels.shapes import (  # noqa: E402
     PRESETS,
@@ -304,45 +306,6 @@ def check_error(
 # --------------------------------------------------------------------------------------------------
 
 
-def median_ms(
-    fn: Callable[[], object],
-    device: torch.device,
-    *,
-    warmup_ms: int,
-    rep_ms: int,
-    reset: list[Tensor] | None = None,
-) -> float:
-    """Median time of `fn` in milliseconds; the gradients of `reset` are dropped before each run."""
-    if device.type == "cuda":
-        from triton.testing import do_bench
-
-        return float(
-            do_bench(fn, warmup=warmup_ms, rep=rep_ms, grad_to_none=reset, return_mode="median")
-        )
-    times: list[float] = []
-    fn()  # the first call compiles; never timed
-    budget = time.perf_counter() + rep_ms / 1e3
-    while len(times) < 3 or (time.perf_counter() < budget and len(times) < 100):
-        for x in reset or []:
-            x.grad = None
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
-
-
-def peak_mb(fn: Callable[[], object], device: torch.device) -> float | None:
-    """Peak memory one call allocates above what was live before it (CUDA only)."""
-    if device.type != "cuda":
-        return None
-    torch.cuda.synchronize(device)
-    torch.cuda.reset_peak_memory_stats(device)
-    base = torch.cuda.memory_allocated(device)
-    fn()
-    torch.cuda.synchronize(device)
-    return (torch.cuda.max_memory_allocated(device) - base) / 2**20
-
-
 def copy_bandwidth_gbps(device: torch.device, *, warmup_ms: int, rep_ms: int) -> float:
     """Device-to-device copy, bytes read plus bytes written per second: the memory roofline."""
     nbytes = 2**30 if device.type == "cuda" else 2**25
@@ -375,51 +338,14 @@ def pass_runner(
 def _failure(impl: str, err: BaseException) -> str:
     """Row status of a failed call: running out of memory is a result (the reference at 512 px),
     so is a shape FlexAttention does not support; anything else is an error of this run."""
-    if isinstance(err, torch.cuda.OutOfMemoryError) or "out of memory" in str(err):
+    if is_out_of_memory(err):
         return "oom"
-    text = str(err).strip().splitlines()
-    message = f"{type(err).__name__}: {text[0][:100] if text else ''}"
-    return f"unsupported {message}" if impl == "flex" else f"error {message}"
+    return f"unsupported {first_line(err)}" if impl == "flex" else f"error {first_line(err)}"
 
 
 # --------------------------------------------------------------------------------------------------
-# Environment, table, CSV
+# Table and CSV
 # --------------------------------------------------------------------------------------------------
-
-
-def environment(device: torch.device) -> dict[str, str]:
-    try:
-        import triton
-
-        triton_version = triton.__version__
-    except ImportError:
-        triton_version = "none"
-    if device.type == "cuda":
-        gpu = torch.cuda.get_device_name(device)
-    else:
-        gpu = (
-            f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
-        )
-    return {
-        "gpu": gpu,
-        "torch": torch.__version__,
-        "triton": triton_version,
-        "commit": git_commit(),
-    }
-
-
-def git_commit() -> str:
-    def git(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True)
-
-    try:
-        head = git("rev-parse", "--short=12", "HEAD")
-    except OSError:
-        return "unknown"
-    if head.returncode != 0:
-        return "unknown"
-    dirty = git("diff", "--quiet", "HEAD", "--").returncode != 0
-    return head.stdout.strip() + ("-dirty" if dirty else "")
 
 
 def _fmt(value: float | None, spec: str) -> str:
@@ -432,6 +358,11 @@ HEADER = (
 )
 
 
+def append_csv(path: Path, rows: list[Row]) -> None:
+    records = [dict(zip(CSV_COLUMNS, asdict(row).values(), strict=True)) for row in rows]
+    append_rows(path, CSV_COLUMNS, records)
+
+
 def format_row(row: Row, ref: Row | None) -> str:
     speedup = ref.median_ms / row.median_ms if ref and ref.median_ms and row.median_ms else None
     memory = row.peak_mb / ref.peak_mb if ref and ref.peak_mb and row.peak_mb else None
@@ -441,32 +372,6 @@ def format_row(row: Row, ref: Row | None) -> str:
         f"{_fmt(row.gbps, '.1f'):>8} {_fmt(row.pct_copy, '.1f'):>6} {_fmt(row.peak_mb, '.1f'):>9} "
         f"{_fmt(memory, '.3f'):>7} {_fmt(row.err, '.2e'):>8}  {row.status}"
     )
-
-
-def append_csv(path: Path, rows: list[Row]) -> None:
-    """Append rows, with a header when the file is new. Written to a temporary file and renamed,
-    so an interrupted run never leaves a half-written CSV."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    existing = path.read_text() if path.exists() else ""
-    if existing:
-        header = existing.splitlines()[0].split(",")
-        if header != CSV_COLUMNS:
-            raise ValueError(
-                f"{path} has columns {header}, expected {CSV_COLUMNS}: write to another --csv"
-            )
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            f.write(existing)
-            writer = csv.writer(f)
-            if not existing:
-                writer.writerow(CSV_COLUMNS)
-            for row in rows:
-                writer.writerow(["" if v is None else v for v in asdict(row).values()])
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # --------------------------------------------------------------------------------------------------

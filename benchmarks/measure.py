@@ -1,0 +1,137 @@
+"""Timing, peak memory and result rows shared by the benchmark scripts.
+
+Imports only torch (and triton on a GPU), so the scripts run on the GPU machines' bare image.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import platform
+import statistics
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def median_ms(
+    fn: Callable[[], object],
+    device: torch.device,
+    *,
+    warmup_ms: int,
+    rep_ms: int,
+    reset: Sequence[Tensor] | None = None,
+) -> float:
+    """Median time of `fn` in milliseconds; the gradients of `reset` are dropped before each run.
+
+    On a GPU: `triton.testing.do_bench` (L2 flushed between runs). On a CPU: one untimed call
+    (compilation, allocator warm-up), then at least 3 and at most 100 runs within `rep_ms`."""
+    if device.type == "cuda":
+        from triton.testing import do_bench
+
+        return float(
+            do_bench(fn, warmup=warmup_ms, rep=rep_ms, grad_to_none=reset, return_mode="median")
+        )
+    times: list[float] = []
+    fn()
+    budget = time.perf_counter() + rep_ms / 1e3
+    while len(times) < 3 or (time.perf_counter() < budget and len(times) < 100):
+        for x in reset or []:
+            x.grad = None
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
+
+
+def peak_mb(
+    fn: Callable[[], object], device: torch.device, *, above_live: bool = True
+) -> float | None:
+    """Peak CUDA memory of one call in MiB: above what was live before it, or (`above_live`
+    False) in all. None off CUDA, where PyTorch keeps no allocator statistics."""
+    if device.type != "cuda":
+        return None
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    base = torch.cuda.memory_allocated(device) if above_live else 0
+    fn()
+    torch.cuda.synchronize(device)
+    return (torch.cuda.max_memory_allocated(device) - base) / 2**20
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    return isinstance(err, torch.cuda.OutOfMemoryError) or "out of memory" in str(err)
+
+
+def first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0][:100] if text else ''}"
+
+
+def environment(device: torch.device) -> dict[str, str]:
+    """GPU (or CPU) name, torch and Triton versions, git commit: the columns every row carries."""
+    try:
+        import triton
+
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = "none"
+    if device.type == "cuda":
+        gpu = torch.cuda.get_device_name(device)
+    else:
+        cpu = platform.processor() or platform.machine()
+        gpu = f"cpu ({cpu}, {torch.get_num_threads()} threads)"
+    return {
+        "gpu": gpu,
+        "torch": torch.__version__,
+        "triton": triton_version,
+        "commit": git_commit(),
+    }
+
+
+def git_commit() -> str:
+    """Short HEAD, `-dirty` when tracked files differ from it; "unknown" outside a checkout."""
+
+    def git(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True)
+
+    try:
+        head = git("rev-parse", "--short=12", "HEAD")
+    except OSError:
+        return "unknown"
+    if head.returncode != 0:
+        return "unknown"
+    dirty = git("diff", "--quiet", "HEAD", "--").returncode != 0
+    return head.stdout.strip() + ("-dirty" if dirty else "")
+
+
+def append_rows(path: Path, columns: list[str], rows: list[dict[str, object]]) -> None:
+    """Append rows to a CSV, with a header when the file is new. The file is rewritten to a
+    temporary name and renamed, so an interrupted run never leaves half a row; a file whose header
+    differs is refused rather than mixed."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    existing = path.read_text() if path.exists() else ""
+    if existing:
+        header = existing.splitlines()[0].split(",")
+        if header != columns:
+            raise ValueError(f"{path} has columns {header}, expected {columns}: use another file")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", newline="") as f:
+            f.write(existing)
+            writer = csv.writer(f)
+            if not existing:
+                writer.writerow(columns)
+            for row in rows:
+                writer.writerow(["" if row[c] is None else row[c] for c in columns])
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
