@@ -1,0 +1,245 @@
+"""Time a generator training step (forward + backward) with the fused kernels vs the reference.
+
+    PYTHONPATH=. python benchmarks/bench_train_step.py --preset deepfashion-256 --batch 8 \
+        --sizes 256
+    PYTHONPATH=. python benchmarks/bench_train_step.py --batch 1 --sizes 512   # does it fit?
+    python benchmarks/bench_train_step.py --config run/config.json --sizes 64 --batch 2   # CPU
+
+One step is the generator's forward with warped exemplars, a stand-in for its loss (L1 to a target
+plus the warp loss with the release's weight 1000; no VGG and no discriminator, which do not
+depend on the attention backend) and the backward; the optimiser step is left out. The model is
+built twice with the same seed, once per `attention_backend` ("triton": the fused kernels,
+"torch": the reference), and fed the same random inputs. Reported per image size and backend:
+median step time, peak CUDA memory (all of it: weights, gradients, activations; a step that does
+not fit is reported "oom"), and the generated image's relative RMS difference from the reference
+backend's (a sanity check, not a test: a top-k near-tie may route a sparse block differently).
+Sizes other than the config's image size run the same model, its positional map interpolated.
+Rows are printed and appended to a CSV.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as a script from anywhere, without PYTHONPATH
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks.measure import (  # noqa: E402
+    append_rows,
+    environment,
+    first_line,
+    is_out_of_memory,
+    median_ms,
+    peak_mb,
+)
+from dynast.config import PRESETS, DynaSTConfig, preset  # noqa: E402
+from dynast.generator import Generator  # noqa: E402
+
+BACKENDS = ("triton", "torch")
+AMP = {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}
+WARP_WEIGHT = 1000.0  # method.md section 5
+COLUMNS = [
+    "timestamp", "gpu", "torch", "triton", "commit", "config", "image_size", "batch", "amp",
+    "backend", "status", "median_ms", "peak_mb", "image_rel_rms",
+]  # fmt: skip
+DEFAULT_CSV = ROOT / "benchmarks" / "results" / "train_step.csv"
+HEADER = (
+    f"{'size':>5} {'backend':<7} {'ms':>10} {'x torch':>7} {'peak MB':>10} {'rel RMS':>9}  status"
+)
+
+
+def load_config(preset_name: str | None, config_path: Path | None) -> DynaSTConfig:
+    """A preset by name, or a config JSON (e.g. a run folder's config.json: either the model
+    config itself or a file holding it under "model")."""
+    if config_path is None:
+        return preset(preset_name or "deepfashion-256")
+    try:
+        data = json.loads(config_path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ValueError(
+            f"--config {config_path}: cannot read a JSON model config ({err})"
+        ) from err
+    if isinstance(data, dict) and isinstance(data.get("model"), dict):
+        data = data["model"]
+    return DynaSTConfig.from_dict(data)
+
+
+@dataclasses.dataclass
+class StepInputs:
+    semantic: Tensor
+    exemplar: Tensor
+    exemplar_semantic: Tensor
+    target: Tensor
+
+
+def make_inputs(cfg: DynaSTConfig, size: int, batch: int, device: torch.device) -> StepInputs:
+    gen = torch.Generator().manual_seed(0)
+
+    def draw(channels: int, low: float, high: float) -> Tensor:
+        x = torch.rand(batch, channels, size, size, generator=gen) * (high - low) + low
+        return x.to(device)
+
+    return StepInputs(
+        semantic=draw(cfg.semantic_nc, 0, 1),
+        exemplar=draw(3, -1, 1),
+        exemplar_semantic=draw(cfg.semantic_nc, 0, 1),
+        target=draw(3, -1, 1),
+    )
+
+
+def generator_loss(model: Generator, x: StepInputs) -> tuple[Tensor, Tensor]:
+    """(loss, image): L1 to the target plus the weighted warp L1 at every block."""
+    result = model(x.semantic, x.exemplar, x.exemplar_semantic, with_warps=True)
+    loss = F.l1_loss(result.image.float(), x.target)
+    for warp in result.warps:
+        pooled = F.adaptive_avg_pool2d(x.target, warp.shape[-2:])
+        loss = loss + WARP_WEIGHT * F.l1_loss(warp.float(), pooled)
+    return loss, result.image
+
+
+def bench_backend(
+    cfg: DynaSTConfig,
+    backend: str,
+    x: StepInputs,
+    device: torch.device,
+    amp: torch.dtype | None,
+    warmup_ms: int,
+    rep_ms: int,
+) -> tuple[str, float | None, float | None, Tensor | None]:
+    """(status, median ms, peak MiB, image of one forward) for one backend."""
+    torch.manual_seed(0)
+    try:
+        model = Generator(dataclasses.replace(cfg, attention_backend=backend)).to(device)
+        params = list(model.parameters())
+        autocast = torch.autocast(device.type, dtype=amp, enabled=amp is not None)
+
+        def step() -> None:
+            with autocast:
+                loss, _ = generator_loss(model, x)
+            loss.backward()
+
+        with torch.no_grad(), autocast:
+            image = generator_loss(model, x)[1].float()
+        ms = median_ms(step, device, warmup_ms=warmup_ms, rep_ms=rep_ms, reset=params)
+        for p in params:
+            p.grad = None
+        peak = peak_mb(step, device, above_live=False)
+        return "ok", ms, peak, image
+    except Exception as err:  # a step that does not fit is a result, reported as a row
+        status = "oom" if is_out_of_memory(err) else f"error {first_line(err)}"
+        return status, None, None, None
+    finally:
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def _rel_rms(a: Tensor, b: Tensor) -> float:
+    return float((a - b).pow(2).mean().sqrt() / b.pow(2).mean().sqrt().clamp_min(1e-30))
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--preset", choices=sorted(PRESETS), help="default deepfashion-256")
+    source.add_argument("--config", type=Path, help="model config JSON instead of a preset")
+    parser.add_argument(
+        "--sizes", default=None, help="image sizes, comma-separated (default: the config's, x2)"
+    )
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument(
+        "--backends", default=None, help="triton,torch (default: both on a GPU, torch on a CPU)"
+    )
+    parser.add_argument(
+        "--amp", choices=sorted(AMP), default=None, help="autocast dtype (default bf16 on GPU)"
+    )
+    parser.add_argument("--device", default=None, help="default cuda when available, else cpu")
+    parser.add_argument("--warmup", type=int, default=100, help="warm-up per timing, ms")
+    parser.add_argument("--rep", type=int, default=1000, help="measurement per timing, ms")
+    parser.add_argument("--csv", type=Path, default=DEFAULT_CSV, help="rows are appended here")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    on_gpu = device.type == "cuda"
+    try:
+        cfg = load_config(args.preset, args.config)
+        sizes = [int(s) for s in (args.sizes or "").split(",") if s] or [
+            cfg.image_size,
+            2 * cfg.image_size,
+        ]
+        backends = [
+            b for b in (args.backends or ("triton,torch" if on_gpu else "torch")).split(",")
+        ]
+        if not backends or any(b not in BACKENDS for b in backends):
+            raise ValueError(f"--backends must list some of {BACKENDS}, got {args.backends!r}")
+        if args.batch < 1:
+            raise ValueError(f"--batch must be positive, got {args.batch}")
+    except ValueError as err:
+        print(f"bench_train_step: {err}", file=sys.stderr)
+        return 2
+    amp_name = args.amp or ("bf16" if on_gpu else "none")
+    env = environment(device)
+    print(
+        f"{env['gpu']} | torch {env['torch']} | triton {env['triton']} | commit {env['commit']} | "
+        f"config {cfg.name} | batch {args.batch} | amp {amp_name}"
+    )
+    print(HEADER)
+    rows = []
+    for size in sizes:
+        x = make_inputs(cfg, size, args.batch, device)
+        results = {}
+        for backend in backends:
+            results[backend] = bench_backend(
+                cfg, backend, x, device, AMP[amp_name], args.warmup, args.rep
+            )
+        base = results.get("torch")
+        for backend, (status, ms, peak, image) in results.items():
+            speedup = diff = None
+            if base and backend != "torch" and base[1] and ms:
+                speedup = base[1] / ms
+            if base and backend != "torch" and base[3] is not None and image is not None:
+                diff = _rel_rms(image, base[3])
+            print(
+                f"{size:>5} {backend:<7} {_fmt(ms, '.2f'):>10} {_fmt(speedup, '.2f'):>7} "
+                f"{_fmt(peak, '.1f'):>10} {_fmt(diff, '.2e'):>9}  {status}"
+            )
+            rows.append(
+                {
+                    "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                    **env,
+                    "config": cfg.name,
+                    "image_size": size,
+                    "batch": args.batch,
+                    "amp": amp_name,
+                    "backend": backend,
+                    "status": status,
+                    "median_ms": ms,
+                    "peak_mb": peak,
+                    "image_rel_rms": diff,
+                }
+            )
+    append_rows(args.csv, COLUMNS, rows)
+    print(f"appended {len(rows)} rows to {args.csv}")
+    return 1 if any(r["status"].startswith("error") for r in rows) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
