@@ -1,0 +1,122 @@
+"""Training losses against direct formulas, and the global-batch weight normalisation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from _assert import assert_close
+
+from train.losses import (
+    VGG_LAYER_WEIGHTS,
+    discriminator_hinge,
+    feature_matching,
+    generator_hinge,
+    normalised_sum,
+    per_sample_l1,
+    vgg_losses,
+    warp_loss,
+)
+
+
+def _preds(batch: int, gen: torch.Generator) -> list[list[torch.Tensor]]:
+    """Two discriminator scales, each two feature maps and patch logits (odd sizes)."""
+    return [
+        [
+            torch.randn(batch, 5, 9, 7, generator=gen),
+            torch.randn(batch, 6, 5, 3, generator=gen),
+            torch.randn(batch, 1, 3, 2, generator=gen),
+        ],
+        [
+            torch.randn(batch, 5, 5, 4, generator=gen),
+            torch.randn(batch, 6, 3, 2, generator=gen),
+            torch.randn(batch, 1, 2, 1, generator=gen),
+        ],
+    ]
+
+
+def test_warp_loss_pools_the_target_to_every_block():
+    gen = torch.Generator().manual_seed(0)
+    target = torch.rand(3, 3, 24, 40, generator=gen) * 2 - 1
+    warps = [torch.rand(3, 3, h, w, generator=gen) for h, w in ((3, 5), (6, 10), (24, 40))]
+    expected = sum(
+        (w - F.avg_pool2d(target, 24 // w.shape[2])).abs().mean(dim=(1, 2, 3)) for w in warps
+    )
+    assert_close(warp_loss(warps, target), expected, name="warp loss")
+    with pytest.raises(ValueError, match="with_warps=True"):
+        warp_loss([], target)
+
+
+def test_hinge_losses_and_feature_matching():
+    gen = torch.Generator().manual_seed(1)
+    fake, real = _preds(3, gen), _preds(3, gen)
+    g = generator_hinge(fake)
+    expected_g = -(fake[0][-1].mean(dim=(1, 2, 3)) + fake[1][-1].mean(dim=(1, 2, 3))) / 2
+    assert_close(g, expected_g, name="generator hinge")
+    d_real, d_fake = discriminator_hinge(real, fake)
+    exp_real = sum(F.relu(1 - s[-1]).mean(dim=(1, 2, 3)) for s in real) / 2
+    exp_fake = sum(F.relu(1 + s[-1]).mean(dim=(1, 2, 3)) for s in fake) / 2
+    assert_close(d_real, exp_real, name="D real")
+    assert_close(d_fake, exp_fake, name="D fake")
+    fm = feature_matching(fake, real)
+    exp_fm = sum(
+        sum((f - r).abs().mean(dim=(1, 2, 3)) for f, r in zip(fs[:-1], rs[:-1], strict=True))
+        for fs, rs in zip(fake, real, strict=True)
+    ) / len(fake)
+    assert_close(fm, exp_fm, name="feature matching")
+
+
+def test_feature_matching_treats_real_features_as_constants():
+    gen = torch.Generator().manual_seed(2)
+    fake = [[t.requires_grad_(True) for t in s] for s in _preds(2, gen)]
+    real = [[t.requires_grad_(True) for t in s] for s in _preds(2, gen)]
+    feature_matching(fake, real).sum().backward()
+    assert fake[0][0].grad is not None and real[0][0].grad is None
+
+
+def test_vgg_losses_weights_layers_and_adds_relu4_2_mse():
+    gen = torch.Generator().manual_seed(3)
+    fake = [
+        torch.randn(2, c, s, s, generator=gen) for c, s in ((4, 16), (5, 8), (6, 4), (7, 2), (3, 1))
+    ]
+    real = [torch.randn_like(f) for f in fake]
+    l1, mse = vgg_losses(fake, real)
+    expected = sum(
+        w * (f - r).abs().mean(dim=(1, 2, 3))
+        for w, f, r in zip(VGG_LAYER_WEIGHTS, fake, real, strict=True)
+    )
+    assert_close(l1, expected, name="vgg l1")
+    assert_close(mse, (fake[3] - real[3]).pow(2).mean(dim=(1, 2, 3)), name="vgg mse relu4_2")
+    with pytest.raises(ValueError, match="expected 5 feature maps"):
+        vgg_losses(fake[:4], real[:4])
+
+
+def test_per_sample_l1_rejects_shape_mismatch():
+    with pytest.raises(ValueError, match="shapes differ"):
+        per_sample_l1(torch.zeros(2, 3), torch.zeros(2, 4))
+
+
+def test_normalised_sum_gradient_does_not_depend_on_the_process_split():
+    """The global weighted mean's gradient: summed over micro-batches and averaged over
+    processes (what DDP with gradient accumulation does), for several splits."""
+    gen = torch.Generator().manual_seed(4)
+    values = torch.rand(8, generator=gen)
+    weights = (torch.rand(8, generator=gen) > 0.4).float()
+    weights[0] = 1.0
+    expected = (weights / weights.sum()).double()  # d(sum w l / sum w)/dl
+    for world, micro in ((1, 1), (2, 1), (4, 1), (2, 2), (1, 4)):
+        grad = torch.zeros(8, dtype=torch.float64)
+        total = weights.sum()
+        chunks = torch.arange(8).chunk(world * micro)
+        for p in range(world):
+            for m in range(micro):
+                idx = chunks[p * micro + m]
+                part = values[idx].clone().requires_grad_(True)
+                normalised_sum(part, weights[idx], total, world).backward()
+                grad[idx] += part.grad.double() / world  # DDP averages over processes
+        assert_close(grad, expected, name=f"gradient world={world} micro={micro}", atol=1e-7)
+
+
+def test_normalised_sum_of_an_empty_weight_set_is_zero():
+    out = normalised_sum(torch.rand(3), torch.zeros(3), torch.tensor(0.0), 2)
+    assert float(out) == 0.0

@@ -1,0 +1,521 @@
+"""`train(cfg)`: build, prepare, loop (generator step, discriminator step), log, sample, checkpoint.
+
+Runs under one process (`accelerate launch train/main.py`, plain `python`) or several
+(`torchrun --nproc_per_node N`, `accelerate launch --multi_gpu`). Re-running the same command with
+the same output folder resumes from its newest complete checkpoint, at the same step and with the
+same data order.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from dynast.data import build_dataset, correspondence_accuracy, semantic_to_rgb
+from dynast.discriminator import MultiscaleDiscriminator
+from dynast.generator import Generator
+from dynast.io import save_pretrained
+from dynast.vgg import VGG19Features, resolve_vgg_weights
+
+from . import checkpoints as ckpt
+from .config import RESUMABLE_CHANGES, RunConfig
+from .data_order import DataPosition, micro_batches
+from .errors import TrainingError, clean_message
+from .losses import (
+    discriminator_hinge,
+    feature_matching,
+    generator_hinge,
+    normalised_sum,
+    per_sample_l1,
+    vgg_losses,
+    warp_loss,
+)
+from .metrics_log import MetricsLog, read_metrics
+from .samples import sample_grid, save_png
+from .sync_batch_norm import count_batch_norms, synchronise_batch_norm
+
+CONFIG_FILE = "config.json"
+FINAL_DIR = "final"
+SAMPLES_DIR = "samples"
+EVAL_KEYS = ("eval/correspondence_accuracy", "eval/l1")
+
+
+@dataclass
+class TrainResult:
+    """What a finished `train` reports: the run folder, the last step, the evaluation at step 0
+    and at the end (`eval/correspondence_accuracy`, `eval/l1`), and wall times."""
+
+    run_dir: Path
+    step: int
+    start_metrics: dict[str, float] = field(default_factory=dict)
+    end_metrics: dict[str, float] = field(default_factory=dict)
+    wall_s: float = 0.0
+    train_s: float = 0.0
+
+
+# ----------------------------------------------------------------------------- run folder
+
+
+def _prepare_run_dir(run_dir: Path) -> None:
+    """Create the run folder and prove it is writable, or fail naming it."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".write_probe"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as e:
+        raise TrainingError(
+            f"--output-dir {run_dir}: cannot write there ({e.strerror or e})"
+        ) from None
+
+
+def _check_resumable(cfg: RunConfig, run_dir: Path) -> None:
+    """Refuse to continue a run whose saved config differs in anything but run length/logging."""
+    path = run_dir / CONFIG_FILE
+    if not path.is_file():
+        raise TrainingError(
+            f"{run_dir}: holds checkpoints but no {CONFIG_FILE}; cannot tell what run it is "
+            "(use another --output-dir)"
+        )
+    try:
+        saved = RunConfig.from_dict(json.loads(path.read_text()), where=str(path))
+    except (OSError, ValueError) as e:
+        raise TrainingError(f"{path}: not a readable run config ({e})") from None
+    changed = [name for name in cfg.changes_from(saved) if name not in RESUMABLE_CHANGES]
+    if changed:
+        details = ", ".join(
+            f"{name}: {_lookup(saved, name)!r} -> {_lookup(cfg, name)!r}" for name in changed
+        )
+        raise TrainingError(
+            f"{run_dir} holds a run of preset {saved.model.name!r} whose config differs from "
+            f"this one ({details}); resume with the same settings or use another --output-dir"
+        )
+
+
+def _lookup(cfg: RunConfig, dotted: str) -> object:
+    value: object = cfg.to_dict()
+    for part in dotted.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    return value
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _to_device(batch: dict, device: torch.device) -> dict:
+    return {
+        k: v.to(device, non_blocking=True) if isinstance(v, Tensor) else v for k, v in batch.items()
+    }
+
+
+def _load_vgg(cfg: RunConfig, say: Callable[[str], None]) -> nn.Module | None:
+    weights = cfg.train.loss
+    if weights.vgg == 0 and weights.vgg_mse == 0:
+        say("VGG losses: off (train.loss.vgg and train.loss.vgg_mse are 0)")
+        return None
+    try:
+        path = resolve_vgg_weights(cfg.train.vgg_weights)
+    except FileNotFoundError as e:
+        if cfg.train.vgg_weights is not None:
+            raise TrainingError(f"--vgg-weights: {e}") from None
+        say(f"VGG losses: off, no VGG19 weights ({e})")
+        return None
+    say(f"VGG losses: on, weights {path}")
+    try:
+        vgg = VGG19Features.from_file(path)
+    except (OSError, ValueError, RuntimeError) as e:
+        raise TrainingError(f"--vgg-weights {path}: cannot load VGG19 weights ({e})") from None
+    return vgg.eval().requires_grad_(False)
+
+
+def _split_preds(preds: list[list[Tensor]], n: int) -> tuple[list[list[Tensor]], ...]:
+    """Discriminator outputs of a batch [first n; rest] -> (outputs of first n, of the rest)."""
+    first = [[t[:n] for t in scale] for scale in preds]
+    rest = [[t[n:] for t in scale] for scale in preds]
+    return first, rest
+
+
+class _Sums:
+    """Per loss term, running sums of weight * value and of weight over steps (for logging)."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, list[float]] = {}
+
+    def add(self, name: str, per_sample: Tensor, weights: Tensor) -> None:
+        acc = self.values.setdefault(name, [0.0, 0.0])
+        acc[0] += float((per_sample.detach().double() * weights.double()).sum())
+        acc[1] += float(weights.double().sum())
+
+    def reduce(self, accelerator: Accelerator) -> dict[str, float]:
+        """Global weighted means over every process; resets the sums. Every process must call."""
+        names = sorted(self.values)
+        if not names:
+            return {}
+        local = torch.tensor(
+            [self.values[n] for n in names], dtype=torch.float64, device=accelerator.device
+        )
+        total = accelerator.reduce(local, reduction="sum").cpu()
+        self.values = {}
+        return {
+            name: float(s / w) if w > 0 else float("nan")
+            for name, (s, w) in zip(names, total.tolist(), strict=True)
+        }
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+@torch.no_grad()
+def evaluate(
+    generator: nn.Module,
+    batches: list[dict],
+    autocast: Callable[[], contextlib.AbstractContextManager],
+) -> tuple[dict[str, float], dict[str, Tensor]]:
+    """Correspondence accuracy of the finest top-1 match and L1 of the output to the ground
+    truth (pairs with one), means over the fixed evaluation pairs; plus the tensors of the first
+    batch for a sample grid."""
+    was_training = generator.training
+    generator.eval()
+    accuracy, l1, with_target = [], [], []
+    first: dict[str, Tensor] = {}
+    try:
+        for batch in batches:
+            with autocast():
+                out = generator(
+                    batch["semantic"],
+                    batch["exemplar"],
+                    batch["exemplar_semantic"],
+                    with_warps=True,
+                )
+            best = out.topks[-1][..., 0]
+            accuracy.append(
+                correspondence_accuracy(
+                    best, batch["label"], batch["exemplar_label"], tuple(out.block_sizes[-1])
+                )
+            )
+            l1.append(per_sample_l1(out.image, batch["target"]))
+            with_target.append(batch["has_target"].float())
+            if not first:
+                first = {
+                    "semantic_rgb": semantic_to_rgb(batch["semantic"]),
+                    "exemplar": batch["exemplar"],
+                    "warp": out.warps[-1],
+                    "output": out.image,
+                    "target": batch["target"],
+                }
+    finally:
+        generator.train(was_training)
+    weights = torch.cat(with_target)
+    metrics = {"eval/correspondence_accuracy": float(torch.cat(accuracy).mean())}
+    metrics["eval/l1"] = (
+        float((torch.cat(l1) * weights).sum() / weights.sum()) if weights.sum() > 0 else math.nan
+    )
+    return metrics, first
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def train(cfg: RunConfig) -> TrainResult:
+    """Train (or resume) the run `cfg` describes; returns its start and end evaluation."""
+    started = time.perf_counter()
+    tc = cfg.train
+    fp16 = tc.mixed_precision == "fp16"
+    # fp16 gets one loss scaler per optimizer (below) instead of Accelerate's single shared one,
+    # so Accelerate itself runs without mixed precision and we autocast to fp16 ourselves.
+    accelerator = Accelerator(
+        cpu=not torch.cuda.is_available(),
+        mixed_precision="no" if fp16 else tc.mixed_precision,
+    )
+    device, world, main = accelerator.device, accelerator.num_processes, accelerator.is_main_process
+
+    def say(message: str) -> None:
+        if main:
+            tqdm.write(message)
+
+    def autocast() -> contextlib.AbstractContextManager:
+        if fp16:
+            return torch.autocast(device.type, dtype=torch.float16)
+        return accelerator.autocast()
+
+    # Run folder: writable, leftovers of an interrupted save removed, resume point found.
+    run_dir = Path(tc.output_dir)
+    if main:
+        _prepare_run_dir(run_dir)
+        for leftover in ckpt.remove_partial(run_dir):
+            say(f"removed incomplete checkpoint {leftover}")
+    accelerator.wait_for_everyone()
+    latest = ckpt.latest_checkpoint(run_dir)
+    if latest is not None:
+        _check_resumable(cfg, run_dir)
+    if main:
+        ckpt.write_json_atomic(run_dir / CONFIG_FILE, cfg.to_dict())
+
+    # Models, optimisers (two-time-scale Adam), losses.
+    set_seed(tc.seed)
+    generator = Generator(cfg.model)
+    discriminator = MultiscaleDiscriminator(cfg.model)
+    if world > 1 and count_batch_norms(generator):
+        generator = synchronise_batch_norm(generator, device)
+        say(f"batch norm synchronised across {world} processes")
+    vgg = _load_vgg(cfg, say)
+    betas = (tc.adam_beta1, tc.adam_beta2)
+    opt_g = torch.optim.Adam(generator.parameters(), lr=tc.lr * tc.g_lr_ratio, betas=betas)
+    opt_d = torch.optim.Adam(discriminator.parameters(), lr=tc.lr * tc.d_lr_ratio, betas=betas)
+    generator, discriminator, opt_g, opt_d = accelerator.prepare(
+        generator, discriminator, opt_g, opt_d
+    )
+    g_inner = accelerator.unwrap_model(generator)
+    d_inner = accelerator.unwrap_model(discriminator)
+    if vgg is not None:
+        vgg = vgg.to(device)
+    scaler_g = torch.amp.GradScaler(device.type, enabled=fp16)
+    scaler_d = torch.amp.GradScaler(device.type, enabled=fp16)
+    if fp16:
+        accelerator.register_for_checkpointing(scaler_g, scaler_d)
+
+    # Resume.
+    progress = ckpt.Progress(0, 0, 0, world, tc.batch_size, 0.0)
+    if latest is not None:
+        folder = latest[1]
+        progress = ckpt.read_progress(folder)
+        if progress.world_size != world:
+            raise TrainingError(
+                f"{folder} was written by {progress.world_size} process(es), this run has "
+                f"{world}: resume with the same number of processes (the data order and random "
+                "states are per process)"
+            )
+        accelerator.load_state(str(folder))
+        say(f"resuming from {folder} at step {progress.step}")
+    step = progress.step
+    position = DataPosition(progress.epoch, progress.batch_in_epoch)
+
+    # Data.
+    try:
+        train_set = build_dataset(cfg.data, "train")
+        eval_set = build_dataset(cfg.data, "test")
+        count = min(tc.eval_pairs, len(eval_set))
+        eval_samples = [eval_set[i] for i in range(count)]
+    except (OSError, ValueError, KeyError, IndexError) as e:
+        raise TrainingError(f"data: {clean_message(e)}") from None
+    collate = torch.utils.data.default_collate
+    eval_batches = [
+        _to_device(collate(eval_samples[i : i + tc.eval_batch_size]), device)
+        for i in range(0, count, tc.eval_batch_size)
+    ]
+    batches: Iterator[dict] = micro_batches(
+        train_set,
+        position,
+        batch_size=tc.batch_size,
+        rank=accelerator.process_index,
+        world_size=world,
+        seed=tc.seed,
+        num_workers=tc.num_workers,
+    )
+
+    log = MetricsLog(run_dir, keep_through=step if latest is not None else -1, enabled=main)
+    weights = tc.loss
+    use_d_in_g = weights.gan > 0 or weights.feature_matching > 0
+
+    def evaluate_and_sample(at: int) -> dict[str, float]:
+        metrics: dict[str, float] = {}
+        if main:
+            metrics, tensors = evaluate(g_inner, eval_batches, autocast)
+            rows = slice(0, tc.sample_rows)
+            grid = sample_grid(*(t[rows] for t in tensors.values()))
+            save_png(grid, run_dir / SAMPLES_DIR / f"step_{at:08d}.png")
+            log.log(at, metrics)
+        accelerator.wait_for_everyone()
+        return metrics
+
+    def save_checkpoint(at: int, elapsed: float) -> None:
+        staging = ckpt.staging_dir(run_dir, at)
+        if main:
+            if staging.exists():
+                shutil.rmtree(staging)
+            staging.parent.mkdir(parents=True, exist_ok=True)
+        accelerator.wait_for_everyone()
+        accelerator.save_state(str(staging), safe_serialization=True)
+        accelerator.wait_for_everyone()
+        if main:
+            save_pretrained(g_inner, staging / ckpt.GENERATOR_DIR)
+            ckpt.write_progress(
+                staging,
+                ckpt.Progress(at, position.epoch, position.batch, world, tc.batch_size, elapsed),
+            )
+            ckpt.publish(staging)
+            ckpt.rotate(run_dir, tc.checkpoint_limit)
+        accelerator.wait_for_everyone()
+
+    start_metrics: dict[str, float] = {}
+    end_metrics: dict[str, float] = {}
+    if step == 0:
+        start_metrics = end_metrics = evaluate_and_sample(0)
+    elif main:
+        first = [r for r in read_metrics(run_dir) if r.get("step") == 0 and EVAL_KEYS[0] in r]
+        start_metrics = {k: first[0][k] for k in EVAL_KEYS if k in first[0]} if first else {}
+    if main and step < tc.max_steps and (run_dir / FINAL_DIR).exists():
+        # Training goes on past the weights in final/: drop them so readers take the newest
+        # checkpoint until a new final/ is written.
+        shutil.rmtree(run_dir / FINAL_DIR)
+
+    sums = _Sums()
+    bar = tqdm(total=tc.max_steps, initial=step, desc="train", disable=not main, dynamic_ncols=True)
+    session_start, elapsed_before = time.perf_counter(), progress.elapsed_s
+    last_saved = step if latest is not None else -1
+    while step < tc.max_steps:
+        micro = [_to_device(next(batches), device) for _ in range(tc.grad_accum_steps)]
+        factor = tc.lr_factor(step)
+        for group in opt_g.param_groups:
+            group["lr"] = tc.lr * tc.g_lr_ratio * factor
+        for group in opt_d.param_groups:
+            group["lr"] = tc.lr * tc.d_lr_ratio * factor
+
+        # Per-sample weights normalised over the global batch (every process, every micro-batch).
+        has_target = [b["has_target"].float() for b in micro]
+        ones = [torch.ones_like(w) for w in has_target]
+        local = torch.stack([sum(w.sum() for w in has_target), sum(o.sum() for o in ones)])
+        global_target, global_all = accelerator.reduce(local.double(), reduction="sum").float()
+
+        # Generator step. The discriminator runs unwrapped with frozen parameters: gradients reach
+        # the image, not D, and D's DDP wrapper is not involved.
+        d_inner.requires_grad_(False)
+        opt_g.zero_grad(set_to_none=True)
+        fakes, g_total = [], 0.0
+        for m, batch in enumerate(micro):
+            sync = m == len(micro) - 1
+            with contextlib.nullcontext() if sync else accelerator.no_sync(generator):
+                sem, target = batch["semantic"], batch["target"]
+                w_t, w_1 = has_target[m], ones[m]
+                with autocast():
+                    out = generator(
+                        sem, batch["exemplar"], batch["exemplar_semantic"], with_warps=True
+                    )
+                    fake_preds = d_inner(sem, out.image) if use_d_in_g else None
+                    if weights.feature_matching > 0:
+                        with torch.no_grad():
+                            real_preds = d_inner(sem, target)
+                    if vgg is not None:
+                        fake_feats = vgg(out.image)
+                        with torch.no_grad():
+                            real_feats = vgg(target)
+                terms = {"warp": (warp_loss(out.warps, target), w_t, global_target)}
+                if weights.gan > 0:
+                    terms["gan"] = (generator_hinge(fake_preds), w_1, global_all)
+                if weights.feature_matching > 0:
+                    fm = feature_matching(fake_preds, real_preds)
+                    terms["feature_matching"] = (fm, w_t, global_target)
+                if vgg is not None:
+                    vgg_l1, vgg_mse = vgg_losses(fake_feats, real_feats)
+                    terms["vgg"] = (vgg_l1, w_t, global_target)
+                    terms["vgg_mse"] = (vgg_mse, w_t, global_target)
+                loss = sum(
+                    getattr(weights, name) * normalised_sum(value, w, total, world)
+                    for name, (value, w, total) in terms.items()
+                )
+                accelerator.backward(scaler_g.scale(loss))
+                g_total += float(loss.detach()) / world
+                for name, (value, w, _) in terms.items():
+                    sums.add(f"loss/{name}", value, w)
+                fakes.append(out.image.detach())
+        scaler_g.step(opt_g)
+        scaler_g.update()
+        d_inner.requires_grad_(True)
+
+        # Discriminator step on the generator's images of this step (detached) and the targets.
+        d_total = 0.0
+        if use_d_in_g:
+            opt_d.zero_grad(set_to_none=True)
+            for m, batch in enumerate(micro):
+                sync = m == len(micro) - 1
+                with contextlib.nullcontext() if sync else accelerator.no_sync(discriminator):
+                    sem, n = batch["semantic"], batch["semantic"].shape[0]
+                    with autocast():
+                        preds = discriminator(
+                            torch.cat([sem, sem]), torch.cat([fakes[m], batch["target"]])
+                        )
+                    fake_preds, real_preds = _split_preds(preds, n)
+                    d_real, d_fake = discriminator_hinge(real_preds, fake_preds)
+                    loss = normalised_sum(d_real, has_target[m], global_target, world)
+                    loss = loss + normalised_sum(d_fake, ones[m], global_all, world)
+                    accelerator.backward(scaler_d.scale(loss))
+                    d_total += float(loss.detach()) / world
+                    sums.add("loss/d_real", d_real, has_target[m])
+                    sums.add("loss/d_fake", d_fake, ones[m])
+            scaler_d.step(opt_d)
+            scaler_d.update()
+
+        step += 1
+        elapsed = elapsed_before + time.perf_counter() - session_start
+        if not (math.isfinite(g_total) and math.isfinite(d_total)):
+            raise TrainingError(
+                f"step {step}: the loss is not finite (generator {g_total}, discriminator "
+                f"{d_total}); lower train.lr or the loss weights, or use mixed precision 'no'"
+            )
+        bar.update(1)
+        bar.set_postfix(g=f"{g_total:.3g}", d=f"{d_total:.3g}")
+        if step % tc.log_every == 0 or step == tc.max_steps:
+            scalars = sums.reduce(accelerator)
+            scalars.update({"lr/generator": opt_g.param_groups[0]["lr"], "time/train_s": elapsed})
+            if main:
+                log.log(step, scalars)
+        if step % tc.sample_every == 0 or step == tc.max_steps:
+            end_metrics = evaluate_and_sample(step)
+        if step % tc.checkpoint_every == 0 or step == tc.max_steps:
+            save_checkpoint(step, elapsed)
+            last_saved = step
+    bar.close()
+
+    if not end_metrics and main:
+        # Nothing trained in this invocation (the run had already reached max_steps).
+        done = [r for r in read_metrics(run_dir) if EVAL_KEYS[0] in r]
+        end_metrics = {k: done[-1][k] for k in EVAL_KEYS if k in done[-1]} if done else {}
+    if last_saved != step:
+        save_checkpoint(step, elapsed_before + time.perf_counter() - session_start)
+    if main:
+        save_pretrained(g_inner, run_dir / FINAL_DIR)
+    accelerator.wait_for_everyone()
+    log.close()
+    result = TrainResult(
+        run_dir=run_dir,
+        step=step,
+        start_metrics=start_metrics,
+        end_metrics=end_metrics,
+        wall_s=time.perf_counter() - started,
+        train_s=elapsed_before + time.perf_counter() - session_start,
+    )
+    if main:
+        say(summary(result))
+    accelerator.end_training()
+    return result
+
+
+def summary(result: TrainResult) -> str:
+    """The closing lines of a run: evaluation at the start and the end, and wall time."""
+
+    def fmt(metrics: dict[str, float], key: str) -> str:
+        value = metrics.get(key)
+        return "n/a" if value is None else f"{value:.4f}"
+
+    s, e = result.start_metrics, result.end_metrics
+    return (
+        f"run {result.run_dir} finished at step {result.step}\n"
+        f"  correspondence accuracy (finest top-1): start {fmt(s, EVAL_KEYS[0])} -> "
+        f"end {fmt(e, EVAL_KEYS[0])}\n"
+        f"  L1 to ground truth:                     start {fmt(s, EVAL_KEYS[1])} -> "
+        f"end {fmt(e, EVAL_KEYS[1])}\n"
+        f"  wall time {result.wall_s:.1f} s (this invocation); training time "
+        f"{result.train_s:.1f} s (whole run)"
+    )

@@ -1,0 +1,119 @@
+"""Train DynaST: `accelerate launch train/main.py [--preset NAME] [--group.field VALUE ...]`.
+
+With no arguments: the `synthetic-64` preset on the built-in synthetic data, into
+runs/synthetic-64. Re-running the same command resumes from the newest complete checkpoint.
+Also runs as `python train/main.py`, `python -m train.main` and
+`torchrun --nproc_per_node N train/main.py`.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):
+    # Run as a script (accelerate launch / torchrun / python train/main.py): Python put train/
+    # itself first on sys.path, where train/config.py and friends would shadow top-level modules
+    # and `import train` would fail without an install. Put the repository root there instead.
+    sys.path[0] = str(Path(__file__).resolve().parent.parent)
+
+import argparse
+import json
+from collections.abc import Sequence
+
+from dynast.config import DEFAULT_PRESET, PRESETS
+from train.config import RunConfig, run_preset
+from train.overrides import apply_overrides, field_names
+
+# Named flags and the field each one sets.
+NAMED_FLAGS = {
+    "max_steps": "train.max_steps",
+    "output_dir": "train.output_dir",
+    "vgg_weights": "train.vgg_weights",
+    "mixed_precision": "train.mixed_precision",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    fields = "\n".join(f"  --{name}" for name in field_names(run_preset(DEFAULT_PRESET)))
+    parser = argparse.ArgumentParser(
+        prog="train/main.py",
+        description="Train DynaST (generator + discriminator) with Accelerate.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,
+        epilog="Any config field can be set with --group.field VALUE (or --group.field=VALUE); "
+        "'none' clears an optional field. Fields:\n" + fields,
+    )
+    parser.add_argument("--preset", default=DEFAULT_PRESET, choices=sorted(PRESETS))
+    parser.add_argument("--max-steps", type=str, help="= --train.max_steps")
+    parser.add_argument("--output-dir", type=str, help="run folder (= --train.output_dir)")
+    parser.add_argument(
+        "--vgg-weights", type=str, help="VGG19 weights file (= --train.vgg_weights)"
+    )
+    parser.add_argument(
+        "--mixed-precision",
+        choices=("no", "fp16", "bf16"),
+        help="= --train.mixed_precision",
+    )
+    parser.add_argument(
+        "--dry-run", action="store_true", help="print the resolved config as JSON and exit"
+    )
+    return parser
+
+
+def parse_overrides(tokens: Sequence[str]) -> list[tuple[str, str]]:
+    """`--group.field VALUE` / `--group.field=VALUE` tokens -> [(dotted, value)]."""
+    pairs, i = [], 0
+    while i < len(tokens):
+        token = tokens[i]
+        if not token.startswith("--") or "." not in token.split("=", 1)[0]:
+            raise ValueError(
+                f"unknown argument {token!r}: config fields are set with --group.field VALUE "
+                "(groups: model, data, train); see --help"
+            )
+        name, eq, value = token[2:].partition("=")
+        if not eq:
+            if i + 1 >= len(tokens):
+                raise ValueError(f"--{name}: missing value")
+            value = tokens[i + 1]
+            i += 1
+        pairs.append((name, value))
+        i += 1
+    return pairs
+
+
+def resolve_config(argv: Sequence[str] | None = None) -> tuple[RunConfig, bool]:
+    """(resolved config, dry run?) from the command line; ValueError for any bad name or value."""
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    pairs = parse_overrides(rest)
+    for flag, dotted in NAMED_FLAGS.items():
+        value = getattr(args, flag)
+        if value is not None:
+            pairs.append((dotted, value))
+    return apply_overrides(run_preset(args.preset), pairs), args.dry_run
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        cfg, dry_run = resolve_config(argv)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if dry_run:
+        print(json.dumps(cfg.to_dict(), indent=2))
+        return 0
+    # Imported here so that --dry-run and argument errors stay quick.
+    from train.errors import TrainingError
+    from train.loop import train
+
+    try:
+        train(cfg)
+    except TrainingError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
