@@ -1,0 +1,198 @@
+"""Model configuration: one frozen dataclass for generator and discriminator, and named presets.
+
+Channel widths follow the release: at pyramid level `l` (0 = finest, `num_scales - 1` =
+coarsest) a unit `u` becomes `u * min(2**l, max_multiplier)`. With ngf 64, pos_unit 16 and
+prune_unit 16 that gives the released C_v 512/256/128/64, C_pos 128/64/32/16 and C_p 128/64/32/16
+(method.md section 2).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+WARP_OVER_CHOICES = ("kept", "pruned", "all")
+ATTENTION_BACKENDS = ("auto", "torch", "triton")
+
+
+@dataclass(frozen=True)
+class DynaSTConfig:
+    """Architecture of the DynaST generator and its discriminator.
+
+    The defaults are the `synthetic-64` preset: small enough to train on two CPU cores.
+    `dense_scale` None means 1/sqrt(C_qk) and `dense_prune_scale` None means 1/C_p (the release).
+    """
+
+    name: str = "synthetic-64"
+    semantic_nc: int = 8
+    image_size: int = 64
+    ngf: int = 16
+    num_scales: int = 4
+    blocks_per_scale: int = 2
+    topk: int = 4
+    pos_unit: int = 4
+    prune_unit: int = 4
+    max_multiplier: int = 8
+    dense_scale: float | None = None
+    dense_prune_scale: float | None = None
+    sparse_scale: float = 100.0
+    sparse_prune_scale: float = 1.0
+    warp_over: str = "kept"
+    attention_backend: str = "auto"
+    init_gain: float = 0.02
+    ndf: int = 16
+    disc_layers: int = 4
+    num_discriminators: int = 2
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name:
+            raise ValueError(f"DynaSTConfig.name must be a non-empty string, got {self.name!r}")
+        positive = (
+            "semantic_nc",
+            "image_size",
+            "ngf",
+            "num_scales",
+            "blocks_per_scale",
+            "topk",
+            "pos_unit",
+            "prune_unit",
+            "max_multiplier",
+            "ndf",
+            "disc_layers",
+            "num_discriminators",
+        )
+        for name in positive:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"DynaSTConfig.{name} must be a positive int, got {value!r}")
+        factor = 2 ** (self.num_scales - 1)
+        if self.image_size % factor:
+            raise ValueError(
+                f"DynaSTConfig.image_size ({self.image_size}) must be divisible by "
+                f"2**(num_scales - 1) = {factor}"
+            )
+        if self.coarsest_size < 2:
+            raise ValueError(
+                f"DynaSTConfig.image_size ({self.image_size}) gives a {self.coarsest_size}-pixel "
+                f"coarsest scale with num_scales={self.num_scales}; it must be at least 2 pixels "
+                "(reflect padding)"
+            )
+        if self.topk > self.coarsest_size**2:
+            raise ValueError(
+                f"DynaSTConfig.topk ({self.topk}) exceeds the {self.coarsest_size**2} tokens of "
+                "the coarsest scale"
+            )
+        for name in ("dense_scale", "dense_prune_scale"):
+            value = getattr(self, name)
+            if value is not None:
+                _check_positive_real(name, value)
+        for name in ("sparse_scale", "sparse_prune_scale", "init_gain"):
+            _check_positive_real(name, getattr(self, name))
+        if self.warp_over not in WARP_OVER_CHOICES:
+            raise ValueError(
+                f"DynaSTConfig.warp_over must be one of {WARP_OVER_CHOICES}, got {self.warp_over!r}"
+            )
+        if self.attention_backend not in ATTENTION_BACKENDS:
+            raise ValueError(
+                f"DynaSTConfig.attention_backend must be one of {ATTENTION_BACKENDS}, "
+                f"got {self.attention_backend!r}"
+            )
+
+    # Derived sizes, coarsest scale first (the order in which the generator runs).
+    @property
+    def coarsest_size(self) -> int:
+        return self.image_size // 2 ** (self.num_scales - 1)
+
+    def _per_scale(self, unit: int) -> tuple[int, ...]:
+        levels = range(self.num_scales - 1, -1, -1)
+        return tuple(unit * min(2**level, self.max_multiplier) for level in levels)
+
+    @property
+    def value_channels(self) -> tuple[int, ...]:
+        """C_v per scale, coarsest first (also the encoder and decoder widths)."""
+        return self._per_scale(self.ngf)
+
+    @property
+    def pos_channels(self) -> tuple[int, ...]:
+        """Positional map channels per scale, coarsest first."""
+        return self._per_scale(self.pos_unit)
+
+    @property
+    def prune_channels(self) -> tuple[int, ...]:
+        """C_p per scale, coarsest first."""
+        return self._per_scale(self.prune_unit)
+
+    @property
+    def qk_channels(self) -> tuple[int, ...]:
+        """C_qk = C_v + C_pos per scale, coarsest first."""
+        return tuple(v + p for v, p in zip(self.value_channels, self.pos_channels, strict=True))
+
+    def attention_scales(self, scale_index: int) -> tuple[float, float]:
+        """(scale, prune_scale) of the blocks of scale `scale_index` (0 = coarsest, dense)."""
+        if scale_index == 0:
+            cqk, cp = self.qk_channels[0], self.prune_channels[0]
+            scale = self.dense_scale if self.dense_scale is not None else 1.0 / math.sqrt(cqk)
+            prune = self.dense_prune_scale if self.dense_prune_scale is not None else 1.0 / cp
+            return scale, prune
+        return self.sparse_scale, self.sparse_prune_scale
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> DynaSTConfig:
+        """Strict: keys that are not fields raise; missing keys take the field defaults."""
+        if not isinstance(d, dict):
+            raise ValueError(f"DynaSTConfig.from_dict expects a dict, got {type(d).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown DynaSTConfig keys: {unknown}; known keys: {sorted(known)}")
+        return cls(**d)
+
+
+def _check_positive_real(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ValueError(f"DynaSTConfig.{name} must be a positive number, got {value!r}")
+    if not math.isfinite(value):
+        raise ValueError(f"DynaSTConfig.{name} must be finite, got {value!r}")
+
+
+def _released(name: str, semantic_nc: int) -> DynaSTConfig:
+    """The released DeepFashion architecture (method.md section 2) with another semantic input."""
+    return DynaSTConfig(
+        name=name,
+        semantic_nc=semantic_nc,
+        image_size=256,
+        ngf=64,
+        num_scales=4,
+        blocks_per_scale=2,
+        topk=4,
+        pos_unit=16,
+        prune_unit=16,
+        max_multiplier=8,
+        ndf=64,
+    )
+
+
+PRESETS: dict[str, DynaSTConfig] = {
+    "deepfashion-256": _released("deepfashion-256", 20),
+    "celebahq-edge-256": _released("celebahq-edge-256", 15),
+    # 150 classes plus "other", one-hot (method.md section 6).
+    "ade20k-256": _released("ade20k-256", 151),
+    "synthetic-64": DynaSTConfig(),
+}
+
+DEFAULT_PRESET = "synthetic-64"
+
+
+def preset(name: str) -> DynaSTConfig:
+    """The named preset; ValueError listing the names otherwise."""
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}") from None
+
+
+__all__ = ["DEFAULT_PRESET", "PRESETS", "DynaSTConfig", "preset"]
