@@ -112,6 +112,11 @@ def load_kernels(module_name: str) -> list[TunableKernel]:
     return kernels
 
 
+def is_backward(kernel: TunableKernel) -> bool:
+    """Backward kernels are named `<op>_bwd[_<part>]` by both fused modules."""
+    return "bwd" in kernel.name.split("_")
+
+
 def plan_jobs(
     shapes: list[tuple[str, AttentionShape]],
     kernels_for: Callable[[str], list[TunableKernel]],
@@ -126,7 +131,7 @@ def plan_jobs(
         for kernel in kernels_for(shape.block):
             if only and kernel.name not in only:
                 continue
-            dims = shape.dims(batch)
+            dims = shape.dims(batch, backward=is_backward(kernel))
             slot = (kernel.name, shape_key(dims))
             if slot in jobs:
                 job = jobs[slot]

@@ -19,8 +19,9 @@ Shapes are written `block:key=value,...` on command lines, e.g.
 
 Tuning keys: `AttentionShape.dims(batch)` gives a block's sizes under the names the fused kernels'
 launchers use at run time to look up their tuned launch config (`kernels.tuning`): dense
-`B, Nq, Nk, Cqk, Cp, Cv, Cw, k`; candidates `Nq, Cqk, Cp, Cv, Cw, M, G` (per sample; G = queries
-sharing one list: 4 for inter-scale windows, 1 otherwise). Cw = 0 means no warp output.
+`B, Nq, Nk, Cqk, Cp, Cv, Cw, k` (k = 0 for the backward kernels); candidates
+`Nq, Cqk, Cp, Cv, Cw, M, G` (per sample; G = queries sharing one list: 4 for inter-scale windows,
+1 otherwise). Cw = 0 means no warp output.
 """
 
 from __future__ import annotations
@@ -110,11 +111,12 @@ class AttentionShape:
         """Queries sharing one candidate list: the 2x2 window of an inter-scale block, else 1."""
         return 4 if self.block == "inter" else 1
 
-    def dims(self, batch: int) -> dict[str, int]:
+    def dims(self, batch: int, *, backward: bool = False) -> dict[str, int]:
         """The sizes under which the fused kernels' launchers look up their tuned config
         (`kernels.tuning`), named as they name them: the autotuner must record winners under the
-        very same keys. The dense kernels key on the batch and top-k too; the candidate kernels
-        on per-sample sizes and the window group G."""
+        very same keys. The dense kernels key on the batch and top-k too (a backward computes no
+        top-k: its launches say k = 0); the candidate kernels on per-sample sizes and the window
+        group G."""
         if self.block == "dense":
             return {
                 "B": batch,
@@ -124,7 +126,7 @@ class AttentionShape:
                 "Cp": self.cp,
                 "Cv": self.cv,
                 "Cw": self.cw,
-                "k": self.k,
+                "k": 0 if backward else self.k,
             }
         return {
             "Nq": self.tokens,

@@ -163,3 +163,24 @@ def test_bad_arguments_are_named(capsys: pytest.CaptureFixture) -> None:
     assert "--passes" in capsys.readouterr().err
     assert bench.main(["--shape", "dense:H=4"]) == 2
     assert "dense:H=4" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [
+        pytest.param(AttentionShape("dense", 4, 6, cqk=24, cp=8, cv=20, k=2), id="dense-4x6"),
+        pytest.param(AttentionShape("inter", 4, 6, cqk=24, cp=8, cv=20, k=2), id="inter-4x6"),
+        pytest.param(AttentionShape("inner", 4, 6, cqk=24, cp=8, cv=20, k=2), id="inner-4x6"),
+    ],
+)
+def test_the_fused_rows_pass_their_correctness_check(shape: AttentionShape) -> None:
+    """The benchmark's `fused` implementation is the kernels' backend entry point (under the CPU
+    interpreter here) and passes the check that gates its timing."""
+    interpreting = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+    if not interpreting and not torch.cuda.is_available():
+        pytest.skip("needs CUDA or TRITON_INTERPRET=1 (set by conftest on CPU machines)")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    check = make_problem(shape, 2, device=device, seed=1, requires_grad=True)
+    gold = bench.gold_run(check, with_grads=True)
+    fused = bench.implementation("fused", shape, device)
+    assert bench.check_error(fused, check, gold, with_grads=True) < bench.TOLERANCE[torch.float32]

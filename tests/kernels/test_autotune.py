@@ -230,5 +230,51 @@ def test_dry_run_takes_explicit_shapes() -> None:
     dense = AttentionShape("dense", 6, 10, cqk=48, cp=12, cv=40, k=3)
     assert f"key {shape_key(sparse.dims(8))}" in proc.stdout
     assert f"key {shape_key(dense.dims(8))}" in proc.stdout
+    assert f"key {shape_key(dense.dims(8, backward=True))}" in proc.stdout
     for name in tunable_names("kernels.fused_candidates") + tunable_names("kernels.fused_dense"):
         assert f"{name}  [shape/" in proc.stdout
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [
+        pytest.param(AttentionShape("dense", 4, 6, cqk=24, cp=8, cv=20, k=2), id="dense"),
+        pytest.param(AttentionShape("inter", 4, 6, cqk=24, cp=8, cv=20, k=2), id="inter"),
+        pytest.param(AttentionShape("inner", 4, 6, cqk=24, cp=8, cv=20, k=2), id="inner"),
+    ],
+)
+def test_winners_are_recorded_under_the_keys_the_kernels_look_up(
+    shape: AttentionShape, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The autotuner keys a block by `shape.dims(batch)`; the launchers build their own dims at
+    run time. Spy on the launchers' table lookup (which the CPU interpreter normally skips) and
+    check that they ask for exactly those keys."""
+    interpreting = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+    if not interpreting and not torch.cuda.is_available():
+        pytest.skip("needs CUDA or TRITON_INTERPRET=1 (set by conftest on CPU machines)")
+    import importlib
+
+    import kernels
+    from kernels.shapes import make_problem
+
+    module_name = autotune.KERNEL_MODULES[shape.block]
+    module = importlib.import_module(module_name)
+    asked: list[tuple[str, dict]] = []
+
+    def spy(kernel, dims, device):
+        asked.append((kernel.name, dict(dims)))
+        return kernel.default(dims)
+
+    monkeypatch.setattr(module, "_interpreting", lambda: False)
+    monkeypatch.setattr(module, "tuned_config", spy)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    batch = 2
+    p = make_problem(shape, batch, device=device, requires_grad=True)
+    op = kernels.dynamic_attention if shape.block == "dense" else kernels.candidate_attention
+    result = op(*p.positional(), **p.keywords(), backend="triton")
+    (result.out.sum() + result.conf.sum() + result.warp.sum()).backward()
+    names = {name for name, _ in asked}
+    assert names == set(tunable_names(module_name))  # forward and every backward kernel looked up
+    for name, dims in asked:
+        kernel = next(k for k in autotune.load_kernels(module_name) if k.name == name)
+        assert dims == shape.dims(batch, backward=autotune.is_backward(kernel)), name

@@ -56,6 +56,9 @@ def test_dims_name_what_the_kernels_key_on() -> None:
     }  # fmt: skip
     assert inter.dims(8) == {"Nq": 4096, "Cqk": 320, "Cp": 64, "Cv": 256, "Cw": 3, "M": 16, "G": 4}
     assert inner.dims(8)["M"] == 20 and inner.dims(8)["G"] == 1
+    # A backward computes no top-k; only the dense kernels key on k.
+    assert dense.dims(8, backward=True) == {**dense.dims(8), "k": 0}
+    assert inner.dims(8, backward=True) == inner.dims(8)
 
 
 def test_shape_syntax_round_trips_and_fills_release_scales() -> None:
