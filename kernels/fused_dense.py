@@ -1,0 +1,1120 @@
+"""Fused Triton kernels of dense dynamic attention (method.md section 4), forward and backward.
+
+The forward works in the manner of flash attention: a program owns a tile of queries (and a chunk
+of the value channels), streams key tiles, and keeps per query the running softmax statistics over
+all keys, the masked value sum, conf, the restricted-softmax statistics of the warp and a running
+top-k of the scores. No (queries x keys) matrix reaches device memory; the backward gets per-query
+log-sum-exps and recomputes scores tile by tile. `docs/kernels-dense.md` derives the gradients.
+
+Layout: token-major tensors with contiguous channels; a program's scores are fp32 whatever the
+input dtype; softmax runs in base 2 (`z2 = z * log2 e`), so the saved statistics are base-2
+log-sum-exps. The backward has one kernel per side: the query side writes dq and dq_prune, the
+key side dk, dk_prune, dv and dwarp_values; each program owns a tile of rows and one chunk of one
+gradient's channels, so no two programs write the same element and no atomics are needed.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from .aot import AotCase
+from .tuning import LaunchConfig, TunableKernel, tuned_config
+
+# Softmax runs on exp2: z2 = z * log2(e).
+_LOG2E = tl.constexpr(math.log2(math.e))
+# Warp modes as the kernels see them: 0 = no warp requested.
+WARP_MODE_IDS = {"kept": 1, "pruned": 2, "all": 3}
+
+
+# --------------------------------------------------------------------------------------------------
+# Triton kernels
+# --------------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _row_dots(
+    X,
+    x_rows,
+    x_ok,
+    stride_x,
+    Y,
+    y_rows,
+    y_ok,
+    stride_y,
+    C,
+    BLOCK_R: tl.constexpr,
+    BLOCK_S: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    """[BLOCK_R, BLOCK_S] fp32 of `X[x_rows] . Y[y_rows]` over C contiguous channels, in chunks of
+    BLOCK_D so that channel counts of 640 never need a 1024-wide padded tile."""
+    acc = tl.zeros((BLOCK_R, BLOCK_S), dtype=tl.float32)
+    x_off = x_rows.to(tl.int64)[:, None] * stride_x
+    y_off = y_rows.to(tl.int64)[None, :] * stride_y
+    for c0 in range(0, C, BLOCK_D):
+        cols = c0 + tl.arange(0, BLOCK_D)
+        c_ok = cols < C
+        x = tl.load(X + x_off + cols[None, :], mask=x_ok[:, None] & c_ok[None, :], other=0.0)
+        y = tl.load(Y + y_off + cols[:, None], mask=y_ok[None, :] & c_ok[:, None], other=0.0)
+        acc = tl.dot(x, y, acc, input_precision=PRECISION)
+    return acc
+
+
+@triton.jit
+def _few_channel_dots(
+    X,
+    x_rows,
+    x_ok,
+    stride_x,
+    Y,
+    y_rows,
+    y_ok,
+    stride_y,
+    C,
+    BLOCK_R: tl.constexpr,
+    BLOCK_S: tl.constexpr,
+    BLOCK_X: tl.constexpr,
+):
+    """`_row_dots` for a handful of channels (the warp's 3), on CUDA cores: outer products."""
+    acc = tl.zeros((BLOCK_R, BLOCK_S), dtype=tl.float32)
+    x_off = x_rows.to(tl.int64) * stride_x
+    y_off = y_rows.to(tl.int64) * stride_y
+    for c in tl.static_range(BLOCK_X):
+        # Channel tests as tensors: the interpreter rejects a tensor & scalar mask.
+        x_c_ok = (tl.zeros_like(x_rows) + c) < C
+        y_c_ok = (tl.zeros_like(y_rows) + c) < C
+        x = tl.load(X + x_off + c, mask=x_ok & x_c_ok, other=0.0).to(tl.float32)
+        y = tl.load(Y + y_off + c, mask=y_ok & y_c_ok, other=0.0).to(tl.float32)
+        acc += x[:, None] * y[None, :]
+    return acc
+
+
+@triton.jit
+def _times_few_columns(
+    p, X, x_rows, x_ok, stride_x, c_x, BLOCK_R: tl.constexpr, BLOCK_X: tl.constexpr
+):
+    """[BLOCK_R, BLOCK_X] fp32 `p @ X[x_rows, :c_x]` for a handful of channels (the 3 of the warp),
+    on CUDA cores: a tensor-core product would pad them to 16 and hold wide tiles in registers."""
+    out_cols = tl.arange(0, BLOCK_X)
+    out = tl.zeros((BLOCK_R, BLOCK_X), tl.float32)
+    x_off = x_rows.to(tl.int64) * stride_x
+    for c in tl.static_range(BLOCK_X):
+        # The channel test as a tensor: the interpreter rejects a tensor & scalar mask.
+        c_ok = (tl.zeros_like(x_rows) + c) < c_x
+        x = tl.load(X + x_off + c, mask=x_ok & c_ok, other=0.0).to(tl.float32)
+        out += tl.where(out_cols[None, :] == c, tl.sum(p * x[None, :], 1)[:, None], 0.0)
+    return out
+
+
+@triton.jit
+def _warp_selection(s, valid, warp_all, WARP_MODE: tl.constexpr):
+    """Keys of the warp softmax: kept (1) or pruned (2) ones by the prune logits s, or all of them
+    (3, or a query whose restricted set is empty: `warp_all`). A selection, never differentiated."""
+    if WARP_MODE == 1:
+        sel = (s > 0) | warp_all
+    elif WARP_MODE == 2:
+        sel = (s <= 0) | warp_all
+    else:
+        sel = valid
+    return sel & valid
+
+
+@triton.jit
+def _dense_fwd_kernel(
+    Q,
+    K,
+    V,
+    QP,
+    KP,
+    WV,
+    OUT,
+    CONF,
+    TOPK,
+    WARP,
+    LSE,
+    LSE_W,
+    WARP_ALL,
+    stride_qb,
+    stride_qn,
+    stride_kb,
+    stride_kn,
+    stride_vb,
+    stride_vn,
+    stride_qpb,
+    stride_qpn,
+    stride_kpb,
+    stride_kpn,
+    stride_wvb,
+    stride_wvn,
+    n_q,
+    n_k,
+    c_qk,
+    c_p,
+    c_v,
+    c_w,
+    top_k,
+    scale,
+    prune_scale,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_DP: tl.constexpr,
+    BLOCK_V: tl.constexpr,
+    BLOCK_W: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    WARP_MODE: tl.constexpr,
+    HAS_TOPK: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    """Grid (query tiles, value-channel chunks, batch). Every chunk recomputes the same scores;
+    chunk 0 alone stores conf, warp, top-k and the statistics."""
+    pid_m = tl.program_id(0).to(tl.int64)
+    pid_v = tl.program_id(1).to(tl.int64)
+    pid_b = tl.program_id(2).to(tl.int64)
+    Q += pid_b * stride_qb
+    K += pid_b * stride_kb
+    V += pid_b * stride_vb
+    QP += pid_b * stride_qpb
+    KP += pid_b * stride_kpb
+    WV += pid_b * stride_wvb
+
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_ok = rows < n_q
+    vcols = pid_v * BLOCK_V + tl.arange(0, BLOCK_V)
+    vcol_ok = vcols < c_v
+    wcols = tl.arange(0, BLOCK_W)
+    wcol_ok = wcols < c_w
+    slots = tl.arange(0, BLOCK_K)
+
+    neg_inf = float("-inf")
+    m_i = tl.full((BLOCK_M,), neg_inf, tl.float32)  # running max of z2 over all keys
+    l_i = tl.zeros((BLOCK_M,), tl.float32)  # running sum of exp2(z2 - m_i)
+    conf_acc = tl.zeros((BLOCK_M,), tl.float32)
+    acc = tl.zeros((BLOCK_M, BLOCK_V), tl.float32)
+    # Warp: the restricted softmax's statistics, and the all-keys sum for the empty-set fallback.
+    m_w = tl.full((BLOCK_M,), neg_inf, tl.float32)
+    l_w = tl.zeros((BLOCK_M,), tl.float32)
+    acc_w = tl.zeros((BLOCK_M, BLOCK_W), tl.float32)
+    acc_wall = tl.zeros((BLOCK_M, BLOCK_W), tl.float32)
+    # Running top-k of z2 (z times log2 e: the order of z), scores and key indices.
+    best_z = tl.full((BLOCK_M, BLOCK_K), neg_inf, tl.float32)
+    best_i = tl.full((BLOCK_M, BLOCK_K), 2147483647, tl.int32)
+
+    for n0 in range(0, n_k, BLOCK_N):
+        keys = n0 + tl.arange(0, BLOCK_N)
+        key_ok = keys < n_k
+        dots = _row_dots(
+            Q, rows, row_ok, stride_qn, K, keys, key_ok, stride_kn, c_qk,
+            BLOCK_M, BLOCK_N, BLOCK_D, PRECISION,
+        )  # fmt: skip
+        z2 = tl.where(key_ok[None, :], dots * (scale * _LOG2E), neg_inf)
+        s = prune_scale * _row_dots(
+            QP, rows, row_ok, stride_qpn, KP, keys, key_ok, stride_kpn, c_p,
+            BLOCK_M, BLOCK_N, BLOCK_DP, PRECISION,
+        )  # fmt: skip
+        kept = (s > 0) & key_ok[None, :]
+
+        m_new = tl.maximum(m_i, tl.max(z2, 1))
+        alpha = tl.exp2(m_i - m_new)
+        p = tl.exp2(z2 - m_new[:, None])
+        pm = tl.where(kept, p, 0.0)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        conf_acc = conf_acc * alpha + tl.sum(pm, 1)
+        v_ptrs = V + keys.to(tl.int64)[:, None] * stride_vn + vcols[None, :]
+        v = tl.load(v_ptrs, mask=key_ok[:, None] & vcol_ok[None, :], other=0.0)
+        acc = tl.dot(pm.to(v.dtype), v, acc * alpha[:, None], input_precision=PRECISION)
+        m_i = m_new
+
+        if WARP_MODE != 0:
+            acc_wall = acc_wall * alpha[:, None] + _times_few_columns(
+                p, WV, keys, key_ok, stride_wvn, c_w, BLOCK_M, BLOCK_W
+            )
+            if WARP_MODE != 3:
+                if WARP_MODE == 1:
+                    sel = kept
+                else:
+                    sel = (s <= 0) & key_ok[None, :]
+                zw = tl.where(sel, z2, neg_inf)
+                m_w_new = tl.maximum(m_w, tl.max(zw, 1))
+                # Until a row meets a selected key its max stays -inf: shift by 0 instead.
+                m_w_safe = tl.where(m_w_new == neg_inf, 0.0, m_w_new)
+                alpha_w = tl.exp2(m_w - m_w_safe)
+                pw = tl.exp2(zw - m_w_safe[:, None])
+                l_w = l_w * alpha_w + tl.sum(pw, 1)
+                acc_w = acc_w * alpha_w[:, None] + _times_few_columns(
+                    pw, WV, keys, key_ok, stride_wvn, c_w, BLOCK_M, BLOCK_W
+                )
+                m_w = m_w_new
+
+        if HAS_TOPK:
+            # Merge the tile into the running top-k by repeated max: the best score, then the
+            # lowest key index holding it (earlier tiles hold lower indices). A pick is removed
+            # by index; emptied slots read -inf and lose to every real key later on.
+            tile = z2
+            merged_z = tl.full((BLOCK_M, BLOCK_K), neg_inf, tl.float32)
+            merged_i = tl.full((BLOCK_M, BLOCK_K), 2147483647, tl.int32)
+            for t in range(0, top_k):
+                pick = tl.maximum(tl.max(best_z, 1), tl.max(tile, 1))
+                from_best = tl.min(tl.where(best_z == pick[:, None], best_i, 2147483647), 1)
+                from_tile = tl.min(tl.where(tile == pick[:, None], keys[None, :], 2147483647), 1)
+                index = tl.minimum(from_best, from_tile)
+                merged_z = tl.where(slots[None, :] == t, pick[:, None], merged_z)
+                merged_i = tl.where(slots[None, :] == t, index[:, None], merged_i)
+                best_z = tl.where(best_i == index[:, None], neg_inf, best_z)
+                tile = tl.where(keys[None, :] == index[:, None], neg_inf, tile)
+            best_z = merged_z
+            best_i = merged_i
+
+    inv_l = 1.0 / l_i
+    out_ptrs = OUT + (pid_b * n_q + rows)[:, None] * c_v + vcols[None, :]
+    out = acc * inv_l[:, None]
+    tl.store(out_ptrs, out.to(OUT.dtype.element_ty), mask=row_ok[:, None] & vcol_ok[None, :])
+    if pid_v == 0:
+        stat = pid_b * n_q + rows
+        tl.store(CONF + stat, (conf_acc * inv_l).to(CONF.dtype.element_ty), mask=row_ok)
+        lse = m_i + tl.log2(l_i)
+        tl.store(LSE + stat, lse, mask=row_ok)
+        if WARP_MODE != 0:
+            if WARP_MODE == 3:
+                empty = row_ok
+                warp = acc_wall * inv_l[:, None]
+                lse_w = lse
+            else:
+                empty = l_w == 0.0
+                l_w_safe = tl.where(empty, 1.0, l_w)
+                warp = tl.where(
+                    empty[:, None], acc_wall * inv_l[:, None], acc_w / l_w_safe[:, None]
+                )
+                lse_w = tl.where(empty, lse, m_w + tl.log2(l_w_safe))
+            warp_ptrs = WARP + stat[:, None] * c_w + wcols[None, :]
+            warp_mask = row_ok[:, None] & wcol_ok[None, :]
+            tl.store(warp_ptrs, warp.to(WARP.dtype.element_ty), mask=warp_mask)
+            tl.store(LSE_W + stat, lse_w, mask=row_ok)
+            tl.store(WARP_ALL + stat, empty.to(tl.int32), mask=row_ok)
+        if HAS_TOPK:
+            top_ptrs = TOPK + stat[:, None] * top_k + slots[None, :]
+            tl.store(top_ptrs, best_i.to(tl.int64), mask=row_ok[:, None] & (slots < top_k)[None, :])
+
+
+@triton.jit
+def _dense_bwd_query_kernel(
+    Q,
+    K,
+    V,
+    QP,
+    KP,
+    WV,
+    DOUT,
+    DCONF,
+    DWARP,
+    LSE,
+    LSE_W,
+    WARP_ALL,
+    DELTA,
+    DELTA_W,
+    DQ,
+    DQP,
+    stride_qb,
+    stride_qn,
+    stride_kb,
+    stride_kn,
+    stride_vb,
+    stride_vn,
+    stride_qpb,
+    stride_qpn,
+    stride_kpb,
+    stride_kpn,
+    stride_wvb,
+    stride_wvn,
+    n_q,
+    n_k,
+    c_qk,
+    c_p,
+    c_v,
+    c_w,
+    chunks_dq,
+    scale,
+    prune_scale,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_DP: tl.constexpr,
+    BLOCK_DV: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_W: tl.constexpr,
+    WARP_MODE: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    """dq and dq_prune. Grid (query tiles, output-channel chunks: `chunks_dq` of dq then those of
+    dq_prune, batch). A program streams the keys, recomputes its tile of z, s and g, and
+    accumulates one chunk: dq = scale * dz K, dq_prune = prune_scale * ds K_prune."""
+    pid_m = tl.program_id(0).to(tl.int64)
+    pid_c = tl.program_id(1)
+    pid_b = tl.program_id(2).to(tl.int64)
+    Q += pid_b * stride_qb
+    K += pid_b * stride_kb
+    V += pid_b * stride_vb
+    QP += pid_b * stride_qpb
+    KP += pid_b * stride_kpb
+    WV += pid_b * stride_wvb
+    DOUT += pid_b * n_q * c_v
+    DWARP += pid_b * n_q * c_w
+
+    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_ok = rows < n_q
+    stat = pid_b * n_q + rows
+    lse = tl.load(LSE + stat, mask=row_ok, other=0.0)
+    delta = tl.load(DELTA + stat, mask=row_ok, other=0.0)
+    dconf = tl.load(DCONF + stat, mask=row_ok, other=0.0).to(tl.float32)
+    want_dq = pid_c < chunks_dq
+    if want_dq:
+        chunk = pid_c
+        c_out = c_qk
+        X = K
+        stride_xn = stride_kn
+        DX = DQ
+    else:
+        chunk = pid_c - chunks_dq
+        c_out = c_p
+        X = KP
+        stride_xn = stride_kpn
+        DX = DQP
+    cols = chunk * BLOCK_C + tl.arange(0, BLOCK_C)
+    col_ok = cols < c_out
+    acc = tl.zeros((BLOCK_M, BLOCK_C), tl.float32)
+
+    for n0 in range(0, n_k, BLOCK_N):
+        keys = n0 + tl.arange(0, BLOCK_N)
+        key_ok = keys < n_k
+        valid = row_ok[:, None] & key_ok[None, :]
+        z2 = (scale * _LOG2E) * _row_dots(
+            Q, rows, row_ok, stride_qn, K, keys, key_ok, stride_kn, c_qk,
+            BLOCK_M, BLOCK_N, BLOCK_D, PRECISION,
+        )  # fmt: skip
+        s = prune_scale * _row_dots(
+            QP, rows, row_ok, stride_qpn, KP, keys, key_ok, stride_kpn, c_p,
+            BLOCK_M, BLOCK_N, BLOCK_DP, PRECISION,
+        )  # fmt: skip
+        p = tl.where(valid, tl.exp2(z2 - lse[:, None]), 0.0)
+        g = dconf[:, None] + _row_dots(
+            DOUT, rows, row_ok, c_v, V, keys, key_ok, stride_vn, c_v,
+            BLOCK_M, BLOCK_N, BLOCK_DV, PRECISION,
+        )  # fmt: skip
+        if want_dq:
+            dz = p * (tl.where(s > 0, g, 0.0) - delta[:, None])
+            if WARP_MODE != 0:
+                lse_w = tl.load(LSE_W + stat, mask=row_ok, other=0.0)
+                delta_w = tl.load(DELTA_W + stat, mask=row_ok, other=0.0)
+                warp_all = tl.load(WARP_ALL + stat, mask=row_ok, other=0) != 0
+                sel = _warp_selection(s, valid, warp_all[:, None], WARP_MODE)
+                w = tl.where(sel, tl.exp2(z2 - lse_w[:, None]), 0.0)
+                gw = _few_channel_dots(
+                    DWARP, rows, row_ok, c_w, WV, keys, key_ok, stride_wvn, c_w,
+                    BLOCK_M, BLOCK_N, BLOCK_W,
+                )  # fmt: skip
+                dz += w * (gw - delta_w[:, None])
+            a = dz * scale
+        else:
+            sig = tl.sigmoid(s)
+            a = (g * p * sig * (1.0 - sig)) * prune_scale
+        x_ptrs = X + keys.to(tl.int64)[:, None] * stride_xn + cols[None, :]
+        x = tl.load(x_ptrs, mask=key_ok[:, None] & col_ok[None, :], other=0.0)
+        acc = tl.dot(a.to(x.dtype), x, acc, input_precision=PRECISION)
+
+    dx_ptrs = DX + stat[:, None] * c_out + cols[None, :]
+    tl.store(dx_ptrs, acc.to(DX.dtype.element_ty), mask=row_ok[:, None] & col_ok[None, :])
+
+
+@triton.jit
+def _dense_bwd_key_kernel(
+    Q,
+    K,
+    V,
+    QP,
+    KP,
+    WV,
+    DOUT,
+    DCONF,
+    DWARP,
+    LSE,
+    LSE_W,
+    WARP_ALL,
+    DELTA,
+    DELTA_W,
+    DK,
+    DKP,
+    DV,
+    DWV,
+    stride_qb,
+    stride_qn,
+    stride_kb,
+    stride_kn,
+    stride_vb,
+    stride_vn,
+    stride_qpb,
+    stride_qpn,
+    stride_kpb,
+    stride_kpn,
+    stride_wvb,
+    stride_wvn,
+    n_q,
+    n_k,
+    c_qk,
+    c_p,
+    c_v,
+    c_w,
+    chunks_dk,
+    chunks_dkp,
+    chunks_dv,
+    scale,
+    prune_scale,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_DP: tl.constexpr,
+    BLOCK_DV: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_W: tl.constexpr,
+    WARP_MODE: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    """dk, dk_prune, dv and dwarp_values. Grid (key tiles, output-channel chunks of dk, then
+    dk_prune, dv and dwarp_values, batch). A program streams the queries with its tiles
+    transposed (keys x queries), so that its sums over queries are plain matrix products and no
+    two programs write the same element (no atomics)."""
+    pid_n = tl.program_id(0).to(tl.int64)
+    pid_c = tl.program_id(1)
+    pid_b = tl.program_id(2).to(tl.int64)
+    Q += pid_b * stride_qb
+    K += pid_b * stride_kb
+    V += pid_b * stride_vb
+    QP += pid_b * stride_qpb
+    KP += pid_b * stride_kpb
+    WV += pid_b * stride_wvb
+    DOUT += pid_b * n_q * c_v
+    DWARP += pid_b * n_q * c_w
+
+    keys = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    key_ok = keys < n_k
+    # Which gradient this program writes: 0 dk (= scale dz^T Q), 1 dk_prune (= prune_scale ds^T
+    # Q_prune), 2 dv (= (p m)^T dout), 3 dwarp_values (= w^T dwarp).
+    ends_dkp = chunks_dk + chunks_dkp
+    ends_dv = ends_dkp + chunks_dv
+    if pid_c < chunks_dk:
+        role = 0
+        chunk = pid_c
+        c_out = c_qk
+        X = Q
+        stride_xn = stride_qn
+        DX = DK
+    elif pid_c < ends_dkp:
+        role = 1
+        chunk = pid_c - chunks_dk
+        c_out = c_p
+        X = QP
+        stride_xn = stride_qpn
+        DX = DKP
+    elif pid_c < ends_dv:
+        role = 2
+        chunk = pid_c - ends_dkp
+        c_out = c_v
+        X = DOUT
+        stride_xn = c_v
+        DX = DV
+    else:
+        role = 3
+        chunk = pid_c - ends_dv
+        c_out = c_w
+        X = DWARP
+        stride_xn = c_w
+        DX = DWV
+    cols = chunk * BLOCK_C + tl.arange(0, BLOCK_C)
+    col_ok = cols < c_out
+    acc = tl.zeros((BLOCK_N, BLOCK_C), tl.float32)
+
+    for m0 in range(0, n_q, BLOCK_M):
+        rows = m0 + tl.arange(0, BLOCK_M)
+        row_ok = rows < n_q
+        stat = pid_b * n_q + rows
+        valid = key_ok[:, None] & row_ok[None, :]
+        lse = tl.load(LSE + stat, mask=row_ok, other=0.0)
+        z2 = (scale * _LOG2E) * _row_dots(
+            K, keys, key_ok, stride_kn, Q, rows, row_ok, stride_qn, c_qk,
+            BLOCK_N, BLOCK_M, BLOCK_D, PRECISION,
+        )  # fmt: skip
+        s = prune_scale * _row_dots(
+            KP, keys, key_ok, stride_kpn, QP, rows, row_ok, stride_qpn, c_p,
+            BLOCK_N, BLOCK_M, BLOCK_DP, PRECISION,
+        )  # fmt: skip
+        p = tl.where(valid, tl.exp2(z2 - lse[None, :]), 0.0)
+        if role == 2:
+            a = tl.where(s > 0, p, 0.0)
+        elif role == 3:
+            a = p  # WARP_MODE 3 (all keys): the warp weights are p
+            if WARP_MODE == 1 or WARP_MODE == 2:
+                lse_w = tl.load(LSE_W + stat, mask=row_ok, other=0.0)
+                warp_all = tl.load(WARP_ALL + stat, mask=row_ok, other=0) != 0
+                sel = _warp_selection(s, valid, warp_all[None, :], WARP_MODE)
+                a = tl.where(sel, tl.exp2(z2 - lse_w[None, :]), 0.0)
+        else:
+            # Both need g = dout . V + dconf, the gradient reaching p m.
+            dconf = tl.load(DCONF + stat, mask=row_ok, other=0.0).to(tl.float32)
+            g = dconf[None, :] + _row_dots(
+                V, keys, key_ok, stride_vn, DOUT, rows, row_ok, c_v, c_v,
+                BLOCK_N, BLOCK_M, BLOCK_DV, PRECISION,
+            )  # fmt: skip
+            if role == 0:
+                delta = tl.load(DELTA + stat, mask=row_ok, other=0.0)
+                dz = p * (tl.where(s > 0, g, 0.0) - delta[None, :])
+                if WARP_MODE != 0:
+                    lse_w = tl.load(LSE_W + stat, mask=row_ok, other=0.0)
+                    warp_all = tl.load(WARP_ALL + stat, mask=row_ok, other=0) != 0
+                    delta_w = tl.load(DELTA_W + stat, mask=row_ok, other=0.0)
+                    sel = _warp_selection(s, valid, warp_all[None, :], WARP_MODE)
+                    w = tl.where(sel, tl.exp2(z2 - lse_w[None, :]), 0.0)
+                    gw = _few_channel_dots(
+                        WV, keys, key_ok, stride_wvn, DWARP, rows, row_ok, c_w, c_w,
+                        BLOCK_N, BLOCK_M, BLOCK_W,
+                    )  # fmt: skip
+                    dz += w * (gw - delta_w[None, :])
+                a = dz * scale
+            else:
+                sig = tl.sigmoid(s)
+                a = (g * p * sig * (1.0 - sig)) * prune_scale
+        x_ptrs = X + rows.to(tl.int64)[:, None] * stride_xn + cols[None, :]
+        x = tl.load(x_ptrs, mask=row_ok[:, None] & col_ok[None, :], other=0.0)
+        acc = tl.dot(a.to(x.dtype), x, acc, input_precision=PRECISION)
+
+    dx_ptrs = DX + (pid_b * n_k + keys)[:, None] * c_out + cols[None, :]
+    tl.store(dx_ptrs, acc.to(DX.dtype.element_ty), mask=key_ok[:, None] & col_ok[None, :])
+
+
+# --------------------------------------------------------------------------------------------------
+# Launch configurations: the search space, defaults, and block sizes derived from the problem
+# --------------------------------------------------------------------------------------------------
+
+# The search space, declared once. Each candidate is (BLOCK_M, BLOCK_N, output chunk, num_warps):
+# the output chunk is BLOCK_V (value channels per forward program) or BLOCK_C (gradient channels
+# per backward program). Wide chunks recompute the score tiles fewer times; `_space` clips every
+# candidate to the problem and prunes it by `_fits`. Kept small: `kernels.aot` compiles each one
+# for two GPUs and two model sizes, and the autotuner times each one per shape.
+_CANDIDATES: dict[str, tuple[tuple[int, int, int, int], ...]] = {
+    "dense_fwd": ((32, 32, 128, 8), (32, 32, 256, 8), (64, 64, 128, 8)),
+    "dense_bwd_query": ((32, 32, 256, 8), (64, 32, 64, 8), (64, 64, 128, 8)),
+    "dense_bwd_key": ((32, 32, 128, 8), (32, 32, 256, 8), (64, 64, 128, 8)),
+}
+# Channels per step of the reductions behind the score tiles (z, s and g), and pipeline depth.
+_BLOCK_D = 64
+_NUM_STAGES = 2
+# Shared memory of the smallest card we build for (A100: 163 KB), with slack for the compiler's
+# own scratch, and registers per thread for the fp32 tiles a program keeps live.
+_SHARED_BUDGET = 128 * 1024
+_REGISTER_BUDGET = 128
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def _pad16(n: int) -> int:
+    """A power-of-two block covering n channels, at least 16 wide (the least `tl.dot` takes)."""
+    return max(16, triton.next_power_of_2(max(int(n), 1)))
+
+
+def _precision(dtype: torch.dtype) -> str:
+    # fp32 inputs get fp32 products: tf32 would lose the accuracy the reference promises.
+    return "ieee" if dtype == torch.float32 else "tf32"
+
+
+def _meta(kernel: str, dims: dict[str, int], config: LaunchConfig) -> dict[str, int]:
+    """The kernel's block-size constexprs for this problem: the config's, clipped to the padded
+    channel counts, plus the blocks the sizes alone decide."""
+    block_d = min(config["BLOCK_D"], _pad16(dims["Cqk"]))
+    meta = {
+        "BLOCK_M": config["BLOCK_M"],
+        "BLOCK_N": config["BLOCK_N"],
+        "BLOCK_D": block_d,
+        "BLOCK_DP": min(block_d, _pad16(dims["Cp"])),
+        "BLOCK_W": triton.next_power_of_2(max(dims["Cw"], 1)),
+    }
+    if kernel == "dense_fwd":
+        meta["BLOCK_V"] = min(config["BLOCK_V"], _pad16(dims["Cv"]))
+        meta["BLOCK_K"] = triton.next_power_of_2(max(dims["k"], 1))
+        return meta
+    widest = max(dims["Cqk"], dims["Cp"])
+    if kernel == "dense_bwd_key":
+        widest = max(widest, dims["Cv"], dims["Cw"])
+    meta["BLOCK_DV"] = min(block_d, _pad16(dims["Cv"]))
+    meta["BLOCK_C"] = min(config["BLOCK_C"], _pad16(widest))
+    return meta
+
+
+def _clipped(kernel: str, dims: dict[str, int], config: LaunchConfig) -> LaunchConfig:
+    """The config with its block sizes as the kernel will really use them (so that two configs
+    that differ only beyond the problem's size count once)."""
+    meta = _meta(kernel, dims, config)
+    return {name: meta.get(name, value) for name, value in config.items()}
+
+
+def _fits(kernel: str, dims: dict[str, int], config: LaunchConfig) -> bool:
+    """Estimate of a config's needs with 16-bit inputs: the fp32 tiles live per thread (the
+    accumulator and about four score-sized tiles: z, s, p, g) and the operand tiles in shared
+    memory. `python -m kernels.aot` gives the real numbers."""
+    meta = _meta(kernel, dims, config)
+    m, n, d = meta["BLOCK_M"], meta["BLOCK_N"], meta["BLOCK_D"]
+    rows = n if kernel == "dense_bwd_key" else m
+    out = meta["BLOCK_V"] if kernel == "dense_fwd" else meta["BLOCK_C"]
+    live = (rows * out + 4 * m * n) / (32 * config["num_warps"])
+    shared = 2 * (config["num_stages"] * (m + n) * d + (m + n) * out)
+    return live <= _REGISTER_BUDGET and shared <= _SHARED_BUDGET
+
+
+def _config_of(kernel: str, candidate: tuple[int, int, int, int]) -> LaunchConfig:
+    block_m, block_n, chunk, num_warps = candidate
+    return {
+        "BLOCK_M": block_m,
+        "BLOCK_N": block_n,
+        "BLOCK_D": _BLOCK_D,
+        "BLOCK_V" if kernel == "dense_fwd" else "BLOCK_C": chunk,
+        "num_warps": num_warps,
+        "num_stages": _NUM_STAGES,
+    }
+
+
+def _space(kernel: str, dims: dict[str, int]) -> list[LaunchConfig]:
+    """Every config the autotuner may try for `kernel` on a problem of these sizes; each one
+    compiles for sm_80 and sm_90 (`python -m kernels.aot`)."""
+    configs: list[LaunchConfig] = []
+    for candidate in _CANDIDATES[kernel]:
+        config = _clipped(kernel, dims, _config_of(kernel, candidate))
+        if config not in configs and _fits(kernel, dims, config):
+            configs.append(config)
+    return configs
+
+
+def _default(kernel: str, dims: dict[str, int]) -> LaunchConfig:
+    """What runs when the tuning table has nothing for this GPU and shape bucket: the first
+    candidate, chosen as the widest chunk that compiles without spilling registers for both
+    sm_80 and sm_90 at the model's sizes, even without the alignment specialisation Triton
+    adds at run time (ahead-of-time compiles do without it)."""
+    return _clipped(kernel, dims, _config_of(kernel, _CANDIDATES[kernel][0]))
+
+
+def _config(kernel: TunableKernel, dims: dict[str, int], device: torch.device) -> LaunchConfig:
+    if _interpreting():
+        return kernel.default(dims)  # no tuning table applies to the CPU interpreter
+    return tuned_config(kernel, dims, device)
+
+
+# --------------------------------------------------------------------------------------------------
+# Launchers
+# --------------------------------------------------------------------------------------------------
+
+Inputs = tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor | None]
+
+
+def _empty(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> Tensor:
+    """Every buffer a kernel writes comes from here, so that tests can swap in NaN-filled ones
+    and catch an element no program writes."""
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
+def _channels_contiguous(x: Tensor | None) -> Tensor | None:
+    """The kernels take batch and token strides but assume contiguous channels (vector loads)."""
+    if x is None or x.stride(-1) == 1:
+        return x
+    return x.contiguous()
+
+
+def _dims(inputs: Inputs, topk: int) -> dict[str, int]:
+    """The sizes tuning is keyed on, named as in `kernels.shapes` (Cw = 0: no warp)."""
+    q, k, v, q_prune, _, warp_values = inputs
+    return {
+        "B": q.shape[0],
+        "Nq": q.shape[1],
+        "Nk": k.shape[1],
+        "Cqk": q.shape[2],
+        "Cp": q_prune.shape[2],
+        "Cv": v.shape[2],
+        "Cw": 0 if warp_values is None else warp_values.shape[2],
+        "k": topk,
+    }
+
+
+def _input_args(inputs: Inputs) -> list:
+    """The six input pointers, then their batch and token strides (a stand-in for no warp)."""
+    q, *_, warp_values = inputs
+    pointers = [*inputs[:5], q if warp_values is None else warp_values]
+    strides = []
+    for x in inputs:
+        strides += [0, 0] if x is None else [x.stride(0), x.stride(1)]
+    return [*pointers, *strides]
+
+
+def _launch_forward(
+    inputs: Inputs,
+    scale: float,
+    prune_scale: float,
+    topk: int,
+    warp_mode: int,
+    config: LaunchConfig,
+) -> dict[str, Tensor | None]:
+    """One forward launch. Returns out, conf, topk, warp and the per-query statistics the
+    backward needs: lse (base-2 log-sum-exp of z over all keys), lse_w (that of the warp's
+    softmax) and warp_all (1 where the warp's selected set was empty and it used all keys)."""
+    q, k, _, q_prune, _, _ = inputs
+    dims = _dims(inputs, topk)
+    b, nq, cv, cw = dims["B"], dims["Nq"], dims["Cv"], dims["Cw"]
+    dev, dtype = q.device, q.dtype
+    warp = warp_mode != 0
+    res: dict[str, Tensor | None] = {
+        "out": _empty((b, nq, cv), dtype, dev),
+        "conf": _empty((b, nq), dtype, dev),
+        "topk": _empty((b, nq, topk), torch.int64, dev) if topk else None,
+        "warp": _empty((b, nq, cw), dtype, dev) if warp else None,
+        "lse": _empty((b, nq), torch.float32, dev),
+        "lse_w": _empty((b, nq), torch.float32, dev) if warp else None,
+        "warp_all": _empty((b, nq), torch.int32, dev) if warp else None,
+    }
+    # Outputs not asked for: stand-ins of the right type that the constexpr flags leave alone.
+    stand_in = {
+        "topk": torch.empty(1, dtype=torch.int64, device=dev),
+        "warp": res["out"],
+        "lse_w": res["lse"],
+        "warp_all": torch.empty(1, dtype=torch.int32, device=dev),
+    }
+    out_args = [res[name] if res[name] is not None else stand_in[name] for name in stand_in]
+    meta = _meta("dense_fwd", dims, config)
+    grid = (triton.cdiv(nq, meta["BLOCK_M"]), triton.cdiv(cv, meta["BLOCK_V"]), b)
+    _dense_fwd_kernel[grid](
+        *_input_args(inputs)[:6],
+        res["out"], res["conf"], out_args[0], out_args[1], res["lse"], out_args[2], out_args[3],
+        *_input_args(inputs)[6:],
+        nq, k.shape[1], q.shape[2], q_prune.shape[2], cv, cw, topk,
+        scale, prune_scale,
+        **meta,
+        WARP_MODE=warp_mode,
+        HAS_TOPK=topk > 0,
+        PRECISION=_precision(dtype),
+        num_warps=config["num_warps"],
+        num_stages=config["num_stages"],
+    )  # fmt: skip
+    return res
+
+
+def _backward_grads(
+    out: Tensor,
+    conf: Tensor,
+    warp: Tensor | None,
+    dout: Tensor,
+    dconf: Tensor,
+    dwarp: Tensor | None,
+) -> dict[str, Tensor | None]:
+    """Upstream gradients in the kernels' layout, with the per-query sums the softmax backward
+    subtracts: delta = sum_j p m g = dout . out + dconf * conf and delta_w = dwarp . warp (fp32).
+    """
+    delta = (dout.float() * out.float()).sum(-1) + dconf.float() * conf.float()
+    return {
+        "dout": dout.contiguous(),
+        "dconf": dconf.contiguous(),
+        "dwarp": None if dwarp is None else dwarp.contiguous(),
+        "delta": delta.contiguous(),
+        "delta_w": None if warp is None else (dwarp.float() * warp.float()).sum(-1).contiguous(),
+    }
+
+
+def _launch_backward(
+    side: str,
+    inputs: Inputs,
+    stats: dict[str, Tensor | None],
+    grads: dict[str, Tensor | None],
+    wanted: dict[str, bool],
+    scale: float,
+    prune_scale: float,
+    warp_mode: int,
+    config: LaunchConfig,
+) -> dict[str, Tensor | None]:
+    """One backward launch for one side ("query": dq, dq_prune; "key": dk, dk_prune, dv,
+    dwarp_values), writing the gradients `wanted` marks (None for the others).
+
+    stats: lse, lse_w, warp_all from the forward; grads: from `_backward_grads`."""
+    q, k, v, q_prune, k_prune, warp_values = inputs
+    dims = _dims(inputs, 0)
+    kernel = "dense_bwd_" + side
+    meta = _meta(kernel, dims, config)
+    targets = {"dq": q, "dq_prune": q_prune} if side == "query" else {
+        "dk": k, "dk_prune": k_prune, "dv": v, "dwarp_values": warp_values,
+    }  # fmt: skip
+    result = {
+        name: _empty(x.shape, x.dtype, x.device) if wanted[name] and x is not None else None
+        for name, x in targets.items()
+    }
+    chunks = [
+        0 if result[name] is None else triton.cdiv(x.shape[2], meta["BLOCK_C"])
+        for name, x in targets.items()
+    ]
+    if sum(chunks) == 0:
+        return result
+    lse = stats["lse"]
+    warp_all = stats["warp_all"]
+    if warp_all is None:
+        warp_all = torch.empty(1, dtype=torch.int32, device=q.device)
+    # Gradients not asked for: their chunk count is 0, so a stand-in pointer is never written.
+    stand_in = torch.empty(1, dtype=q.dtype, device=q.device)
+    out_args = [dx if dx is not None else stand_in for dx in result.values()]
+    tokens, rows = (
+        (dims["Nq"], meta["BLOCK_M"]) if side == "query" else (dims["Nk"], meta["BLOCK_N"])
+    )
+    grid = (triton.cdiv(tokens, rows), sum(chunks), dims["B"])
+    fn = _dense_bwd_query_kernel if side == "query" else _dense_bwd_key_kernel
+    args = _input_args(inputs)
+    fn[grid](
+        *args[:6],
+        grads["dout"], grads["dconf"], grads["dout"] if grads["dwarp"] is None else grads["dwarp"],
+        lse, lse if stats["lse_w"] is None else stats["lse_w"], warp_all,
+        grads["delta"], lse if grads["delta_w"] is None else grads["delta_w"],
+        *out_args,
+        *args[6:],
+        dims["Nq"], dims["Nk"], dims["Cqk"], dims["Cp"], dims["Cv"], dims["Cw"],
+        *chunks[:-1],
+        scale, prune_scale,
+        **meta,
+        WARP_MODE=warp_mode,
+        PRECISION=_precision(q.dtype),
+        num_warps=config["num_warps"],
+        num_stages=config["num_stages"],
+    )  # fmt: skip
+    return result
+
+
+# --------------------------------------------------------------------------------------------------
+# Tunable kernels (what the autotuner sweeps) and ahead-of-time compile cases
+# --------------------------------------------------------------------------------------------------
+
+
+def _random_inputs(
+    dims: dict[str, int], device: torch.device, dtype: torch.dtype, seed: int = 0
+) -> Inputs:
+    """q, k, v, q_prune, k_prune, warp_values (None when Cw = 0) with normal entries."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def draw(tokens: int, channels: int) -> Tensor:
+        x = torch.randn(dims["B"], tokens, channels, generator=gen)
+        return x.to(device=device, dtype=dtype)
+
+    nq, nk = dims["Nq"], dims["Nk"]
+    warp_values = draw(nk, dims["Cw"]) if dims["Cw"] else None
+    qk = draw(nq, dims["Cqk"]), draw(nk, dims["Cqk"])
+    return (*qk, draw(nk, dims["Cv"]), draw(nq, dims["Cp"]), draw(nk, dims["Cp"]), warp_values)
+
+
+def _release_scales(dims: dict[str, int]) -> tuple[float, float]:
+    """The release's dense scales (method.md section 4): 1/sqrt(Cqk) and 1/Cp."""
+    return 1.0 / math.sqrt(dims["Cqk"]), 1.0 / dims["Cp"]
+
+
+def _forward_runner(
+    dims: dict[str, int], config: LaunchConfig, device: torch.device, dtype: torch.dtype
+) -> Callable[[], dict[str, Tensor | None]]:
+    """Fresh inputs for `dims`, and a callable launching the forward once with `config`."""
+    inputs = _random_inputs(dims, device, dtype)
+    scale, prune_scale = _release_scales(dims)
+    warp_mode = WARP_MODE_IDS["kept"] if dims["Cw"] else 0
+    return lambda: _launch_forward(inputs, scale, prune_scale, dims["k"], warp_mode, config)
+
+
+def _backward_runner(side: str):
+    """make_runner of one backward kernel: fresh inputs, the forward's statistics (default
+    config) and random upstream gradients; the callable launches that side's kernel once, for
+    every gradient it can write."""
+
+    def make(
+        dims: dict[str, int], config: LaunchConfig, device: torch.device, dtype: torch.dtype
+    ) -> Callable[[], dict[str, Tensor | None]]:
+        inputs = _random_inputs(dims, device, dtype)
+        scale, prune_scale = _release_scales(dims)
+        warp_mode = WARP_MODE_IDS["kept"] if dims["Cw"] else 0
+        fwd = _launch_forward(inputs, scale, prune_scale, 0, warp_mode, FORWARD.default(dims))
+        gen = torch.Generator().manual_seed(1)
+
+        def upstream(like: Tensor | None) -> Tensor | None:
+            if like is None:
+                return None
+            return torch.randn(like.shape, generator=gen).to(device=device, dtype=dtype)
+
+        grads = _backward_grads(
+            fwd["out"], fwd["conf"], fwd["warp"],
+            upstream(fwd["out"]), upstream(fwd["conf"]), upstream(fwd["warp"]),
+        )  # fmt: skip
+        wanted = dict.fromkeys(GRADIENT_NAMES, True)
+        return lambda: _launch_backward(
+            side, inputs, fwd, grads, wanted, scale, prune_scale, warp_mode, config
+        )
+
+    return make
+
+
+def _tunable(kernel: str, make_runner) -> TunableKernel:
+    return TunableKernel(
+        name=kernel,
+        space=lambda dims: _space(kernel, dims),
+        default=lambda dims: _default(kernel, dims),
+        make_runner=make_runner,
+    )
+
+
+GRADIENT_NAMES = ("dq", "dk", "dv", "dq_prune", "dk_prune", "dwarp_values")
+FORWARD = _tunable("dense_fwd", _forward_runner)
+BACKWARD_QUERY = _tunable("dense_bwd_query", _backward_runner("query"))
+BACKWARD_KEY = _tunable("dense_bwd_key", _backward_runner("key"))
+TUNABLE: list[TunableKernel] = [FORWARD, BACKWARD_QUERY, BACKWARD_KEY]
+_KERNEL_FUNCTIONS = {
+    "dense_fwd": _dense_fwd_kernel,
+    "dense_bwd_query": _dense_bwd_query_kernel,
+    "dense_bwd_key": _dense_bwd_key_kernel,
+}
+
+# The dense problems of the models we expect: deepfashion at 256 px (its 512 px model has the
+# same channels and 4x the tokens: the same compiled kernels), and a small preset with the
+# channels of the finest scale.
+AOT_DIMS = (
+    {"B": 8, "Nq": 1024, "Nk": 1024, "Cqk": 640, "Cp": 128, "Cv": 512, "Cw": 3, "k": 4},
+    {"B": 8, "Nq": 1024, "Nk": 1024, "Cqk": 80, "Cp": 16, "Cv": 64, "Cw": 3, "k": 4},
+)
+# Pointer arguments whose type is not the input dtype.
+_POINTER_TYPES = {
+    "TOPK": "i64",
+    "LSE": "fp32",
+    "LSE_W": "fp32",
+    "DELTA": "fp32",
+    "DELTA_W": "fp32",
+    "WARP_ALL": "i32",
+}
+
+
+def _signature(fn: triton.JITFunction, dtype: str) -> dict[str, str]:
+    """Upper-case parameters are pointers (or constexprs, by annotation); lower-case ones are i32
+    sizes and strides, or fp32 scales."""
+    sig = {}
+    for param in fn.params:
+        name = param.name
+        if param.is_constexpr:
+            sig[name] = "constexpr"
+        elif name.isupper():
+            sig[name] = "*" + _POINTER_TYPES.get(name, dtype)
+        else:
+            sig[name] = "fp32" if name in ("scale", "prune_scale") else "i32"
+    return sig
+
+
+def aot_cases() -> list[AotCase]:
+    """Every kernel x every config of its space x AOT_DIMS, as the model trains: bf16 inputs,
+    the warp over the kept keys, top-k 4."""
+    cases = []
+    flags = {"WARP_MODE": WARP_MODE_IDS["kept"], "PRECISION": _precision(torch.bfloat16)}
+    for dims in AOT_DIMS:
+        sizes = f"Cqk={dims['Cqk']} Cp={dims['Cp']} Cv={dims['Cv']}"
+        for kernel in TUNABLE:
+            fn = _KERNEL_FUNCTIONS[kernel.name]
+            extra = {"HAS_TOPK": True} if kernel is FORWARD else {}
+            default = kernel.default(dims)
+            for config in kernel.space(dims):
+                meta = _meta(kernel.name, dims, config)
+                out = f"V{meta['BLOCK_V']}" if kernel is FORWARD else f"C{meta['BLOCK_C']}"
+                blocks = f"M{meta['BLOCK_M']} N{meta['BLOCK_N']} D{meta['BLOCK_D']} {out}"
+                cases.append(
+                    AotCase(
+                        label=f"{kernel.name} {sizes} {blocks}",
+                        module=__name__,
+                        function=fn.__name__,
+                        signature=_signature(fn, "bf16"),
+                        constexprs={**meta, **flags, **extra},
+                        num_warps=config["num_warps"],
+                        num_stages=config["num_stages"],
+                        is_default=config == default,
+                    )
+                )
+    return cases
+
+
+# --------------------------------------------------------------------------------------------------
+# Autograd and the public operator
+# --------------------------------------------------------------------------------------------------
+
+
+class _DenseAttention(torch.autograd.Function):
+    @staticmethod
+    @torch.amp.custom_fwd(device_type="cuda")
+    def forward(
+        ctx,
+        q: Tensor,
+        k: Tensor,
+        v: Tensor,
+        q_prune: Tensor,
+        k_prune: Tensor,
+        warp_values: Tensor | None,
+        scale: float,
+        prune_scale: float,
+        topk: int,
+        warp_over: str,
+    ):
+        inputs = tuple(_channels_contiguous(x) for x in (q, k, v, q_prune, k_prune, warp_values))
+        warp_mode = 0 if warp_values is None else WARP_MODE_IDS[warp_over]
+        config = _config(FORWARD, _dims(inputs, topk), q.device)
+        res = _launch_forward(inputs, scale, prune_scale, topk, warp_mode, config)
+        ctx.save_for_backward(
+            *inputs, res["out"], res["conf"], res["warp"], res["lse"], res["lse_w"], res["warp_all"]
+        )
+        ctx.scale, ctx.prune_scale, ctx.warp_mode = scale, prune_scale, warp_mode
+        if res["topk"] is not None:
+            ctx.mark_non_differentiable(res["topk"])
+        return res["out"], res["conf"], res["topk"], res["warp"]
+
+    @staticmethod
+    @torch.amp.custom_bwd(device_type="cuda")
+    def backward(ctx, dout: Tensor, dconf: Tensor, _dtopk: Tensor | None, dwarp: Tensor | None):
+        *inputs, out, conf, warp, lse, lse_w, warp_all = ctx.saved_tensors
+        inputs = tuple(inputs)
+        stats = {"lse": lse, "lse_w": lse_w, "warp_all": warp_all}
+        grads = _backward_grads(out, conf, warp, dout, dconf, dwarp)
+        # needs_input_grad follows forward's arguments: q, k, v, q_prune, k_prune, warp_values.
+        order = ("dq", "dk", "dv", "dq_prune", "dk_prune", "dwarp_values")
+        wanted = dict(zip(order, ctx.needs_input_grad[:6], strict=True))
+        dims = _dims(inputs, 0)
+        result: dict[str, Tensor | None] = {}
+        for side, kernel in (("query", BACKWARD_QUERY), ("key", BACKWARD_KEY)):
+            config = _config(kernel, dims, inputs[0].device)
+            result |= _launch_backward(
+                side, inputs, stats, grads, wanted,
+                ctx.scale, ctx.prune_scale, ctx.warp_mode, config,
+            )  # fmt: skip
+        return *(result[name] for name in order), None, None, None, None
+
+
+def attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    q_prune: Tensor,
+    k_prune: Tensor,
+    *,
+    scale: float,
+    prune_scale: float,
+    topk: int,
+    warp_values: Tensor | None,
+    warp_over: str,
+) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+    """Dense dynamic attention, the semantics of `reference.reference_dynamic_attention`:
+    returns (out, conf, topk, warp). Inputs arrive validated from `kernels.ops`: one float
+    dtype, CUDA tensors (or CPU ones under TRITON_INTERPRET=1), autocast off."""
+    return _DenseAttention.apply(
+        q, k, v, q_prune, k_prune, warp_values, scale, prune_scale, topk, warp_over
+    )
