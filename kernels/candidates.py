@@ -58,7 +58,31 @@ def inter_scale_candidates(coarse_topk: Tensor, height: int, width: int) -> Tens
     children = (2 * u[..., None] + dy) * width + (2 * v[..., None] + dx)  # [B, ch*cw, k, 4]
     per_cell = rearrange(children, "b (h w) k c -> b h w (k c)", h=ch, w=cw)
     per_query = repeat(per_cell, "b h w m -> b (h sy) (w sx) m", sy=2, sx=2)
-    return rearrange(per_query, "b h w m -> b (h w) m").contiguous()
+    out = rearrange(per_query, "b h w m -> b (h w) m").contiguous()
+    _tag_window_shared(out, height, width)
+    return out
+
+
+# Attribute carrying (height, width, version) on tensors built by `inter_scale_candidates`.
+_WINDOW_TAG = "_dynast_window_shared"
+
+
+def _tag_window_shared(candidates: Tensor, height: int, width: int) -> None:
+    """Mark `candidates` as shared by the 4 queries of every 2x2 window of a height x width grid.
+
+    The fused kernels then read one list per window and gather each key once for four queries. The
+    tensor's version counter is recorded so that any in-place change voids the mark."""
+    setattr(candidates, _WINDOW_TAG, (height, width, candidates._version))
+
+
+def window_shared_grid(candidates: Tensor) -> tuple[int, int] | None:
+    """(height, width) when `candidates` is an unmodified output of `inter_scale_candidates`, whose
+    2x2 windows of queries share one list; None otherwise (a copy, a view or an in-place change
+    loses the mark, and the kernels then treat every query's list as its own)."""
+    tag = getattr(candidates, _WINDOW_TAG, None)
+    if tag is None or tag[2] != candidates._version:
+        return None
+    return tag[0], tag[1]
 
 
 def inner_scale_candidates(topk: Tensor, height: int, width: int) -> Tensor:
