@@ -30,7 +30,7 @@ from dynast.io import save_pretrained
 from dynast.vgg import VGG19Features, resolve_vgg_weights
 
 from . import checkpoints as ckpt
-from .config import RESUMABLE_CHANGES, RunConfig
+from .config import RESUMABLE_CHANGES, LossWeights, RunConfig
 from .data_order import DataPosition, micro_batches
 from .errors import TrainingError, clean_message
 from .losses import (
@@ -225,6 +225,138 @@ def evaluate(
     return metrics, first
 
 
+# ----------------------------------------------------------------------------- one step
+
+
+@dataclass
+class _StepParts:
+    """What a training step uses: the prepared models (DDP-wrapped when distributed), the
+    unwrapped discriminator, optimisers with their loss scalers, VGG (None: off), loss weights."""
+
+    accelerator: Accelerator
+    generator: nn.Module
+    discriminator: nn.Module
+    d_inner: nn.Module
+    opt_g: torch.optim.Optimizer
+    opt_d: torch.optim.Optimizer
+    scaler_g: torch.amp.GradScaler
+    scaler_d: torch.amp.GradScaler
+    vgg: nn.Module | None
+    weights: LossWeights
+    autocast: Callable[[], contextlib.AbstractContextManager]
+
+    @property
+    def uses_discriminator(self) -> bool:
+        return self.weights.gan > 0 or self.weights.feature_matching > 0
+
+
+@dataclass
+class _SampleWeights:
+    """Per micro-batch sample weights (1 for pairs with a ground truth / 1 for all) and their
+    sums over the global batch: every process and every micro-batch of the step."""
+
+    has_target: list[Tensor]
+    ones: list[Tensor]
+    global_target: Tensor
+    global_all: Tensor
+
+
+def _global_weights(accelerator: Accelerator, micro: list[dict]) -> _SampleWeights:
+    has_target = [b["has_target"].float() for b in micro]
+    ones = [torch.ones_like(w) for w in has_target]
+    local = torch.stack([sum(w.sum() for w in has_target), sum(o.sum() for o in ones)])
+    total = accelerator.reduce(local.double(), reduction="sum").float()
+    return _SampleWeights(has_target, ones, total[0], total[1])
+
+
+def _sync_unless(last: bool, accelerator: Accelerator, model: nn.Module):
+    # Gradients are all-reduced once per step, on the last micro-batch.
+    return contextlib.nullcontext() if last else accelerator.no_sync(model)
+
+
+def _generator_step(
+    parts: _StepParts, micro: list[dict], sw: _SampleWeights, sums: _Sums
+) -> tuple[float, list[Tensor]]:
+    """One generator update over the step's micro-batches; returns the loss (global mean) and
+    the generated images (detached) for the discriminator step.
+
+    The discriminator runs unwrapped with frozen parameters: gradients reach the image, not D,
+    and D's DDP wrapper (which would expect D's gradients) is not involved."""
+    p, w, world = parts, parts.weights, parts.accelerator.num_processes
+    p.d_inner.requires_grad_(False)
+    p.opt_g.zero_grad(set_to_none=True)
+    fakes, total = [], 0.0
+    for m, batch in enumerate(micro):
+        with _sync_unless(m == len(micro) - 1, p.accelerator, p.generator):
+            sem, target = batch["semantic"], batch["target"]
+            with p.autocast():
+                out = p.generator(
+                    sem, batch["exemplar"], batch["exemplar_semantic"], with_warps=True
+                )
+                fake_preds = p.d_inner(sem, out.image) if p.uses_discriminator else None
+                if w.feature_matching > 0:
+                    with torch.no_grad():
+                        real_preds = p.d_inner(sem, target)
+                if p.vgg is not None:
+                    fake_feats = p.vgg(out.image)
+                    with torch.no_grad():
+                        real_feats = p.vgg(target)
+            # name -> (per-sample value, sample weights, their global sum)
+            with_target = (sw.has_target[m], sw.global_target)
+            terms = {"warp": (warp_loss(out.warps, target), *with_target)}
+            if w.gan > 0:
+                terms["gan"] = (generator_hinge(fake_preds), sw.ones[m], sw.global_all)
+            if w.feature_matching > 0:
+                terms["feature_matching"] = (feature_matching(fake_preds, real_preds), *with_target)
+            if p.vgg is not None:
+                vgg_l1, vgg_mse = vgg_losses(fake_feats, real_feats)
+                terms["vgg"] = (vgg_l1, *with_target)
+                terms["vgg_mse"] = (vgg_mse, *with_target)
+            loss = sum(
+                getattr(w, name) * normalised_sum(value, weights, global_sum, world)
+                for name, (value, weights, global_sum) in terms.items()
+            )
+            p.accelerator.backward(p.scaler_g.scale(loss))
+            total += float(loss.detach()) / world
+            for name, (value, weights, _) in terms.items():
+                sums.add(f"loss/{name}", value, weights)
+            fakes.append(out.image.detach())
+    p.scaler_g.step(p.opt_g)
+    p.scaler_g.update()
+    p.d_inner.requires_grad_(True)
+    return total, fakes
+
+
+def _discriminator_step(
+    parts: _StepParts, micro: list[dict], fakes: list[Tensor], sw: _SampleWeights, sums: _Sums
+) -> float:
+    """One discriminator update (hinge loss) on this step's generated images and the ground
+    truths (pairs without one do not count as real); returns the loss (global mean)."""
+    p, world = parts, parts.accelerator.num_processes
+    if not p.uses_discriminator:
+        return 0.0
+    p.opt_d.zero_grad(set_to_none=True)
+    total = 0.0
+    for m, batch in enumerate(micro):
+        with _sync_unless(m == len(micro) - 1, p.accelerator, p.discriminator):
+            sem, n = batch["semantic"], batch["semantic"].shape[0]
+            with p.autocast():
+                preds = p.discriminator(
+                    torch.cat([sem, sem]), torch.cat([fakes[m], batch["target"]])
+                )
+            fake_preds, real_preds = _split_preds(preds, n)
+            d_real, d_fake = discriminator_hinge(real_preds, fake_preds)
+            loss = normalised_sum(d_real, sw.has_target[m], sw.global_target, world)
+            loss = loss + normalised_sum(d_fake, sw.ones[m], sw.global_all, world)
+            p.accelerator.backward(p.scaler_d.scale(loss))
+            total += float(loss.detach()) / world
+            sums.add("loss/d_real", d_real, sw.has_target[m])
+            sums.add("loss/d_fake", d_fake, sw.ones[m])
+    p.scaler_d.step(p.opt_d)
+    p.scaler_d.update()
+    return total
+
+
 # ----------------------------------------------------------------------------- training
 
 
@@ -327,7 +459,6 @@ def train(cfg: RunConfig) -> TrainResult:
 
     log = MetricsLog(run_dir, keep_through=step if latest is not None else -1, enabled=main)
     weights = tc.loss
-    use_d_in_g = weights.gan > 0 or weights.feature_matching > 0
 
     def evaluate_and_sample(at: int) -> dict[str, float]:
         metrics: dict[str, float] = {}
@@ -372,111 +503,46 @@ def train(cfg: RunConfig) -> TrainResult:
         shutil.rmtree(run_dir / FINAL_DIR)
 
     sums = _Sums()
-    bar = tqdm(total=tc.max_steps, initial=step, desc="train", disable=not main, dynamic_ncols=True)
+    parts = _StepParts(
+        accelerator, generator, discriminator, d_inner, opt_g, opt_d, scaler_g, scaler_d, vgg,
+        weights, autocast,
+    )  # fmt: skip
     session_start, elapsed_before = time.perf_counter(), progress.elapsed_s
     last_saved = step if latest is not None else -1
-    while step < tc.max_steps:
-        micro = [_to_device(next(batches), device) for _ in range(tc.grad_accum_steps)]
-        factor = tc.lr_factor(step)
-        for group in opt_g.param_groups:
-            group["lr"] = tc.lr * tc.g_lr_ratio * factor
-        for group in opt_d.param_groups:
-            group["lr"] = tc.lr * tc.d_lr_ratio * factor
-
-        # Per-sample weights normalised over the global batch (every process, every micro-batch).
-        has_target = [b["has_target"].float() for b in micro]
-        ones = [torch.ones_like(w) for w in has_target]
-        local = torch.stack([sum(w.sum() for w in has_target), sum(o.sum() for o in ones)])
-        global_target, global_all = accelerator.reduce(local.double(), reduction="sum").float()
-
-        # Generator step. The discriminator runs unwrapped with frozen parameters: gradients reach
-        # the image, not D, and D's DDP wrapper is not involved.
-        d_inner.requires_grad_(False)
-        opt_g.zero_grad(set_to_none=True)
-        fakes, g_total = [], 0.0
-        for m, batch in enumerate(micro):
-            sync = m == len(micro) - 1
-            with contextlib.nullcontext() if sync else accelerator.no_sync(generator):
-                sem, target = batch["semantic"], batch["target"]
-                w_t, w_1 = has_target[m], ones[m]
-                with autocast():
-                    out = generator(
-                        sem, batch["exemplar"], batch["exemplar_semantic"], with_warps=True
-                    )
-                    fake_preds = d_inner(sem, out.image) if use_d_in_g else None
-                    if weights.feature_matching > 0:
-                        with torch.no_grad():
-                            real_preds = d_inner(sem, target)
-                    if vgg is not None:
-                        fake_feats = vgg(out.image)
-                        with torch.no_grad():
-                            real_feats = vgg(target)
-                terms = {"warp": (warp_loss(out.warps, target), w_t, global_target)}
-                if weights.gan > 0:
-                    terms["gan"] = (generator_hinge(fake_preds), w_1, global_all)
-                if weights.feature_matching > 0:
-                    fm = feature_matching(fake_preds, real_preds)
-                    terms["feature_matching"] = (fm, w_t, global_target)
-                if vgg is not None:
-                    vgg_l1, vgg_mse = vgg_losses(fake_feats, real_feats)
-                    terms["vgg"] = (vgg_l1, w_t, global_target)
-                    terms["vgg_mse"] = (vgg_mse, w_t, global_target)
-                loss = sum(
-                    getattr(weights, name) * normalised_sum(value, w, total, world)
-                    for name, (value, w, total) in terms.items()
+    with tqdm(
+        total=tc.max_steps, initial=step, desc="train", disable=not main, dynamic_ncols=True
+    ) as bar:
+        while step < tc.max_steps:
+            micro = [_to_device(next(batches), device) for _ in range(tc.grad_accum_steps)]
+            factor = tc.lr_factor(step)
+            for group in opt_g.param_groups:
+                group["lr"] = tc.lr * tc.g_lr_ratio * factor
+            for group in opt_d.param_groups:
+                group["lr"] = tc.lr * tc.d_lr_ratio * factor
+            sample_weights = _global_weights(accelerator, micro)
+            g_total, fakes = _generator_step(parts, micro, sample_weights, sums)
+            d_total = _discriminator_step(parts, micro, fakes, sample_weights, sums)
+            step += 1
+            elapsed = elapsed_before + time.perf_counter() - session_start
+            # Under fp16 an overflow is expected now and then: its loss scaler skips that step.
+            if not fp16 and not (math.isfinite(g_total) and math.isfinite(d_total)):
+                raise TrainingError(
+                    f"step {step}: the loss is not finite (generator {g_total}, discriminator "
+                    f"{d_total}); lower train.lr or the loss weights"
                 )
-                accelerator.backward(scaler_g.scale(loss))
-                g_total += float(loss.detach()) / world
-                for name, (value, w, _) in terms.items():
-                    sums.add(f"loss/{name}", value, w)
-                fakes.append(out.image.detach())
-        scaler_g.step(opt_g)
-        scaler_g.update()
-        d_inner.requires_grad_(True)
-
-        # Discriminator step on the generator's images of this step (detached) and the targets.
-        d_total = 0.0
-        if use_d_in_g:
-            opt_d.zero_grad(set_to_none=True)
-            for m, batch in enumerate(micro):
-                sync = m == len(micro) - 1
-                with contextlib.nullcontext() if sync else accelerator.no_sync(discriminator):
-                    sem, n = batch["semantic"], batch["semantic"].shape[0]
-                    with autocast():
-                        preds = discriminator(
-                            torch.cat([sem, sem]), torch.cat([fakes[m], batch["target"]])
-                        )
-                    fake_preds, real_preds = _split_preds(preds, n)
-                    d_real, d_fake = discriminator_hinge(real_preds, fake_preds)
-                    loss = normalised_sum(d_real, has_target[m], global_target, world)
-                    loss = loss + normalised_sum(d_fake, ones[m], global_all, world)
-                    accelerator.backward(scaler_d.scale(loss))
-                    d_total += float(loss.detach()) / world
-                    sums.add("loss/d_real", d_real, has_target[m])
-                    sums.add("loss/d_fake", d_fake, ones[m])
-            scaler_d.step(opt_d)
-            scaler_d.update()
-
-        step += 1
-        elapsed = elapsed_before + time.perf_counter() - session_start
-        if not (math.isfinite(g_total) and math.isfinite(d_total)):
-            raise TrainingError(
-                f"step {step}: the loss is not finite (generator {g_total}, discriminator "
-                f"{d_total}); lower train.lr or the loss weights, or use mixed precision 'no'"
-            )
-        bar.update(1)
-        bar.set_postfix(g=f"{g_total:.3g}", d=f"{d_total:.3g}")
-        if step % tc.log_every == 0 or step == tc.max_steps:
-            scalars = sums.reduce(accelerator)
-            scalars.update({"lr/generator": opt_g.param_groups[0]["lr"], "time/train_s": elapsed})
-            if main:
-                log.log(step, scalars)
-        if step % tc.sample_every == 0 or step == tc.max_steps:
-            end_metrics = evaluate_and_sample(step)
-        if step % tc.checkpoint_every == 0 or step == tc.max_steps:
-            save_checkpoint(step, elapsed)
-            last_saved = step
-    bar.close()
+            bar.update(1)
+            bar.set_postfix(g=f"{g_total:.3g}", d=f"{d_total:.3g}")
+            if step % tc.log_every == 0 or step == tc.max_steps:
+                scalars = sums.reduce(accelerator)
+                scalars["lr/generator"] = opt_g.param_groups[0]["lr"]
+                scalars["time/train_s"] = elapsed
+                if main:
+                    log.log(step, scalars)
+            if step % tc.sample_every == 0 or step == tc.max_steps:
+                end_metrics = evaluate_and_sample(step)
+            if step % tc.checkpoint_every == 0 or step == tc.max_steps:
+                save_checkpoint(step, elapsed)
+                last_saved = step
 
     if not end_metrics and main:
         # Nothing trained in this invocation (the run had already reached max_steps).

@@ -2,8 +2,8 @@
 
 `torch.nn.SyncBatchNorm` only runs on GPUs (it raises for CPU tensors), but the suite trains with
 two CPU processes (gloo). `GlobalBatchNorm2d` normalises with the statistics of the global batch by
-all-reducing per-channel sums through `torch.distributed.nn.functional.all_reduce`, whose backward
-all-reduces the gradient, so gradients are those of batch norm over the concatenated batch.
+all-reducing per-channel sums with a differentiable all-reduce (its backward all-reduces the
+gradient), so gradients are those of batch norm over the concatenated batch.
 `synchronise_batch_norm` picks torch's kernel on CUDA and this module elsewhere.
 """
 
@@ -11,9 +11,25 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
-import torch.distributed.nn.functional as dist_fn
 from einops import rearrange
 from torch import Tensor, nn
+
+
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over processes. Every process's loss depends on the sum, so the gradient of a
+    process's input is the sum over processes of the gradients of the sum."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:
+        out = x.clone()
+        dist.all_reduce(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        grad = grad.clone()
+        dist.all_reduce(grad)
+        return grad
 
 
 class GlobalBatchNorm2d(nn.BatchNorm2d):
@@ -34,9 +50,9 @@ class GlobalBatchNorm2d(nn.BatchNorm2d):
         if n < 2:
             raise ValueError("GlobalBatchNorm2d needs more than one value per channel in training")
         # Two passes (mean, then centred squares) for accuracy; each sum is reduced differentiably.
-        mean = dist_fn.all_reduce(xf.sum((0, 2, 3))) / n
+        mean = _AllReduceSum.apply(xf.sum((0, 2, 3))) / n
         centred = xf - rearrange(mean, "c -> 1 c 1 1")
-        var = dist_fn.all_reduce(centred.pow(2).sum((0, 2, 3))) / n
+        var = _AllReduceSum.apply(centred.pow(2).sum((0, 2, 3))) / n
         if self.track_running_stats:
             with torch.no_grad():
                 self.num_batches_tracked.add_(1)

@@ -1,0 +1,230 @@
+"""The training entry point end to end, as subprocesses, on a tiny model at 32x32:
+`accelerate launch train/main.py` writes checkpoints, samples and logs; re-running resumes exactly;
+`torchrun --nproc_per_node 2` trains the same model as one process with the same global batch;
+bad input ends in one clear error line."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from dynast.io import load_generator
+
+REPO = Path(__file__).resolve().parents[2]
+MAIN = str(REPO / "train" / "main.py")
+TINY = [
+    "--model.image_size", "32", "--data.image_size", "32", "--model.ngf", "8",
+    "--model.ndf", "8", "--model.disc_layers", "3",
+    "--data.train_length", "64", "--data.test_length", "8", "--data.textures", "procedural",
+    "--train.eval_pairs", "4", "--train.eval_batch_size", "4", "--train.sample_rows", "2",
+    "--train.log_every", "2", "--train.sample_every", "2", "--train.checkpoint_every", "2",
+    "--train.checkpoint_limit", "2",
+]  # fmt: skip
+
+
+def _env(tmp: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        PYTHONPATH=str(REPO),
+        # One thread per process: deterministic, and no oversubscription of a shared machine.
+        OMP_NUM_THREADS="1",
+        TORCH_HOME=str(tmp / "torch_home"),  # no VGG19 weights: the VGG terms are off
+        TQDM_DISABLE="1",
+    )
+    return env
+
+
+def _run(launcher: list[str], args: list[str], tmp: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [*launcher, MAIN, *args],
+        cwd=tmp,
+        env=_env(tmp),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+ACCELERATE = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1"]
+PYTHON = [sys.executable]
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+
+
+def _ok(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    assert result.returncode == 0, f"exit {result.returncode}\n{result.stdout}\n{result.stderr}"
+    return result
+
+
+def _weights(folder: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(folder / "model.safetensors"))
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A 4-step run, then the same command again with --max-steps 6 (a resume)."""
+    tmp = tmp_path_factory.mktemp("train_run")
+    run_dir = tmp / "run"
+    args = [*TINY, "--train.batch_size", "4", "--output-dir", str(run_dir)]
+    first = _ok(_run(ACCELERATE, [*args, "--max-steps", "4"], tmp))
+    snapshot = {
+        "checkpoints": sorted(p.name for p in (run_dir / "checkpoints").iterdir()),
+        "step4": _weights(run_dir / "checkpoints" / "checkpoint_00000004" / "generator"),
+        "metrics": (run_dir / "metrics.jsonl").read_text(),
+    }
+    # An interrupted save of a later step must not be taken for a checkpoint.
+    partial = run_dir / "checkpoints" / "checkpoint_00000005.tmp"
+    partial.mkdir()
+    (partial / "model.safetensors").write_bytes(b"half-written")
+    second = _ok(_run(ACCELERATE, [*args, "--max-steps", "6"], tmp))
+    return {"tmp": tmp, "dir": run_dir, "args": args, "first": first, "second": second, **snapshot}
+
+
+def test_first_run_writes_checkpoints_samples_and_logs(run):
+    run_dir = run["dir"]
+    assert run["checkpoints"] == ["checkpoint_00000002", "checkpoint_00000004"]
+    step4 = run_dir / "checkpoints" / "checkpoint_00000004"
+    names = {p.name for p in step4.iterdir()}
+    assert {"model.safetensors", "model_1.safetensors", "progress.json", "generator"} <= names
+    assert not any(name.endswith(".tmp") for name in names)
+    assert json.loads((step4 / "progress.json").read_text())["step"] == 4
+    for step in (0, 2, 4, 6):
+        with Image.open(run_dir / "samples" / f"step_{step:08d}.png") as grid:
+            # 2 rows of 32 px, 5 columns of 32 px, 2-px gaps.
+            assert grid.size == (5 * 32 + 4 * 2, 2 * 32 + 2)
+    records = [json.loads(line) for line in run["metrics"].splitlines()]
+    evals = {r["step"]: r for r in records if "eval/correspondence_accuracy" in r}
+    assert sorted(evals) == [0, 2, 4]
+    assert all(
+        0 <= r["eval/correspondence_accuracy"] <= 1 and r["eval/l1"] > 0 for r in evals.values()
+    )
+    losses = [r for r in records if "loss/warp" in r]
+    assert [r["step"] for r in losses] == [2, 4]
+    assert {"loss/gan", "loss/feature_matching", "loss/d_real", "loss/d_fake"} <= set(losses[0])
+    assert "loss/vgg" not in losses[0]
+    assert any((run_dir / "tensorboard").iterdir())
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["model"]["ngf"] == 8 and set(config) == {"model", "data", "train"}
+    assert "VGG losses: off" in run["first"].stdout + run["first"].stderr
+    assert "correspondence accuracy" in run["first"].stdout
+
+
+def test_rerun_resumes_after_the_last_checkpoint(run):
+    run_dir, out = run["dir"], run["second"].stdout + run["second"].stderr
+    assert "removed incomplete checkpoint" in out and "checkpoint_00000005.tmp" in out
+    assert "resuming from" in out and "at step 4" in out
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == [
+        "checkpoint_00000004",
+        "checkpoint_00000006",
+    ]  # retention limit 2: step 2 deleted
+    steps = [
+        json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert steps == sorted(steps) and steps[-1] == 6 and steps.count(4) == 2
+    generator = load_generator(run_dir)  # final/
+    assert generator.config.ngf == 8
+
+
+def test_resumed_run_equals_an_uninterrupted_one(run):
+    """Same data order, optimizer state and random state: 4 + 2 steps == 6 steps."""
+    straight = run["tmp"] / "straight"
+    _ok(
+        _run(
+            PYTHON,
+            [*TINY, "--train.batch_size", "4", "--output-dir", str(straight), "--max-steps", "6"],
+            run["tmp"],
+        )
+    )
+    resumed, direct = _weights(run["dir"] / "final"), _weights(straight / "final")
+    assert resumed.keys() == direct.keys()
+    for key in resumed:
+        torch.testing.assert_close(resumed[key], direct[key], rtol=1e-5, atol=1e-6, msg=key)
+    records = {}
+    for name, folder in (("resumed", run["dir"]), ("straight", straight)):
+        lines = (folder / "metrics.jsonl").read_text().splitlines()
+        records[name] = [json.loads(x) for x in lines if json.loads(x)["step"] == 6]
+    for a, b in zip(records["resumed"], records["straight"], strict=True):
+        a = {k: v for k, v in a.items() if not k.startswith("time/")}
+        b = {k: v for k, v in b.items() if not k.startswith("time/")}
+        assert a == pytest.approx(b, rel=1e-5)
+
+
+def test_two_processes_train_like_one_with_the_same_global_batch(run):
+    """torchrun, 2 CPU processes (gloo) x batch 2 == 1 process x batch 4: batch norm statistics
+    and per-sample loss weights are global, and both read the same global micro-batches."""
+    two = run["tmp"] / "two"
+    result = _ok(
+        _run(
+            TORCHRUN,
+            [*TINY, "--train.batch_size", "2", "--output-dir", str(two), "--max-steps", "4"],
+            run["tmp"],
+        )
+    )
+    assert "batch norm synchronised across 2 processes" in result.stdout + result.stderr
+    names = {p.name for p in (two / "checkpoints" / "checkpoint_00000004").iterdir()}
+    assert {"random_states_0.pkl", "random_states_1.pkl"} <= names
+    ours, single = _weights(two / "final"), run["step4"]
+    worst = max(float((ours[k].float() - single[k].float()).abs().max()) for k in ours)
+    scale = max(float(single[k].float().abs().max()) for k in single)
+    assert worst <= 1e-3 * scale, f"2-process weights differ from 1-process by {worst:.3g}"
+
+
+def test_resume_with_another_model_config_is_refused(run):
+    result = _run(PYTHON, [*run["args"], "--model.ngf", "16", "--max-steps", "8"], run["tmp"])
+    assert result.returncode == 1
+    assert "holds a run of preset 'synthetic-64'" in result.stderr
+    assert "model.ngf: 8 -> 16" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_unwritable_output_dir_is_one_clear_error(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    result = _run(
+        PYTHON, [*TINY, "--output-dir", str(blocker / "run"), "--max-steps", "1"], tmp_path
+    )
+    assert result.returncode == 1
+    assert f"error: --output-dir {blocker / 'run'}: cannot write there" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def _folder_dataset(root: Path, *, bad_label: bool) -> None:
+    """32x32 images and 8-class label maps; optionally a class index out of range in p1."""
+    rng = np.random.default_rng(0)
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    for i in range(4):
+        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(
+            root / "images" / f"p{i}.png"
+        )
+        label = rng.integers(0, 8, (32, 32), dtype=np.uint8)
+        if bad_label and i == 1:
+            label[3, 3] = 9
+        Image.fromarray(label, mode="L").save(root / "labels" / f"p{i}.png")
+    # The bad map is read only by the training split: the error comes from the training loader
+    # (its worker process when there is one), not from the evaluation pairs read at start.
+    (root / "pairs_train.csv").write_text("target,exemplar\np0,p1\np1,p2\np2,p3\np3,p0\n")
+    (root / "pairs_test.csv").write_text("target,exemplar\np0,p2\np2,p0\n")
+
+
+@pytest.mark.parametrize("workers", ["0", "1"])
+def test_bad_label_in_a_folder_dataset_is_one_clear_error(tmp_path, workers):
+    _folder_dataset(tmp_path / "data", bad_label=True)
+    args = [
+        *TINY, "--data.kind", "folder", "--data.root", str(tmp_path / "data"),
+        "--data.train_length", "none", "--data.test_length", "none", "--data.textures", "auto",
+        "--train.batch_size", "2", "--train.num_workers", workers,
+        "--output-dir", str(tmp_path / "run"), "--max-steps", "2",
+    ]  # fmt: skip
+    result = _run(PYTHON, args, tmp_path)
+    assert result.returncode == 1, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "p1.png" in errors[0] and "9" in errors[0], result.stderr
+    assert "Traceback" not in result.stderr
