@@ -931,10 +931,23 @@ def _forward_runner(
     return lambda: _launch_forward(inputs, scale, prune_scale, dims["k"], warp_mode, config)
 
 
+def _random_upstream(
+    dims: dict[str, int], device: torch.device, dtype: torch.dtype, seed: int = 1
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Upstream gradients of out, conf and warp (None when Cw = 0) with normal entries."""
+    gen = torch.Generator().manual_seed(seed)
+    b, nq = dims["B"], dims["Nq"]
+    shapes = [(b, nq, dims["Cv"]), (b, nq), (b, nq, dims["Cw"]) if dims["Cw"] else None]
+    return tuple(
+        None if shape is None else torch.randn(shape, generator=gen).to(device, dtype)
+        for shape in shapes
+    )
+
+
 def _backward_runner(side: str):
-    """make_runner of one backward kernel: fresh inputs, the forward's statistics (default
-    config) and random upstream gradients; the callable launches that side's kernel once, for
-    every gradient it can write."""
+    """make_runner of one backward kernel: fresh inputs and upstream gradients, the forward's
+    statistics (default config); the callable launches that side's kernel once, for every
+    gradient it writes."""
 
     def make(
         dims: dict[str, int], config: LaunchConfig, device: torch.device, dtype: torch.dtype
@@ -943,17 +956,8 @@ def _backward_runner(side: str):
         scale, prune_scale = _release_scales(dims)
         warp_mode = WARP_MODE_IDS["kept"] if dims["Cw"] else 0
         fwd = _launch_forward(inputs, scale, prune_scale, 0, warp_mode, FORWARD.default(dims))
-        gen = torch.Generator().manual_seed(1)
-
-        def upstream(like: Tensor | None) -> Tensor | None:
-            if like is None:
-                return None
-            return torch.randn(like.shape, generator=gen).to(device=device, dtype=dtype)
-
-        grads = _backward_grads(
-            fwd["out"], fwd["conf"], fwd["warp"],
-            upstream(fwd["out"]), upstream(fwd["conf"]), upstream(fwd["warp"]),
-        )  # fmt: skip
+        upstream = _random_upstream(dims, device, dtype)
+        grads = _backward_grads(fwd["out"], fwd["conf"], fwd["warp"], *upstream)
         wanted = dict.fromkeys(GRADIENT_NAMES, True)
         return lambda: _launch_backward(
             side, inputs, fwd, grads, wanted, scale, prune_scale, warp_mode, config

@@ -1,0 +1,327 @@
+"""The fused dense kernels (`kernels.fused_dense`) against the PyTorch reference.
+
+Forward outputs and every input gradient, through the public operator (`backend="triton"` against
+`backend="torch"`), on awkward sizes: batch 2, a 6x10 query map against a 5x9 key map, channels
+that are no powers of two, k = 3. On CPU the kernels run on Triton's interpreter (conftest sets
+TRITON_INTERPRET); bf16 needs a GPU there (the interpreter's bf16 `tl.dot` is wrong).
+
+Every buffer the kernels write is allocated NaN-filled (int buffers -1), so an element no program
+writes fails the comparison. Prune logits keep a margin from 0 (the mask is a step) and the
+queries include rows that keep every key and rows that keep none.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from _assert import assert_close
+
+import kernels
+from kernels import fused_dense
+from kernels.reference import WARP_MODES
+
+B = 2
+NQ = 6 * 10  # a 6x10 query map
+NK = 5 * 9  # a 5x9 key map
+CW = 3
+GRAD_NAMES = ("q", "k", "v", "q_prune", "k_prune", "warp_values")
+
+
+@pytest.fixture(autouse=True)
+def nan_filled_outputs(monkeypatch: pytest.MonkeyPatch) -> None:
+    def poisoned(shape, dtype, device):
+        fill = float("nan") if dtype.is_floating_point else -1
+        return torch.full(shape, fill, dtype=dtype, device=device)
+
+    monkeypatch.setattr(fused_dense, "_empty", poisoned)
+
+
+def _device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def make_inputs(
+    dtype: torch.dtype,
+    *,
+    cqk: int = 80,
+    cp: int = 48,
+    cv: int = 40,
+    nq: int = NQ,
+    nk: int = NK,
+    warp: bool = True,
+    seed: int = 0,
+) -> dict[str, torch.Tensor | None]:
+    """Random inputs whose prune logits are +-2 (times prune_scale) up to noise of about 0.02.
+
+    Channel 0 of k_prune holds a random sign per key and channel 1 a constant 1; a query with
+    +-2 on channel 0 keeps the keys of one sign ("mixed"), one with +2 on channel 1 keeps all of
+    them and one with -2 keeps none. The other channels carry small noise."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def randn(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=gen)
+
+    k_prune = 0.05 * randn(B, nk, cp)
+    k_prune[..., 0] = torch.randint(0, 2, (B, nk), generator=gen) * 2.0 - 1.0
+    k_prune[..., 1] = 1.0
+    q_prune = 0.05 * randn(B, nq, cp)
+    kind = torch.randint(0, 5, (B, nq), generator=gen)  # 0-2 mixed, 3 all kept, 4 none kept
+    kind[:, 0], kind[:, 1] = 3, 4  # both extremes always present
+    sign = torch.randint(0, 2, (B, nq), generator=gen) * 2.0 - 1.0
+    q_prune[..., 0] = torch.where(kind < 3, 2.0 * sign, 0.0)
+    q_prune[..., 1] = torch.where(kind == 3, 2.0, torch.where(kind == 4, -2.0, 0.0))
+    inputs = {
+        "q": randn(B, nq, cqk),
+        "k": randn(B, nk, cqk),
+        "v": randn(B, nk, cv),
+        "q_prune": q_prune,
+        "k_prune": k_prune,
+        "warp_values": randn(B, nk, CW) if warp else None,
+    }
+    inputs = {
+        name: None if x is None else x.to(_device(), dtype).requires_grad_()
+        for name, x in inputs.items()
+    }
+    logits = inputs["q_prune"].double() @ inputs["k_prune"].double().transpose(1, 2)
+    assert logits.abs().min() > 1.5, "prune logits too close to 0 for a stable mask"
+    kept = (logits > 0).sum(-1)
+    assert (kept == nk).any() and (kept == 0).any() and ((kept > 0) & (kept < nk)).any()
+    return inputs
+
+
+def _scales(inputs: dict[str, torch.Tensor | None]) -> dict[str, float]:
+    return {
+        "scale": 1.0 / math.sqrt(inputs["q"].shape[-1]),
+        "prune_scale": 1.0 / inputs["q_prune"].shape[-1],
+    }
+
+
+def run_op(inputs, backend: str, upstream, **options):
+    """Forward and the gradients of sum(out*dout + conf*dconf + warp*dwarp) for every input."""
+    args = [inputs[name] for name in GRAD_NAMES[:5]]
+    res = kernels.dynamic_attention(
+        *args, warp_values=inputs["warp_values"], backend=backend, **options
+    )
+    outputs = [res.out, res.conf] + ([res.warp] if res.warp is not None else [])
+    leaves = [x for x in inputs.values() if x is not None]
+    grads = torch.autograd.grad(outputs, leaves, upstream[: len(outputs)])
+    names = [name for name in GRAD_NAMES if inputs[name] is not None]
+    return res, dict(zip(names, grads, strict=True))
+
+
+def fp16_atol(expected: torch.Tensor, exact: torch.Tensor) -> float:
+    """Twice the error the reference itself makes in fp16 (its fp16 result against the same
+    computation in fp64), plus a small atol relative to the tensor's magnitude."""
+    torch_error = (expected.double() - exact.double()).abs().max().item()
+    return 2 * torch_error + 1e-3 * exact.abs().max().item() + 1e-6
+
+
+def check_against_reference(inputs, **options) -> None:
+    """Every output and input gradient of the fused op against the reference's."""
+    dtype = inputs["q"].dtype
+    upstream = _upstream_for(inputs)
+    ref, ref_grads = run_op(inputs, "torch", upstream, **options)
+    res, grads = run_op(inputs, "triton", upstream, **options)
+    if dtype == torch.float16:
+        exact_inputs = {
+            n: None if x is None else x.detach().double().requires_grad_()
+            for n, x in inputs.items()
+        }
+        upstream64 = [u.double() for u in upstream]
+        exact, exact_grads = run_op(exact_inputs, "torch", upstream64, **options)
+    for name in ("out", "conf", "warp"):
+        got, want = getattr(res, name), getattr(ref, name)
+        if want is None:
+            assert got is None, f"{name} returned without being asked for"
+            continue
+        assert got.dtype == want.dtype, name
+        atol = fp16_atol(want, getattr(exact, name)) if dtype == torch.float16 else None
+        assert_close(got, want, name=name, atol=atol, rtol=0 if atol else None)
+    for name, want in ref_grads.items():
+        got = grads[name]
+        assert got.dtype == want.dtype, f"d{name}"
+        atol = fp16_atol(want, exact_grads[name]) if dtype == torch.float16 else None
+        assert_close(got, want, name=f"d{name}", atol=atol, rtol=0 if atol else None)
+    check_topk(res.topk, ref.topk, inputs, options)
+
+
+def _upstream_for(inputs) -> list[torch.Tensor]:
+    """Random upstream gradients shaped like the op's outputs (the same for both backends)."""
+    q, v, wv = inputs["q"], inputs["v"], inputs["warp_values"]
+    gen = torch.Generator().manual_seed(1)
+    shapes = [(q.shape[0], q.shape[1], v.shape[2]), (q.shape[0], q.shape[1])]
+    if wv is not None:
+        shapes.append((q.shape[0], q.shape[1], wv.shape[2]))
+    return [torch.randn(s, generator=gen).to(q.device, q.dtype) for s in shapes]
+
+
+def check_topk(got, want, inputs, options) -> None:
+    """Top-k compared as index sets by the scores they select: the fused kernel sums the scores
+    in another order, so keys whose scores are within rounding may swap."""
+    k = options.get("topk", 0)
+    if k == 0:
+        assert got is None and want is None
+        return
+    assert got.dtype == torch.int64 and got.shape == want.shape
+    assert bool((got >= 0).all() and (got < inputs["k"].shape[1]).all()), "index out of range"
+    sorted_got = got.sort(-1).values
+    assert bool((sorted_got[..., 1:] != sorted_got[..., :-1]).all()), "repeated index in a row"
+    z = options["scale"] * (inputs["q"].double() @ inputs["k"].double().transpose(1, 2))
+    picked = torch.gather(z, 2, got).sort(-1, descending=True).values
+    best = torch.gather(z, 2, want).sort(-1, descending=True).values
+    atol = 1e-5 if inputs["q"].dtype == torch.float32 else 1e-2
+    assert_close(picked, best, name="scores of the top-k", atol=atol, rtol=0)
+
+
+@pytest.mark.parametrize("warp_over", WARP_MODES)
+@pytest.mark.parametrize(
+    "dtype",
+    [pytest.param(torch.float32, id="fp32"), pytest.param(torch.float16, id="fp16")],
+)
+def test_matches_reference(dtype: torch.dtype, warp_over: str) -> None:
+    """B2, 6x10 queries against 5x9 keys, Cqk 80, Cp 48, Cv 40, k 3, with the default configs
+    (two query tiles and two key tiles, the last one partial; two chunks of Cqk)."""
+    inputs = make_inputs(dtype)
+    check_against_reference(inputs, **_scales(inputs), topk=3, warp_over=warp_over)
+
+
+SMALL_BLOCKS = {
+    "dense_fwd": {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_D": 32, "BLOCK_V": 16},
+    "dense_bwd_query": {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_D": 32, "BLOCK_C": 32},
+    "dense_bwd_key": {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_D": 32, "BLOCK_C": 32},
+}
+
+
+@pytest.mark.parametrize(
+    "dtype",
+    [pytest.param(torch.float32, id="fp32"), pytest.param(torch.float16, id="fp16")],
+)
+def test_matches_reference_with_small_tiles(
+    dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Blocks of 16 so that every loop runs several times with a partial tail: key and query
+    tiles, channel chunks of the scores, value chunks of the forward's grid and gradient chunks
+    of every backward role (Cqk 48 = 32 + 16, Cv 40 = 16 + 16 + 8, Cp 24)."""
+    configs = {
+        name: {**blocks, "num_warps": 4, "num_stages": 1} for name, blocks in SMALL_BLOCKS.items()
+    }
+    monkeypatch.setattr(fused_dense, "_config", lambda kernel, dims, device: configs[kernel.name])
+    inputs = make_inputs(dtype, cqk=48, cp=24, cv=40)
+    check_against_reference(inputs, **_scales(inputs), topk=3, warp_over="kept")
+
+
+def test_without_warp_or_topk() -> None:
+    inputs = make_inputs(torch.float32, warp=False)
+    check_against_reference(inputs, **_scales(inputs), topk=0)
+
+
+def test_strided_inputs() -> None:
+    """Inputs that are views: channels strided (a transposed [B, C, N] map, as a 1x1 conv output
+    flattens) and tokens strided (every other row of a larger tensor)."""
+    base = make_inputs(torch.float32)
+    views = {}
+    for name, x in base.items():
+        x = x.detach()
+        if name in ("q", "v"):
+            x = x.transpose(1, 2).contiguous().transpose(1, 2)  # channel stride = tokens
+        elif name in ("k", "k_prune"):
+            wide = torch.zeros(x.shape[0], 2 * x.shape[1], x.shape[2], dtype=x.dtype)
+            wide[:, ::2] = x
+            x = wide[:, ::2]  # token stride = 2 rows
+        views[name] = x.requires_grad_()
+    assert views["q"].stride(-1) != 1 and views["k"].stride(1) != views["k"].shape[2]
+    check_against_reference(views, **_scales(views), topk=3, warp_over="pruned")
+
+
+def test_topk_ties_go_to_the_lower_key_index() -> None:
+    """Scores that are small integers tie exactly; the kernel must pick the lowest key index
+    among equals, as the reference's stable sort does (k = 5: a non-power-of-two list)."""
+    gen = torch.Generator().manual_seed(3)
+    q = torch.randint(-1, 2, (B, NQ, 16), generator=gen).float()
+    k = torch.randint(-1, 2, (B, NK, 16), generator=gen).float()
+    k[:, 7] = k[:, 3]  # duplicate keys: whole rows of ties
+    inputs = make_inputs(torch.float32, cqk=16)
+    inputs["q"], inputs["k"] = q.requires_grad_(), k.requires_grad_()
+    args = [inputs[name] for name in GRAD_NAMES[:5]]
+    options = {"scale": 0.5, "prune_scale": 1.0, "topk": 5}
+    ref = kernels.dynamic_attention(*args, backend="torch", **options)
+    res = kernels.dynamic_attention(*args, backend="triton", **options)
+    assert torch.equal(res.topk, ref.topk)
+
+
+@pytest.mark.parametrize("kernel", fused_dense.TUNABLE, ids=lambda kernel: kernel.name)
+def test_every_config_of_the_space_runs_and_agrees(kernel) -> None:
+    """The autotuner's runners, for every config the space offers on a small problem, compute
+    what the reference computes (forward outputs, or that kernel's gradients)."""
+    dims = {"B": 2, "Nq": 45, "Nk": 60, "Cqk": 48, "Cp": 24, "Cv": 80, "Cw": 3, "k": 3}
+    if "bwd" in kernel.name:
+        dims["k"] = 0  # what the launchers key the backward on
+    space = kernel.space(dims)
+    assert kernel.default(dims) in space
+    device = _device()
+    raw = fused_dense._random_inputs(dims, device, torch.float32)
+    inputs = dict(zip(GRAD_NAMES, (x.clone().requires_grad_() for x in raw), strict=True))
+    scale, prune_scale = fused_dense._release_scales(dims)
+    options = {"scale": scale, "prune_scale": prune_scale, "topk": dims["k"], "warp_over": "kept"}
+    upstream = list(fused_dense._random_upstream(dims, device, torch.float32))
+    ref, ref_grads = run_op(inputs, "torch", upstream, **options)
+    for config in space:
+        got = kernel.make_runner(dims, config, device, torch.float32)()
+        label = f"{kernel.name} {config}"
+        if kernel is fused_dense.FORWARD:
+            assert_close(got["out"], ref.out, name=f"out, {label}")
+            assert_close(got["conf"], ref.conf, name=f"conf, {label}")
+            assert_close(got["warp"], ref.warp, name=f"warp, {label}")
+            assert torch.equal(got["topk"], ref.topk), f"topk, {label}"
+            continue
+        for name, grad in got.items():
+            assert grad is not None, f"{name} not written, {label}"
+            assert_close(grad, ref_grads[name.removeprefix("d")], name=f"{name}, {label}")
+
+
+# ---------------------------------------------------------------------------------------------
+# GPU only
+# ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("warp_over", WARP_MODES)
+def test_bf16_matches_reference_on_gpu(warp_over: str) -> None:
+    """bf16 `tl.dot` is wrong under the interpreter: checked on a GPU only."""
+    inputs = make_inputs(torch.bfloat16, cqk=160, cp=32, cv=128, nq=256, nk=192)
+    ref, ref_grads = run_op(inputs, "torch", _upstream_for(inputs), topk=4,
+                            warp_over=warp_over, **_scales(inputs))  # fmt: skip
+    res, grads = run_op(inputs, "triton", _upstream_for(inputs), topk=4,
+                        warp_over=warp_over, **_scales(inputs))  # fmt: skip
+    for name in ("out", "conf", "warp"):
+        assert_close(getattr(res, name), getattr(ref, name), name=name)
+    for name, want in ref_grads.items():
+        scale = want.abs().max().item()
+        assert_close(grads[name], want, name=f"d{name}", atol=2e-2 * scale, rtol=0)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize(
+    "dtype",
+    [pytest.param(torch.float32, id="fp32"), pytest.param(torch.float16, id="fp16")],
+)
+def test_model_sizes_on_gpu(dtype: torch.dtype) -> None:
+    """The deepfashion-256 dense block (32x32 tokens, Cqk 640, Cp 128, Cv 512, k 4)."""
+    inputs = make_inputs(dtype, cqk=640, cp=128, cv=512, nq=1024, nk=1024)
+    check_against_reference(inputs, **_scales(inputs), topk=4, warp_over="kept")
+
+
+@pytest.mark.gpu
+def test_repeated_runs_are_identical_on_gpu() -> None:
+    """No atomics: every element has one writer, so two runs agree bit for bit."""
+    inputs = make_inputs(torch.bfloat16, cqk=640, cp=128, cv=512, nq=1024, nk=1024)
+    options = {**_scales(inputs), "topk": 4, "warp_over": "kept"}
+    first = run_op(inputs, "triton", _upstream_for(inputs), **options)
+    for _ in range(3):
+        again = run_op(inputs, "triton", _upstream_for(inputs), **options)
+        for name in ("out", "conf", "warp", "topk"):
+            assert torch.equal(getattr(again[0], name), getattr(first[0], name)), name
+        for name, grad in again[1].items():
+            assert torch.equal(grad, first[1][name]), f"d{name}"
