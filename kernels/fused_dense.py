@@ -794,10 +794,11 @@ def _launch_forward(
     out_args = [res[name] if res[name] is not None else stand_in[name] for name in stand_in]
     meta = _meta("dense_fwd", dims, config)
     grid = (triton.cdiv(nq, meta["BLOCK_M"]), triton.cdiv(cv, meta["BLOCK_V"]), b)
+    args = _input_args(inputs)
     _dense_fwd_kernel[grid](
-        *_input_args(inputs)[:6],
+        *args[:6],
         res["out"], res["conf"], out_args[0], out_args[1], res["lse"], out_args[2], out_args[3],
-        *_input_args(inputs)[6:],
+        *args[6:],
         nq, k.shape[1], q.shape[2], q_prune.shape[2], cv, cw, topk,
         scale, prune_scale,
         **meta,
