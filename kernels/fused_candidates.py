@@ -25,6 +25,7 @@ autograd.Function, the public `attention`.
 
 from __future__ import annotations
 
+import inspect
 import os
 from collections.abc import Callable
 
@@ -32,6 +33,7 @@ import torch
 import triton
 import triton.language as tl
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from .aot import AotCase
 from .candidates import window_shared_grid
@@ -771,13 +773,19 @@ _POINTER_TYPES = {
 _FLOAT_ARGS = ("scale", "prune_scale")
 
 
+def _parameters(fn: triton.JITFunction) -> list[tuple[str, bool]]:
+    """(name, is_constexpr) of a kernel's parameters, read from the Python function itself so that
+    it works on interpreted kernels too."""
+    params = inspect.signature(fn.fn).parameters.values()
+    return [(p.name, "constexpr" in str(p.annotation)) for p in params]
+
+
 def _signature(fn: triton.JITFunction, dtype: str, index: str) -> dict[str, str]:
     """Argument types of a kernel for ahead-of-time compiles: upper-case names are pointers (or
     constexprs, by annotation), lower-case ones i32 sizes or fp32 scales."""
     sig = {}
-    for param in fn.params:
-        name = param.name
-        if param.is_constexpr:
+    for name, is_constexpr in _parameters(fn):
+        if is_constexpr:
             sig[name] = "constexpr"
         elif name.isupper():
             sig[name] = "*" + _POINTER_TYPES.get(name, dtype).replace("idx", index)
@@ -805,9 +813,9 @@ def _divisibility_attrs(fn: triton.JITFunction, dims: dict[str, int]) -> dict:
         "n_top": 4,
     }
     attrs = {}
-    for i, param in enumerate(fn.params):
-        pointer = param.name.isupper() and not param.is_constexpr
-        if pointer or values.get(param.name, 1) % 16 == 0:
+    for i, (name, is_constexpr) in enumerate(_parameters(fn)):
+        pointer = name.isupper() and not is_constexpr
+        if pointer or values.get(name, 1) % 16 == 0:
             attrs[(i,)] = [["tt.divisibility", 16]]
     return attrs
 
@@ -913,6 +921,7 @@ class _CandidateAttention(torch.autograd.Function):
 
     @staticmethod
     @torch.amp.custom_bwd(device_type="cuda")
+    @once_differentiable  # the kernels are not themselves differentiable: say so, not silently 0
     def backward(ctx, dout: Tensor, dconf: Tensor, _dtop: Tensor | None, dwarp: Tensor | None):
         q, k, v, q_prune, k_prune, warp_values, candidates, z, s = ctx.saved_tensors
         if dwarp is None and warp_values is not None:
