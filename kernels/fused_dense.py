@@ -1020,6 +1020,30 @@ def _signature(fn: triton.JITFunction, dtype: str) -> dict[str, str]:
     return sig
 
 
+def _aligned_arguments(fn: triton.JITFunction, dims: dict[str, int], meta: dict[str, int]):
+    """The arguments Triton specialises as multiples of 16 when it launches `fn` on contiguous
+    inputs of these sizes: every pointer (the caching allocator aligns them) and every size or
+    stride divisible by 16. An ahead-of-time compile needs them to build the code that runs
+    (vectorised channel loads); `kernels.aot` may pass them on as `tt.divisibility` attributes.
+    """
+    nq, nk = dims["Nq"], dims["Nk"]
+    channels = {"q": dims["Cqk"], "k": dims["Cqk"], "v": dims["Cv"], "qp": dims["Cp"]}
+    channels |= {"kp": dims["Cp"], "wv": dims["Cw"]}
+    values = {"n_q": nq, "n_k": nk, "c_qk": dims["Cqk"], "c_p": dims["Cp"], "c_v": dims["Cv"]}
+    values |= {"c_w": dims["Cw"], "top_k": dims["k"]}
+    for name, c in channels.items():
+        tokens = nq if name in ("q", "qp") else nk
+        values[f"stride_{name}b"], values[f"stride_{name}n"] = tokens * c, c
+    if "BLOCK_C" in meta:
+        for name, c in (("dq", "Cqk"), ("dk", "Cqk"), ("dkp", "Cp"), ("dv", "Cv")):
+            values[f"chunks_{name}"] = triton.cdiv(dims[c], meta["BLOCK_C"])
+    return [
+        p.name
+        for p in fn.params
+        if not p.is_constexpr and (p.name.isupper() or values.get(p.name, 1) % 16 == 0)
+    ]
+
+
 def aot_cases() -> list[AotCase]:
     """Every kernel x every config of its space x AOT_DIMS, as the model trains: bf16 inputs,
     the warp over the kept keys, top-k 4."""
@@ -1045,6 +1069,7 @@ def aot_cases() -> list[AotCase]:
                         num_warps=config["num_warps"],
                         num_stages=config["num_stages"],
                         is_default=config == default,
+                        extra={"divisible_by_16": _aligned_arguments(fn, dims, meta)},
                     )
                 )
     return cases
