@@ -1,0 +1,196 @@
+"""`python -m eval.generate` and `python -m eval corr` on a tiny untrained generator saved with
+save_pretrained: files written and their contents against direct calls of the API."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from dynast.config import preset
+from dynast.data import DataConfig, build_dataset, correspondence_accuracy
+from dynast.generator import Generator
+from dynast.io import load_generator, save_pretrained
+from eval.generate import main as generate_main
+from eval.visualize import candidate_counts, heat_pixels, to_pixels
+
+REPO = Path(__file__).resolve().parents[2]
+# synthetic-64 shrunk: 32 px, three scales (8, 16, 32), narrow channels.
+TINY = dataclasses.replace(
+    preset("synthetic-64"), name="tiny-32", image_size=32, ngf=4, num_scales=3, max_multiplier=2
+)
+BLOCK_SIZES = [(8, 8), (8, 8), (16, 16), (16, 16), (32, 32), (32, 32)]
+
+
+def run_module(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", *args],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    return save_pretrained(Generator(TINY), tmp_path_factory.mktemp("tiny") / "model")
+
+
+def pairs_batch(count: int, seed: int = 0) -> dict:
+    dataset = build_dataset(DataConfig(num_classes=8, image_size=32, seed=seed), "test")
+    return torch.utils.data.default_collate([dataset[i] for i in range(count)])
+
+
+def read_png(path: Path) -> np.ndarray:
+    with Image.open(path) as image:
+        assert image.format == "PNG", path
+        return np.asarray(image.convert("RGB"))
+
+
+def test_generate_writes_images_targets_and_visualisations(model_dir, tmp_path) -> None:
+    out = tmp_path / "out"
+    proc = run_module(
+        "eval.generate", "--model", str(model_dir), "--out", str(out), "--count", "3",
+        "--batch-size", "2", "--targets", "--visualize",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    names = [f"{i:06d}" for i in range(3)]
+    assert sorted(p.stem for p in (out / "images").iterdir()) == names
+
+    generator = load_generator(model_dir)
+    batch = pairs_batch(3)
+    with torch.no_grad():
+        direct = generator(
+            batch["semantic"], batch["exemplar"], batch["exemplar_semantic"],
+            with_warps=True, with_sparsity=True,
+        )  # fmt: skip
+    assert direct.block_sizes == BLOCK_SIZES
+    counts = candidate_counts(TINY, direct.block_sizes)
+    assert counts == [64, 64, 16, 20, 16, 20]
+    for b, name in enumerate(names):
+        image = read_png(out / "images" / f"{name}.png").astype(int)
+        assert image.shape == (32, 32, 3)
+        # Batches of 2 in the CLI, of 3 here: allow one level of rounding difference.
+        assert np.abs(image - to_pixels(direct.image[b]).astype(int)).max() <= 1
+        assert np.array_equal(
+            read_png(out / "targets" / f"{name}.png"), to_pixels(batch["target"][b])
+        )
+        for j, (h, w) in enumerate(BLOCK_SIZES):
+            warp = read_png(out / "warps" / f"{name}_block{j}_{h}x{w}.png")
+            assert warp.shape == (h, w, 3)
+            assert np.abs(warp.astype(int) - to_pixels(direct.warps[j][b]).astype(int)).max() <= 1
+            kept = read_png(out / "kept" / f"{name}_block{j}_{h}x{w}.png")
+            assert np.array_equal(kept, heat_pixels(direct.kept[j][b], float(counts[j])))
+            conf = read_png(out / "conf" / f"{name}_block{j}_{h}x{w}.png")
+            assert conf.shape == (h, w, 3)
+        panel = read_png(out / "panels" / f"{name}.png")
+        assert panel.shape[0] > 4 * 32 and panel.shape[1] > 6 * 32  # 4 rows, 6 block columns
+
+    record = json.loads((out / "generation.json").read_text())
+    assert record["count"] == 3 and record["format"] == "png" and record["size"] == [32, 32]
+    assert record["model_config"]["name"] == "tiny-32"
+    assert record["data"]["kind"] == "synthetic" and record["data"]["split"] == "test"
+
+
+def test_generate_jpeg_says_the_format_moves_fid(model_dir, tmp_path, capsys) -> None:
+    out = tmp_path / "jpg"
+    code = generate_main(
+        ["--model", str(model_dir), "--out", str(out), "--count", "1", "--format", "jpg"]
+    )
+    assert code == 0
+    assert "moves FID" in capsys.readouterr().err
+    with Image.open(out / "images" / "000000.jpg") as image:
+        assert image.format == "JPEG" and image.size == (32, 32)
+    assert json.loads((out / "generation.json").read_text())["format"] == "jpg"
+
+
+def test_generate_one_semantic_map_and_one_exemplar(model_dir, tmp_path) -> None:
+    sample = build_dataset(DataConfig(num_classes=8, image_size=32), "test")[4]
+    Image.fromarray(sample["label"].numpy().astype(np.uint8)).save(tmp_path / "layout.png")
+    Image.fromarray(sample["exemplar_label"].numpy().astype(np.uint8)).save(tmp_path / "ex.png")
+    Image.fromarray(to_pixels(sample["exemplar"])).save(tmp_path / "photo.png")
+    out = tmp_path / "single"
+    code = generate_main(
+        ["--model", str(model_dir), "--out", str(out), "--semantic", str(tmp_path / "layout.png"),
+         "--exemplar", str(tmp_path / "photo.png"), "--exemplar-semantic", str(tmp_path / "ex.png"),
+         "--visualize"]
+    )  # fmt: skip
+    assert code == 0
+    generator = load_generator(model_dir)
+    with torch.no_grad():
+        direct = generator(
+            sample["semantic"][None], sample["exemplar"][None], sample["exemplar_semantic"][None]
+        )
+    image = read_png(out / "images" / "layout.png").astype(int)
+    assert np.abs(image - to_pixels(direct.image[0]).astype(int)).max() <= 1
+    assert (out / "panels" / "layout.png").is_file()
+
+
+def test_generate_reads_the_data_config_of_a_run_folder(model_dir, tmp_path) -> None:
+    run = tmp_path / "run"
+    save_pretrained(load_generator(model_dir), run / "final")
+    data = DataConfig(num_classes=8, image_size=32, seed=5, test_length=7)
+    (run / "config.json").write_text(
+        json.dumps({"model": TINY.to_dict(), "data": data.to_dict(), "train": {}})
+    )
+    out = tmp_path / "from_run"
+    assert generate_main(["--model", str(run), "--out", str(out), "--first", "5"]) == 0
+    assert sorted(p.name for p in (out / "images").iterdir()) == ["000005.png", "000006.png"]
+    record = json.loads((out / "generation.json").read_text())
+    assert record["data"]["config"]["seed"] == 5
+
+
+def test_generate_bad_input(model_dir, tmp_path, capsys) -> None:
+    def error(argv: list[str], needle: str) -> None:
+        capsys.readouterr()
+        assert generate_main(argv) == 2
+        assert needle in capsys.readouterr().err
+
+    out = str(tmp_path / "x")
+    error(["--model", str(tmp_path / "absent"), "--out", out], "is not a folder")
+    error(["--model", str(tmp_path), "--out", out], "no generator weights")
+    error(["--model", str(model_dir), "--out", out, "--semantic", "a.png"], "--exemplar")
+    error(
+        ["--model", str(model_dir), "--out", out, "--semantic", "a.png", "--exemplar", "b.png",
+         "--exemplar-semantic", "c.png"],
+        "does not exist",
+    )  # fmt: skip
+    error(["--model", str(model_dir), "--out", out, "--first", "100000"], "--first")
+
+
+def test_corr_per_scale_matches_the_api(model_dir, tmp_path) -> None:
+    results = tmp_path / "corr.jsonl"
+    proc = run_module(
+        "eval", "corr", "--model", str(model_dir), "--count", "3", "--batch-size", "2",
+        "--results", str(results),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    record = json.loads(results.read_text())
+    per_scale = record["metrics"]["correspondence"]["per_scale"]
+    assert set(per_scale) == {"8x8", "16x16", "32x32"}
+    assert all(0.0 <= v <= 1.0 for v in per_scale.values())
+    assert record["count"] == 3 and record["model_config"]["name"] == "tiny-32"
+    for scale in ("8x8", "16x16", "32x32"):
+        assert scale in proc.stdout
+
+    generator = load_generator(model_dir)
+    batch = pairs_batch(3)
+    with torch.no_grad():
+        out = generator(batch["semantic"], batch["exemplar"], batch["exemplar_semantic"])
+    for j in (1, 3, 5):  # the last block of each scale
+        h, w = out.block_sizes[j]
+        expected = correspondence_accuracy(
+            out.topks[j][..., 0], batch["label"], batch["exemplar_label"], (h, w)
+        ).mean()
+        assert per_scale[f"{h}x{w}"] == pytest.approx(float(expected), abs=1e-6)
