@@ -202,14 +202,15 @@ SMALL_BLOCKS = {
 def test_matches_reference_with_small_tiles(
     dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Blocks of 16 so that every loop runs several times with a partial tail: key and query
-    tiles, channel chunks of the scores, value chunks of the forward's grid and gradient chunks
-    of every backward role (Cqk 48 = 32 + 16, Cv 40 = 16 + 16 + 8, Cp 24)."""
+    """Blocks of 16 so that every loop runs several times with a partial tail: query tiles (40
+    queries: 16 + 16 + 8), key tiles (20 keys), channel chunks of the scores, value chunks of
+    the forward's grid and gradient chunks of every backward role (Cqk 48 = 32 + 16,
+    Cv 40 = 16 + 16 + 8 or 32 + 8, Cp 24)."""
     configs = {
         name: {**blocks, "num_warps": 4, "num_stages": 1} for name, blocks in SMALL_BLOCKS.items()
     }
     monkeypatch.setattr(fused_dense, "_config", lambda kernel, dims, device: configs[kernel.name])
-    inputs = make_inputs(dtype, cqk=48, cp=24, cv=40)
+    inputs = make_inputs(dtype, cqk=48, cp=24, cv=40, nq=40, nk=20)
     check_against_reference(inputs, **_scales(inputs), topk=3, warp_over="kept")
 
 
