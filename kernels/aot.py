@@ -106,7 +106,12 @@ def compile_case(case: AotCase, arch: int) -> AotReport:
     )
     try:
         fn = getattr(importlib.import_module(case.module), case.function)
-        src = ASTSource(fn=fn, signature=case.signature, constexprs=case.constexprs)
+        # Triton specialises pointers and integers divisible by 16 at launch; compile the same, or
+        # the report overstates registers for code that never runs.
+        aligned = case.extra.get("divisible_by_16", ())
+        attrs = {(fn.arg_names.index(name),): [["tt.divisibility", 16]] for name in aligned}
+        attrs.update(case.extra.get("attrs", {}))
+        src = ASTSource(fn=fn, signature=case.signature, constexprs=case.constexprs, attrs=attrs)
         compiled = triton.compile(
             src,
             target=GPUTarget("cuda", arch, 32),
