@@ -38,6 +38,7 @@ from torch.autograd.function import once_differentiable
 from .aot import AotCase
 from .candidates import window_shared_grid
 from .reference import WARP_MODES
+from .shapes import AttentionShape, make_problem
 from .tuning import LaunchConfig, TunableKernel, tuned_config
 
 # WARP_MODE constexpr: 0 = no warp output, then one per `warp_over` value.
@@ -646,55 +647,54 @@ def _config(kernel: TunableKernel, dims: dict[str, int], device: torch.device) -
     return tuned_config(kernel, dims, device)
 
 
-def _random_problem(dims: dict[str, int], device: torch.device, dtype: torch.dtype) -> dict:
-    """Fresh inputs of the given dims: Nq tokens on a square-ish grid, one sample, candidates with
-    the spatial coherence of real ones (window-shared when G = 4)."""
-    nq = dims.get("Nq", 4096)
-    height = 2 ** ((nq.bit_length() - 1) // 2)
-    width = nq // height
-    nq = height * width
-    gen = torch.Generator(device="cpu").manual_seed(0)
+def _random_problem(dims: dict[str, int], device: torch.device, dtype: torch.dtype):
+    """Fresh inputs of the given dims, one sample, as the model would feed them
+    (`kernels.shapes`): unit-norm rows at scale 100 and spatially coherent candidates, since the
+    cache hit rate of the gathers depends on it. G = 4 gives window-shared inter-scale lists
+    (M = 4k), G = 1 inner-scale ones (M = 5k)."""
+    nq, m = dims["Nq"], dims["M"]
+    block, per_match = ("inter", 4) if dims["G"] == WINDOW else ("inner", 5)
+    if m % per_match:
+        raise ValueError(f"dims M={m} is no multiple of {per_match} ({block}-scale candidates)")
+    height = 2 ** ((nq.bit_length() - 1) // 2)  # a square-ish grid of about Nq tokens
+    shape = AttentionShape(
+        block,
+        height,
+        max(2, nq // height),
+        cqk=dims["Cqk"],
+        cp=dims["Cp"],
+        cv=dims["Cv"],
+        cw=dims["Cw"],
+        k=m // per_match,
+    )
+    return make_problem(shape, 1, device=device, dtype=dtype)
 
-    def rand(*shape: int) -> Tensor:
-        return torch.randn(*shape, generator=gen).to(device=device, dtype=dtype)
 
-    cqk, cp, cv, cw, m = dims["Cqk"], dims["Cp"], dims["Cv"], dims["Cw"], dims["M"]
-    # Each query's matches sit near its own position, as in a smooth correspondence.
-    ys = torch.arange(height).repeat_interleave(width)
-    xs = torch.arange(width).repeat(height)
-    dy = torch.randint(-3, 4, (nq, m), generator=gen)
-    dx = torch.randint(-3, 4, (nq, m), generator=gen)
-    if dims["G"] == WINDOW:  # one list per 2x2 window: the window's top-left query's
-        lead = (ys // 2 * 2) * width + xs // 2 * 2
-        dy, dx = dy[lead], dx[lead]
-    cand = (ys[:, None] + dy).clamp(0, height - 1) * width + (xs[:, None] + dx).clamp(0, width - 1)
+def _launch_args(problem) -> dict:
+    head = problem.positional()[:5]
     return {
-        "q": rand(1, nq, cqk),
-        "k": rand(1, nq, cqk),
-        "v": rand(1, nq, cv),
-        "q_prune": rand(1, nq, cp),
-        "k_prune": rand(1, nq, cp),
-        "warp_values": rand(1, nq, cw) if cw else None,
-        "cand": cand[None].to(device),
-        "window": (height, width) if dims["G"] == WINDOW else None,
+        "args": (*head, problem.warp_values, problem.candidates),
+        "window": window_shared_grid(problem.candidates),
+        "scale": problem.shape.scale,
+        "prune_scale": problem.shape.prune_scale,
+        "warp_mode": _KEPT if problem.warp_values is not None else 0,
     }
 
 
 def _forward_runner(
     dims: dict[str, int], config: LaunchConfig, device: torch.device, dtype: torch.dtype
 ) -> Callable[[], object]:
-    x = _random_problem(dims, device, dtype)
-    args = [x[n] for n in ("q", "k", "v", "q_prune", "k_prune", "warp_values", "cand")]
-    warp_mode = _KEPT if x["warp_values"] is not None else 0
+    problem = _random_problem(dims, device, dtype)
+    x = _launch_args(problem)
 
     def run() -> object:
         return _launch_forward(
-            *args,
+            *x["args"],
             window=x["window"],
-            scale=100.0,
-            prune_scale=1.0,
-            n_top=4,
-            warp_mode=warp_mode,
+            scale=x["scale"],
+            prune_scale=x["prune_scale"],
+            n_top=problem.shape.k,
+            warp_mode=x["warp_mode"],
             save_scores=True,
             config=config,
         )
@@ -705,37 +705,18 @@ def _forward_runner(
 def _backward_runner(
     dims: dict[str, int], config: LaunchConfig, device: torch.device, dtype: torch.dtype
 ) -> Callable[[], object]:
-    x = _random_problem(dims, device, dtype)
-    args = [x[n] for n in ("q", "k", "v", "q_prune", "k_prune", "warp_values", "cand")]
-    warp_mode = _KEPT if x["warp_values"] is not None else 0
+    problem = _random_problem(dims, device, dtype)
+    x = _launch_args(problem)
+    common = {k: x[k] for k in ("window", "scale", "prune_scale", "warp_mode")}
     out, conf, _, warp, z, s = _launch_forward(
-        *args,
-        window=x["window"],
-        scale=100.0,
-        prune_scale=1.0,
-        n_top=0,
-        warp_mode=warp_mode,
-        save_scores=True,
-        config=_default(dims),
+        *x["args"], n_top=0, save_scores=True, config=_default(dims), **common
     )
     dout, dconf = torch.randn_like(out), torch.randn_like(conf)
     dwarp = torch.randn_like(warp) if warp is not None else None
 
     def run() -> object:
         # The fp32 buffers are allocated and zeroed inside: that cost belongs to every backward.
-        return _launch_backward(
-            *args,
-            z,
-            s,
-            dout,
-            dconf,
-            dwarp,
-            window=x["window"],
-            scale=100.0,
-            prune_scale=1.0,
-            warp_mode=warp_mode,
-            config=config,
-        )
+        return _launch_backward(*x["args"], z, s, dout, dconf, dwarp, config=config, **common)
 
     return run
 
