@@ -43,7 +43,7 @@ from .tuning import LaunchConfig, TunableKernel, tuned_config
 
 # WARP_MODE constexpr: 0 = no warp output, then one per `warp_over` value.
 _WARP_MODE = {mode: i + 1 for i, mode in enumerate(WARP_MODES)}
-_KEPT, _PRUNED = _WARP_MODE["kept"], _WARP_MODE["pruned"]
+_KEPT = _WARP_MODE["kept"]
 WINDOW = 4  # queries of a 2x2 window that share one inter-scale candidate list
 
 
@@ -605,7 +605,7 @@ def _launch_backward(
 # fp32 elements per thread in the largest live tile (queries x candidates x channels). The sweep
 # in docs/kernels-candidates.md: 16 compiles without spills at every real size, also without
 # divisibility hints; 32 and more spill in the backward of inner-scale candidates (M = 20 padded
-# to 32), and fewer leaves too few loads in flight.
+# to 32). The space varies the tile's shape and the warp count around this budget.
 _PER_THREAD = 16
 
 

@@ -85,7 +85,7 @@ def make_candidates(kind: str, seed: int) -> Tensor:
     raise ValueError(kind)
 
 
-def check_margins(x: dict[str, Tensor], cand: Tensor, scale: float) -> None:
+def check_margins(x: dict[str, Tensor], cand: Tensor, scale: float, k: int = K) -> None:
     """The test's premises: no prune logit near 0, and the k + 1 best distinct keys of every query
     apart in score by far more than fp32 rounding (so the top-k is unambiguous)."""
     idx = cand.long()
@@ -97,7 +97,7 @@ def check_margins(x: dict[str, Tensor], cand: Tensor, scale: float) -> None:
     # Keep one occurrence per key (duplicates tie exactly in the kernels), best first.
     same = idx[..., :, None] == idx[..., None, :]
     repeat = (same & torch.ones_like(same).tril(-1)).any(-1)
-    top = z.masked_fill(repeat, float("-inf")).sort(-1, descending=True).values[..., : K + 1]
+    top = z.masked_fill(repeat, float("-inf")).sort(-1, descending=True).values[..., : k + 1]
     gaps = (top[..., :-1] - top[..., 1:]).min()
     assert gaps > 1e-5 * max(scale, 1.0), f"near-tie in the top-k (gap {float(gaps):.3g})"
 
@@ -216,6 +216,7 @@ def test_sparse_scale_100() -> None:
 def test_without_topk_and_warp() -> None:
     x = make_inputs(48, 16, 40, torch.float32, 3)
     cand = make_candidates("inter", 3)
+    check_margins(x, cand, 0.3)
     compare(x, cand, scale=0.3, warp_over="kept", topk=0, with_warp=False, seed=3)
 
 
@@ -231,6 +232,7 @@ def test_window_mark() -> None:
     cand[0, 7, 2] = (cand[0, 7, 2] + 1) % N  # breaks the sharing of query 7's window
     assert window_shared_grid(cand) is None
     x = make_inputs(48, 16, 40, torch.float32, 5)
+    check_margins(x, cand, 0.3)
     compare(x, cand, scale=0.3, warp_over="all", seed=5)
 
 
@@ -274,6 +276,7 @@ def test_every_config_of_the_space(kind: str, config: dict) -> None:
         cand = inter_scale_candidates(coarse, H, W)
     else:
         cand = inner_scale_candidates(own, H, W)
+    check_margins(x, cand, 0.3, k=4)
     window = window_shared_grid(cand)
     args = [x[n] for n in NAMES] + [cand]
     common = dict(window=window, scale=0.3, prune_scale=0.7, warp_mode=fused._KEPT, config=config)
