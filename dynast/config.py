@@ -27,7 +27,7 @@ class DynaSTConfig:
     name: str = "synthetic-64"
     semantic_nc: int = 8
     image_size: int = 64
-    ngf: int = 16
+    ngf: int = 8
     num_scales: int = 4
     blocks_per_scale: int = 2
     topk: int = 4

@@ -50,6 +50,17 @@ class NLayerDiscriminator(nn.Module):
         layers.append(nn.Sequential(last))
         self.layers = nn.ModuleList(layers)
 
+    def output_sizes(self, height: int, width: int) -> list[tuple[int, int]]:
+        """Spatial size after each layer for an input of this size."""
+        sizes = []
+        for layer in self.layers:
+            conv = layer[0]
+            stride = conv.stride[0]
+            height = (height + 2 * PADDING - KERNEL) // stride + 1
+            width = (width + 2 * PADDING - KERNEL) // stride + 1
+            sizes.append((height, width))
+        return sizes
+
     def forward(self, x: Tensor) -> list[Tensor]:
         features = []
         for layer in self.layers:
@@ -77,6 +88,22 @@ class MultiscaleDiscriminator(nn.Module):
             for _ in range(cfg.num_discriminators)
         )
 
+    def _check_size(self, height: int, width: int) -> None:
+        """Instance norm needs more than one pixel and the logits at least one, at every scale."""
+        h, w = height, width
+        for index, scale in enumerate(self.scales):
+            if index > 0:
+                h, w = (h + 1) // 2, (w + 1) // 2  # 3x3 stride-2 average pool, padding 1
+            sizes = scale.output_sizes(h, w)
+            normed, logits = sizes[1:-1], sizes[-1]
+            if min(logits) < 1 or any(a * b < 2 for a, b in normed):
+                raise ValueError(
+                    f"image {height}x{width} is too small for the discriminator "
+                    f"(num_discriminators={len(self.scales)}, disc_layers={len(sizes) - 1}): "
+                    f"scale {index} would give layer sizes {sizes}; use a larger image or fewer "
+                    "layers or scales"
+                )
+
     def forward(self, semantic: Tensor, image: Tensor) -> list[list[Tensor]]:
         cfg = self.config
         if semantic.dim() != 4 or semantic.shape[1] != cfg.semantic_nc:
@@ -90,6 +117,7 @@ class MultiscaleDiscriminator(nn.Module):
                 f"image {tuple(image.shape)} and semantic {tuple(semantic.shape)} must share batch "
                 "and spatial size"
             )
+        self._check_size(*image.shape[2:])
         x = torch.cat([semantic.to(image.dtype), image], dim=1)
         results = []
         for i, scale in enumerate(self.scales):
