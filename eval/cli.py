@@ -12,6 +12,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch.utils.data import DataLoader
@@ -21,6 +22,9 @@ from eval.images import FolderImages, ImageFolder, ImageFolderError, scan_folder
 from eval.paired import IMPLEMENTATION as PAIRED_IMPLEMENTATION
 from eval.paired import PAIRED_METRICS
 from eval.provenance import append_jsonl, environment, now
+
+if TYPE_CHECKING:
+    from eval.inception_weights import LoadedInception
 
 ALL_METRICS = ("fid", "swd", *PAIRED_METRICS)
 DEFAULT_METRICS = "fid,swd"
@@ -58,7 +62,7 @@ def parse_metrics(text: str) -> tuple[str, ...]:
 # ref
 
 
-def fid_meta(loaded, folder: ImageFolder) -> dict[str, object]:
+def fid_meta(loaded: LoadedInception, folder: ImageFolder) -> dict[str, object]:
     """What a statistic records about its making (see eval.fid.COMPATIBILITY_KEYS)."""
     from eval.inception import EXTRACTOR_NAME, FEATURE_DIM, PREPROCESSING
 

@@ -128,23 +128,28 @@ def test_a_file_that_is_no_state_dict_is_an_error(tmp_path) -> None:
         load_inception(path)
 
 
-def test_network_shape_and_preprocessing() -> None:
-    images = torch.randint(0, 256, (1, 3, 37, 53), dtype=torch.uint8)
+def test_preprocessing_resizes_to_299_and_scales_to_unit_range() -> None:
+    images = torch.randint(0, 256, (2, 3, 37, 53), dtype=torch.uint8)
+    images[0, :, 0, 0] = 0
+    images[1, :, 0, 0] = 255
     x = preprocess(images)
-    assert x.shape == (1, 3, 299, 299) and float(x.min()) >= -1.0 and float(x.max()) <= 1.0
-    with torch.no_grad():
-        assert FIDInceptionV3()(x).shape == (1, FEATURE_DIM)
+    assert x.shape == (2, 3, 299, 299) and x.dtype == torch.float32
+    assert float(x.min()) >= -1.0 and float(x.max()) <= 1.0
+    same_size = torch.randint(0, 256, (1, 3, 299, 299), dtype=torch.uint8)
+    # At 299 the resize is the identity: only the 2x - 1 scaling remains.
+    assert torch.allclose(preprocess(same_size), same_size.float() / 127.5 - 1.0, atol=1e-6)
     with pytest.raises(ValueError, match="uint8"):
         preprocess(images.float())
+    with pytest.raises(ValueError, match=r"\[B, 3, H, W\]"):
+        preprocess(images[:, :2])
 
 
 def photos() -> torch.Tensor:
-    """Three of scikit-image's bundled photos, cropped to awkward sizes, resized like FID does."""
+    """Two of scikit-image's bundled photos, cropped to 250x250 (FID resizes them to 299)."""
     from skimage import data
 
     crops = [
         data.astronaut()[40:290, 100:350],
-        data.chelsea()[:250, :250],
         data.coffee()[:250, 200:450],
     ]
     return torch.stack([torch.from_numpy(np.ascontiguousarray(c)).permute(2, 0, 1) for c in crops])
@@ -160,7 +165,7 @@ def test_bundled_torchscript_is_the_third_choice_and_matches(empty_torch_home, m
     with torch.no_grad():
         ours = loaded.features.network(x)
         theirs = script(x)
-    assert ours.shape == theirs.shape == (3, FEATURE_DIM)
+    assert ours.shape == theirs.shape == (2, FEATURE_DIM)
     assert float((ours - theirs).abs().max()) < 1e-4
     # The features are not degenerate: real photos give distinct, non-zero pool features.
     assert float(ours.abs().mean()) > 0.05 and float((ours[0] - ours[1]).abs().max()) > 0.1
