@@ -237,7 +237,8 @@ def preprocess(images: Tensor) -> Tensor:
 
 class InceptionFeatures(nn.Module):
     """What torchmetrics' `FrechetInceptionDistance(feature=...)` calls: uint8 images in, float64
-    pool features out. float64 because torchmetrics casts its FID to the features' dtype."""
+    pool features out (computed in fp32, TF32 off). float64 because torchmetrics casts its FID to
+    the features' dtype."""
 
     num_features = FEATURE_DIM
 
@@ -252,4 +253,12 @@ class InceptionFeatures(nn.Module):
 
     @torch.no_grad()
     def forward(self, images: Tensor) -> Tensor:
-        return self.network(preprocess(images)).double()
+        # Full fp32 convolutions on GPUs too: TF32 (on by default for cuDNN) would move the
+        # features by about 1e-3 and make GPU and CPU statistics disagree.
+        with torch.backends.cudnn.flags(
+            enabled=torch.backends.cudnn.enabled,
+            benchmark=torch.backends.cudnn.benchmark,
+            deterministic=torch.backends.cudnn.deterministic,
+            allow_tf32=False,
+        ):
+            return self.network(preprocess(images)).double()

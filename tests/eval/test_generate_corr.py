@@ -17,6 +17,7 @@ from PIL import Image
 
 from dynast.config import preset
 from dynast.data import DataConfig, build_dataset, correspondence_accuracy
+from dynast.data.export import export_synthetic
 from dynast.generator import Generator
 from dynast.io import load_generator, save_pretrained
 from eval.generate import main as generate_main
@@ -149,6 +150,20 @@ def test_generate_reads_the_data_config_of_a_run_folder(model_dir, tmp_path) -> 
     assert sorted(p.name for p in (out / "images").iterdir()) == ["000005.png", "000006.png"]
     record = json.loads((out / "generation.json").read_text())
     assert record["data"]["config"]["seed"] == 5
+
+
+def test_generate_reads_a_folder_dataset(model_dir, tmp_path) -> None:
+    root = export_synthetic(
+        DataConfig(num_classes=8, image_size=32, train_length=1, test_length=2),
+        tmp_path / "data",
+        progress=False,
+    )
+    out = tmp_path / "from_folder"
+    argv = ["--model", str(model_dir), "--data-root", str(root), "--out", str(out), "--targets"]
+    assert generate_main(argv) == 0
+    assert sorted(p.name for p in (out / "targets").iterdir()) == ["000000.png", "000001.png"]
+    record = json.loads((out / "generation.json").read_text())
+    assert record["data"]["kind"] == "folder" and record["count"] == 2
 
 
 def test_generate_bad_input(model_dir, tmp_path, capsys) -> None:
