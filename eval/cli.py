@@ -151,6 +151,28 @@ def _check_sets(real: ImageFolder | None, fake: ImageFolder, metrics: tuple[str,
         raise ValueError("fid needs at least 2 images per set")
 
 
+def _check_stats_early(args: argparse.Namespace, stats, fake: ImageFolder) -> None:
+    """What can be refused about reference statistics before the weights are even loaded:
+    another extractor or preprocessing, another image size (the weights hash is checked after)."""
+    from eval.fid import check_compatible
+    from eval.inception import EXTRACTOR_NAME, FEATURE_DIM, PREPROCESSING
+
+    current = {
+        "extractor": EXTRACTOR_NAME,
+        "preprocessing": PREPROCESSING,
+        "feature_dim": FEATURE_DIM,
+    }
+    check_compatible(
+        stats.meta, current, what=f"--real {args.real} and this extractor", keys=tuple(current)
+    )
+    stored = tuple(stats.meta.get("image_size", ()))
+    if stored != fake.size:
+        raise ValueError(
+            f"--real {args.real} holds statistics of {stored} images, --fake has {fake.size}; "
+            "compare sets at one size"
+        )
+
+
 def _compute_fid(args, real, real_stats, fake: ImageFolder, device) -> tuple[float, dict]:
     from eval.fid import check_compatible, load_stats_into, new_metric, update_metric
     from eval.inception_weights import load_inception
@@ -160,12 +182,6 @@ def _compute_fid(args, real, real_stats, fake: ImageFolder, device) -> tuple[flo
     metric = new_metric(loaded.features).to(device)
     if real_stats is not None:
         check_compatible(real_stats.meta, current, what=f"--real {args.real} and this extractor")
-        stored = tuple(real_stats.meta.get("image_size", ()))
-        if stored != fake.size:
-            raise ValueError(
-                f"--real {args.real} holds statistics of {stored} images, --fake has {fake.size}; "
-                "compare sets at one size"
-            )
         load_stats_into(metric, real_stats, real=True)
     else:
         update_metric(
@@ -242,6 +258,8 @@ def run_calc(args: argparse.Namespace) -> int:
     fake = scan_folder(args.fake, "--fake")
     real, real_stats = _real_side(args, metrics)
     _check_sets(real, fake, metrics)
+    if real_stats is not None:
+        _check_stats_early(args, real_stats, fake)
     device = resolve_device(args.device)
     if fake.format.startswith("mixed") or fake.format == "jpg":
         print(

@@ -133,11 +133,17 @@ def frechet_distance(real: FeatureStats, fake: FeatureStats) -> float:
         return float(metric.compute())
 
 
-def check_compatible(a: dict[str, object], b: dict[str, object], what: str = "statistics") -> None:
-    """Raise when two metadata records disagree on anything that changes the features."""
+def check_compatible(
+    a: dict[str, object],
+    b: dict[str, object],
+    what: str = "statistics",
+    keys: tuple[str, ...] = COMPATIBILITY_KEYS,
+) -> None:
+    """Raise when two metadata records disagree on anything (of `keys`) that changes the
+    features."""
     diffs = [
         f"{k}: {a.get(k)!r} vs {b.get(k)!r}"
-        for k in COMPATIBILITY_KEYS
+        for k in keys
         if (k in a or k in b) and a.get(k) != b.get(k)
     ]
     if diffs:

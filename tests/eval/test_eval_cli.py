@@ -6,6 +6,7 @@ layout (passed as --inception-weights), so it needs no download and no optional 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -151,16 +152,19 @@ def test_ref_statistics_are_the_features_and_feed_calc_fid(
     np.testing.assert_allclose(saved.mu, features.mean(0), rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(saved.sigma, np.cov(features, rowvar=False), rtol=1e-3, atol=1e-5)
 
-    # Statistics made with other weights are refused, naming what differs.
-    other = tmp_path / "other.npz"
-    save_stats(
-        other,
-        type(saved)(saved.mu, saved.sigma, saved.count, {**saved.meta, "weights_sha256": "f" * 64}),
-    )
-    capsys.readouterr()
-    code = main(["calc", "--real", str(other), "--fake", str(fake), "--metrics", "fid", *weights])
-    assert code == 2
-    assert "weights_sha256" in capsys.readouterr().err
+    # Statistics made with other weights, or another preprocessing or size, are refused, naming
+    # what differs.
+    for change, needle in (
+        ({"weights_sha256": "f" * 64}, "weights_sha256"),
+        ({"preprocessing": "antialiased resize"}, "preprocessing"),
+        ({"image_size": [64, 64]}, "(64, 64)"),
+    ):
+        other = tmp_path / "other.npz"
+        save_stats(other, dataclasses.replace(saved, meta={**saved.meta, **change}))
+        capsys.readouterr()
+        argv = ["calc", "--real", str(other), "--fake", str(fake), "--metrics", "fid", *weights]
+        assert main(argv) == 2
+        assert needle in capsys.readouterr().err
 
 
 def expect_error(capsys, argv: list[str], *needles: str) -> None:
