@@ -9,8 +9,6 @@ weights hash. Statistics are only compared when extractor, preprocessing and wei
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -21,6 +19,8 @@ import torch
 from torch import Tensor, nn
 from torchmetrics.image.fid import FrechetInceptionDistance
 from tqdm import tqdm
+
+from dynast.data.folder import write_atomically
 
 STATS_FORMAT = "dynast-fid-stats/1"
 # Metadata that must agree between two statistics for their distance to mean anything.
@@ -152,18 +152,15 @@ def check_compatible(
 
 def save_stats(path: str | Path, stats: FeatureStats) -> None:
     """Write `.npz` (mu, sigma, meta) through a temporary file renamed into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     meta = {"format": STATS_FORMAT, **stats.meta, "count": stats.count}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            encoded = np.array(json.dumps(meta, sort_keys=True))
+    encoded = np.array(json.dumps(meta, sort_keys=True))
+
+    def write(tmp: Path) -> None:
+        # Through a file object: given a name, numpy would append ".npz" to the temporary name.
+        with open(tmp, "wb") as f:
             np.savez(f, mu=stats.mu, sigma=stats.sigma, meta=encoded)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+
+    write_atomically(Path(path), write)
 
 
 def load_stats(path: str | Path) -> FeatureStats:

@@ -7,10 +7,10 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch.nn.functional as F
-from einops import rearrange
 from torch import Tensor
 
 from dynast.config import DynaSTConfig
+from dynast.data.folder import image_pixels
 
 # Heat map anchors, dark (0) to bright (1): black, violet, red, orange, pale yellow. Monotonic in
 # brightness, so the map also reads in greyscale.
@@ -52,8 +52,7 @@ def to_pixels(image: Tensor, size: tuple[int, int] | None = None) -> np.ndarray:
     """[3, h, w] in [-1, 1] -> [H, W, 3] uint8, enlarged by nearest neighbour to `size`."""
     if size is not None and tuple(image.shape[-2:]) != size:
         image = F.interpolate(image[None].float(), size=size, mode="nearest")[0]
-    values = rearrange(image.detach().float().cpu(), "c h w -> h w c").numpy()
-    return np.rint((np.clip(values, -1.0, 1.0) + 1.0) * 127.5).astype(np.uint8)
+    return image_pixels(image)
 
 
 def heat_pixels(values: Tensor, scale: float, size: tuple[int, int] | None = None) -> np.ndarray:
