@@ -62,14 +62,17 @@ def parse_metrics(text: str) -> tuple[str, ...]:
 # ref
 
 
-def fid_meta(loaded: LoadedInception, folder: ImageFolder) -> dict[str, object]:
-    """What a statistic records about its making (see eval.fid.COMPATIBILITY_KEYS)."""
+def extractor_meta() -> dict[str, object]:
+    """The network and preprocessing that features come from (weights aside)."""
     from eval.inception import EXTRACTOR_NAME, FEATURE_DIM, PREPROCESSING
 
+    return {"extractor": EXTRACTOR_NAME, "preprocessing": PREPROCESSING, "feature_dim": FEATURE_DIM}
+
+
+def fid_meta(loaded: LoadedInception, folder: ImageFolder) -> dict[str, object]:
+    """What a statistic records about its making (see eval.fid.COMPATIBILITY_KEYS)."""
     return {
-        "extractor": EXTRACTOR_NAME,
-        "preprocessing": PREPROCESSING,
-        "feature_dim": FEATURE_DIM,
+        **extractor_meta(),
         **loaded.provenance(),
         "image_size": list(folder.size),
         "file_format": folder.format,
@@ -155,13 +158,8 @@ def _check_stats_early(args: argparse.Namespace, stats, fake: ImageFolder) -> No
     """What can be refused about reference statistics before the weights are even loaded:
     another extractor or preprocessing, another image size (the weights hash is checked after)."""
     from eval.fid import check_compatible
-    from eval.inception import EXTRACTOR_NAME, FEATURE_DIM, PREPROCESSING
 
-    current = {
-        "extractor": EXTRACTOR_NAME,
-        "preprocessing": PREPROCESSING,
-        "feature_dim": FEATURE_DIM,
-    }
+    current = extractor_meta()
     check_compatible(
         stats.meta, current, what=f"--real {args.real} and this extractor", keys=tuple(current)
     )
