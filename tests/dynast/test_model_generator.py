@@ -4,6 +4,7 @@ the attention block's two limits (nothing kept / everything kept), gradients, in
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import pytest
 import torch
@@ -252,3 +253,38 @@ def test_bad_inputs_are_named(synthetic, change, message):
 def test_constructor_rejects_other_configs():
     with pytest.raises(ValueError, match="expects a DynaSTConfig"):
         Generator(dataclasses.asdict(DynaSTConfig()))
+
+
+def test_fused_backend_matches_the_reference_through_the_whole_model():
+    """The same weights with attention_backend "triton" (Triton's CPU interpreter here, the GPU
+    where there is one) and "torch": same image, warps, top-k, and gradients."""
+    interpreting = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+    if not torch.cuda.is_available() and not interpreting:
+        pytest.skip("needs a CUDA device or TRITON_INTERPRET=1")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    cfg = DynaSTConfig(
+        image_size=16, num_scales=2, ngf=4, pos_unit=2, prune_unit=2, topk=2,
+        attention_backend="torch",
+    )  # fmt: skip
+    torch.manual_seed(0)
+    reference = Generator(cfg).to(device)
+    fused = Generator(dataclasses.replace(cfg, attention_backend="triton")).to(device)
+    fused.load_state_dict(reference.state_dict())
+    inputs = [x.to(device) for x in _inputs(cfg, 2, 16, 16, seed=4)]
+    outputs = []
+    for g in (reference, fused):
+        out = g(*inputs, with_warps=True)
+        loss = out.image.square().mean() + sum(w.abs().mean() for w in out.warps)
+        loss.backward()
+        outputs.append(out)
+    ref, got = outputs
+    assert_close(got.image, ref.image, name="image")
+    for i, (a, b) in enumerate(zip(got.topks, ref.topks, strict=True)):
+        assert torch.equal(a, b), f"block {i}: top-k differs"
+    for i, (a, b) in enumerate(zip(got.warps, ref.warps, strict=True)):
+        assert_close(a, b, name=f"warp of block {i}")
+    for i, (a, b) in enumerate(zip(got.confs, ref.confs, strict=True)):
+        assert_close(a, b, name=f"conf of block {i}")
+    for (name, p_ref), p_got in zip(reference.named_parameters(), fused.parameters(), strict=True):
+        scale = float(p_ref.grad.abs().max())
+        assert_close(p_got.grad, p_ref.grad, name=f"grad {name}", atol=1e-5 * scale + 1e-8)
