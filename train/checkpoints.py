@@ -1,9 +1,14 @@
 """Checkpoints of a run: `<run>/checkpoints/checkpoint_XXXXXXXX/`, written whole or not at all.
 
-A checkpoint is written into `checkpoint_XXXXXXXX.tmp` (Accelerate `save_state` in safetensors,
-the generator's `save_pretrained` folder, then `progress.json` last) and renamed into place only
-when complete, so an interruption never leaves a half-written folder under a final name. Resume
-takes the newest complete one; rotation deletes only older complete ones.
+A checkpoint is written into `checkpoint_XXXXXXXX.tmp` (Accelerate `save_state` in safetensors
+under `state/`, the generator's `save_pretrained` folder under `generator/`, then `progress.json`
+last) and renamed into place only when complete, so an interruption never leaves a half-written
+folder under a final name. Resume takes the newest complete one; rotation deletes only older
+complete ones.
+
+Accelerate's files live in `state/` rather than beside `generator/` because its generator file is
+also called `model.safetensors`: one level up it would make the checkpoint folder look like a
+`save_pretrained` folder to `dynast.io.load_generator`.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from .errors import TrainingError
 CHECKPOINTS_DIR = "checkpoints"
 PROGRESS_FILE = "progress.json"
 GENERATOR_DIR = "generator"
+STATE_DIR = "state"
 _NAME = re.compile(r"^checkpoint_(\d{8})$")
 
 

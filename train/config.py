@@ -49,7 +49,9 @@ class LossWeights:
     """Weights of the generator losses (method.md section 5; release values by default).
 
     The VGG terms are used only when VGG19 weights are available; `vgg` weighs the L1 over five
-    layers (layer weights 1/32 ... 1), `vgg_mse` the MSE at relu4_2.
+    layers (layer weights 1/32 ... 1), `vgg_mse` the MSE at relu4_2. `l1` (ours, not in the
+    release, off by default) is a pixel L1 between output and ground truth: a direct
+    reconstruction signal for runs without VGG19 weights.
     """
 
     warp: float = 1000.0
@@ -57,6 +59,7 @@ class LossWeights:
     feature_matching: float = 10.0
     vgg: float = 10.0
     vgg_mse: float = 0.001
+    l1: float = 0.0
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 from torch import Tensor, nn
@@ -49,7 +50,7 @@ from .sync_batch_norm import count_batch_norms, synchronise_batch_norm
 CONFIG_FILE = "config.json"
 FINAL_DIR = "final"
 SAMPLES_DIR = "samples"
-EVAL_KEYS = ("eval/correspondence_accuracy", "eval/l1")
+EVAL_KEYS = ("eval/correspondence_accuracy", "eval/l1", "eval/warp_l1")
 
 
 @dataclass
@@ -183,12 +184,12 @@ def evaluate(
     batches: list[dict],
     autocast: Callable[[], contextlib.AbstractContextManager],
 ) -> tuple[dict[str, float], dict[str, Tensor]]:
-    """Correspondence accuracy of the finest top-1 match and L1 of the output to the ground
-    truth (pairs with one), means over the fixed evaluation pairs; plus the tensors of the first
-    batch for a sample grid."""
+    """Means over the fixed evaluation pairs: correspondence accuracy of the finest top-1 match,
+    and L1 to the ground truth (pairs with one) of the output and of the finest warped exemplar;
+    plus the tensors of the first batch for a sample grid."""
     was_training = generator.training
     generator.eval()
-    accuracy, l1, with_target = [], [], []
+    accuracy, l1, warp_l1, with_target = [], [], [], []
     first: dict[str, Tensor] = {}
     try:
         for batch in batches:
@@ -206,6 +207,8 @@ def evaluate(
                 )
             )
             l1.append(per_sample_l1(out.image, batch["target"]))
+            warp = F.interpolate(out.warps[-1].float(), size=out.image.shape[-2:], mode="nearest")
+            warp_l1.append(per_sample_l1(warp, batch["target"]))
             with_target.append(batch["has_target"].float())
             if not first:
                 first = {
@@ -219,9 +222,9 @@ def evaluate(
         generator.train(was_training)
     weights = torch.cat(with_target)
     metrics = {"eval/correspondence_accuracy": float(torch.cat(accuracy).mean())}
-    metrics["eval/l1"] = (
-        float((torch.cat(l1) * weights).sum() / weights.sum()) if weights.sum() > 0 else math.nan
-    )
+    for key, values in (("eval/l1", l1), ("eval/warp_l1", warp_l1)):
+        total = (torch.cat(values) * weights).sum()
+        metrics[key] = float(total / weights.sum()) if weights.sum() > 0 else math.nan
     return metrics, first
 
 
@@ -308,6 +311,8 @@ def _generator_step(
                 terms["gan"] = (generator_hinge(fake_preds), sw.ones[m], sw.global_all)
             if w.feature_matching > 0:
                 terms["feature_matching"] = (feature_matching(fake_preds, real_preds), *with_target)
+            if w.l1 > 0:
+                terms["l1"] = (per_sample_l1(out.image, target), *with_target)
             if p.vgg is not None:
                 vgg_l1, vgg_mse = vgg_losses(fake_feats, real_feats)
                 terms["vgg"] = (vgg_l1, *with_target)
@@ -429,7 +434,7 @@ def train(cfg: RunConfig) -> TrainResult:
                 f"{world}: resume with the same number of processes (the data order and random "
                 "states are per process)"
             )
-        accelerator.load_state(str(folder))
+        accelerator.load_state(str(folder / ckpt.STATE_DIR))
         say(f"resuming from {folder} at step {progress.step}")
     step = progress.step
     position = DataPosition(progress.epoch, progress.batch_in_epoch)
@@ -478,7 +483,7 @@ def train(cfg: RunConfig) -> TrainResult:
                 shutil.rmtree(staging)
             staging.parent.mkdir(parents=True, exist_ok=True)
         accelerator.wait_for_everyone()
-        accelerator.save_state(str(staging), safe_serialization=True)
+        accelerator.save_state(str(staging / ckpt.STATE_DIR), safe_serialization=True)
         accelerator.wait_for_everyone()
         if main:
             save_pretrained(g_inner, staging / ckpt.GENERATOR_DIR)
@@ -576,12 +581,16 @@ def summary(result: TrainResult) -> str:
         return "n/a" if value is None else f"{value:.4f}"
 
     s, e = result.start_metrics, result.end_metrics
-    return (
-        f"run {result.run_dir} finished at step {result.step}\n"
-        f"  correspondence accuracy (finest top-1): start {fmt(s, EVAL_KEYS[0])} -> "
-        f"end {fmt(e, EVAL_KEYS[0])}\n"
-        f"  L1 to ground truth:                     start {fmt(s, EVAL_KEYS[1])} -> "
-        f"end {fmt(e, EVAL_KEYS[1])}\n"
+    labels = (
+        "correspondence accuracy (finest top-1)",
+        "L1 of the output to ground truth",
+        "L1 of the warped exemplar to ground truth",
+    )
+    lines = [f"run {result.run_dir} finished at step {result.step}"]
+    for label, key in zip(labels, EVAL_KEYS, strict=True):
+        lines.append(f"  {label:<42} start {fmt(s, key)} -> end {fmt(e, key)}")
+    lines.append(
         f"  wall time {result.wall_s:.1f} s (this invocation); training time "
         f"{result.train_s:.1f} s (whole run)"
     )
+    return "\n".join(lines)
