@@ -24,11 +24,17 @@ def _check_index_map(name: str, index: Tensor, tokens: int, upper: int) -> None:
         )
     if index.shape[2] < 1:
         raise ValueError(f"{name} must hold at least one index per token (k >= 1)")
-    if index.numel() and (int(index.min()) < 0 or int(index.max()) >= upper):
-        raise ValueError(
-            f"{name} values must lie in [0, {upper}), got range "
-            f"[{int(index.min())}, {int(index.max())}]"
-        )
+    check_index_range(name, index, upper)
+
+
+def check_index_range(name: str, index: Tensor, upper: int) -> None:
+    """ValueError unless every value lies in [0, upper); free for tensors tagged as such."""
+    bound = known_bound(index)
+    if index.numel() == 0 or (bound is not None and bound <= upper):
+        return
+    lo, hi = (int(x) for x in torch.aminmax(index))
+    if lo < 0 or hi >= upper:
+        raise ValueError(f"{name} values must lie in [0, {upper}), got range [{lo}, {hi}]")
 
 
 def _check_grid(height: int, width: int) -> None:
@@ -59,30 +65,46 @@ def inter_scale_candidates(coarse_topk: Tensor, height: int, width: int) -> Tens
     per_cell = rearrange(children, "b (h w) k c -> b h w (k c)", h=ch, w=cw)
     per_query = repeat(per_cell, "b h w m -> b (h sy) (w sx) m", sy=2, sx=2)
     out = rearrange(per_query, "b h w m -> b (h w) m").contiguous()
-    _tag_window_shared(out, height, width)
-    return out
+    return tag_indices(out, height * width, window=(height, width))
 
 
-# Attribute carrying (height, width, version) on tensors built by `inter_scale_candidates`.
-_WINDOW_TAG = "_dynast_window_shared"
+# Index tensors built here, and the top-k the operators return, carry a tag: the bound their values
+# are known to lie under, the 2x2-window grid for inter-scale lists, and the tensor's version. With
+# it the next operator skips a range check that costs a device synchronisation per block on a GPU,
+# and the fused kernels read one list per window. An in-place change bumps the version and voids it.
+_TAG = "_dynast_index_tag"
 
 
-def _tag_window_shared(candidates: Tensor, height: int, width: int) -> None:
-    """Mark `candidates` as shared by the 4 queries of every 2x2 window of a height x width grid.
+def _version(index: Tensor) -> int:
+    # Inference tensors keep no version counter, and cannot be changed in place outside
+    # inference mode.
+    return -1 if index.is_inference() else index._version
 
-    The fused kernels then read one list per window and gather each key once for four queries. The
-    tensor's version counter is recorded so that any in-place change voids the mark."""
-    setattr(candidates, _WINDOW_TAG, (height, width, candidates._version))
+
+def tag_indices(index: Tensor, bound: int, window: tuple[int, int] | None = None) -> Tensor:
+    """Record that every value of `index` lies in [0, bound) (and, with `window`, that it is an
+    inter-scale list on that grid). Returns `index`."""
+    setattr(index, _TAG, (bound, window, _version(index)))
+    return index
+
+
+def _valid_tag(index: Tensor) -> tuple | None:
+    tag = getattr(index, _TAG, None)
+    return tag if tag is not None and tag[2] == _version(index) else None
+
+
+def known_bound(index: Tensor) -> int | None:
+    """The bound recorded by `tag_indices` if `index` is unchanged since, else None."""
+    tag = _valid_tag(index)
+    return None if tag is None else tag[0]
 
 
 def window_shared_grid(candidates: Tensor) -> tuple[int, int] | None:
     """(height, width) when `candidates` is an unmodified output of `inter_scale_candidates`, whose
     2x2 windows of queries share one list; None otherwise (a copy, a view or an in-place change
     loses the mark, and the kernels then treat every query's list as its own)."""
-    tag = getattr(candidates, _WINDOW_TAG, None)
-    if tag is None or tag[2] != candidates._version:
-        return None
-    return tag[0], tag[1]
+    tag = _valid_tag(candidates)
+    return None if tag is None else tag[1]
 
 
 def inner_scale_candidates(topk: Tensor, height: int, width: int) -> Tensor:
@@ -115,4 +137,5 @@ def inner_scale_candidates(topk: Tensor, height: int, width: int) -> Tensor:
         shifted(inner, top_row, 0, 1),
         shifted(inner, bottom_row, 0, -1),
     ]
-    return rearrange(torch.cat(parts, dim=-1), "b h w m -> b (h w) m").contiguous()
+    out = rearrange(torch.cat(parts, dim=-1), "b h w m -> b (h w) m").contiguous()
+    return tag_indices(out, height * width)

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from . import reference
+from .candidates import check_index_range, tag_indices
 from .reference import WARP_MODES
 
 BACKENDS = ("auto", "torch", "triton")
@@ -118,10 +119,7 @@ def _validate_candidates(candidates: object, q: Tensor, nk: int, topk: int) -> N
     m = candidates.shape[2]
     if m < 1:
         raise ValueError("candidates must list at least one key per query (M >= 1)")
-    lo, hi = torch.aminmax(candidates)
-    lo, hi = int(lo), int(hi)
-    if lo < 0 or hi >= nk:
-        raise ValueError(f"candidates values must lie in [0, {nk}) (Nk), got range [{lo}, {hi}]")
+    check_index_range("candidates", candidates, nk)
     if topk > m:
         raise ValueError(f"topk ({topk}) must not exceed the candidate count M ({m})")
 
@@ -171,6 +169,8 @@ def _run(
     # Scores must stay fp32 in the reference: keep autocast from recasting its matmuls.
     with torch.autocast(q.device.type, enabled=False):
         out, conf, top, warp = fn(*cast[:5], *args, warp_values=cast[5], **kwargs)
+    if top is not None:
+        tag_indices(top, tensors["k"].shape[1])  # key indices: the next builder need not check
     return AttentionOutput(out=out, conf=conf, topk=top, warp=warp)
 
 

@@ -450,3 +450,42 @@ def test_triton_backend_on_cpu_without_interpreter_is_a_clear_error(monkeypatch)
 def test_candidate_builders_reject_bad_input(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+def test_index_tags_skip_range_checks_until_the_tensor_changes():
+    """Top-k and candidate lists the package built are known to be in range; an in-place change
+    voids that knowledge and the range check runs again."""
+    from kernels.candidates import known_bound
+
+    t = _good()
+    res = _call_dense(t, topk=2)
+    assert known_bound(res.topk) == 12
+    cand = kernels.inner_scale_candidates(res.topk, 3, 4)
+    assert known_bound(cand) == 12
+    cand[0, 0, 0] = 99  # in place: the tag no longer holds
+    assert known_bound(cand) is None
+    with pytest.raises(ValueError, match="candidates values must lie in"):
+        kernels.candidate_attention(
+            t["q"], t["k"], t["v"], t["q_prune"], t["k_prune"], cand, scale=1.0, prune_scale=1.0
+        )
+
+
+def test_builders_and_operators_run_under_inference_mode():
+    t = _good(n=16)
+    with torch.inference_mode():
+        top = _call_dense(t, topk=2).topk
+        inter = kernels.inter_scale_candidates(top[:, :4] % 4, 4, 4)
+        inner = kernels.inner_scale_candidates(top, 4, 4)
+        for cand in (inter, inner):
+            res = kernels.candidate_attention(
+                t["q"],
+                t["k"],
+                t["v"],
+                t["q_prune"],
+                t["k_prune"],
+                cand,
+                scale=1.0,
+                prune_scale=1.0,
+                topk=2,
+            )
+            assert res.topk.shape == (2, 16, 2)
