@@ -231,14 +231,34 @@ def test_bad_label_in_a_folder_dataset_is_one_clear_error(tmp_path):
     assert "Traceback" not in result.stderr
 
 
-def test_fp16_with_gradient_accumulation_keeps_a_loss_scaler_per_optimizer(tmp_path):
+def test_fp16_accumulation_and_vgg_losses(tmp_path):
+    """fp16 keeps one loss scaler per optimizer (saved with the checkpoint); gradient accumulation;
+    the VGG terms run when a weights file is given (random weights in torchvision's layout)."""
+    from dynast.vgg import VGG19Features
+
+    vgg_file = tmp_path / "vgg19.pth"
+    torch.save(VGG19Features().state_dict(), vgg_file)
     run_dir = tmp_path / "run"
     args = [
         *TINY, "--train.batch_size", "2", "--train.grad_accum_steps", "2",
-        "--mixed-precision", "fp16", "--output-dir", str(run_dir), "--max-steps", "2",
+        "--mixed-precision", "fp16", "--vgg-weights", str(vgg_file),
+        "--output-dir", str(run_dir), "--max-steps", "2",
     ]  # fmt: skip
-    _ok(_run(PYTHON, args, tmp_path))
+    result = _ok(_run(PYTHON, args, tmp_path))
+    assert f"VGG losses: on, weights {vgg_file}" in result.stdout + result.stderr
     saved = {p.name for p in (run_dir / "checkpoints" / "checkpoint_00000002" / "state").iterdir()}
     assert {"custom_checkpoint_0.pkl", "custom_checkpoint_1.pkl"} <= saved  # the two scalers
+    logged = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert any("loss/vgg" in r and "loss/vgg_mse" in r for r in logged)
     weights = _weights(run_dir / "final")
     assert all(torch.isfinite(t).all() for t in weights.values())
+
+
+def test_missing_vgg_weights_file_is_one_clear_error(tmp_path):
+    missing = tmp_path / "nowhere" / "vgg19.pth"
+    args = [*TINY, "--vgg-weights", str(missing), "--output-dir", str(tmp_path / "run")]
+    result = _run(PYTHON, [*args, "--max-steps", "1"], tmp_path)
+    assert result.returncode == 1
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith("error: --vgg-weights:"), result.stderr
+    assert str(missing) in errors[0] and "Traceback" not in result.stderr
