@@ -149,24 +149,24 @@ def _split_preds(preds: list[list[Tensor]], n: int) -> tuple[list[list[Tensor]],
 
 
 class _Sums:
-    """Per loss term, running sums of weight * value and of weight over steps (for logging)."""
+    """Per loss term, running sums of weight * value and of weight over steps (for logging). Kept
+    as device tensors so that accumulating never waits for the device."""
 
     def __init__(self) -> None:
-        self.values: dict[str, list[float]] = {}
+        self.values: dict[str, Tensor] = {}
 
     def add(self, name: str, per_sample: Tensor, weights: Tensor) -> None:
-        acc = self.values.setdefault(name, [0.0, 0.0])
-        acc[0] += float((per_sample.detach().double() * weights.double()).sum())
-        acc[1] += float(weights.double().sum())
+        pair = torch.stack(
+            [(per_sample.detach().double() * weights.double()).sum(), weights.double().sum()]
+        )
+        self.values[name] = self.values[name] + pair if name in self.values else pair
 
     def reduce(self, accelerator: Accelerator) -> dict[str, float]:
         """Global weighted means over every process; resets the sums. Every process must call."""
         names = sorted(self.values)
         if not names:
             return {}
-        local = torch.tensor(
-            [self.values[n] for n in names], dtype=torch.float64, device=accelerator.device
-        )
+        local = torch.stack([self.values[n] for n in names]).to(accelerator.device)
         total = accelerator.reduce(local, reduction="sum").cpu()
         self.values = {}
         return {
