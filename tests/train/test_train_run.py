@@ -262,3 +262,12 @@ def test_missing_vgg_weights_file_is_one_clear_error(tmp_path):
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and errors[0].startswith("error: --vgg-weights:"), result.stderr
     assert str(missing) in errors[0] and "Traceback" not in result.stderr
+
+
+def test_dry_run_prints_the_resolved_config_and_writes_nothing(tmp_path):
+    run_dir = tmp_path / "run"
+    args = ["--dry-run", "--output-dir", str(run_dir), "--model.ngf", "12", "--max-steps", "9"]
+    result = _ok(_run(ACCELERATE, args, tmp_path))
+    config = json.loads(result.stdout[result.stdout.index("{") :])
+    assert (config["model"]["ngf"], config["train"]["max_steps"]) == (12, 9)
+    assert config["train"]["output_dir"] == str(run_dir) and not run_dir.exists()
