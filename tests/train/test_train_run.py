@@ -172,10 +172,22 @@ def test_two_processes_train_like_one_with_the_same_global_batch(run):
     assert "batch norm synchronised across 2 processes" in result.stdout + result.stderr
     names = {p.name for p in (two / "checkpoints" / "checkpoint_00000004" / "state").iterdir()}
     assert {"random_states_0.pkl", "random_states_1.pkl"} <= names
+
+    # The first steps agree to float summation order (the logged losses of steps 1-2)...
+    def losses_at_2(text: str) -> dict[str, float]:
+        for record in map(json.loads, text.splitlines()):
+            if record["step"] == 2 and "loss/warp" in record:
+                return {k: v for k, v in record.items() if k.startswith("loss/")}
+        raise AssertionError("no losses logged at step 2")
+
+    expected = losses_at_2(run["metrics"])
+    assert losses_at_2((two / "metrics.jsonl").read_text()) == pytest.approx(expected, abs=1e-4)
+    # ...then Adam's first updates (about lr x sign(g)) and the discontinuous top-k amplify that
+    # noise a little: after 4 steps the weights agree to ~1e-3 of their largest magnitude.
     ours, single = _weights(two / "final"), run["step4"]
     worst = max(float((ours[k].float() - single[k].float()).abs().max()) for k in ours)
     scale = max(float(single[k].float().abs().max()) for k in single)
-    assert worst <= 1e-3 * scale, f"2-process weights differ from 1-process by {worst:.3g}"
+    assert worst <= 2e-3 * scale, f"2-process weights differ from 1-process by {worst:.3g}"
 
 
 def test_resume_with_another_model_config_is_refused(run):
