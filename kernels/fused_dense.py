@@ -601,23 +601,51 @@ def _dense_bwd_key_kernel(
 # Launch configurations: the search space, defaults, and block sizes derived from the problem
 # --------------------------------------------------------------------------------------------------
 
-# The search space, declared once. Each candidate is (BLOCK_M, BLOCK_N, output chunk, num_warps):
-# the output chunk is BLOCK_V (value channels per forward program) or BLOCK_C (gradient channels
-# per backward program). Wide chunks recompute the score tiles fewer times; `_space` clips every
-# candidate to the problem and prunes it by `_fits`. Kept small: `kernels.aot` compiles each one
-# for two GPUs and two model sizes, and the autotuner times each one per shape.
-_CANDIDATES: dict[str, tuple[tuple[int, int, int, int], ...]] = {
-    "dense_fwd": ((32, 32, 128, 8), (32, 32, 256, 8), (64, 64, 128, 8)),
-    "dense_bwd_query": ((32, 32, 256, 8), (64, 32, 64, 8), (64, 64, 128, 8)),
-    "dense_bwd_key": ((32, 32, 128, 8), (32, 32, 256, 8), (64, 64, 128, 8)),
+# The search space, declared once, in order of preference: the default is the first candidate
+# that fits the problem (`_default`). Each is (BLOCK_M, BLOCK_N, output chunk, num_warps,
+# num_stages); the output chunk is BLOCK_V (value channels per forward program) or BLOCK_C
+# (gradient channels per backward program), and `_space` clips every candidate to the problem's
+# padded channel counts. What the choice trades:
+# - every chunk of one output recomputes the same score tiles: wide chunks recompute less but
+#   hold a wider fp32 accumulator;
+# - a program reloads its row tile's operands for every streamed tile, so a (query, key) pair
+#   costs about Cqk (1/BLOCK_M + 1/BLOCK_N) of loads: square tiles move least;
+# - with 8 warps, a score tile of fewer than 8 tensor-core tiles (16 x 8) is computed twice over
+#   (32 x 16) or four times (16 x 16) by warps holding copies;
+# - registers: each default compiles without spills for sm_80 and sm_90 at every model size of
+#   `AOT_DIMS`, with bf16 and with fp32 inputs (`python -m kernels.aot`; docs/kernels-dense.md
+#   has the table). Few warps, or two pipeline stages, often cost registers.
+# Four or five a kernel: `kernels.aot` compiles each for two GPUs and four model sizes, and the
+# autotuner times each per shape.
+_CANDIDATES: dict[str, tuple[tuple[int, int, int, int, int], ...]] = {
+    "dense_fwd": (
+        (32, 32, 512, 8, 1),  # Cv 512 in one chunk: scores computed once
+        (32, 16, 512, 8, 1),  # more register headroom (fp32 at Cv 64), repeated score tile
+        (32, 16, 256, 8, 2),  # two chunks, loads pipelined
+        (32, 16, 128, 4, 1),  # four warps, four chunks: more programs for small batches
+    ),
+    "dense_bwd_query": (
+        (64, 32, 256, 8, 1),  # dq in 3 chunks of Cqk 640, dq_prune in 1
+        (64, 16, 512, 8, 1),  # dq in 2 chunks; spills with fp32 inputs at Cqk 640
+        (64, 16, 256, 8, 2),  # loads pipelined; spills with fp32 inputs at Cqk 640
+        (32, 32, 128, 4, 1),  # four warps
+    ),
+    "dense_bwd_key": (
+        # Chunks over dk, dk_prune, dv and dwarp_values at 640/128/512/3: C256 7, C128 11, C512 5.
+        (32, 16, 256, 8, 1),  # the widest that fits in fp32 too, repeated score tile
+        (32, 32, 128, 8, 1),  # square score tile, most register headroom
+        (32, 32, 128, 8, 2),  # loads pipelined (the former default)
+        (16, 16, 512, 8, 1),  # the widest
+        (16, 16, 256, 4, 1),  # four warps
+    ),
 }
-# Channels per step of the reductions behind the score tiles (z, s and g), and pipeline depth.
+# Channels per step of the reductions behind the score tiles (z, s and g).
 _BLOCK_D = 64
-_NUM_STAGES = 2
 # Shared memory of the smallest card we build for (A100: 163 KB), with slack for the compiler's
-# own scratch, and registers per thread for the fp32 tiles a program keeps live.
+# own scratch; fp32 values per thread for the tiles a program keeps live (accumulator and score
+# tiles), leaving about 110 of the 255 registers to operands, pointers and masks.
 _SHARED_BUDGET = 128 * 1024
-_REGISTER_BUDGET = 128
+_REGISTER_BUDGET = 144
 
 
 def _interpreting() -> bool:
@@ -667,7 +695,7 @@ def _clipped(kernel: str, dims: dict[str, int], config: LaunchConfig) -> LaunchC
 def _fits(kernel: str, dims: dict[str, int], config: LaunchConfig) -> bool:
     """Estimate of a config's needs with 16-bit inputs: the fp32 tiles live per thread (the
     accumulator and about four score-sized tiles: z, s, p, g) and the operand tiles in shared
-    memory. `python -m kernels.aot` gives the real numbers."""
+    memory. A coarse filter; `python -m kernels.aot` gives the real numbers."""
     meta = _meta(kernel, dims, config)
     m, n, d = meta["BLOCK_M"], meta["BLOCK_N"], meta["BLOCK_D"]
     rows = n if kernel == "dense_bwd_key" else m
@@ -677,21 +705,21 @@ def _fits(kernel: str, dims: dict[str, int], config: LaunchConfig) -> bool:
     return live <= _REGISTER_BUDGET and shared <= _SHARED_BUDGET
 
 
-def _config_of(kernel: str, candidate: tuple[int, int, int, int]) -> LaunchConfig:
-    block_m, block_n, chunk, num_warps = candidate
+def _config_of(kernel: str, candidate: tuple[int, int, int, int, int]) -> LaunchConfig:
+    block_m, block_n, chunk, num_warps, num_stages = candidate
     return {
         "BLOCK_M": block_m,
         "BLOCK_N": block_n,
         "BLOCK_D": _BLOCK_D,
         "BLOCK_V" if kernel == "dense_fwd" else "BLOCK_C": chunk,
         "num_warps": num_warps,
-        "num_stages": _NUM_STAGES,
+        "num_stages": num_stages,
     }
 
 
 def _space(kernel: str, dims: dict[str, int]) -> list[LaunchConfig]:
-    """Every config the autotuner may try for `kernel` on a problem of these sizes; each one
-    compiles for sm_80 and sm_90 (`python -m kernels.aot`)."""
+    """Every config the autotuner may try for `kernel` on a problem of these sizes, in order of
+    preference; each one compiles for sm_80 and sm_90 (`python -m kernels.aot`)."""
     configs: list[LaunchConfig] = []
     for candidate in _CANDIDATES[kernel]:
         config = _clipped(kernel, dims, _config_of(kernel, candidate))
@@ -702,10 +730,10 @@ def _space(kernel: str, dims: dict[str, int]) -> list[LaunchConfig]:
 
 def _default(kernel: str, dims: dict[str, int]) -> LaunchConfig:
     """What runs when the tuning table has nothing for this GPU and shape bucket: the first
-    candidate, chosen as the widest chunk that compiles without spilling registers for both
-    sm_80 and sm_90 at the model's sizes, even without the alignment specialisation Triton
-    adds at run time (ahead-of-time compiles do without it)."""
-    return _clipped(kernel, dims, _config_of(kernel, _CANDIDATES[kernel][0]))
+    candidate that fits. Clipping only shrinks a candidate, and every candidate fits at full
+    size, so at every problem size that is the first one, clipped; its register reports at the
+    model sizes (no spills) are what chose it."""
+    return _space(kernel, dims)[0]
 
 
 def _config(kernel: TunableKernel, dims: dict[str, int], device: torch.device) -> LaunchConfig:
@@ -987,13 +1015,19 @@ _KERNEL_FUNCTIONS = {
     "dense_bwd_key": _dense_bwd_key_kernel,
 }
 
-# The dense problems of the models we expect: deepfashion at 256 px (its 512 px model has the
-# same channels and 4x the tokens: the same compiled kernels), and a small preset with the
-# channels of the finest scale.
+# The dense problems of the models we expect: deepfashion at 256 px (its 512 px model, celebahq
+# and ade20k have the same channels: the same compiled kernels), a small preset with the channels
+# of deepfashion's finest scale, and the coarsest scale of synthetic-64 with ngf 8 (the model
+# preset) and ngf 16 (the training preset), 8x8 tokens. Each compiles to different kernels.
 AOT_DIMS = (
     {"B": 8, "Nq": 1024, "Nk": 1024, "Cqk": 640, "Cp": 128, "Cv": 512, "Cw": 3, "k": 4},
     {"B": 8, "Nq": 1024, "Nk": 1024, "Cqk": 80, "Cp": 16, "Cv": 64, "Cw": 3, "k": 4},
+    {"B": 4, "Nq": 64, "Nk": 64, "Cqk": 96, "Cp": 32, "Cv": 64, "Cw": 3, "k": 4},
+    {"B": 4, "Nq": 64, "Nk": 64, "Cqk": 160, "Cp": 32, "Cv": 128, "Cw": 3, "k": 4},
 )
+# The training presets run in fp32 (mixed precision "no"): their dense problems (deepfashion's and
+# synthetic-64's with ngf 16) also compile the default configs with fp32 inputs.
+_AOT_FP32_DIMS = (AOT_DIMS[0], AOT_DIMS[3])
 # Pointer arguments whose type is not the input dtype.
 _POINTER_TYPES = {
     "TOPK": "i64",
@@ -1045,18 +1079,26 @@ def _aligned_arguments(fn: triton.JITFunction, dims: dict[str, int], meta: dict[
 
 
 def aot_cases() -> list[AotCase]:
-    """Every kernel x every config of its space x AOT_DIMS, as the model trains: bf16 inputs,
-    the warp over the kept keys, top-k 4."""
+    """Every kernel x every config of its space x AOT_DIMS with bf16 inputs (mixed-precision
+    training, and the autotuner's default dtype), plus the default configs with fp32 inputs at
+    _AOT_FP32_DIMS; the warp over the kept keys, top-k 4."""
+    problems = [(dims, torch.bfloat16, False) for dims in AOT_DIMS]
+    problems += [(dims, torch.float32, True) for dims in _AOT_FP32_DIMS]
     cases = []
-    flags = {"WARP_MODE": WARP_MODE_IDS["kept"], "PRECISION": _precision(torch.bfloat16)}
-    for dims in AOT_DIMS:
+    for dims, dtype, defaults_only in problems:
+        dtype_name = {torch.bfloat16: "bf16", torch.float32: "fp32"}[dtype]
+        flags = {"WARP_MODE": WARP_MODE_IDS["kept"], "PRECISION": _precision(dtype)}
         sizes = f"Cqk={dims['Cqk']} Cp={dims['Cp']} Cv={dims['Cv']}"
+        if dtype != torch.bfloat16:
+            sizes = f"{dtype_name} {sizes}"
         for kernel in TUNABLE:
             fn = _KERNEL_FUNCTIONS[kernel.name]
             extra = {"HAS_TOPK": True} if kernel is FORWARD else {}
-            default = kernel.default(dims)
-            for config in kernel.space(dims):
-                meta = _meta(kernel.name, dims, config)
+            kernel_dims = dims if kernel is FORWARD else {**dims, "k": 0}
+            default = kernel.default(kernel_dims)
+            space = [default] if defaults_only else kernel.space(kernel_dims)
+            for config in space:
+                meta = _meta(kernel.name, kernel_dims, config)
                 out = f"V{meta['BLOCK_V']}" if kernel is FORWARD else f"C{meta['BLOCK_C']}"
                 blocks = f"M{meta['BLOCK_M']} N{meta['BLOCK_N']} D{meta['BLOCK_D']} {out}"
                 cases.append(
@@ -1064,12 +1106,12 @@ def aot_cases() -> list[AotCase]:
                         label=f"{kernel.name} {sizes} {blocks}",
                         module=__name__,
                         function=fn.__name__,
-                        signature=_signature(fn, "bf16"),
+                        signature=_signature(fn, dtype_name),
                         constexprs={**meta, **flags, **extra},
                         num_warps=config["num_warps"],
                         num_stages=config["num_stages"],
                         is_default=config == default,
-                        extra={"divisible_by_16": _aligned_arguments(fn, dims, meta)},
+                        extra={"divisible_by_16": _aligned_arguments(fn, kernel_dims, meta)},
                     )
                 )
     return cases
