@@ -29,6 +29,7 @@ reference vs compiled reference, which is how the test suite exercises this scri
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib
 import math
 import os
@@ -135,6 +136,7 @@ def flex_dense_attention(
     topk: int = 0,
     warp_values: Tensor | None = None,
     warp_over: str = "kept",
+    kernel_options: dict | None = None,
 ) -> Outputs:
     """Dense out and conf from two FlexAttention calls (topk, warp_values and warp_over are taken
     for a common signature and ignored: FlexAttention gives neither).
@@ -154,8 +156,9 @@ def flex_dense_attention(
     heads = [x.unsqueeze(1) for x in (q, k, v)]  # [B, 1 head, N, C]
     if not torch.is_grad_enabled():  # FlexAttention on a CPU refuses inputs that require grad
         heads = [x.detach() for x in heads]
-    out_kept, lse_kept = _flex_with_lse(flex_attention, *heads, kept_only, scale)
-    _, lse_all = _flex_with_lse(flex_attention, *heads, None, scale)
+    flex = functools.partial(flex_attention, kernel_options=kernel_options)
+    out_kept, lse_kept = _flex_with_lse(flex, *heads, kept_only, scale)
+    _, lse_all = _flex_with_lse(flex, *heads, None, scale)
     conf = torch.exp(lse_kept - lse_all).squeeze(1)  # [B, Nq]
     out = torch.where(conf[..., None] > 0, out_kept.squeeze(1).float() * conf[..., None], 0.0)
     return out.to(v.dtype), conf.to(v.dtype), None, None
@@ -191,10 +194,45 @@ def implementation(name: str, shape: AttentionShape, device: torch.device) -> Im
         # On the CPU it runs eagerly (the correctness tests use that).
         fn = flex_dense_attention
         if device.type == "cuda":
-            fn = torch.compile(flex_dense_attention, dynamic=False)
+            return _flex_on_gpu()
     else:
         raise ValueError(f"unknown implementation {name!r}; expected one of {IMPLS}")
     return lambda problem: _call(fn, problem)
+
+
+# FlexAttention's default tiles run out of shared memory at Cqk 640 (its template pads the head
+# dimension to 1024): on failure the next, smaller tiling is compiled, and the first that works
+# is kept for the block.
+FLEX_TILINGS = (
+    None,
+    {"BLOCK_M": 32, "BLOCK_N": 32, "num_stages": 1, "num_warps": 4},
+    {"BLOCK_M": 16, "BLOCK_N": 16, "num_stages": 1, "num_warps": 4},
+)
+
+
+def _flex_on_gpu() -> Impl:
+    state: dict = {}
+
+    def run(problem: AttentionProblem) -> Outputs:
+        if "fn" in state:
+            return _call(state["fn"], problem)
+        errors = []
+        for options in FLEX_TILINGS:
+            fn = torch.compile(
+                functools.partial(flex_dense_attention, kernel_options=options), dynamic=False
+            )
+            try:
+                result = _call(fn, problem)
+            except Exception as err:  # Inductor raises many kinds
+                errors.append(f"{options}: {first_line(err)}")
+                torch._dynamo.reset()
+                continue
+            state["fn"] = fn
+            state["options"] = options
+            return result
+        raise RuntimeError("no FlexAttention tiling compiles: " + "; ".join(errors))
+
+    return run
 
 
 def passes_of(impl: str, passes: list[str]) -> list[str]:

@@ -964,7 +964,9 @@ def attention(
         q_prune.contiguous(),
         k_prune.contiguous(),
         warp_values.contiguous() if warp_values is not None else None,
-        candidates.contiguous(),
+        # int64 whatever was given: Triton 3.6 (PyTorch 2.11's) fails to compile these kernels
+        # with int32 indices (a layout pass crashes), 3.9 does not; an int32 list is small.
+        candidates.to(torch.int64).contiguous(),
         window,
         scale,
         prune_scale,

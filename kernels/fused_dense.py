@@ -597,6 +597,122 @@ def _dense_bwd_key_kernel(
     tl.store(dx_ptrs, acc.to(DX.dtype.element_ty), mask=key_ok[:, None] & col_ok[None, :])
 
 
+@triton.jit
+def _dense_bwd_tile_kernel(
+    Q,
+    K,
+    V,
+    QP,
+    KP,
+    WV,
+    DOUT,
+    DCONF,
+    DWARP,
+    LSE,
+    LSE_W,
+    WARP_ALL,
+    DELTA,
+    DELTA_W,
+    DZ,
+    DS,
+    PM,
+    PW,
+    stride_qb,
+    stride_qn,
+    stride_kb,
+    stride_kn,
+    stride_vb,
+    stride_vn,
+    stride_qpb,
+    stride_qpn,
+    stride_kpb,
+    stride_kpn,
+    stride_wvb,
+    stride_wvn,
+    row0,
+    n_rows,
+    n_q,
+    n_k,
+    c_qk,
+    c_p,
+    c_v,
+    c_w,
+    scale,
+    prune_scale,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_DP: tl.constexpr,
+    BLOCK_DV: tl.constexpr,
+    BLOCK_W: tl.constexpr,
+    WARP_MODE: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    """The tiled backward's one kernel. Grid (query tiles of rows row0 .. row0 + n_rows, key
+    tiles, batch). A program recomputes its (queries x keys) tile of z, s and g once, from the
+    saved statistics, and writes the four tiles every gradient is a product of: dz * scale (for
+    dq, dk), ds (for dq_prune, dk_prune), p m (for dv) and the warp weights (for dwarp_values),
+    into [B, n_rows, n_k] buffers of the input dtype; matrix products over whole rows of those
+    (cuBLAS) finish the gradients. Unlike the streamed kernels, no tile is computed twice."""
+    pid_m = tl.program_id(0).to(tl.int64)
+    pid_n = tl.program_id(1).to(tl.int64)
+    pid_b = tl.program_id(2).to(tl.int64)
+    Q += pid_b * stride_qb
+    K += pid_b * stride_kb
+    V += pid_b * stride_vb
+    QP += pid_b * stride_qpb
+    KP += pid_b * stride_kpb
+    WV += pid_b * stride_wvb
+    DOUT += pid_b * n_q * c_v
+    DWARP += pid_b * n_q * c_w
+
+    local = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    rows = row0 + local
+    row_ok = (local < n_rows) & (rows < n_q)
+    keys = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    key_ok = keys < n_k
+    valid = row_ok[:, None] & key_ok[None, :]
+    stat = pid_b * n_q + rows
+    lse = tl.load(LSE + stat, mask=row_ok, other=0.0)
+    delta = tl.load(DELTA + stat, mask=row_ok, other=0.0)
+    dconf = tl.load(DCONF + stat, mask=row_ok, other=0.0).to(tl.float32)
+
+    z2 = (scale * _LOG2E) * _row_dots(
+        Q, rows, row_ok, stride_qn, K, keys, key_ok, stride_kn, c_qk,
+        BLOCK_M, BLOCK_N, BLOCK_D, PRECISION,
+    )  # fmt: skip
+    s = prune_scale * _row_dots(
+        QP, rows, row_ok, stride_qpn, KP, keys, key_ok, stride_kpn, c_p,
+        BLOCK_M, BLOCK_N, BLOCK_DP, PRECISION,
+    )  # fmt: skip
+    g = dconf[:, None] + _row_dots(
+        DOUT, rows, row_ok, c_v, V, keys, key_ok, stride_vn, c_v,
+        BLOCK_M, BLOCK_N, BLOCK_DV, PRECISION,
+    )  # fmt: skip
+    p = tl.where(valid, tl.exp2(z2 - lse[:, None]), 0.0)
+    kept = s > 0
+    dz = p * (tl.where(kept, g, 0.0) - delta[:, None])
+    sig = tl.sigmoid(s)
+    ds = (g * p * sig * (1.0 - sig)) * prune_scale
+
+    out = (pid_b * n_rows + local).to(tl.int64)[:, None] * n_k + keys[None, :]
+    if WARP_MODE != 0:
+        lse_w = tl.load(LSE_W + stat, mask=row_ok, other=0.0)
+        delta_w = tl.load(DELTA_W + stat, mask=row_ok, other=0.0)
+        warp_all = tl.load(WARP_ALL + stat, mask=row_ok, other=0) != 0
+        sel = _warp_selection(s, valid, warp_all[:, None], WARP_MODE)
+        w = tl.where(sel, tl.exp2(z2 - lse_w[:, None]), 0.0)
+        gw = _few_channel_dots(
+            DWARP, rows, row_ok, c_w, WV, keys, key_ok, stride_wvn, c_w,
+            BLOCK_M, BLOCK_N, BLOCK_W,
+        )  # fmt: skip
+        dz += w * (gw - delta_w[:, None])
+        tl.store(PW + out, w.to(PW.dtype.element_ty), mask=valid)
+    tl.store(DZ + out, (dz * scale).to(DZ.dtype.element_ty), mask=valid)
+    tl.store(DS + out, ds.to(DS.dtype.element_ty), mask=valid)
+    tl.store(PM + out, tl.where(kept, p, 0.0).to(PM.dtype.element_ty), mask=valid)
+
+
 # --------------------------------------------------------------------------------------------------
 # Launch configurations: the search space, defaults, and block sizes derived from the problem
 # --------------------------------------------------------------------------------------------------
@@ -638,9 +754,26 @@ _CANDIDATES: dict[str, tuple[tuple[int, int, int, int, int], ...]] = {
         (16, 16, 512, 8, 1),  # the widest
         (16, 16, 256, 4, 1),  # four warps
     ),
+    # The tiled backward's kernel owns its output tile (no accumulator over a stream, no output
+    # chunks): wide tiles like a matrix product's, with pipelined channel loads. Chunk unused.
+    "dense_bwd_tile": (
+        (64, 32, 0, 8, 2),  # no spills with fp32 inputs either (64 x 64 spills there)
+        (64, 64, 0, 8, 2),  # square tile, fewer operand reloads: bf16 and fp16 only
+        (64, 64, 0, 8, 1),
+        (64, 32, 0, 8, 1),
+        (32, 32, 0, 4, 2),
+    ),
 }
 # Channels per step of the reductions behind the score tiles (z, s and g).
 _BLOCK_D = 64
+# Elements of each [B, rows, Nk] scratch buffer of the tiled backward (3 or 4 of them, in the
+# input dtype): 2^25 is 64 MB in bf16. Beyond it the backward runs in chunks of query rows.
+TILE_BUDGET = 1 << 25
+# Which backward runs: "tiled" (default: `_dense_bwd_tile_kernel` plus matrix products, bounded
+# scratch) or "streamed" (`_dense_bwd_query_kernel` and `_dense_bwd_key_kernel`: no scratch at
+# all, every score tile recomputed per output chunk, several times slower at the model's sizes).
+BACKWARD_ENV = "DYNAST_DENSE_BACKWARD"
+BACKWARD_STRATEGIES = ("tiled", "streamed")
 # Shared memory of the smallest card we build for (A100: 163 KB), with slack for the compiler's
 # own scratch; fp32 values per thread for the tiles a program keeps live (accumulator and score
 # tiles), leaving about 110 of the 255 registers to operands, pointers and masks.
@@ -677,6 +810,9 @@ def _meta(kernel: str, dims: dict[str, int], config: LaunchConfig) -> dict[str, 
         meta["BLOCK_V"] = min(config["BLOCK_V"], _pad16(dims["Cv"]))
         meta["BLOCK_K"] = triton.next_power_of_2(max(dims["k"], 1))
         return meta
+    if kernel == "dense_bwd_tile":
+        meta["BLOCK_DV"] = min(block_d, _pad16(dims["Cv"]))
+        return meta
     widest = max(dims["Cqk"], dims["Cp"])
     if kernel == "dense_bwd_key":
         widest = max(widest, dims["Cv"], dims["Cw"])
@@ -698,6 +834,10 @@ def _fits(kernel: str, dims: dict[str, int], config: LaunchConfig) -> bool:
     memory. A coarse filter; `python -m kernels.aot` gives the real numbers."""
     meta = _meta(kernel, dims, config)
     m, n, d = meta["BLOCK_M"], meta["BLOCK_N"], meta["BLOCK_D"]
+    if kernel == "dense_bwd_tile":  # z, s, g, p, dz, ds live at once; three operand pairs
+        live = 6 * m * n / (32 * config["num_warps"])
+        shared = 2 * config["num_stages"] * (m + n) * d
+        return live <= _REGISTER_BUDGET and shared <= _SHARED_BUDGET
     rows = n if kernel == "dense_bwd_key" else m
     out = meta["BLOCK_V"] if kernel == "dense_fwd" else meta["BLOCK_C"]
     live = (rows * out + 4 * m * n) / (32 * config["num_warps"])
@@ -707,14 +847,10 @@ def _fits(kernel: str, dims: dict[str, int], config: LaunchConfig) -> bool:
 
 def _config_of(kernel: str, candidate: tuple[int, int, int, int, int]) -> LaunchConfig:
     block_m, block_n, chunk, num_warps, num_stages = candidate
-    return {
-        "BLOCK_M": block_m,
-        "BLOCK_N": block_n,
-        "BLOCK_D": _BLOCK_D,
-        "BLOCK_V" if kernel == "dense_fwd" else "BLOCK_C": chunk,
-        "num_warps": num_warps,
-        "num_stages": num_stages,
-    }
+    config = {"BLOCK_M": block_m, "BLOCK_N": block_n, "BLOCK_D": _BLOCK_D}
+    if kernel != "dense_bwd_tile":
+        config["BLOCK_V" if kernel == "dense_fwd" else "BLOCK_C"] = chunk
+    return {**config, "num_warps": num_warps, "num_stages": num_stages}
 
 
 def _space(kernel: str, dims: dict[str, int]) -> list[LaunchConfig]:
@@ -924,6 +1060,101 @@ def _launch_backward(
     return result
 
 
+def _chunk_rows(b: int, nq: int, nk: int) -> int:
+    """Query rows per pass of the tiled backward: all of them while a [B, rows, Nk] buffer stays
+    within TILE_BUDGET elements, else fewer (a multiple of 64, at least 64), so that its scratch
+    memory stays bounded however many tokens there are."""
+    if b * nq * nk <= TILE_BUDGET:
+        return nq
+    return min(nq, max(64, TILE_BUDGET // (b * nk) // 64 * 64))
+
+
+def _tiled_backward(
+    inputs: Inputs,
+    stats: dict[str, Tensor | None],
+    grads: dict[str, Tensor | None],
+    wanted: dict[str, bool],
+    scale: float,
+    prune_scale: float,
+    warp_mode: int,
+    config: LaunchConfig,
+) -> dict[str, Tensor | None]:
+    """Every wanted gradient, by the tiled backward: per chunk of query rows, one launch of
+    `_dense_bwd_tile_kernel` writes dz, ds, p m and the warp weights for all keys, and batched
+    matrix products (cuBLAS on a GPU) turn them into dq and dq_prune for those rows and add the
+    chunk's share of dk, dk_prune, dv and dwarp_values. With the model's 640 and 512 channels the
+    streamed kernels recompute every score tile once per output chunk (4 and 7 times), which
+    this avoids, at the cost of TILE_BUDGET elements of scratch per buffer."""
+    q, k, v, q_prune, k_prune, warp_values = inputs
+    dims = _dims(inputs, 0)
+    b, nq, nk = dims["B"], dims["Nq"], dims["Nk"]
+    dtype, dev = q.dtype, q.device
+    rows = _chunk_rows(b, nq, nk)
+    chunked = rows < nq
+    # Several chunks' products are summed in fp32; one chunk's is the gradient itself.
+    acc_dtype = torch.float32 if chunked else dtype
+    result: dict[str, Tensor | None] = {name: None for name in GRADIENT_NAMES}
+    for name, x in (("dq", q), ("dq_prune", q_prune)):
+        if wanted[name]:
+            result[name] = _empty(x.shape, dtype, dev)
+    key_side = {"dk": k, "dk_prune": k_prune, "dv": v, "dwarp_values": warp_values}
+    for name, x in key_side.items():
+        if wanted[name] and x is not None:
+            result[name] = torch.zeros(x.shape, dtype=acc_dtype, device=dev) if chunked else None
+    if all(not wanted[name] for name in GRADIENT_NAMES):
+        return result
+
+    warp = warp_mode != 0
+    scratch = [torch.empty(b * rows * nk, dtype=dtype, device=dev) for _ in range(3 + warp)]
+    lse = stats["lse"]
+    warp_all = stats["warp_all"]
+    if warp_all is None:
+        warp_all = torch.empty(1, dtype=torch.int32, device=dev)
+    dout, dwarp = grads["dout"], grads["dwarp"]
+    meta = _meta("dense_bwd_tile", dims, config)
+    args = _input_args(inputs)
+    for row0 in range(0, nq, rows):
+        n = min(rows, nq - row0)
+        dz, ds, pm, *pw = (buf[: b * n * nk].view(b, n, nk) for buf in scratch)
+        grid = (triton.cdiv(n, meta["BLOCK_M"]), triton.cdiv(nk, meta["BLOCK_N"]), b)
+        _dense_bwd_tile_kernel[grid](
+            *args[:6],
+            dout, grads["dconf"], dout if dwarp is None else dwarp,
+            lse, lse if stats["lse_w"] is None else stats["lse_w"], warp_all,
+            grads["delta"], lse if grads["delta_w"] is None else grads["delta_w"],
+            dz, ds, pm, pw[0] if warp else pm,
+            *args[6:],
+            row0, n, nq, nk, dims["Cqk"], dims["Cp"], dims["Cv"], dims["Cw"],
+            scale, prune_scale,
+            **meta,
+            WARP_MODE=warp_mode,
+            PRECISION=_precision(dtype),
+            num_warps=config["num_warps"],
+            num_stages=config["num_stages"],
+        )  # fmt: skip
+        span = slice(row0, row0 + n)
+        if result["dq"] is not None:
+            result["dq"][:, span] = torch.bmm(dz, k)
+        if result["dq_prune"] is not None:
+            result["dq_prune"][:, span] = torch.bmm(ds, k_prune)
+        key_terms = {
+            "dk": (dz, q), "dk_prune": (ds, q_prune), "dv": (pm, dout),
+            "dwarp_values": (pw[0] if warp else None, dwarp),
+        }  # fmt: skip
+        for name, (tile, x) in key_terms.items():
+            if not wanted[name] or key_side[name] is None:
+                continue
+            product = torch.bmm(tile.transpose(1, 2), x[:, span])
+            if chunked:
+                result[name].add_(product)
+            else:
+                result[name] = product
+    for name in key_side:
+        if chunked and result[name] is not None:
+            result[name] = result[name].to(dtype)
+    return result
+
+
 # --------------------------------------------------------------------------------------------------
 # Tunable kernels (what the autotuner sweeps) and ahead-of-time compile cases
 # --------------------------------------------------------------------------------------------------
@@ -995,6 +1226,23 @@ def _backward_runner(side: str):
     return make
 
 
+def _tile_runner(
+    dims: dict[str, int], config: LaunchConfig, device: torch.device, dtype: torch.dtype
+) -> Callable[[], dict[str, Tensor | None]]:
+    """make_runner of the tiled backward: as `_backward_runner`'s, the callable computes every
+    gradient (the kernel and the matrix products after it, which the config does not change)."""
+    inputs = _random_inputs(dims, device, dtype)
+    scale, prune_scale = _release_scales(dims)
+    warp_mode = WARP_MODE_IDS["kept"] if dims["Cw"] else 0
+    fwd = _launch_forward(inputs, scale, prune_scale, 0, warp_mode, FORWARD.default(dims))
+    upstream = _random_upstream(dims, device, dtype)
+    grads = _backward_grads(fwd["out"], fwd["conf"], fwd["warp"], *upstream)
+    wanted = dict.fromkeys(GRADIENT_NAMES, True)
+    return lambda: _tiled_backward(
+        inputs, fwd, grads, wanted, scale, prune_scale, warp_mode, config
+    )
+
+
 def _tunable(kernel: str, make_runner) -> TunableKernel:
     return TunableKernel(
         name=kernel,
@@ -1008,9 +1256,11 @@ GRADIENT_NAMES = ("dq", "dk", "dv", "dq_prune", "dk_prune", "dwarp_values")
 FORWARD = _tunable("dense_fwd", _forward_runner)
 BACKWARD_QUERY = _tunable("dense_bwd_query", _backward_runner("query"))
 BACKWARD_KEY = _tunable("dense_bwd_key", _backward_runner("key"))
-TUNABLE: list[TunableKernel] = [FORWARD, BACKWARD_QUERY, BACKWARD_KEY]
+BACKWARD_TILE = _tunable("dense_bwd_tile", _tile_runner)
+TUNABLE: list[TunableKernel] = [FORWARD, BACKWARD_TILE, BACKWARD_QUERY, BACKWARD_KEY]
 _KERNEL_FUNCTIONS = {
     "dense_fwd": _dense_fwd_kernel,
+    "dense_bwd_tile": _dense_bwd_tile_kernel,
     "dense_bwd_query": _dense_bwd_query_kernel,
     "dense_bwd_key": _dense_bwd_key_kernel,
 }
@@ -1064,7 +1314,7 @@ def _aligned_arguments(fn: triton.JITFunction, dims: dict[str, int], meta: dict[
     channels = {"q": dims["Cqk"], "k": dims["Cqk"], "v": dims["Cv"], "qp": dims["Cp"]}
     channels |= {"kp": dims["Cp"], "wv": dims["Cw"]}
     values = {"n_q": nq, "n_k": nk, "c_qk": dims["Cqk"], "c_p": dims["Cp"], "c_v": dims["Cv"]}
-    values |= {"c_w": dims["Cw"], "top_k": dims["k"]}
+    values |= {"c_w": dims["Cw"], "top_k": dims["k"], "row0": 0, "n_rows": nq}
     for name, c in channels.items():
         tokens = nq if name in ("q", "qp") else nk
         values[f"stride_{name}b"], values[f"stride_{name}n"] = tokens * c, c
@@ -1099,8 +1349,10 @@ def aot_cases() -> list[AotCase]:
             space = [default] if defaults_only else kernel.space(kernel_dims)
             for config in space:
                 meta = _meta(kernel.name, kernel_dims, config)
-                out = f"V{meta['BLOCK_V']}" if kernel is FORWARD else f"C{meta['BLOCK_C']}"
-                blocks = f"M{meta['BLOCK_M']} N{meta['BLOCK_N']} D{meta['BLOCK_D']} {out}"
+                out = {"BLOCK_V": "V", "BLOCK_C": "C"}
+                blocks = f"M{meta['BLOCK_M']} N{meta['BLOCK_N']} D{meta['BLOCK_D']}" + "".join(
+                    f" {letter}{meta[name]}" for name, letter in out.items() if name in meta
+                )
                 cases.append(
                     AotCase(
                         label=f"{kernel.name} {sizes} {blocks}",
@@ -1120,6 +1372,16 @@ def aot_cases() -> list[AotCase]:
 # --------------------------------------------------------------------------------------------------
 # Autograd and the public operator
 # --------------------------------------------------------------------------------------------------
+
+
+def backward_strategy() -> str:
+    """The dense backward `$DYNAST_DENSE_BACKWARD` asks for ("tiled" when unset)."""
+    value = os.environ.get(BACKWARD_ENV, "tiled").strip().lower() or "tiled"
+    if value not in BACKWARD_STRATEGIES:
+        raise ValueError(
+            f"${BACKWARD_ENV}={value!r}: expected one of {', '.join(BACKWARD_STRATEGIES)}"
+        )
+    return value
 
 
 class _DenseAttention(torch.autograd.Function):
@@ -1161,6 +1423,12 @@ class _DenseAttention(torch.autograd.Function):
         order = ("dq", "dk", "dv", "dq_prune", "dk_prune", "dwarp_values")
         wanted = dict(zip(order, ctx.needs_input_grad[:6], strict=True))
         dims = _dims(inputs, 0)
+        if backward_strategy() == "tiled":
+            config = _config(BACKWARD_TILE, dims, inputs[0].device)
+            result = _tiled_backward(
+                inputs, stats, grads, wanted, ctx.scale, ctx.prune_scale, ctx.warp_mode, config
+            )
+            return *(result[name] for name in order), None, None, None, None
         result: dict[str, Tensor | None] = {}
         for side, kernel in (("query", BACKWARD_QUERY), ("key", BACKWARD_KEY)):
             config = _config(kernel, dims, inputs[0].device)

@@ -6,6 +6,8 @@ module declares. `python -m kernels.autotune` writes the file (atomically, so pr
 concurrently see either the old or the new table, never half of one).
 
 `$DYNAST_TUNING_FILE` names the file; the default is `~/.cache/dynast/kernel_tuning.json`.
+Where that file has no entry, the table shipped with the package (`kernels/tuning_shipped.json`:
+winners measured on the GPUs this project was timed on, see docs/benchmarks.md) is consulted.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import torch
 LaunchConfig = dict[str, int]
 
 TUNING_FILE_ENV = "DYNAST_TUNING_FILE"
+SHIPPED_TABLE = Path(__file__).with_name("tuning_shipped.json")
 
 
 @dataclass(frozen=True)
@@ -100,17 +103,18 @@ def load_table(path: Path | None = None) -> dict:
 
 
 def tuned_config(kernel: TunableKernel, dims: dict[str, int], device: torch.device) -> LaunchConfig:
-    """The autotuner's winner for this GPU, Triton version and shape bucket, else the default."""
-    table = load_table()
-    entry = (
-        table.get(device_name(device), {})
-        .get(triton_version(), {})
-        .get(kernel.name, {})
-        .get(shape_key(dims))
-    )
-    if entry is None:
-        return kernel.default(dims)
-    return dict(entry["config"])
+    """The autotuner's winner for this GPU, Triton version and shape bucket (from the user's table,
+    else the shipped one), else the default."""
+    for table in (load_table(), load_table(SHIPPED_TABLE)):
+        entry = (
+            table.get(device_name(device), {})
+            .get(triton_version(), {})
+            .get(kernel.name, {})
+            .get(shape_key(dims))
+        )
+        if entry is not None:
+            return dict(entry["config"])
+    return kernel.default(dims)
 
 
 def record_winner(

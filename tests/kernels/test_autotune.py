@@ -273,8 +273,37 @@ def test_winners_are_recorded_under_the_keys_the_kernels_look_up(
     op = kernels.dynamic_attention if shape.block == "dense" else kernels.candidate_attention
     result = op(*p.positional(), **p.keywords(), backend="triton")
     (result.out.sum() + result.conf.sum() + result.warp.sum()).backward()
+    if shape.block == "dense":  # the other backward strategy looks up its own two kernels
+        monkeypatch.setenv(module.BACKWARD_ENV, "streamed")
+        result = op(*p.positional(), **p.keywords(), backend="triton")
+        (result.out.sum() + result.conf.sum() + result.warp.sum()).backward()
     names = {name for name, _ in asked}
     assert names == set(tunable_names(module_name))  # forward and every backward kernel looked up
     for name, dims in asked:
         kernel = next(k for k in autotune.load_kernels(module_name) if k.name == name)
         assert dims == shape.dims(batch, backward=autotune.is_backward(kernel)), name
+
+
+def test_shipped_table_names_real_kernels_and_parameters() -> None:
+    """The table shipped with the package (winners measured on real GPUs) must name kernels that
+    exist, with the launch parameters their defaults have: a renamed kernel or parameter would
+    otherwise be silently ignored, or crash the launch."""
+    from kernels import fused_candidates, fused_dense
+    from kernels.tuning import SHIPPED_TABLE, load_table
+
+    kernels = {k.name: k for k in (*fused_dense.TUNABLE, *fused_candidates.TUNABLE)}
+    samples = {
+        **dict.fromkeys((k.name for k in fused_dense.TUNABLE), fused_dense.AOT_DIMS[0]),
+        **dict.fromkeys(
+            (k.name for k in fused_candidates.TUNABLE), fused_candidates.tuning_dims()[0]
+        ),
+    }
+    table = load_table(SHIPPED_TABLE)
+    assert table, f"{SHIPPED_TABLE} is empty or missing"
+    for gpu, versions in table.items():
+        for version, by_kernel in versions.items():
+            for name, entries in by_kernel.items():
+                assert name in kernels, f"{gpu}/{version}: unknown kernel {name}"
+                want = set(kernels[name].default(samples[name]))
+                for key, entry in entries.items():
+                    assert set(entry["config"]) == want, f"{gpu}/{version}/{name}/{key}"

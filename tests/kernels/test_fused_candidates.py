@@ -23,6 +23,8 @@ from kernels.reference import reference_candidate_attention
 B, H, W, K = 2, 6, 10, 3
 N = H * W
 NAMES = ("q", "k", "v", "q_prune", "k_prune", "warp_values")
+# The interpreter runs the kernels on CPU tensors; with a GPU the same tests run on it.
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 @pytest.fixture(autouse=True)
@@ -67,21 +69,23 @@ def make_inputs(
         "k_prune": k_prune,
         "warp_values": randn(B, N, 3),
     }
-    return {name: t.to(dtype).requires_grad_() for name, t in x.items()}
+    return {name: t.to(DEVICE, dtype).requires_grad_() for name, t in x.items()}
 
 
 def make_candidates(kind: str, seed: int) -> Tensor:
     gen = torch.Generator().manual_seed(seed)
+
+    def randint(high: int, shape: tuple[int, ...], dtype: torch.dtype = torch.int64) -> Tensor:
+        return torch.randint(0, high, shape, generator=gen, dtype=dtype).to(DEVICE)
+
     if kind == "inter":  # window-shared lists, M = 4k
-        coarse = torch.randint(0, N // 4, (B, N // 4, K), generator=gen)
-        return inter_scale_candidates(coarse, H, W)
+        return inter_scale_candidates(randint(N // 4, (B, N // 4, K)), H, W)
     if kind == "inter-copy":  # the same lists without the window mark: one list per query
-        coarse = torch.randint(0, N // 4, (B, N // 4, K), generator=gen)
-        return inter_scale_candidates(coarse, H, W).clone()
+        return inter_scale_candidates(randint(N // 4, (B, N // 4, K)), H, W).clone()
     if kind == "inner":  # borders clamp and duplicate, M = 5k
-        return inner_scale_candidates(torch.randint(0, N, (B, N, K), generator=gen), H, W)
+        return inner_scale_candidates(randint(N, (B, N, K)), H, W)
     if kind == "random":  # any keys, an odd M, int32
-        return torch.randint(0, N, (B, N, 7), generator=gen, dtype=torch.int32)
+        return randint(N, (B, N, 7), torch.int32)
     raise ValueError(kind)
 
 
@@ -149,9 +153,9 @@ def compare(
 ) -> None:
     gen = torch.Generator().manual_seed(seed + 1)
     grads = {
-        "out": torch.randn(B, N, x["v"].shape[2], generator=gen),
-        "conf": torch.randn(B, N, generator=gen),
-        "warp": torch.randn(B, N, 3, generator=gen),
+        "out": torch.randn(B, N, x["v"].shape[2], generator=gen).to(DEVICE),
+        "conf": torch.randn(B, N, generator=gen).to(DEVICE),
+        "warp": torch.randn(B, N, 3, generator=gen).to(DEVICE),
     }
     kw = dict(scale=scale, topk=topk, warp_over=warp_over, with_warp=with_warp)
     ref, ref_grads = run("torch", x, cand, grads, **kw)
@@ -270,8 +274,8 @@ def test_every_config_of_the_space(kind: str, config: dict) -> None:
     """Each launch config the autotuner may pick computes the same forward and backward."""
     x = {n: t.detach() for n, t in make_inputs(24, 8, 20, torch.float32, 11).items()}
     gen = torch.Generator().manual_seed(12)
-    coarse = torch.randint(0, N // 4, (B, N // 4, 4), generator=gen)
-    own = torch.randint(0, N, (B, N, 4), generator=gen)
+    coarse = torch.randint(0, N // 4, (B, N // 4, 4), generator=gen).to(DEVICE)
+    own = torch.randint(0, N, (B, N, 4), generator=gen).to(DEVICE)
     if kind == "inter":
         cand = inter_scale_candidates(coarse, H, W)
     else:
@@ -324,7 +328,7 @@ def test_launch_configs() -> None:
 def test_tuning_runners_launch(kernel) -> None:
     """The autotuner's runners build their own inputs and launch the kernel once."""
     dims = {"Nq": 64, "Cqk": 24, "Cp": 8, "Cv": 20, "Cw": 3, "M": 16, "G": 4}
-    runner = kernel.make_runner(dims, kernel.default(dims), torch.device("cpu"), torch.float32)
+    runner = kernel.make_runner(dims, kernel.default(dims), DEVICE, torch.float32)
     result = runner()
     assert all(torch.isfinite(t).all() for t in result if t is not None and t.is_floating_point())
 
@@ -394,7 +398,10 @@ def test_gpu_matches_reference(block: str, dtype: torch.dtype) -> None:
 @pytest.mark.parametrize("block", ["inter", "inner"])
 def test_gpu_atomics_repeatable(block: str) -> None:
     """Repeated backwards on the same inputs: the scattered gradients (fp32 atomics, many queries
-    hitting the same keys) agree with the reference every time; a race would drop an update."""
+    hitting the same keys) agree with the reference every time; a race would drop an update.
+    At scale 100 the fp32 rounding of a score moves p by ~1e-5 relative, and a gradient element
+    that is a near-cancelling sum inherits that absolutely: the tolerance is 1e-3 of the largest
+    element, far below what one dropped update of the ~20 queries per key would cost."""
     problem = gpu_problem(block, torch.float32)
     torch.manual_seed(1)
     n, cv = problem.q.shape[1], problem.v.shape[2]
@@ -408,4 +415,5 @@ def test_gpu_atomics_repeatable(block: str) -> None:
     for _ in range(20):
         _, got_grads = gpu_grads(problem, "triton", grads)
         for name, g, r in zip(names, got_grads, ref_grads, strict=True):
-            assert_close(g, r, name=f"d{name}", atol=1e-4, rtol=1e-4)
+            scale = r.abs().max().item()
+            assert_close(g, r, name=f"d{name}", atol=1e-3 * scale, rtol=1e-4)

@@ -193,6 +193,7 @@ SMALL_BLOCKS = {
     "dense_fwd": {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_D": 32, "BLOCK_V": 16},
     "dense_bwd_query": {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_D": 32, "BLOCK_C": 32},
     "dense_bwd_key": {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_D": 32, "BLOCK_C": 32},
+    "dense_bwd_tile": {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_D": 32},
 }
 
 
@@ -213,6 +214,31 @@ def test_matches_reference_with_small_tiles(
     monkeypatch.setattr(fused_dense, "_config", lambda kernel, dims, device: configs[kernel.name])
     inputs = make_inputs(dtype, cqk=48, cp=24, cv=40, nq=40, nk=20)
     check_against_reference(inputs, **_scales(inputs), topk=3, warp_over="kept")
+
+
+def test_tiled_backward_in_chunks_of_query_rows(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A scratch budget of 64 rows x 20 keys x B 2 elements: 150 queries in passes of 64, 64
+    and 22 rows, their key-side gradients summed in fp32."""
+    monkeypatch.setattr(fused_dense, "TILE_BUDGET", 2 * 64 * 20)
+    inputs = make_inputs(torch.float16, nq=150, nk=20)
+    assert fused_dense._chunk_rows(2, 150, 20) == 64
+    check_against_reference(inputs, **_scales(inputs), topk=3, warp_over="pruned")
+
+
+@pytest.mark.parametrize("warp_over", ["kept", "all"])
+def test_streamed_backward_matches_reference(
+    warp_over: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The scratch-free backward that $DYNAST_DENSE_BACKWARD=streamed selects."""
+    monkeypatch.setenv(fused_dense.BACKWARD_ENV, "streamed")
+    inputs = make_inputs(torch.float32)
+    check_against_reference(inputs, **_scales(inputs), topk=3, warp_over=warp_over)
+
+
+def test_unknown_backward_strategy_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(fused_dense.BACKWARD_ENV, "fastest")
+    with pytest.raises(ValueError, match=r"DYNAST_DENSE_BACKWARD='fastest'.*tiled, streamed"):
+        fused_dense.backward_strategy()
 
 
 def test_without_warp_or_topk() -> None:
@@ -238,7 +264,7 @@ def test_strided_inputs() -> None:
         if name in ("q", "v"):
             x = x.transpose(1, 2).contiguous().transpose(1, 2)  # channel stride = tokens
         elif name in ("k", "k_prune"):
-            wide = torch.zeros(x.shape[0], 2 * x.shape[1], x.shape[2], dtype=x.dtype)
+            wide = x.new_zeros(x.shape[0], 2 * x.shape[1], x.shape[2])
             wide[:, ::2] = x
             x = wide[:, ::2]  # token stride = 2 rows
         views[name] = x.requires_grad_()
@@ -250,8 +276,8 @@ def test_topk_ties_go_to_the_lower_key_index() -> None:
     """Scores that are small integers tie exactly; the kernel must pick the lowest key index
     among equals, as the reference's stable sort does (k = 5: a non-power-of-two list)."""
     gen = torch.Generator().manual_seed(3)
-    q = torch.randint(-1, 2, (B, NQ, 16), generator=gen).float()
-    k = torch.randint(-1, 2, (B, NK, 16), generator=gen).float()
+    q = torch.randint(-1, 2, (B, NQ, 16), generator=gen).float().to(_device())
+    k = torch.randint(-1, 2, (B, NK, 16), generator=gen).float().to(_device())
     k[:, 7] = k[:, 3]  # duplicate keys: whole rows of ties
     inputs = make_inputs(torch.float32, cqk=16)
     inputs["q"], inputs["k"] = q.requires_grad_(), k.requires_grad_()
