@@ -8,9 +8,12 @@ log-sum-exps and recomputes scores tile by tile. `docs/kernels-dense.md` derives
 
 Layout: token-major tensors with contiguous channels; a program's scores are fp32 whatever the
 input dtype; softmax runs in base 2 (`z2 = z * log2 e`), so the saved statistics are base-2
-log-sum-exps. The backward has one kernel per side: the query side writes dq and dq_prune, the
-key side dk, dk_prune, dv and dwarp_values; each program owns a tile of rows and one chunk of one
-gradient's channels, so no two programs write the same element and no atomics are needed.
+log-sum-exps. The default backward is tiled: one kernel recomputes each (queries x keys) score
+tile once and writes the tiles every gradient is a product of (bounded scratch, chunks of query
+rows), and batched matrix products finish the gradients. The streamed backward
+(`DYNAST_DENSE_BACKWARD=streamed`, no scratch) has one kernel per side: the query side writes dq
+and dq_prune, the key side dk, dk_prune, dv and dwarp_values; each program owns a tile of rows and
+one chunk of one gradient's channels, so no two programs write the same element (no atomics).
 """
 
 from __future__ import annotations
