@@ -1207,24 +1207,34 @@ def _random_upstream(
     )
 
 
+def _backward_problem(dims: dict[str, int], device: torch.device, dtype: torch.dtype) -> dict:
+    """What a backward runner needs: fresh inputs and upstream gradients, the release's scales,
+    the forward's statistics (default config) and every gradient wanted."""
+    inputs = _random_inputs(dims, device, dtype)
+    scale, prune_scale = _release_scales(dims)
+    warp_mode = WARP_MODE_IDS["kept"] if dims["Cw"] else 0
+    fwd = _launch_forward(inputs, scale, prune_scale, 0, warp_mode, FORWARD.default(dims))
+    upstream = _random_upstream(dims, device, dtype)
+    return {
+        "inputs": inputs,
+        "stats": fwd,
+        "grads": _backward_grads(fwd["out"], fwd["conf"], fwd["warp"], *upstream),
+        "wanted": dict.fromkeys(GRADIENT_NAMES, True),
+        "scale": scale,
+        "prune_scale": prune_scale,
+        "warp_mode": warp_mode,
+    }
+
+
 def _backward_runner(side: str):
-    """make_runner of one backward kernel: fresh inputs and upstream gradients, the forward's
-    statistics (default config); the callable launches that side's kernel once, for every
-    gradient it writes."""
+    """make_runner of one streamed backward kernel: the callable launches that side's kernel once,
+    for every gradient it writes."""
 
     def make(
         dims: dict[str, int], config: LaunchConfig, device: torch.device, dtype: torch.dtype
     ) -> Callable[[], dict[str, Tensor | None]]:
-        inputs = _random_inputs(dims, device, dtype)
-        scale, prune_scale = _release_scales(dims)
-        warp_mode = WARP_MODE_IDS["kept"] if dims["Cw"] else 0
-        fwd = _launch_forward(inputs, scale, prune_scale, 0, warp_mode, FORWARD.default(dims))
-        upstream = _random_upstream(dims, device, dtype)
-        grads = _backward_grads(fwd["out"], fwd["conf"], fwd["warp"], *upstream)
-        wanted = dict.fromkeys(GRADIENT_NAMES, True)
-        return lambda: _launch_backward(
-            side, inputs, fwd, grads, wanted, scale, prune_scale, warp_mode, config
-        )
+        problem = _backward_problem(dims, device, dtype)
+        return lambda: _launch_backward(side, **problem, config=config)
 
     return make
 
@@ -1232,18 +1242,10 @@ def _backward_runner(side: str):
 def _tile_runner(
     dims: dict[str, int], config: LaunchConfig, device: torch.device, dtype: torch.dtype
 ) -> Callable[[], dict[str, Tensor | None]]:
-    """make_runner of the tiled backward: as `_backward_runner`'s, the callable computes every
-    gradient (the kernel and the matrix products after it, which the config does not change)."""
-    inputs = _random_inputs(dims, device, dtype)
-    scale, prune_scale = _release_scales(dims)
-    warp_mode = WARP_MODE_IDS["kept"] if dims["Cw"] else 0
-    fwd = _launch_forward(inputs, scale, prune_scale, 0, warp_mode, FORWARD.default(dims))
-    upstream = _random_upstream(dims, device, dtype)
-    grads = _backward_grads(fwd["out"], fwd["conf"], fwd["warp"], *upstream)
-    wanted = dict.fromkeys(GRADIENT_NAMES, True)
-    return lambda: _tiled_backward(
-        inputs, fwd, grads, wanted, scale, prune_scale, warp_mode, config
-    )
+    """make_runner of the tiled backward: the callable computes every gradient (the kernel and
+    the matrix products after it, which the config does not change)."""
+    problem = _backward_problem(dims, device, dtype)
+    return lambda: _tiled_backward(**problem, config=config)
 
 
 def _tunable(kernel: str, make_runner) -> TunableKernel:
