@@ -26,9 +26,9 @@ stage env 30 bash -c "nvidia-smi --query-gpu=name,memory.total,driver_version,cl
 STAGES=${STAGES:-"pytest_gpu attn256 attn512 step256 step512"}
 for name in $STAGES; do
   case $name in
+    # test_aot is left out: it checks spills with the Triton the project pins, not the card's.
     pytest_gpu) stage pytest_gpu ${T_PYTEST:-120} $PY -m pytest -q -p no:cacheprovider -n 8 \
-      tests/kernels/test_fused_dense.py tests/kernels/test_fused_candidates.py \
-      tests/kernels/test_reference.py ;;
+      tests/kernels --deselect tests/kernels/test_aot.py ;;
     dense) stage dense ${T_DENSE:-150} bash -c "$PY benchmarks/bench_attention.py --preset deepfashion-256 \
       --blocks dense --impls fused,reference,flex --passes fwd,both --csv $OUT/attention.csv && \
       $PY benchmarks/bench_attention.py --preset deepfashion-512 --blocks dense \
