@@ -228,7 +228,6 @@ def _flex_on_gpu() -> Impl:
                 torch._dynamo.reset()
                 continue
             state["fn"] = fn
-            state["options"] = options
             return result
         raise RuntimeError("no FlexAttention tiling compiles: " + "; ".join(errors))
 
