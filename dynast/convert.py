@@ -19,25 +19,25 @@ carries code is refused instead of run.
 Release names -> ours (the release numbers its four scales 4 = coarsest ... 1 = finest; our
 index `s` runs 0 = coarsest ... 3 = finest, so release level = 4 - s):
 
-| release | ours |
-| --- | --- |
-| `encoder_{q,kv}.layer{i+1}.0` (spectral conv) / `.2` (residual) | `encoder_{q,kv}.stages.{i}.conv` / `.residual` |
-| `embed_q{l}`, `embed_kv{l}` | `embed_q.{s}`, `embed_kv.{s}` |
-| `transformer_{l}.{j}.{f,g,h,f_prune,g_prune}` (1x1 conv) | `transformer.{s}.{j}.{to_q,to_k,to_v,to_q_prune,to_k_prune}` (Linear) |
-| `transformer_{l}.{j}.spade`, `.res_block` | `....spade`, `.residual` |
-| `decoder_{l}{l-1}.1`, `decoder_q..`, `decoder_kv..`, `pos_{l}{l-1}.1` | `up_x.{s}.conv`, `up_q`, `up_kv`, `up_pos` |
-| `embed_3`, `embed_2` | `fuse.0`, `fuse.1` |
-| `embed_q1` (also run as the last fusion block) | `embed_q.3` and `fuse.2` |
-| `embed_1` (built, never called) | dropped |
-| `decoder_10.0` | `to_rgb` |
-| `SPADE.mlp_shared.0`, `mlp_gamma`, `mlp_beta` | `shared`, `gamma`, `beta` |
-| `ResidualBlock.model.{0,1,3,4}`, `relu` | `conv_0`, `norm_0`, `conv_1`, `norm_1`, `act` |
-| `ResidualBlock.model.2.weight` (the same PReLU again) | checked equal to `relu.weight`, dropped |
-| `SPADEResnetBlock.relu` | `act` |
-| `weight_orig`, `weight_u`, `weight_v` (old spectral norm) | `parametrizations.weight.original`, `.0._u`, `.0._v` |
-| `discriminator_{i}.model{n}.0` | `scales.{i}.layers.{n}.0` |
-| `discriminator_{i}.model{n}.0.bias` before instance norm | dropped (the norm removes it) |
-| `discriminator_{i}.dec.*` (built, never called) | dropped |
+- `encoder_{q,kv}.layer{i+1}.0` (spectral conv), `.2` (residual) ->
+  `encoder_{q,kv}.stages.{i}.conv`, `.residual`;
+- `embed_q{l}`, `embed_kv{l}` -> `embed_q.{s}`, `embed_kv.{s}`;
+- `transformer_{l}.{j}.{f,g,h,f_prune,g_prune}` (1x1 convs) ->
+  `transformer.{s}.{j}.{to_q,to_k,to_v,to_q_prune,to_k_prune}` (Linear: the 1x1 kernel dropped);
+  `.spade` -> `.spade`, `.res_block` -> `.residual`;
+- `decoder_{l+1}{l}.1`, `decoder_q{l+1}{l}.1`, `decoder_kv{l+1}{l}.1`, `pos_{l+1}{l}.1` ->
+  `up_x.{s-1}.conv`, `up_q...`, `up_kv...`, `up_pos...`;
+- `embed_3`, `embed_2` -> `fuse.0`, `fuse.1`; `embed_q1` -> `embed_q.3` *and* `fuse.2` (the
+  release's forward runs `embed_q1` as its last fusion block); `embed_1` (never called) dropped;
+- `decoder_10.0` -> `to_rgb`;
+- SPADE `mlp_shared.0`, `mlp_gamma`, `mlp_beta` -> `shared`, `gamma`, `beta`;
+- ResidualBlock `model.{0,1,3,4}`, `relu` -> `conv_0`, `norm_0`, `conv_1`, `norm_1`, `act`;
+  `model.2.weight` is the same PReLU listed again: checked equal to `relu.weight`, dropped;
+- SPADEResnetBlock `relu` -> `act`;
+- old spectral norm `weight_orig`, `weight_u`, `weight_v` -> `parametrizations.weight.original`,
+  `parametrizations.weight.0._u`, `parametrizations.weight.0._v`;
+- `discriminator_{i}.model{n}.0` -> `scales.{i}.layers.{n}.0`; the biases of the instance-normed
+  convs (the norm removes them) and the never-called `dec` branch are dropped.
 """
 
 from __future__ import annotations

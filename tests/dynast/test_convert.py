@@ -24,9 +24,9 @@ from dynast.config import preset
 from dynast.convert import (
     DISCRIMINATOR_FILE,
     DISCRIMINATOR_WEIGHTS,
-    GENERATOR_FILE,
     DROP,
     DROP_IF_EQUAL,
+    GENERATOR_FILE,
     ReleaseMismatchError,
     convert_generator,
     discriminator_rules,
@@ -122,7 +122,9 @@ def test_converted_generator_holds_the_release_tensors_and_runs(converted, relea
     ours = load_file(str(converted / "model.safetensors"))
     pairs = {
         "pos_embed": "pos_embed",
-        "encoder_kv.layer3.0.weight_orig": "encoder_kv.stages.2.conv.parametrizations.weight.original",
+        "encoder_kv.layer3.0.weight_orig": (
+            "encoder_kv.stages.2.conv.parametrizations.weight.original"
+        ),
         "encoder_q.layer1.0.weight_u": "encoder_q.stages.0.conv.parametrizations.weight.0._u",
         "encoder_q.layer4.2.model.4.running_var": "encoder_q.stages.3.residual.norm_1.running_var",
         "embed_q4.norm_1.mlp_shared.0.weight": "embed_q.0.norm_1.shared.weight",
