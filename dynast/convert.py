@@ -47,13 +47,14 @@ import json
 import os
 import pickle
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
-from torch import Tensor
+from torch import Tensor, nn
 
 from .config import PRESETS, DynaSTConfig, preset
 from .discriminator import MultiscaleDiscriminator
@@ -272,7 +273,7 @@ def apply_rules(
                     + (" as a [out, in, 1, 1] conv" if rule.action == CONV1X1_TO_LINEAR else "")
                 )
                 continue
-            out[rule.target] = value.reshape(ours.shape).clone()
+            out[rule.target] = value.reshape(ours.shape)  # loading copies it
     unfilled = sorted(set(expected) - {r.target for r in rules if r.target})
     if unfilled:
         raise AssertionError(f"mapping table leaves our keys unfilled: {unfilled}")
@@ -314,21 +315,33 @@ def load_release_state(path: str | os.PathLike, what: str) -> dict[str, Tensor]:
     return state
 
 
+def _load_into(
+    factory: Callable[[], nn.Module], rules: list[Rule], state: dict[str, Tensor], what: str
+) -> nn.Module:
+    """Build the module `factory` makes on the meta device (shapes only: every tensor of it is
+    about to be overwritten, so running the initialisers would be wasted), map `state` onto its
+    state dict, then give it real storage and load the mapped tensors strictly."""
+    with torch.device("meta"):
+        module = factory()
+    mapped, _ = apply_rules(rules, state, module.state_dict(), what)
+    module = module.to_empty(device="cpu")
+    if isinstance(module, Generator):
+        load_state_strict(module, mapped, what)
+    else:
+        module.load_state_dict(mapped, strict=True)
+    return module.eval()
+
+
 def convert_generator(state: dict[str, Tensor], cfg: DynaSTConfig, what: str) -> Generator:
     """A `Generator(cfg)` holding the release weights `state` (strictly loaded, eval mode)."""
-    generator = Generator(cfg)
-    mapped, _ = apply_rules(generator_rules(cfg), state, generator.state_dict(), what)
-    load_state_strict(generator, mapped, what)
-    return generator.eval()
+    return _load_into(partial(Generator, cfg), generator_rules(cfg), state, what)
 
 
 def convert_discriminator(
     state: dict[str, Tensor], cfg: DynaSTConfig, what: str
 ) -> MultiscaleDiscriminator:
-    discriminator = MultiscaleDiscriminator(cfg)
-    mapped, _ = apply_rules(discriminator_rules(cfg), state, discriminator.state_dict(), what)
-    discriminator.load_state_dict(mapped, strict=True)
-    return discriminator.eval()
+    """A `MultiscaleDiscriminator(cfg)` holding the release weights `state` (eval mode)."""
+    return _load_into(partial(MultiscaleDiscriminator, cfg), discriminator_rules(cfg), state, what)
 
 
 def save_discriminator(discriminator: MultiscaleDiscriminator, directory: Path) -> Path:

@@ -67,10 +67,15 @@ def _release_state(items: list, seed: int) -> dict[str, torch.Tensor]:
 
 
 @pytest.fixture(scope="module")
-def release_files(tmp_path_factory, layout) -> Path:
+def release_state(layout) -> dict[str, torch.Tensor]:
+    return _release_state(layout["generator"], 0)
+
+
+@pytest.fixture(scope="module")
+def release_files(tmp_path_factory, layout, release_state) -> Path:
     folder = tmp_path_factory.mktemp("release") / "checkpoints" / "deepfashion"
     folder.mkdir(parents=True)
-    torch.save(_release_state(layout["generator"], 0), folder / GENERATOR_FILE)
+    torch.save(release_state, folder / GENERATOR_FILE)
     torch.save(_release_state(layout["discriminator"], 1), folder / DISCRIMINATOR_FILE)
     return folder
 
@@ -211,8 +216,8 @@ def test_old_spectral_norm_state_gives_the_same_conv_in_eval():
     assert (got - expected).abs().max() <= 1e-5 * expected.abs().max()
 
 
-def test_one_error_lists_every_problem(layout, tmp_path, capsys):
-    state = _release_state(layout["generator"], 2)
+def test_one_error_lists_every_problem(release_state, tmp_path, capsys):
+    state = dict(release_state)
     del state["transformer_1.1.h.bias"]
     state["transformer_4.2.f.weight"] = torch.zeros(3)
     state["decoder_q32.1.weight"] = torch.zeros(128, 256, 1, 1)
@@ -240,8 +245,8 @@ def test_one_error_lists_every_problem(layout, tmp_path, capsys):
     assert not out.exists()
 
 
-def test_another_architecture_is_refused(layout):
-    state = _release_state(layout["generator"], 3)
+def test_another_architecture_is_refused(release_state):
+    state = release_state
     with pytest.raises(ReleaseMismatchError, match="mis-shaped"):
         convert_generator(state, preset("ade20k-256"), "test")
 

@@ -167,12 +167,14 @@ def test_converted_generator_equals_the_release_forward():
     sd["decoder_10.0.weight"] = sd["decoder_10.0.weight"] * 0.002
     cfg = preset("deepfashion-256")
     model = convert_generator(sd, cfg, "test")
-    size = 64  # the positional map (32x32) is used as is at 256; at 64 both sides resize it
+    size = 32  # 4x4 at the coarsest scale
     seg = torch.rand(1, cfg.semantic_nc, size, size, generator=gen)
     ref = torch.rand(1, 3, size, size, generator=gen) * 2 - 1
     ref_seg = torch.rand(1, cfg.semantic_nc, size, size, generator=gen)
-    # At 64 px the release would fail on its 32x32 pos_embed; both sides get it resized.
-    sd_small = dict(sd, pos_embed=F.interpolate(sd["pos_embed"], size=(8, 8), mode="bilinear"))
+    # Below 256 px the release would fail on its 32x32 pos_embed; ours resizes it bilinearly,
+    # so the release side gets the same resized map.
+    small = F.interpolate(sd["pos_embed"], size=(size // 8, size // 8), mode="bilinear")
+    sd_small = dict(sd, pos_embed=small)
     with torch.no_grad():
         expected = release_forward(sd_small, seg, ref, ref_seg)
         got = model(seg, ref, ref_seg).image
