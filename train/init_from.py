@@ -16,7 +16,13 @@ from safetensors.torch import load_file
 from dynast.convert import DISCRIMINATOR_FORMAT, DISCRIMINATOR_WEIGHTS
 from dynast.discriminator import MultiscaleDiscriminator
 from dynast.generator import Generator
-from dynast.io import load_generator, resolve_generator_dir
+from dynast.io import (
+    CheckpointMismatchError,
+    load_generator,
+    load_state_strict,
+    read_config,
+    resolve_generator_dir,
+)
 
 from .errors import TrainingError
 
@@ -48,17 +54,37 @@ def load_discriminator_weights(path: Path, discriminator: MultiscaleDiscriminato
     discriminator.load_state_dict(state, strict=True)
 
 
+def _differences(saved: dict, wanted: dict) -> str:
+    return ", ".join(
+        f"{k}: {saved[k]!r} vs {wanted[k]!r}" for k in wanted if saved.get(k) != wanted[k]
+    )
+
+
 def initialise_from(
     directory: str, generator: Generator, discriminator: MultiscaleDiscriminator
 ) -> dict[str, str | None]:
-    """Copy the weights under `directory` into the (unprepared) models; returns the files read."""
+    """Copy the weights under `directory` into the (unprepared) models; returns the files read
+    and, under "differences", the model-config fields in which the source differs from the run
+    (allowed when the weights still fit, e.g. another top-k; an error otherwise)."""
     try:
         source = resolve_generator_dir(directory)
-        loaded = load_generator(source, config=generator.config)
+        saved = read_config(source)
+        loaded = load_generator(source)
     except (FileNotFoundError, ValueError) as err:
         raise TrainingError(f"--train.init_from: {err}") from None
-    generator.load_state_dict(loaded.state_dict(), strict=True)
+    differences = _differences(saved.to_dict(), generator.config.to_dict())
+    try:
+        load_state_strict(generator, loaded.state_dict(), str(source))
+    except CheckpointMismatchError as err:
+        raise TrainingError(
+            f"--train.init_from: the generator in {source} does not fit this run's model "
+            f"(source vs run: {differences}): {err}"
+        ) from None
     d_file = source / DISCRIMINATOR_WEIGHTS
     if d_file.is_file():
         load_discriminator_weights(d_file, discriminator)
-    return {"generator": str(source), "discriminator": str(d_file) if d_file.is_file() else None}
+    return {
+        "generator": str(source),
+        "discriminator": str(d_file) if d_file.is_file() else None,
+        "differences": differences or None,
+    }

@@ -410,6 +410,8 @@ def train(cfg: RunConfig) -> TrainResult:
         # A new run starting from given weights (a resumed run takes its checkpoint's instead).
         source = initialise_from(tc.init_from, generator, discriminator)
         say(f"initialised from {source['generator']} (discriminator: {source['discriminator']})")
+        if source["differences"]:
+            say(f"  its model config differs from this run's in: {source['differences']}")
     if world > 1 and tc.sync_batch_norm and count_batch_norms(generator):
         generator = synchronise_batch_norm(generator, device)
         say(f"batch norm synchronised across {world} processes")
