@@ -238,30 +238,27 @@ def _target_shape(rule: Rule, shape: torch.Size) -> tuple[int, ...]:
 
 def apply_rules(
     rules: list[Rule], state: dict[str, Tensor], expected: dict[str, Tensor], what: str
-) -> tuple[dict[str, Tensor], list[Rule]]:
-    """Map `state` (release keys) onto `expected` (our state dict) with `rules`.
-
-    Returns our state dict and the rules that dropped something. Every problem - release keys
-    with no rule, keys the rules need but `state` lacks, tensors whose shape does not fit ours,
-    duplicated keys that differ, and our keys no rule fills - is collected into one
-    ReleaseMismatchError."""
+) -> dict[str, Tensor]:
+    """Map `state` (release keys) onto `expected` (our state dict) with `rules`; returns our
+    state dict. Every problem of the file - release keys with no rule, keys the rules need but
+    `state` lacks, tensors whose shape does not fit ours, duplicated keys that differ - is
+    collected into one ReleaseMismatchError. (Our keys that no rule fills would be a bug of the
+    table itself: AssertionError.)"""
     sources = {r.source for r in rules}
     unmapped = sorted(set(state) - sources)
     missing = sorted(sources - set(state))
     wrong, unequal = [], []
     out: dict[str, Tensor] = {}
-    dropped = []
     for rule in rules:
         if rule.source not in state:
             continue
         value = state[rule.source]
         if rule.action == DROP:
-            dropped.append(rule)
-        elif rule.action == DROP_IF_EQUAL:
+            continue
+        if rule.action == DROP_IF_EQUAL:
             other = state.get(rule.equal_to)
             if other is not None and not torch.equal(value, other):
                 unequal.append(f"{rule.source} != {rule.equal_to}")
-            dropped.append(rule)
         else:
             ours = expected.get(rule.target)
             if ours is None:
@@ -288,7 +285,7 @@ def apply_rules(
             if items:
                 parts.append(f"{len(items)} {label}: " + ", ".join(items))
         raise ReleaseMismatchError(f"{what} does not fit the release layout: " + "; ".join(parts))
-    return out, dropped
+    return out
 
 
 def load_release_state(path: str | os.PathLike, what: str) -> dict[str, Tensor]:
@@ -323,7 +320,7 @@ def _load_into(
     state dict, then give it real storage and load the mapped tensors strictly."""
     with torch.device("meta"):
         module = factory()
-    mapped, _ = apply_rules(rules, state, module.state_dict(), what)
+    mapped = apply_rules(rules, state, module.state_dict(), what)
     module = module.to_empty(device="cpu")
     if isinstance(module, Generator):
         load_state_strict(module, mapped, what)
@@ -399,8 +396,13 @@ def convert_release(
     out = Path(out)
     save_pretrained(net_g, out)
     written = [str(out / "config.json"), str(out / "model.safetensors")]
+    stale = out / DISCRIMINATOR_WEIGHTS
     if net_d is not None:
         written.append(str(save_discriminator(net_d, out)))
+    elif stale.exists():
+        # A discriminator of an earlier conversion must not pass for this generator's.
+        stale.unlink()
+        say(f"removed {stale} (from an earlier conversion; no --discriminator given now)")
     source = {
         "release": "Huage001/DynaST",
         "preset": cfg.name,

@@ -186,6 +186,10 @@ def test_release_folder_picks_both_files(tmp_path, release_files, capsys):
     assert (out / "model.safetensors").is_file() and (out / DISCRIMINATOR_WEIGHTS).is_file()
     printed = capsys.readouterr().out
     assert "fuse.2" in printed and "embed_q1" in printed
+    # Converting a generator alone into the same folder drops the earlier discriminator.
+    args = ["release", "--generator", str(release_files / GENERATOR_FILE), "--preset", PRESET]
+    assert main([*args, "--out", str(out)]) == 0
+    assert not (out / DISCRIMINATOR_WEIGHTS).exists()
 
 
 def test_old_spectral_norm_state_gives_the_same_conv_in_eval():
