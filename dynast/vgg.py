@@ -25,6 +25,8 @@ FEATURE_LAYERS = (3, 8, 13, 22, 31)
 FEATURE_NAMES = ("relu1_2", "relu2_2", "relu3_2", "relu4_2", "relu5_2")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# The release's `vgg_preprocess` (Caffe convention): BGR order, BGR ImageNet mean, x255, no std.
+CAFFE_BGR_MEAN = (0.40760392, 0.45795686, 0.48501961)
 _IGNORED_PREFIX = "classifier."
 
 
@@ -58,6 +60,14 @@ def resolve_vgg_weights(path: str | os.PathLike | None) -> Path:
             "the folder that holds hub/checkpoints/, or pass the file's path explicitly"
         )
     return default
+
+
+def caffe_input(image: Tensor) -> Tensor:
+    """The release's VGG input for an image in [-1, 1] (its `vgg_preprocess` with
+    `--vgg_normal_correct`): [0, 1], RGB -> BGR, minus the BGR ImageNet mean, times 255. Against
+    torchvision's `(x - mean) / std` this is about 255 * 0.226 = 57.5 times larger."""
+    mean = torch.tensor(CAFFE_BGR_MEAN, dtype=image.dtype, device=image.device).view(1, 3, 1, 1)
+    return (((image + 1) / 2).flip(1) - mean) * 255
 
 
 class VGG19Features(nn.Module):
@@ -121,6 +131,11 @@ class VGG19Features(nn.Module):
         if image.dim() != 4 or image.shape[1] != 3:
             raise ValueError(f"image must be [B, 3, H, W], got {tuple(image.shape)}")
         x = ((image + 1) / 2 - self.mean.to(image.dtype)) / self.std.to(image.dtype)
+        return self.features_of(x)
+
+    def features_of(self, x: Tensor) -> list[Tensor]:
+        """The five ReLU outputs of an already preprocessed input (`forward` normalises the
+        torchvision way; `caffe_input` gives the release's convention, for comparisons)."""
         outputs = []
         for index, layer in enumerate(self.features[: FEATURE_LAYERS[-1] + 1]):
             x = layer(x)

@@ -51,7 +51,8 @@ class LossWeights:
     The VGG terms are used only when VGG19 weights are available; `vgg` weighs the L1 over five
     layers (layer weights 1/32 ... 1), `vgg_mse` the MSE at relu4_2. `l1` (ours, not in the
     release, off by default) is a pixel L1 between output and ground truth: a direct
-    reconstruction signal for runs without VGG19 weights.
+    reconstruction signal for runs without VGG19 weights. `discriminator` scales the
+    discriminator's hinge loss (the release: 10, its `weight_gan` applied to D as well).
     """
 
     warp: float = 1000.0
@@ -60,6 +61,7 @@ class LossWeights:
     vgg: float = 10.0
     vgg_mse: float = 0.001
     l1: float = 0.0
+    discriminator: float = 1.0
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -73,6 +75,17 @@ class TrainConfig:
 
     Learning rates are two-time-scale (generator `lr * g_lr_ratio`, discriminator
     `lr * d_lr_ratio`) for the whole run; over the last `decay_steps` steps both fall linearly to 0.
+
+    Run length: `max_epochs` 0 means `max_steps` optimizer steps with `decay_steps` of decay;
+    `max_epochs` > 0 means that many passes over the training set, with the decay over the last
+    `decay_epochs` (the release: 100 and 20), converted to steps once the dataset size is known
+    (`schedule`); `max_steps` and `decay_steps` are then not used.
+
+    `g_adam_eps` / `d_adam_eps`: Adam's eps per network (the release: 1e-3 for G, 1e-8 for D).
+    `sync_batch_norm`: with several processes, batch-norm statistics over the global batch (True)
+    or over each process's own samples (False, the release's per-GPU SynchronizedBatchNorm under
+    DataParallel). `init_from`: a folder written by `dynast.convert` or `save_pretrained` whose
+    generator (and `discriminator.safetensors`, when present) a new run starts from.
     """
 
     output_dir: str = "runs/synthetic-64"
@@ -85,6 +98,12 @@ class TrainConfig:
     adam_beta1: float = 0.0
     adam_beta2: float = 0.9
     decay_steps: int = 0
+    max_epochs: int = 0
+    decay_epochs: int = 0
+    g_adam_eps: float = 1e-8
+    d_adam_eps: float = 1e-8
+    sync_batch_norm: bool = True
+    init_from: str | None = None
     loss: LossWeights = field(default_factory=LossWeights)
     mixed_precision: str = "no"
     vgg_weights: str | None = None
@@ -117,9 +136,9 @@ class TrainConfig:
             "sample_rows",
         ):
             _positive_int(owner, name, getattr(self, name))
-        for name in ("decay_steps", "num_workers", "seed"):
+        for name in ("decay_steps", "num_workers", "seed", "max_epochs", "decay_epochs"):
             _positive_int(owner, name, getattr(self, name), allow_zero=True)
-        for name in ("lr", "g_lr_ratio", "d_lr_ratio"):
+        for name in ("lr", "g_lr_ratio", "d_lr_ratio", "g_adam_eps", "d_adam_eps"):
             _positive_number(owner, name, getattr(self, name))
         for name in ("adam_beta1", "adam_beta2"):
             value = getattr(self, name)
@@ -130,6 +149,19 @@ class TrainConfig:
             raise ValueError(
                 f"{owner}.decay_steps ({self.decay_steps}) exceeds max_steps ({self.max_steps})"
             )
+        if self.decay_epochs > self.max_epochs:
+            raise ValueError(
+                f"{owner}.decay_epochs ({self.decay_epochs}) exceeds max_epochs "
+                f"({self.max_epochs}); epoch-based decay needs max_epochs > 0"
+            )
+        if not isinstance(self.sync_batch_norm, bool):
+            raise ValueError(
+                f"{owner}.sync_batch_norm must be true or false, got {self.sync_batch_norm!r}"
+            )
+        if self.init_from is not None and (
+            not isinstance(self.init_from, str) or not self.init_from
+        ):
+            raise ValueError(f"{owner}.init_from must be a folder or None, got {self.init_from!r}")
         if self.mixed_precision not in MIXED_PRECISION:
             raise ValueError(
                 f"{owner}.mixed_precision must be one of {list(MIXED_PRECISION)}, "
@@ -144,14 +176,23 @@ class TrainConfig:
         if not isinstance(self.loss, LossWeights):
             raise ValueError(f"{owner}.loss must be LossWeights, got {type(self.loss).__name__}")
 
-    def lr_factor(self, step: int) -> float:
+    def schedule(self, steps_per_epoch: int) -> tuple[int, int]:
+        """(total optimizer steps, decay steps) of the run, given the optimizer steps one epoch
+        takes: `max_steps` / `decay_steps`, or `max_epochs` / `decay_epochs` in steps."""
+        if self.max_epochs == 0:
+            return self.max_steps, self.decay_steps
+        _positive_int("train", "steps_per_epoch", steps_per_epoch)
+        return self.max_epochs * steps_per_epoch, self.decay_epochs * steps_per_epoch
+
+    def lr_factor(self, step: int, steps_per_epoch: int = 1) -> float:
         """Multiplier of both learning rates at optimizer step `step` (0-based)."""
-        if self.decay_steps == 0:
+        total, decay = self.schedule(steps_per_epoch)
+        if decay == 0:
             return 1.0
-        start = self.max_steps - self.decay_steps
+        start = total - decay
         if step < start:
             return 1.0
-        return max(0.0, 1.0 - (step - start) / self.decay_steps)
+        return max(0.0, 1.0 - (step - start) / decay)
 
 
 # Fields that only say how long to run and what to record: a resumed run may change them.
@@ -160,6 +201,8 @@ RESUMABLE_CHANGES = frozenset(
         "train.output_dir",
         "train.max_steps",
         "train.decay_steps",
+        "train.max_epochs",
+        "train.decay_epochs",
         "train.num_workers",
         "train.log_every",
         "train.sample_every",
@@ -167,6 +210,7 @@ RESUMABLE_CHANGES = frozenset(
         "train.checkpoint_limit",
         "train.eval_batch_size",
         "train.vgg_weights",
+        "train.init_from",
     }
 )
 
@@ -245,24 +289,45 @@ def _synthetic_64() -> RunConfig:
     )
 
 
+# The release's effective loss weights (docs/training.md, "Release recipe"): it divides the warp
+# and VGG-L1 terms by the number of self-reference samples on each GPU *and* averages over the
+# batch, an extra factor 1/5 at 5 samples per GPU, so its nominal 1000 and 10 act as 200 and 2
+# against GAN 10. Its discriminator loss carries weight_gan (10) too.
+RELEASE_LOSS = LossWeights(
+    warp=200.0, gan=10.0, feature_matching=10.0, vgg=2.0, vgg_mse=0.001, discriminator=10.0
+)
+
+
+def release_recipe(name: str) -> TrainConfig:
+    """Optimisation of the release's `train_deepfashion.sh`, for every real-data preset: global
+    batch 40 (5 per GPU on 8 GPUs), base lr 1e-4 two-time-scale, Adam eps 1e-3 for G, 100 epochs
+    with linear decay over the last 20, per-GPU batch-norm statistics, mixed precision (bf16
+    here, fp16 in the release: same tensor-core speed without a loss scaler)."""
+    return TrainConfig(
+        output_dir=f"runs/{name}",
+        max_epochs=100,
+        decay_epochs=20,
+        batch_size=5,
+        g_adam_eps=1e-3,
+        d_adam_eps=1e-8,
+        sync_batch_norm=False,
+        loss=RELEASE_LOSS,
+        mixed_precision="bf16",
+        log_every=50,
+        sample_every=2000,
+        checkpoint_every=5000,
+        checkpoint_limit=3,
+        eval_pairs=64,
+    )
+
+
 def _released(name: str) -> RunConfig:
-    # Release optimisation (method.md section 5): global batch 40 (5 per GPU on 8 GPUs),
-    # base lr 1e-4. The data folder is given on the command line: `--data.root DIR`.
+    # The data folder is given on the command line: `--data.root DIR`.
     model = MODEL_PRESETS[name]
     return RunConfig(
         model=model,
         data=DataConfig(kind="folder", image_size=model.image_size, num_classes=model.semantic_nc),
-        train=TrainConfig(
-            output_dir=f"runs/{name}",
-            max_steps=100_000,
-            batch_size=5,
-            mixed_precision="no",
-            log_every=50,
-            sample_every=2000,
-            checkpoint_every=5000,
-            checkpoint_limit=3,
-            eval_pairs=64,
-        ),
+        train=release_recipe(name),
     )
 
 

@@ -34,6 +34,7 @@ from . import checkpoints as ckpt
 from .config import RESUMABLE_CHANGES, LossWeights, RunConfig
 from .data_order import DataPosition, micro_batches
 from .errors import TrainingError, clean_message
+from .init_from import initialise_from
 from .losses import (
     discriminator_hinge,
     feature_matching,
@@ -353,6 +354,7 @@ def _discriminator_step(
             d_real, d_fake = discriminator_hinge(real_preds, fake_preds)
             loss = normalised_sum(d_real, sw.has_target[m], sw.global_target, world)
             loss = loss + normalised_sum(d_fake, sw.ones[m], sw.global_all, world)
+            loss = p.weights.discriminator * loss
             p.accelerator.backward(p.scaler_d.scale(loss))
             total += float(loss.detach()) / world
             sums.add("loss/d_real", d_real, sw.has_target[m])
@@ -404,13 +406,23 @@ def train(cfg: RunConfig) -> TrainResult:
     set_seed(tc.seed)
     generator = Generator(cfg.model)
     discriminator = MultiscaleDiscriminator(cfg.model)
-    if world > 1 and count_batch_norms(generator):
+    if tc.init_from is not None and latest is None:
+        # A new run starting from given weights (a resumed run takes its checkpoint's instead).
+        source = initialise_from(tc.init_from, generator, discriminator)
+        say(f"initialised from {source['generator']} (discriminator: {source['discriminator']})")
+        if source["differences"]:
+            say(f"  its model config differs from this run's in: {source['differences']}")
+    if world > 1 and tc.sync_batch_norm and count_batch_norms(generator):
         generator = synchronise_batch_norm(generator, device)
         say(f"batch norm synchronised across {world} processes")
     vgg = _load_vgg(cfg, say)
     betas = (tc.adam_beta1, tc.adam_beta2)
-    opt_g = torch.optim.Adam(generator.parameters(), lr=tc.lr * tc.g_lr_ratio, betas=betas)
-    opt_d = torch.optim.Adam(discriminator.parameters(), lr=tc.lr * tc.d_lr_ratio, betas=betas)
+    opt_g = torch.optim.Adam(
+        generator.parameters(), lr=tc.lr * tc.g_lr_ratio, betas=betas, eps=tc.g_adam_eps
+    )
+    opt_d = torch.optim.Adam(
+        discriminator.parameters(), lr=tc.lr * tc.d_lr_ratio, betas=betas, eps=tc.d_adam_eps
+    )
     generator, discriminator, opt_g, opt_d = accelerator.prepare(
         generator, discriminator, opt_g, opt_d
     )
@@ -462,6 +474,13 @@ def train(cfg: RunConfig) -> TrainResult:
         num_workers=tc.num_workers,
     )
 
+    # Run length in optimizer steps (epochs are known only now that the dataset is).
+    global_micro = tc.batch_size * world
+    steps_per_epoch = max(1, len(train_set) // global_micro // tc.grad_accum_steps)
+    max_steps, _ = tc.schedule(steps_per_epoch)
+    if tc.max_epochs:
+        say(f"{tc.max_epochs} epochs of {steps_per_epoch} steps: {max_steps} steps")
+
     log = MetricsLog(run_dir, keep_through=step if latest is not None else -1, enabled=main)
     weights = tc.loss
 
@@ -502,7 +521,7 @@ def train(cfg: RunConfig) -> TrainResult:
     elif main:
         first = [r for r in read_metrics(run_dir) if r.get("step") == 0 and EVAL_KEYS[0] in r]
         start_metrics = {k: first[0][k] for k in EVAL_KEYS if k in first[0]} if first else {}
-    if main and step < tc.max_steps and (run_dir / FINAL_DIR).exists():
+    if main and step < max_steps and (run_dir / FINAL_DIR).exists():
         # Training goes on past the weights in final/: drop them so readers take the newest
         # checkpoint until a new final/ is written.
         shutil.rmtree(run_dir / FINAL_DIR)
@@ -515,11 +534,11 @@ def train(cfg: RunConfig) -> TrainResult:
     session_start, elapsed_before = time.perf_counter(), progress.elapsed_s
     last_saved = step if latest is not None else -1
     with tqdm(
-        total=tc.max_steps, initial=step, desc="train", disable=not main, dynamic_ncols=True
+        total=max_steps, initial=step, desc="train", disable=not main, dynamic_ncols=True
     ) as bar:
-        while step < tc.max_steps:
+        while step < max_steps:
             micro = [_to_device(next(batches), device) for _ in range(tc.grad_accum_steps)]
-            factor = tc.lr_factor(step)
+            factor = tc.lr_factor(step, steps_per_epoch)
             for group in opt_g.param_groups:
                 group["lr"] = tc.lr * tc.g_lr_ratio * factor
             for group in opt_d.param_groups:
@@ -537,15 +556,15 @@ def train(cfg: RunConfig) -> TrainResult:
                 )
             bar.update(1)
             bar.set_postfix(g=f"{g_total:.3g}", d=f"{d_total:.3g}")
-            if step % tc.log_every == 0 or step == tc.max_steps:
+            if step % tc.log_every == 0 or step == max_steps:
                 scalars = sums.reduce(accelerator)
                 scalars["lr/generator"] = opt_g.param_groups[0]["lr"]
                 scalars["time/train_s"] = elapsed
                 if main:
                     log.log(step, scalars)
-            if step % tc.sample_every == 0 or step == tc.max_steps:
+            if step % tc.sample_every == 0 or step == max_steps:
                 end_metrics = evaluate_and_sample(step)
-            if step % tc.checkpoint_every == 0 or step == tc.max_steps:
+            if step % tc.checkpoint_every == 0 or step == max_steps:
                 save_checkpoint(step, elapsed)
                 last_saved = step
 

@@ -10,7 +10,15 @@ import torch
 import torch.nn.functional as F
 from _assert import assert_close
 
-from dynast.vgg import VGG19_WEIGHTS_FILE, VGG19Features, resolve_vgg_weights
+from dynast.vgg import (
+    CAFFE_BGR_MEAN,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    VGG19_WEIGHTS_FILE,
+    VGG19Features,
+    caffe_input,
+    resolve_vgg_weights,
+)
 
 # torchvision's vgg19 conv layers: (index in `features`, in channels, out channels).
 TORCHVISION_CONVS = [
@@ -132,3 +140,18 @@ def test_wrong_layout_lists_the_keys(tmp_path):
     torch.save([1, 2, 3], path)
     with pytest.raises(ValueError, match="must hold a state dict"):
         VGG19Features.from_file(path)
+
+
+def test_caffe_input_is_the_release_preprocessing():
+    """BGR order, BGR mean, x255: a pure-red image in [-1, 1] gives B and G at -mean*255 and R at
+    (1 - mean)*255; against torchvision normalisation the spread is about 57 times larger."""
+    red = torch.tensor([1.0, -1.0, -1.0]).view(1, 3, 1, 1).expand(1, 3, 4, 4)
+    out = caffe_input(red)[0, :, 0, 0]
+    b, g, r = CAFFE_BGR_MEAN
+    expected = torch.tensor([-b * 255, -g * 255, (1 - r) * 255])
+    assert torch.allclose(out, expected, atol=1e-4)
+    image = torch.rand(2, 3, 8, 8) * 2 - 1
+    mean, std = torch.tensor(IMAGENET_MEAN), torch.tensor(IMAGENET_STD)
+    ours = ((image + 1) / 2 - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1)
+    ratio = caffe_input(image).std() / ours.std()
+    assert 50 < float(ratio) < 65
