@@ -80,3 +80,78 @@ def write_deepfashion(root: Path, seed: int = 0) -> Path:
         f"{keys[4]},{keys[5]},{keys[0]}\n{keys[5]},{keys[4]}\n"
     )
     return root
+
+
+# ------------------------------------------------------------------------------- CelebA-HQ
+
+CELEBA_NUMBERS = [5, 2001, 4002, 29922]  # mask folders 0, 1, 2, 14
+CELEBA_SIZE = 40  # photos; masks are written at half size, as CelebAMask-HQ (1024 / 512)
+
+
+def write_part(path: Path, box: tuple[int, int, int, int], size: int) -> None:
+    """A 0/255 part mask (RGB, as CelebAMask-HQ's) with one filled rectangle (x0, y0, x1, y1)."""
+    mask = np.zeros((size, size, 3), dtype=np.uint8)
+    x0, y0, x1, y1 = box
+    mask[y0:y1, x0:x1] = 255
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(mask).save(path)
+
+
+def write_celebahq(root: Path, seed: int = 0) -> Path:
+    """Four faces; every face has a skin part and a nose, face 5 also hair; others missing.
+    train = 5, 2001, 4002; val = 29922."""
+    rng = np.random.default_rng(seed)
+    half = CELEBA_SIZE // 2
+    for n in CELEBA_NUMBERS:
+        write_jpeg(root / "CelebA-HQ-img" / f"{n}.jpg", rng, CELEBA_SIZE, CELEBA_SIZE)
+        folder = root / "CelebAMask-HQ-mask-anno" / str(n // 2000)
+        write_part(folder / f"{n:05d}_skin.png", (4, 4, 16, 18), half)
+        write_part(folder / f"{n:05d}_nose.png", (8, 8, 12, 12), half)
+        if n == 5:
+            write_part(folder / f"{n:05d}_hair.png", (2, 0, 18, 5), half)
+    (root / "train.txt").write_text("5\n2001\n4002\n")
+    (root / "val.txt").write_text("29922\n")
+    (root / "celebahq_ref.txt").write_text(
+        "5.jpg,2001.jpg,4002.jpg\n2001.jpg,5.jpg\n4002.jpg,2001.jpg,5.jpg\n"
+    )
+    (root / "celebahq_ref_test.txt").write_text("29922.jpg,5.jpg\n")
+    return root
+
+
+# ------------------------------------------------------------------------------- ADE20K
+
+ADE_TRAIN = ["ADE_train_00000002", "ADE_train_00000010", "ADE_train_00000001"]
+ADE_VAL = ["ADE_val_00000001", "ADE_val_00000002"]
+
+
+def ade_label(rng: np.random.Generator, width: int, height: int) -> np.ndarray:
+    """Blocks of classes in 0..150 (0 = unknown), 150 included."""
+    label = np.zeros((height, width), dtype=np.uint8)
+    label[: height // 2, : width // 2] = rng.integers(1, 149)
+    label[height // 2 :, width // 2 :] = 150
+    label[: height // 2, width // 2 :] = rng.integers(1, 149)
+    return label
+
+
+def write_ade20k(root: Path, layout: str = "official", seed: int = 0) -> Path:
+    """Three training and two validation photos (36 wide, 30 high) with label maps."""
+    rng = np.random.default_rng(seed)
+    for sub, names in (("training", ADE_TRAIN), ("validation", ADE_VAL)):
+        for name in names:
+            if layout == "official":
+                image_dir, label_dir = root / "images" / sub, root / "annotations" / sub
+            else:
+                image_dir = label_dir = root / sub
+            write_jpeg(image_dir / f"{name}.jpg", rng, 36, 30)
+            label_dir.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(ade_label(rng, 36, 30)).save(label_dir / f"{name}.png")
+    (root / "ade20k_ref.txt").write_text(
+        "ADE_train_00000001.jpg,ADE_train_00000002.jpg,ADE_train_00000010.jpg\n"
+        "ADE_train_00000002.jpg,ADE_train_00000010.jpg,ADE_train_00000001.jpg\n"
+        "ADE_train_00000010.jpg,ADE_train_00000001.jpg\n"
+    )
+    (root / "ade20k_ref_test.txt").write_text(
+        "ADE_val_00000001.jpg,ADE_train_00000010.jpg,ADE_train_00000002.jpg\n"
+        "ADE_val_00000002.jpg,ADE_train_00000001.jpg\n"
+    )
+    return root

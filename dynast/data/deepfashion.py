@@ -28,6 +28,7 @@ from torch import Tensor
 
 from .augment import BICUBIC, Transform, image_tensor
 from .config import DataConfig
+from .layout_check import require_dirs
 from .lists import Entry, normalise, read_list, read_references
 from .paired import PairedDataset, log, missing, open_image
 from .pose_encoding import encode_pose, read_keypoints
@@ -80,6 +81,7 @@ class DeepFashionDataset(PairedDataset):
 
     def __init__(self, cfg: DataConfig, split: str) -> None:
         super().__init__(cfg, split)
+        require_dirs(self.root, (IMAGE_DIR, POSE_DIR), "DeepFashion (CoCosNet's preparation)")
         entries = self.limited(read_list(self.root / SPLIT_LISTS[split], what=f"{split} list"))
         self_pairs: dict[str, Entry] = {}
         if self.train:
