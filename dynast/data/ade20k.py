@@ -59,7 +59,9 @@ def find_layout(root: Path) -> tuple[str, dict[str, Folders]]:
             for split, sub in SUBFOLDERS.items()
         }
     if any((root / sub).is_dir() for sub in SUBFOLDERS.values()):
-        return "merged", {split: Folders(root / sub, root / sub) for split, sub in SUBFOLDERS.items()}
+        return "merged", {
+            split: Folders(root / sub, root / sub) for split, sub in SUBFOLDERS.items()
+        }
     raise ValueError(
         f"{root}: not an ADE20K layout: expected images/ and annotations/ (ADEChallengeData2016) "
         f"or training/ and validation/ holding .jpg and .png side by side (CoCosNet); found: "
@@ -147,8 +149,7 @@ class ADE20KDataset(PairedDataset):
         label_image = open_image(path, "label map", where)
         if label_image.mode not in LABEL_MODES:
             raise ValueError(
-                f"{path}: ADE20K label maps are 8-bit class-index PNGs, got mode "
-                f"{label_image.mode}"
+                f"{path}: ADE20K label maps are 8-bit class-index PNGs, got mode {label_image.mode}"
             )
         check_label_range(np.asarray(label_image), self.config.num_classes, name=str(path))
         label = transform.apply(label_image, NEAREST).astype(np.int64)

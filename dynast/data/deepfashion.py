@@ -1,7 +1,7 @@
 """DeepFashion (kind "deepfashion") in CoCosNet's preparation, read as the DynaST release reads it.
 
     root/img/<MEN|WOMEN>/<Category>/id_XXXXXXXX/NN_V_view.jpg    photos
-    root/pose/<same path>/NN_V_view_candidate.txt                OpenPose keypoints (x, y, score, id)
+    root/pose/<same path>/NN_V_view_candidate.txt                keypoints (x, y, score, id)
     root/pose/<same path>/NN_V_view_subset.txt                   18 part indices (-1: missing), ...
     root/train.txt, root/val.txt                                 image paths, either slash
     root/deepfashion_self_pair.txt                               key,partner[,...] (same person)
@@ -174,7 +174,6 @@ class DeepFashionDataset(PairedDataset):
             exemplar_semantic=exemplar_semantic,
             same_appearance=same,
         )
-
 
 
 def _keyed(table: dict[str, Entry]) -> dict[str, Entry]:

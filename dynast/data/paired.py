@@ -85,7 +85,7 @@ class PairedDataset(Dataset):
         return draw_transform(rng, cfg.train_load_size(), cfg.image_size, cfg.flip)
 
     def reference_choice(self, rng: np.random.Generator | None) -> str:
-        """"self", "easy" or "hard" (training), "test" for the test split."""
+        """ "self", "easy" or "hard" (training), "test" for the test split."""
         if rng is None:
             return "test"
         cfg = self.config
