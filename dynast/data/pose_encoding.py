@@ -23,10 +23,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
+from einops import rearrange
 from PIL import Image
 from torch import Tensor
 
-from .augment import BILINEAR, NEAREST, Transform, map_tensor
+from .augment import BILINEAR, NEAREST, Transform
 
 # OpenPose COCO limbs, 1-based keypoint indices; the release lists 19 and draws the first 17.
 LIMB_SEQ = (
@@ -145,11 +146,23 @@ def encode_pose(
     """[20, crop, crop] float32 in [0, 1]: the skeleton's 3 channels, then the 17 limb maps,
     drawn at height x width (the photo's size) and resized / cropped / flipped by `transform`."""
     skeleton, limbs = draw_pose(candidate, subset, height, width)
-    channels = [
-        map_tensor(transform.apply(Image.fromarray(skeleton, "RGB"), NEAREST)),
-    ]
-    maps = np.empty((NUM_LIMBS, transform.crop_size, transform.crop_size), dtype=np.uint8)
+    # Drawn at the load size already (DeepFashion's 256 px photos at load 256): PIL's resize
+    # would return a copy, so skip the round trip.
+    at_load = (height, width) == (transform.load_size, transform.load_size)
+    crop = transform.crop_size
+    out = np.empty((CHANNELS, crop, crop), dtype=np.uint8)
+    if at_load:
+        out[:3] = rearrange(transform.crop_flip(skeleton), "h w c -> c h w")
+    else:
+        resized = transform.apply(Image.fromarray(skeleton, "RGB"), NEAREST)
+        out[:3] = rearrange(resized, "h w c -> c h w")
     for i, mask in enumerate(limbs):
-        maps[i] = transform.apply(Image.fromarray(distance_map(mask, height, width)), BILINEAR)
-    channels.append(torch.from_numpy(maps).float().div(255))
-    return torch.cat(channels).contiguous()
+        if mask is None:  # constant 255 under any resize, crop and flip
+            out[3 + i] = 255
+            continue
+        distance = distance_map(mask, height, width)
+        if at_load:
+            out[3 + i] = transform.crop_flip(distance)
+        else:
+            out[3 + i] = transform.apply(Image.fromarray(distance), BILINEAR)
+    return torch.from_numpy(out).float().div_(255)
