@@ -48,7 +48,7 @@ def test_presets_select_their_kind(name, kind, channels, load, flip):
 
 
 @pytest.mark.parametrize("name", list(WRITERS))
-def test_one_training_step_per_preset_on_its_fixture(name, tmp_path):
+def test_one_training_step_per_preset_on_its_fixture(name, tmp_path, capsys):
     from train.loop import train
 
     root = WRITERS[name](tmp_path / "data")
@@ -68,24 +68,19 @@ def test_one_training_step_per_preset_on_its_fixture(name, tmp_path):
     assert losses and all(torch.isfinite(torch.tensor(v)) for v in losses[-1].values())
     assert (run_dir / "final" / "model.safetensors").is_file()
 
+    if name == "celebahq-edge-256":
+        generate_and_calc(name, root, run_dir, tmp_path, capsys)
 
-def test_generate_and_calc_on_a_real_kind(tmp_path, capsys):
+
+def generate_and_calc(name, root, run_dir, tmp_path, capsys):
     """`eval.generate --preset NAME --data.root DIR` reads the kind's test pairs like training,
     and `eval calc` scores what it wrote."""
     from eval.cli import main as eval_main
     from eval.generate import main as generate_main
-    from train.loop import train
 
-    root = write_celebahq(tmp_path / "data")
-    run_dir = tmp_path / "run"
-    cfg, _ = resolve_config(
-        ["--preset", "celebahq-edge-256", *NARROW, "--data.root", str(root), "--output-dir",
-         str(run_dir), "--data.load_size", "36"]
-    )  # fmt: skip
-    train(cfg)
     out = tmp_path / "generated"
     args = ["--model", str(run_dir / "final"), "--out", str(out), "--cpu", "--targets"]
-    assert generate_main([*args, "--preset", "celebahq-edge-256", "--data.root", str(root)]) == 0
+    assert generate_main([*args, "--preset", name, "--data.root", str(root)]) == 0
     record = json.loads((out / "generation.json").read_text())
     assert record["data"]["config"]["kind"] == "celebahq-edge"
     assert record["data"]["config"]["image_size"] == 32  # follows the model
@@ -94,5 +89,5 @@ def test_generate_and_calc_on_a_real_kind(tmp_path, capsys):
     assert eval_main([*calc, "--metrics", "l1", "--device", "cpu"]) == 0
     assert "l1" in capsys.readouterr().out
     # A field that does not exist is one clear error.
-    assert generate_main([*args, "--preset", "celebahq-edge-256", "--data.nope", "1"]) == 2
+    assert generate_main([*args, "--preset", name, "--data.nope", "1"]) == 2
     assert "--data.nope: unknown field 'nope'" in capsys.readouterr().err
