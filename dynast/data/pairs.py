@@ -18,7 +18,7 @@ Writes into --out (default: the root), atomically:
     pairs_train.csv, pairs_test.csv           `target,exemplar` with each target's best match:
                                               the folder format's pair lists, ready to train
     exemplars_train.csv, exemplars_test.csv   `target,exemplar_1,...,exemplar_k`, best first
-Existing lists are kept unless --force.
+Lists already there are renamed to `<name>.previous` (--force: replaced without a copy).
 """
 
 from __future__ import annotations
@@ -220,9 +220,6 @@ def make_pairs(
         for stem in ("pairs", "exemplars")
         for split in ("train", "test")
     ]
-    existing = [str(p) for p in outputs if p.exists()]
-    if existing and not force:
-        raise FileExistsError(f"{', '.join(existing)}: exist; pass --force to replace them")
     info = read_info(root / INFO_FILE)
     labels_index = _index_files(root / LABEL_DIR, (LABEL_SUFFIX,))
     images_index = _index_files(root / IMAGE_DIR, IMAGE_SUFFIXES)
@@ -243,6 +240,12 @@ def make_pairs(
         )
     features = features_in_chunks(labels, num_classes, options)
     lists = build_lists(names, features, options, progress)
+    if not force:
+        # Lists already there (the synthetic export's, or hand-made ones) are kept beside the
+        # new ones rather than lost.
+        for path in outputs:
+            if path.exists():
+                path.replace(path.with_name(path.name + ".previous"))
     for split, rows in lists.items():
         write_pairs(out / f"pairs_{split}.csv", [(t, found[0]) for t, found in rows])
         write_exemplars(out / f"exemplars_{split}.csv", rows, options.k)
@@ -262,7 +265,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--grid", type=int, default=4, help="layout grid cells per side (4)")
     parser.add_argument("--layout-weight", type=float, default=1.0, help="layout term (1.0)")
     parser.add_argument("--num-classes", type=int, default=None, help="(dataset.json / max+1)")
-    parser.add_argument("--force", action="store_true", help="replace existing lists")
+    parser.add_argument(
+        "--force", action="store_true", help="replace existing lists without keeping .previous"
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     started = time.perf_counter()

@@ -59,8 +59,9 @@ def test_lists_for_the_synthetic_export(exported, tmp_path, capsys):
         == 0
     )
     assert (again / "exemplars_train.csv").read_text() == (out / "exemplars_train.csv").read_text()
-    assert main([*args, "--seed", "1"]) == 2
-    assert "pass --force" in capsys.readouterr().err
+    before = (out / "pairs_test.csv").read_text()
+    assert main([*args, "--seed", "3"]) == 0  # the previous lists are kept beside
+    assert (out / "pairs_test.csv.previous").read_text() == before
     assert main([*args, "--force", "--test-fraction", "0.25", "--seed", "2"]) == 0
     assert {r[0] for r in read_rows(out / "exemplars_test.csv")[1:]} != {r[0] for r in test[1:]}
 
