@@ -18,11 +18,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+from PIL import Image
 from torch import Tensor
 
 from .augment import BICUBIC, Transform, image_tensor
 from .config import DataConfig
-from .edge_encoding import INNER_PARTS, encode_edges
+from .edge_encoding import INNER_PARTS, crop_encoding, edges_at_load
 from .layout_check import require_dirs
 from .lists import Entry, read_list, read_references
 from .paired import PairedDataset, missing, open_image
@@ -97,28 +99,41 @@ class CelebAHQEdgeDataset(PairedDataset):
     def __len__(self) -> int:
         return len(self.items)
 
-    def read(self, number: int, where: str, transform: Transform) -> tuple[Tensor, Tensor]:
-        """(edge encoding [15, S, S], photo [3, S, S] in [-1, 1]) of one image."""
+    def load(self, number: int, where: str, load: int) -> tuple[np.ndarray, Image.Image]:
+        """(edge encoding at the load size [15, L, L] uint8, the decoded photo)."""
         photo = open_image(self.image_path(number), "image", where)
         parts = {}
         for part in INNER_PARTS:
             path = self.part_path(number, part)
             parts[part] = open_image(path, "part mask", where) if path.is_file() else None
-        semantic = encode_edges(photo, parts, transform)
-        return semantic, image_tensor(transform.apply(photo.convert("RGB"), BICUBIC))
+        return edges_at_load(photo, parts, load), photo.convert("RGB")
+
+    @staticmethod
+    def view(loaded: tuple[np.ndarray, Image.Image], transform: Transform) -> tuple[Tensor, Tensor]:
+        """(edge encoding [15, S, S], photo [3, S, S] in [-1, 1]) under one draw."""
+        encoding, photo = loaded
+        return crop_encoding(encoding, transform), image_tensor(transform.apply(photo, BICUBIC))
+
+    def read(self, number: int, where: str, transform: Transform) -> tuple[Tensor, Tensor]:
+        return self.view(self.load(number, where, transform.load_size), transform)
 
     def __getitem__(self, index: int) -> Sample:
         index = self.check_index(index)
         item = self.items[index]
         rng = self.generator(index)
-        semantic, target = self.read(item.number, item.where, self.transform(rng))
+        target_draw = self.transform(rng)
+        loaded = self.load(item.number, item.where, target_draw.load_size)
+        semantic, target = self.view(loaded, target_draw)
         choice = self.reference_choice(rng)
+        exemplar_draw = self.transform(rng)
         if choice == "self":
-            exemplar, where = item.number, item.where
+            # The same photo under its own crop and flip: the encoding at load size is shared.
+            exemplar_semantic, exemplar_image = self.view(loaded, exemplar_draw)
         else:
             exemplar = item.hard if choice == "hard" else item.easy
-            where = item.references_where
-        exemplar_semantic, exemplar_image = self.read(exemplar, where, self.transform(rng))
+            exemplar_semantic, exemplar_image = self.read(
+                exemplar, item.references_where, exemplar_draw
+            )
         return build_sample(
             label=None,
             target=target,

@@ -49,15 +49,15 @@ def canny(grey: np.ndarray) -> np.ndarray:
     return feature.canny(grey)
 
 
-def encode_edges(
-    photo: Image.Image, parts: dict[str, Image.Image | None], transform: Transform
-) -> Tensor:
-    """[15, crop, crop] float32 in [0, 1] from the photo and its part masks (None: missing)."""
-    load = transform.load_size
+def edges_at_load(
+    photo: Image.Image, parts: dict[str, Image.Image | None], load: int
+) -> np.ndarray:
+    """uint8 [15, load, load]: the encoding before the crop and flip (every channel is computed
+    at the load size, so one draw's crop and flip commute with it)."""
     image = photo.resize((load, load), BILINEAR)
     inner = np.ones((load, load), dtype=np.uint8)
     edges = np.zeros((load, load), dtype=np.uint8)
-    maps = np.empty((len(INNER_PARTS), transform.crop_size, transform.crop_size), np.uint8)
+    out = np.empty((CHANNELS, load, load), np.uint8)
     for i, name in enumerate(INNER_PARTS):
         edge = np.zeros((load, load), dtype=np.uint8)
         part = parts.get(name)
@@ -67,13 +67,25 @@ def encode_edges(
             edges = add_contours(edges, mask)
             edge = add_contours(edge, mask)
         distance = cv2.distanceTransform(255 - edge * 255, cv2.DIST_L1, 3)
-        distance = np.clip(distance / 3, 0, 255).astype(np.uint8)
-        maps[i] = transform.apply(Image.fromarray(distance), BILINEAR)
+        # The release resizes this map bilinear to the load size it already has: a no-op.
+        out[1 + i] = np.clip(distance / 3, 0, 255).astype(np.uint8)
     background = canny(np.array(image.convert("L"))) * inner
     every = edges + background
     every[every > 1] = 1
     edges[edges > 1] = 1
-    first = transform.apply(Image.fromarray(every * 255), NEAREST)
-    last = transform.apply(Image.fromarray(edges * 255), NEAREST)
-    stacked = np.concatenate([first[None], maps, last[None]])
-    return torch.from_numpy(stacked).float().div(255).contiguous()
+    out[0] = every * 255
+    out[-1] = edges * 255
+    return out
+
+
+def crop_encoding(encoding: np.ndarray, transform: Transform) -> Tensor:
+    """[C, load, load] uint8 -> [C, crop, crop] float32 in [0, 1] under the draw's crop / flip."""
+    cropped = transform.crop_flip(np.ascontiguousarray(encoding.transpose(1, 2, 0)))
+    return torch.from_numpy(np.ascontiguousarray(cropped.transpose(2, 0, 1))).float().div_(255)
+
+
+def encode_edges(
+    photo: Image.Image, parts: dict[str, Image.Image | None], transform: Transform
+) -> Tensor:
+    """[15, crop, crop] float32 in [0, 1] from the photo and its part masks (None: missing)."""
+    return crop_encoding(edges_at_load(photo, parts, transform.load_size), transform)
