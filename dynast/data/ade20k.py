@@ -34,7 +34,8 @@ from .paired import PairedDataset, missing, open_image
 from .sample import Sample, build_sample
 
 SUBFOLDERS = {"train": "training", "test": "validation"}
-PREFIXES = {"train": "ADE_train_", "test": "ADE_val_"}
+# CoCosNet keeps the files whose path contains "_train_" / "_val_".
+MARKERS = {"train": "_train_", "test": "_val_"}
 REFERENCE_LISTS = {"train": "ade20k_ref.txt", "test": "ade20k_ref_test.txt"}
 LABEL_MODES = ("L", "P")
 
@@ -91,24 +92,29 @@ class ADE20KDataset(PairedDataset):
                 f"{self.root}: the {self.layout} ADE20K layout needs {self.folders.images}/ for "
                 f"the {split} split; found: {found_entries(self.root)}"
             )
-        prefix = PREFIXES[split]
+        marker = MARKERS[split]
         names = sorted(
             (
                 p.name
                 for p in self.folders.images.iterdir()
-                if p.suffix == ".jpg" and p.name.startswith(prefix)
+                if p.suffix == ".jpg" and marker in p.name
             ),
             key=natural_key,
         )
         if not names:
-            raise ValueError(f"{self.folders.images}: no {prefix}*.jpg photos (the {split} split)")
+            raise ValueError(
+                f"{self.folders.images}: no *{marker}*.jpg photos (the {split} split); found: "
+                f"{found_entries(self.folders.images)}"
+            )
         names = self.limited(names)
         needs_references = not self.train or cfg.real_reference_probability > 0
         references: dict[str, Entry] = {}
         if needs_references:
-            references = read_references(
+            table = read_references(
                 self.root / REFERENCE_LISTS[split], what=f"{split} reference list"
             )
+            # Keys are photo file names; a list that carries folders still matches.
+            references = {Path(key).name: entry for key, entry in table.items()}
         self.items = []
         for name in names:
             where = str(self.folders.images / name)
