@@ -178,6 +178,9 @@ def _released(name: str, semantic_nc: int) -> DynaSTConfig:
 
 PRESETS: dict[str, DynaSTConfig] = {
     "deepfashion-256": _released("deepfashion-256", 20),
+    # The same model at 512 pixels (the release cannot run it: it materialises every sparse
+    # candidate; the fused kernels do not). Its coarsest scale, dense, is 64 x 64 tokens.
+    "deepfashion-512": dataclasses.replace(_released("deepfashion-512", 20), image_size=512),
     "celebahq-edge-256": _released("celebahq-edge-256", 15),
     # 150 classes plus "other", one-hot (method.md section 6).
     "ade20k-256": _released("ade20k-256", 151),

@@ -2,13 +2,16 @@
 
   python -m eval.generate --model RUN_OR_DIR --out OUT [--count N] [--format png|jpg]
                           [--targets] [--visualize] [--batch-size 8] [--cpu]
+  python -m eval.generate --model DIR --out OUT --preset deepfashion-256 --data.root DIR
+                          [--data.field VALUE ...]
   python -m eval.generate --model DIR --out OUT --semantic LABEL.png --exemplar PHOTO.jpg
                           --exemplar-semantic LABEL.png
 
 --model: a save_pretrained folder, a training run folder (its final/ or newest checkpoint) or one
-checkpoint folder of a run. Inputs: the test pairs of a dataset (the run's own data config when
---model is inside a run folder; otherwise the synthetic data at the model's size, or --data-root
-for a folder dataset), or one semantic map plus one exemplar.
+checkpoint folder of a run. Inputs: the test pairs of a dataset (--preset NAME takes a training
+preset's data, --data.field VALUE sets any data field as in training; otherwise the run's own data
+config when --model is inside a run folder, else the synthetic data at the model's size, or
+--data-root for a folder dataset), or one semantic map plus one exemplar.
 
 Writes OUT/images/<name>.<png|jpg> (names: the pair index, six digits, or --name for one pair);
 with --targets the ground truths to OUT/targets/<name>.png (always PNG: they are the real set);
@@ -71,8 +74,65 @@ def find_run_config(model_dir: Path) -> tuple[Path, dict] | None:
     return None
 
 
+def parse_data_overrides(tokens: Sequence[str]) -> list[tuple[str, str]]:
+    """`--data.field VALUE` / `--data.field=VALUE` tokens -> [(field, value)], as training takes
+    them; anything else is an error naming the token."""
+    pairs, i = [], 0
+    while i < len(tokens):
+        token = tokens[i]
+        name, eq, value = token.partition("=")
+        if not name.startswith("--data.") or len(name) == len("--data."):
+            raise ValueError(
+                f"unknown argument {token!r}: data fields are set with --data.field VALUE "
+                "(e.g. --data.root DIR); see --help"
+            )
+        if not eq:
+            if i + 1 >= len(tokens):
+                raise ValueError(f"{name}: missing value")
+            value = tokens[i + 1]
+            i += 1
+        pairs.append((name[len("--data.") :], value))
+        i += 1
+    return pairs
+
+
+def preset_data_config(args: argparse.Namespace, cfg: DynaSTConfig, model_dir: Path) -> DataConfig:
+    """--preset NAME (a training preset's data: kind, sizes, options) and --data.* overrides,
+    like training; without --preset the overrides apply to the run's data config (else synthetic
+    data at the model's size). The image size follows the model unless --data.image_size."""
+    from train.config import run_preset
+    from train.overrides import apply_overrides
+
+    if args.preset is not None:
+        base = run_preset(args.preset).data
+    else:
+        run = find_run_config(model_dir)
+        base = (
+            DataConfig.from_dict(run[1]["data"])
+            if run is not None
+            else DataConfig(num_classes=cfg.semantic_nc, image_size=cfg.image_size)
+        )
+    pairs = [(f"data.{name}", value) for name, value in args.data_overrides]
+    if args.data_root is not None:
+        pairs.append(("data.root", args.data_root))
+    if not any(name == "image_size" for name, _ in args.data_overrides):
+        pairs.append(("data.image_size", str(cfg.image_size)))
+    holder = _DataHolder(base)
+    return apply_overrides(holder, pairs).data
+
+
+@dataclass(frozen=True)
+class _DataHolder:
+    """Lets the training override parser (dotted names from a root dataclass) set data.*."""
+
+    data: DataConfig
+
+
 def data_config(args: argparse.Namespace, cfg: DynaSTConfig, model_dir: Path) -> DataConfig:
-    """Which dataset's test pairs to generate: --data-root, else the run's, else synthetic."""
+    """Which dataset's test pairs to generate: --preset / --data.*, else --data-root, else the
+    run's, else synthetic."""
+    if getattr(args, "preset", None) is not None or getattr(args, "data_overrides", None):
+        return preset_data_config(args, cfg, model_dir)
     if args.data_root is not None:
         return DataConfig(
             kind="folder",
@@ -231,6 +291,12 @@ def build_parser() -> argparse.ArgumentParser:
     data = parser.add_argument_group("dataset pairs (default: the run's data, else synthetic)")
     data.add_argument("--data-root", default=None, help="a folder dataset (docs/data.md)")
     data.add_argument(
+        "--preset",
+        default=None,
+        help="a training preset's data (e.g. deepfashion-256, with --data.root DIR); any "
+        "--data.field VALUE overrides a field, as in training",
+    )
+    data.add_argument(
         "--synthetic", action="store_true", help="synthetic data even for a run folder"
     )
     data.add_argument("--data-seed", type=int, default=0, help="synthetic data seed (0)")
@@ -349,7 +415,11 @@ def generate(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, rest = parser.parse_known_args(argv)
+    try:
+        args.data_overrides = parse_data_overrides(rest)
+    except ValueError as error:
+        parser.error(str(error))
     if args.batch_size < 1 or args.workers < 0 or args.first < 0:
         parser.error("--batch-size must be >= 1, --workers and --first >= 0")
     if args.count is not None and args.count < 1:

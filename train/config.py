@@ -321,12 +321,44 @@ def release_recipe(name: str) -> TrainConfig:
     )
 
 
+# The data side of each released preset (method.md section 6; docs/data.md). DeepFashion follows
+# DynaST's train_deepfashion.sh (load 256 = crop, --no_flip, --video_like, reference
+# probabilities 0); CelebA-HQ edges and ADE20K follow CoCosNet's dataset defaults (load 286, crop
+# 256, flips) and its training defaults real_reference_probability 0.7 / hard 0.2, since DynaST
+# released no recipe for them.
+_RELEASED_DATA: dict[str, dict[str, Any]] = {
+    "deepfashion-256": {"kind": "deepfashion"},
+    "deepfashion-512": {"kind": "deepfashion"},
+    "celebahq-edge-256": {
+        "kind": "celebahq-edge",
+        "load_size": 286,
+        "flip": True,
+        "real_reference_probability": 0.7,
+        "hard_reference_probability": 0.2,
+    },
+    "ade20k-256": {
+        "kind": "ade20k",
+        "load_size": 286,
+        "flip": True,
+        "real_reference_probability": 0.7,
+        "hard_reference_probability": 0.2,
+    },
+}
+
+
+def _released_data(name: str, model: DynaSTConfig) -> DataConfig:
+    """The data config of a released preset; the folder is given on the command line
+    (`--data.root DIR`)."""
+    options = _RELEASED_DATA.get(name, {"kind": "folder"})
+    return DataConfig(image_size=model.image_size, num_classes=model.semantic_nc, **options)
+
+
 def _released(name: str) -> RunConfig:
     # The data folder is given on the command line: `--data.root DIR`.
     model = MODEL_PRESETS[name]
     return RunConfig(
         model=model,
-        data=DataConfig(kind="folder", image_size=model.image_size, num_classes=model.semantic_nc),
+        data=_released_data(name, model),
         train=release_recipe(name),
     )
 

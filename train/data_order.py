@@ -83,6 +83,11 @@ def micro_batches(
     """
     length = len(dataset)
     while True:
+        if hasattr(dataset, "set_epoch"):
+            # The real-data loaders draw crops, flips and references from (seed, epoch, index):
+            # a resumed run reads the same samples. Workers copy the dataset per epoch (the
+            # loader below is made anew), so they see this epoch.
+            dataset.set_epoch(position.epoch)
         sampler = EpochSampler(
             length,
             batch_size=batch_size,

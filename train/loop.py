@@ -222,7 +222,8 @@ def evaluate(
     finally:
         generator.train(was_training)
     weights = torch.cat(with_target)
-    metrics = {"eval/correspondence_accuracy": float(torch.cat(accuracy).mean())}
+    # NaN marks pairs without class maps (pose / edge encodings): they are left out.
+    metrics = {"eval/correspondence_accuracy": float(torch.nanmean(torch.cat(accuracy)))}
     for key, values in (("eval/l1", l1), ("eval/warp_l1", warp_l1)):
         total = (torch.cat(values) * weights).sum()
         metrics[key] = float(total / weights.sum()) if weights.sum() > 0 else math.nan
@@ -256,21 +257,32 @@ class _StepParts:
 
 @dataclass
 class _SampleWeights:
-    """Per micro-batch sample weights (1 for pairs with a ground truth / 1 for all) and their
-    sums over the global batch: every process and every micro-batch of the step."""
+    """Per micro-batch sample weights (1 for pairs with a ground truth / 1 for pairs whose
+    exemplar shows the target's own appearance / 1 for all) and their sums over the global
+    batch: every process and every micro-batch of the step."""
 
     has_target: list[Tensor]
+    same_appearance: list[Tensor]
     ones: list[Tensor]
     global_target: Tensor
+    global_same: Tensor
     global_all: Tensor
 
 
 def _global_weights(accelerator: Accelerator, micro: list[dict]) -> _SampleWeights:
     has_target = [b["has_target"].float() for b in micro]
+    # The warp loss counts only pairs whose exemplar shows the target's appearance (the
+    # release's self_ref weights); a dataset without the flag falls back to has_target.
+    same = [
+        b.get("same_appearance", b["has_target"]).float() * t
+        for b, t in zip(micro, has_target, strict=True)
+    ]
     ones = [torch.ones_like(w) for w in has_target]
-    local = torch.stack([sum(w.sum() for w in has_target), sum(o.sum() for o in ones)])
+    local = torch.stack(
+        [sum(w.sum() for w in has_target), sum(w.sum() for w in same), sum(o.sum() for o in ones)]
+    )
     total = accelerator.reduce(local.double(), reduction="sum").float()
-    return _SampleWeights(has_target, ones, total[0], total[1])
+    return _SampleWeights(has_target, same, ones, total[0], total[1], total[2])
 
 
 def _sync_unless(last: bool, accelerator: Accelerator, model: nn.Module):
@@ -307,7 +319,8 @@ def _generator_step(
                         real_feats = p.vgg(target)
             # name -> (per-sample value, sample weights, their global sum)
             with_target = (sw.has_target[m], sw.global_target)
-            terms = {"warp": (warp_loss(out.warps, target), *with_target)}
+            same = (sw.same_appearance[m], sw.global_same)
+            terms = {"warp": (warp_loss(out.warps, target), *same)}
             if w.gan > 0:
                 terms["gan"] = (generator_hinge(fake_preds), sw.ones[m], sw.global_all)
             if w.feature_matching > 0:

@@ -15,4 +15,16 @@ def build_dataset(cfg: DataConfig, split: str) -> Dataset:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     if cfg.kind == "synthetic":
         return SyntheticDataset(cfg, split)
+    if cfg.kind == "deepfashion":
+        from .deepfashion import DeepFashionDataset
+
+        return DeepFashionDataset(cfg, split)
+    if cfg.kind == "celebahq-edge":
+        from .celebahq_edge import CelebAHQEdgeDataset
+
+        return CelebAHQEdgeDataset(cfg, split)
+    if cfg.kind == "ade20k":
+        from .ade20k import ADE20KDataset
+
+        return ADE20KDataset(cfg, split)
     return FolderDataset(cfg, split)

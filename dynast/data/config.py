@@ -7,7 +7,12 @@ from typing import Any
 
 from .textures import photo_textures_available
 
-DATA_KINDS = ("synthetic", "folder")
+DATA_KINDS = ("synthetic", "folder", "deepfashion", "celebahq-edge", "ade20k")
+# The datasets of method.md section 6 read from their original layouts; their semantic input is a
+# fixed encoding with this many channels (DeepFashion: pose drawing + limb distance maps;
+# CelebA-HQ: edges + part distance maps; ADE20K: 150 classes plus "unknown", one-hot).
+ENCODING_CHANNELS = {"deepfashion": 20, "celebahq-edge": 15, "ade20k": 151}
+REAL_KINDS = tuple(ENCODING_CHANNELS)
 TEXTURE_SOURCES = ("auto", "photo", "procedural")
 SPLITS = ("train", "test")
 # On-the-fly synthetic data has no natural length: these set what one epoch means.
@@ -33,6 +38,20 @@ class DataConfig:
     to_dict records).
     match_pair_sizes: folder only: an exemplar must have its target's size (as well as each image
     its label map's). Turn off for datasets of mixed sizes (every file is resized anyway).
+
+    The kinds "deepfashion", "celebahq-edge" and "ade20k" read those datasets in their original
+    layouts at `root` (docs/data.md) and need num_classes equal to their encoding's channel
+    count (20, 15, 151). For them:
+    load_size: training images (and their maps) are resized to load_size x load_size and a random
+    image_size crop is taken, as the release's resize_and_crop (None: load_size = image_size, no
+    crop). The test split always loads at image_size, uncropped.
+    flip: mirror training pairs at random (the target with its map, the exemplar independently).
+    real_reference_probability / hard_reference_probability: the release's training rule: one
+    uniform draw u per sample; u < real picks the retrieved reference from the pair list (the
+    hard one when also u < hard) with same_appearance False; otherwise the self reference.
+    check_identity: deepfashion only: a training exemplar of another person (another id_ folder)
+    keeps the release's pairing but gets same_appearance False (the release applies the warp loss
+    to it anyway; False restores that).
     """
 
     kind: str = "synthetic"
@@ -44,17 +63,37 @@ class DataConfig:
     test_length: int | None = None
     textures: str = "auto"
     match_pair_sizes: bool = True
+    load_size: int | None = None
+    flip: bool = False
+    real_reference_probability: float = 0.0
+    hard_reference_probability: float = 0.0
+    check_identity: bool = True
 
     def __post_init__(self) -> None:
         if self.kind not in DATA_KINDS:
             raise ValueError(f"DataConfig.kind must be one of {DATA_KINDS}, got {self.kind!r}")
         if self.kind == "synthetic" and self.root is not None:
             raise ValueError(
-                f"DataConfig.root={self.root!r} is only read by kind='folder'; leave it None for "
-                "synthetic data"
+                f"DataConfig.root={self.root!r} is only read by kind='folder' and the dataset "
+                f"kinds {REAL_KINDS}; leave it None for synthetic data"
             )
         _check_int("num_classes", self.num_classes, low=2, high=MAX_CLASSES)
         _check_int("image_size", self.image_size, low=8)
+        want = ENCODING_CHANNELS.get(self.kind)
+        if want is not None and self.num_classes != want:
+            raise ValueError(
+                f"DataConfig.num_classes={self.num_classes} but kind={self.kind!r} produces "
+                f"{want} semantic channels: set num_classes (and the model's semantic_nc) to {want}"
+            )
+        if self.load_size is not None:
+            _check_int("load_size", self.load_size, low=self.image_size)
+        for name in ("flip", "check_identity"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"DataConfig.{name} must be a bool, got {getattr(self, name)!r}")
+        for name in ("real_reference_probability", "hard_reference_probability"):
+            p = getattr(self, name)
+            if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p <= 1.0:
+                raise ValueError(f"DataConfig.{name} must be a number in [0, 1], got {p!r}")
         _check_int("seed", self.seed, low=0)
         for name in ("train_length", "test_length"):
             if getattr(self, name) is not None:
@@ -76,6 +115,15 @@ class DataConfig:
                 )
             if self.textures == "auto":
                 object.__setattr__(self, "textures", "photo" if available else "procedural")
+
+    @property
+    def has_classes(self) -> bool:
+        """Whether samples carry class maps (labels); pose and edge encodings have none."""
+        return self.kind not in ("deepfashion", "celebahq-edge")
+
+    def train_load_size(self) -> int:
+        """The size training images are resized to before the image_size crop."""
+        return self.image_size if self.load_size is None else self.load_size
 
     def length(self, split: str) -> int | None:
         """The configured number of pairs of `split` (synthetic defaults filled in)."""

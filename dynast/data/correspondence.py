@@ -23,7 +23,9 @@ def correspondence_accuracy(
     class. Classes are read at each grid cell's centre from the full-resolution maps (nearest).
 
     best_match [B, h*w] integer; label, exemplar_label [B, H, W] integer. Returns [B] float32 on
-    best_match's device.
+    best_match's device. Query positions labelled -1 (data without classes: pose and edge
+    encodings) are skipped; a sample without any labelled position gets NaN (average with
+    `torch.nanmean`).
     """
     if not (isinstance(grid, (tuple, list)) and len(grid) == 2) or not all(
         isinstance(g, int) and g > 0 for g in grid
@@ -54,4 +56,8 @@ def correspondence_accuracy(
     query_class = _labels_on_grid(label.to(device), h, w)
     key_class = _labels_on_grid(exemplar_label.to(device), h, w)
     matched_class = torch.gather(key_class, 1, best_match.long())
-    return (matched_class == query_class).float().mean(dim=1)
+    labelled = (query_class >= 0).float()
+    hits = ((matched_class == query_class).float() * labelled).sum(dim=1)
+    counted = labelled.sum(dim=1)
+    # 0 / 0 = NaN marks a sample without classes.
+    return hits / counted

@@ -11,7 +11,13 @@ from dynast.config import DEFAULT_PRESET, PRESETS, DynaSTConfig, preset
 
 
 def test_presets_and_default():
-    assert set(PRESETS) == {"deepfashion-256", "celebahq-edge-256", "ade20k-256", "synthetic-64"}
+    assert set(PRESETS) == {
+        "deepfashion-256",
+        "deepfashion-512",
+        "celebahq-edge-256",
+        "ade20k-256",
+        "synthetic-64",
+    }
     assert DEFAULT_PRESET == "synthetic-64"
     assert DynaSTConfig() == preset("synthetic-64")
     for name, cfg in PRESETS.items():
@@ -20,11 +26,16 @@ def test_presets_and_default():
     assert preset("ade20k-256").semantic_nc == 151
     assert preset("synthetic-64").image_size == 64
     assert preset("synthetic-64").semantic_nc == 8
+    big = preset("deepfashion-512")
+    assert (big.image_size, big.semantic_nc) == (512, 20)
+    assert {**big.to_dict(), "image_size": 256, "name": "deepfashion-256"} == preset(
+        "deepfashion-256"
+    ).to_dict()
 
 
 def test_unknown_preset_lists_names():
     with pytest.raises(ValueError, match="deepfashion-256") as err:
-        preset("deepfashion-512")
+        preset("deepfashion-1024")
     assert "synthetic-64" in str(err.value)
 
 
