@@ -15,7 +15,6 @@ from typing import Any
 from dynast.config import DEFAULT_PRESET, DynaSTConfig
 from dynast.config import PRESETS as MODEL_PRESETS
 from dynast.data import DataConfig
-from dynast.discriminator import check_image_size
 
 from .overrides import diff, from_plain, to_plain
 
@@ -192,7 +191,6 @@ class RunConfig:
                 f"model.image_size ({self.model.image_size}) must equal data.image_size "
                 f"({self.data.image_size}); set both"
             )
-        check_image_size(self.model)  # training needs the discriminator to fit the images
         channels = semantic_channels(self.data)
         if channels is not None and channels != self.model.semantic_nc:
             raise ValueError(

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from dynast.data import build_dataset, correspondence_accuracy, semantic_to_rgb
-from dynast.discriminator import MultiscaleDiscriminator
+from dynast.discriminator import MultiscaleDiscriminator, check_image_size
 from dynast.generator import Generator
 from dynast.io import save_pretrained
 from dynast.vgg import VGG19Features, resolve_vgg_weights
@@ -391,6 +391,10 @@ def train(cfg: RunConfig) -> TrainResult:
     """Train (or resume) the run `cfg` describes; returns its start and end evaluation."""
     started = time.perf_counter()
     tc = cfg.train
+    try:
+        check_image_size(cfg.model)
+    except ValueError as e:
+        raise TrainingError(f"model: {e}") from None
     fp16 = tc.mixed_precision == "fp16"
     # fp16 gets one loss scaler per optimizer (below) instead of Accelerate's single shared one,
     # so Accelerate itself runs without mixed precision and we autocast to fp16 ourselves.
