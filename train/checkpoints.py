@@ -20,14 +20,19 @@ import hashlib
 import json
 import math
 import os
+import pickle
+import random
 import re
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+import numpy as np
 import torch
+from accelerate.utils import load as accelerate_load
 from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_model
 
 from .errors import TrainingError
 
@@ -355,6 +360,64 @@ def load_scalers(folder: Path, scalers: dict[str, torch.amp.GradScaler]) -> None
             scaler.load_state_dict(state)
     except (OSError, ValueError, KeyError, RuntimeError) as e:
         raise TrainingError(f"{path}: not a readable loss-scaler state ({e})") from None
+
+
+# ----------------------------------------------------------------------------- training state
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
+def load_training_state(
+    state_dir: Path,
+    models: Sequence[torch.nn.Module],
+    optimizers: Sequence[torch.optim.Optimizer],
+    process_index: int,
+) -> list[str]:
+    """Load what Accelerate's `save_state` wrote into `state_dir`, by our own loaders rather than
+    `Accelerator.load_state`, which would also unpickle any `custom_checkpoint_*.pkl` found there
+    with `weights_only=False`: models from safetensors (data only), optimizers with
+    `torch.load(weights_only=True)`, this process's random states with Accelerate's `load`
+    (weights_only=True plus numpy's state types). Other files in the folder are never opened.
+    TrainingError naming the file for a model or optimizer that does not load; a random-state file
+    that does not load is a warning (returned), the run goes on with fresh random states."""
+    for i, model in enumerate(models):
+        path = state_dir / ("model.safetensors" if i == 0 else f"model_{i}.safetensors")
+        try:
+            load_model(model, path, strict=True, device="cpu")
+        except (SafetensorError, OSError, RuntimeError) as e:
+            raise TrainingError(f"{path}: cannot load the model state ({_first_line(e)})") from None
+    for i, optimizer in enumerate(optimizers):
+        path = state_dir / ("optimizer.bin" if i == 0 else f"optimizer_{i}.bin")
+        try:
+            optimizer.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        except (OSError, RuntimeError, ValueError, KeyError, EOFError, pickle.UnpicklingError) as e:
+            raise TrainingError(
+                f"{path}: cannot load the optimizer state ({_first_line(e)})"
+            ) from None
+    path = state_dir / f"random_states_{process_index}.pkl"
+    try:
+        states = accelerate_load(path)
+        random.setstate(states["random_state"])
+        np.random.set_state(states["numpy_random_seed"])  # noqa: NPY002 - the state saved
+        torch.set_rng_state(states["torch_manual_seed"])
+        if torch.cuda.is_available() and "torch_cuda_manual_seed" in states:
+            torch.cuda.set_rng_state_all(states["torch_cuda_manual_seed"])
+    except (
+        OSError,
+        RuntimeError,
+        ValueError,
+        KeyError,
+        TypeError,
+        EOFError,
+        pickle.UnpicklingError,
+    ) as e:
+        return [
+            f"warning: {path}: random states not loaded ({_first_line(e)}); this process goes on "
+            "with fresh ones"
+        ]
+    return []
 
 
 # ----------------------------------------------------------------------------- publish, rotate

@@ -491,14 +491,16 @@ def train(cfg: RunConfig) -> TrainResult:
                 f"{world}: resume with the same number of processes (the data order and random "
                 "states are per process)"
             )
-        try:
-            # Models from safetensors, optimizers and random states by torch.load with
-            # weights_only=True (docs/training.md, "Run-folder guarantees").
-            accelerator.load_state(str(folder / ckpt.STATE_DIR))
-        except (OSError, ValueError, RuntimeError, SafetensorError) as e:
-            raise TrainingError(
-                f"{folder / ckpt.STATE_DIR}: cannot load ({str(e).splitlines()[0]})"
-            ) from None
+        # Not accelerator.load_state: it unpickles stray custom_checkpoint_*.pkl files.
+        warnings = ckpt.load_training_state(
+            folder / ckpt.STATE_DIR,
+            [generator, discriminator],
+            [opt_g, opt_d],
+            accelerator.process_index,
+        )
+        if not resume.warnings:  # else the manifest check has named the file already
+            for warning in warnings:
+                say(warning)
         if fp16:
             ckpt.load_scalers(folder, scalers)
         say(f"resuming from {folder} at step {progress.step}")
