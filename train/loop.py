@@ -494,7 +494,7 @@ def train(cfg: RunConfig) -> TrainResult:
         # Not accelerator.load_state: it unpickles stray custom_checkpoint_*.pkl files.
         warnings = ckpt.load_training_state(
             folder / ckpt.STATE_DIR,
-            [generator, discriminator],
+            [g_inner, d_inner],  # save_state writes the unwrapped (not DDP) parameter names
             [opt_g, opt_d],
             accelerator.process_index,
         )

@@ -597,3 +597,31 @@ def test_accelerate_launch_quiet_prints_only_our_line(tmp_path):
     )  # fmt: skip
     assert _one_error(result, 1).startswith("error: unknown argument '--no-such-flag'")
     assert "CalledProcessError" not in result.stderr
+
+
+def test_two_processes_resume_past_a_damaged_random_state(tmp_path):
+    """torchrun with 2 processes: the main process verifies and picks the checkpoint, the other
+    finds the same one; each loads its own state (DDP-unwrapped names); rank 1's truncated random
+    state is a warning, not a failure."""
+    run_dir = tmp_path / "run"
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", MAIN]
+    args = [
+        *TINY[: TINY.index("--train.batch_size")], "--train.batch_size", "2",
+        "--train.checkpoint_every", "1", "--output-dir", str(run_dir),
+    ]  # fmt: skip
+
+    def launch(steps: int) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [*torchrun, *args, "--max-steps", str(steps)],
+            cwd=tmp_path, env=_env(tmp_path), capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+
+    first = launch(1)
+    assert first.returncode == 0, first.stderr
+    damaged = _checkpoint(run_dir, 1) / "state" / "random_states_1.pkl"
+    _truncate(damaged)
+    second = launch(2)
+    out = second.stdout + second.stderr
+    assert second.returncode == 0, out
+    assert "at step 1" in out and f"warning: {damaged}" in out and "Traceback" not in out
+    assert ckpt.verify(_checkpoint(run_dir, 2)).step == 2
