@@ -28,6 +28,41 @@ PADDING = 1  # int((4 - 1) / 2), as the release
 MAX_WIDTH = 512
 
 
+def layer_sizes(num_layers: int, height: int, width: int) -> list[tuple[int, int]]:
+    """Spatial size after each layer of an `NLayerDiscriminator` with `num_layers` for an input
+    of this size: `num_layers` 4x4 convs (stride 2, the last stride 1), then the logits conv."""
+    sizes = []
+    for n in range(num_layers + 1):
+        stride = 2 if n == 0 or n < num_layers - 1 else 1
+        height = (height + 2 * PADDING - KERNEL) // stride + 1
+        width = (width + 2 * PADDING - KERNEL) // stride + 1
+        sizes.append((height, width))
+    return sizes
+
+
+def check_image_size(
+    cfg: DynaSTConfig, height: int | None = None, width: int | None = None
+) -> None:
+    """ValueError unless images of `height` x `width` (default: `cfg.image_size` square) fit the
+    discriminator `cfg` describes: instance norm needs more than one pixel and the logits at
+    least one, at every scale. Needs the config alone, so training refuses it before it starts."""
+    height = cfg.image_size if height is None else height
+    width = cfg.image_size if width is None else width
+    h, w = height, width
+    for index in range(cfg.num_discriminators):
+        if index > 0:
+            h, w = (h + 1) // 2, (w + 1) // 2  # 3x3 stride-2 average pool, padding 1
+        sizes = layer_sizes(cfg.disc_layers, h, w)
+        normed, logits = sizes[1:-1], sizes[-1]
+        if min(logits) < 1 or any(a * b < 2 for a, b in normed):
+            raise ValueError(
+                f"image {height}x{width} is too small for the discriminator "
+                f"(num_discriminators={cfg.num_discriminators}, disc_layers={cfg.disc_layers}): "
+                f"scale {index} would give layer sizes {sizes}; use a larger image or fewer "
+                "layers or scales (model.disc_layers, model.num_discriminators)"
+            )
+
+
 class NLayerDiscriminator(nn.Module):
     """One PatchGAN scale. `forward` returns every layer's output; the last is the patch logits."""
 
@@ -89,20 +124,7 @@ class MultiscaleDiscriminator(nn.Module):
         )
 
     def _check_size(self, height: int, width: int) -> None:
-        """Instance norm needs more than one pixel and the logits at least one, at every scale."""
-        h, w = height, width
-        for index, scale in enumerate(self.scales):
-            if index > 0:
-                h, w = (h + 1) // 2, (w + 1) // 2  # 3x3 stride-2 average pool, padding 1
-            sizes = scale.output_sizes(h, w)
-            normed, logits = sizes[1:-1], sizes[-1]
-            if min(logits) < 1 or any(a * b < 2 for a, b in normed):
-                raise ValueError(
-                    f"image {height}x{width} is too small for the discriminator "
-                    f"(num_discriminators={len(self.scales)}, disc_layers={len(sizes) - 1}): "
-                    f"scale {index} would give layer sizes {sizes}; use a larger image or fewer "
-                    "layers or scales"
-                )
+        check_image_size(self.config, height, width)
 
     def forward(self, semantic: Tensor, image: Tensor) -> list[list[Tensor]]:
         cfg = self.config

@@ -18,7 +18,7 @@ import re
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from .config import DynaSTConfig
@@ -32,6 +32,34 @@ _CHECKPOINT_PATTERN = re.compile(r"checkpoint_(\d+)")
 
 class CheckpointMismatchError(ValueError):
     """Weights that do not fit the generator they are loaded into."""
+
+
+class DamagedWeightsError(ValueError):
+    """A weights file that cannot be read as safetensors (truncated, garbled, not safetensors)."""
+
+
+def _damaged(path: Path, error: Exception) -> DamagedWeightsError:
+    # safetensors' messages (e.g. "incomplete metadata, file not fully covered") name no file.
+    return DamagedWeightsError(
+        f"{str(path)!r}: damaged or not a safetensors file ({error}); save the weights again"
+    )
+
+
+def read_safetensors_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """The metadata of a safetensors file; DamagedWeightsError naming it when it is unreadable."""
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return handle.metadata() or {}
+    except (SafetensorError, OSError) as error:
+        raise _damaged(Path(path), error) from None
+
+
+def load_safetensors(path: str | os.PathLike, device: str = "cpu") -> dict[str, torch.Tensor]:
+    """`safetensors.torch.load_file`, with DamagedWeightsError naming the file when unreadable."""
+    try:
+        return load_file(str(path), device=device)
+    except (SafetensorError, OSError) as error:
+        raise _damaged(Path(path), error) from None
 
 
 def _write_atomically(path: Path, write) -> None:
@@ -117,14 +145,18 @@ def from_pretrained(
     weights = directory / WEIGHTS_FILE
     if not weights.is_file():
         raise FileNotFoundError(f"{str(weights)!r} not found beside {CONFIG_FILE}")
-    with safe_open(str(weights), framework="pt") as handle:
-        metadata = handle.metadata() or {}
+    metadata = read_safetensors_metadata(weights)
     if metadata.get("format") != FORMAT:
         raise ValueError(
             f"{str(weights)!r} was not written by dynast.io.save_pretrained "
             f"(metadata format {metadata.get('format')!r}, expected {FORMAT!r})"
         )
-    weights_config = DynaSTConfig.from_dict(json.loads(metadata["config"]))
+    try:
+        weights_config = DynaSTConfig.from_dict(json.loads(metadata["config"]))
+    except (KeyError, TypeError, ValueError) as error:
+        raise ValueError(
+            f"{str(weights)!r}: its metadata holds no valid generator config ({error})"
+        ) from None
     if weights_config != saved:
         raise CheckpointMismatchError(
             f"{CONFIG_FILE} and {WEIGHTS_FILE} in {str(directory)!r} come from different saves "
@@ -136,7 +168,7 @@ def from_pretrained(
             f"generator was asked for (checkpoint vs asked: {_config_difference(saved, config)})"
         )
     generator = Generator(saved)
-    load_state_strict(generator, load_file(str(weights), device="cpu"), repr(str(weights)))
+    load_state_strict(generator, load_safetensors(weights), repr(str(weights)))
     return generator.to(device).eval()
 
 

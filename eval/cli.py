@@ -152,6 +152,13 @@ def _check_sets(real: ImageFolder | None, fake: ImageFolder, metrics: tuple[str,
             )
     if "fid" in metrics and (len(real) < 2 or len(fake) < 2):
         raise ValueError("fid needs at least 2 images per set")
+    if "fid" in metrics and real.size != fake.size:
+        # As for a statistics file (_check_stats_early): Inception resizes both to 299, but
+        # images made at another size are another distribution, and FID would mostly measure that.
+        raise ValueError(
+            f"fid compares sets at one size: --real {real.size[0]}x{real.size[1]}, --fake "
+            f"{fake.size[0]}x{fake.size[1]}"
+        )
 
 
 def _check_stats_early(args: argparse.Namespace, stats, fake: ImageFolder) -> None:

@@ -183,4 +183,17 @@ def load_stats(path: str | Path) -> FeatureStats:
         raise ValueError(f"{path}: cannot be read as a .npz statistics file: {error}") from error
     if meta.get("format") != STATS_FORMAT:
         raise ValueError(f"{path}: format {meta.get('format')!r}, expected {STATS_FORMAT!r}")
-    return FeatureStats(mu.astype(np.float64), sigma.astype(np.float64), int(meta["count"]), meta)
+    # Checked here, not left to the distance: a NaN reaching the matrix square root crashes
+    # inside MKL (a segfault) after every feature of the other set has been computed.
+    for name, values in (("mu", mu), ("sigma", sigma)):
+        if not np.issubdtype(values.dtype, np.floating) or not np.isfinite(values).all():
+            raise ValueError(
+                f"{path}: {name} holds non-finite values (NaN or inf) or is not floating point; "
+                "make the statistics again with `python -m eval ref`"
+            )
+    try:
+        return FeatureStats(
+            mu.astype(np.float64), sigma.astype(np.float64), int(meta["count"]), meta
+        )
+    except (KeyError, TypeError, ValueError) as error:
+        raise ValueError(f"{path}: not valid statistics ({error})") from error

@@ -1,10 +1,13 @@
 """Checkpoints of a run: `<run>/checkpoints/checkpoint_XXXXXXXX/`, written whole or not at all.
 
 A checkpoint is written into `checkpoint_XXXXXXXX.tmp` (Accelerate `save_state` in safetensors
-under `state/`, the generator's `save_pretrained` folder under `generator/`, then `progress.json`
-last) and renamed into place only when complete, so an interruption never leaves a half-written
-folder under a final name. Resume takes the newest complete one; rotation deletes only older
-complete ones.
+under `state/`, the generator's `save_pretrained` folder under `generator/`, the fp16 loss scalers
+as `scalers.json`, `progress.json`, then `manifest.json` last: the size and SHA-256 of every other
+file) and renamed into place only when complete, so an interruption never leaves a half-written
+folder under a final name. Resume takes the newest checkpoint that verifies against its manifest
+(`select_resume`); a damaged newer one is renamed `*.damaged` and left for inspection. Rotation
+renames a doomed checkpoint `*.deleting` before deleting it, so an interrupted deletion is finished
+at the next start instead of leaving a half-deleted folder under a checkpoint name.
 
 Accelerate's files live in `state/` rather than beside `generator/` because its generator file is
 also called `model.safetensors`: one level up it would make the checkpoint folder look like a
@@ -13,20 +16,49 @@ also called `model.safetensors`: one level up it would make the checkpoint folde
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import os
+import pickle
+import random
 import re
 import shutil
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+
+import numpy as np
+import torch
+from accelerate.utils import load as accelerate_load
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_model
 
 from .errors import TrainingError
 
 CHECKPOINTS_DIR = "checkpoints"
 PROGRESS_FILE = "progress.json"
+MANIFEST_FILE = "manifest.json"
+SCALERS_FILE = "scalers.json"
 GENERATOR_DIR = "generator"
 STATE_DIR = "state"
+MANIFEST_FORMAT = "dynast-checkpoint-manifest/1"
+# Files a checkpoint cannot resume without (Accelerate's names for two models, two optimizers).
+REQUIRED_FILES = (
+    PROGRESS_FILE,
+    f"{GENERATOR_DIR}/config.json",
+    f"{GENERATOR_DIR}/model.safetensors",
+    f"{STATE_DIR}/model.safetensors",
+    f"{STATE_DIR}/model_1.safetensors",
+    f"{STATE_DIR}/optimizer.bin",
+    f"{STATE_DIR}/optimizer_1.bin",
+)
+# Random states only make the resumed run continue the same random stream; losing one is worth a
+# warning, not the checkpoint.
+_RANDOM_STATE = re.compile(rf"^{STATE_DIR}/random_states_\d+\.pkl$")
 _NAME = re.compile(r"^checkpoint_(\d{8})$")
+_LEFTOVER_SUFFIXES = (".tmp", ".old", ".deleting")
+_HASH_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -51,17 +83,22 @@ def checkpoints_root(run_dir: Path) -> Path:
     return run_dir / CHECKPOINTS_DIR
 
 
-def complete_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
-    """(step, folder) of every complete checkpoint, oldest first."""
+def _named_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
+    """(step, folder) of every folder named `checkpoint_XXXXXXXX`, complete or not, oldest first."""
     root = checkpoints_root(run_dir)
     if not root.is_dir():
         return []
     found = []
     for entry in root.iterdir():
         match = _NAME.match(entry.name)
-        if match and entry.is_dir() and (entry / PROGRESS_FILE).is_file():
+        if match and entry.is_dir():
             found.append((int(match.group(1)), entry))
     return sorted(found)
+
+
+def complete_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
+    """(step, folder) of every complete checkpoint (one with `progress.json`), oldest first."""
+    return [(s, f) for s, f in _named_checkpoints(run_dir) if (f / PROGRESS_FILE).is_file()]
 
 
 def latest_checkpoint(run_dir: Path) -> tuple[int, Path] | None:
@@ -70,7 +107,8 @@ def latest_checkpoint(run_dir: Path) -> tuple[int, Path] | None:
 
 
 def remove_partial(run_dir: Path) -> list[Path]:
-    """Delete folders left by an interrupted save (`*.tmp`, `*.old`); returns what was removed."""
+    """Delete folders left by an interrupted save (`*.tmp`, `*.old`) or an interrupted rotation
+    (`*.deleting`); returns what was removed."""
     root = checkpoints_root(run_dir)
     removed = []
     if root.is_dir():
@@ -78,7 +116,7 @@ def remove_partial(run_dir: Path) -> list[Path]:
             if (
                 entry.is_dir()
                 and entry.name.startswith("checkpoint_")
-                and (entry.name.endswith(".tmp") or entry.name.endswith(".old"))
+                and entry.name.endswith(_LEFTOVER_SUFFIXES)
             ):
                 shutil.rmtree(entry)
                 removed.append(entry)
@@ -96,17 +134,293 @@ def write_json_atomic(path: Path, data: object) -> None:
     os.replace(tmp, path)
 
 
+# ----------------------------------------------------------------------------- progress.json
+
+
+class DamagedCheckpointError(TrainingError):
+    """A checkpoint whose files are missing or do not match what was written (disk damage, an
+    interrupted copy): resume skips it for an older one."""
+
+
+def _check_progress(data: object, path: Path, expected_step: int | None) -> Progress:
+    """`Progress` from parsed JSON; TrainingError naming `path` for any wrong field."""
+    if not isinstance(data, dict):
+        raise TrainingError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    names = [f.name for f in fields(Progress)]
+    if sorted(data) != sorted(names):
+        raise TrainingError(
+            f"{path}: expected the fields {names}, got {sorted(data)} (edited by hand?)"
+        )
+    for name in names[:-1]:
+        value = data[name]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise TrainingError(
+                f"{path}: {name} must be an integer >= 0, got {value!r} (edited by hand?)"
+            )
+    elapsed = data["elapsed_s"]
+    if (
+        isinstance(elapsed, bool)
+        or not isinstance(elapsed, (int, float))
+        or not math.isfinite(elapsed)
+    ):
+        raise TrainingError(f"{path}: elapsed_s must be a finite number, got {elapsed!r}")
+    if data["world_size"] < 1 or data["batch_size"] < 1:
+        raise TrainingError(f"{path}: world_size and batch_size must be >= 1")
+    if expected_step is not None and data["step"] != expected_step:
+        raise TrainingError(
+            f"{path}: step {data['step']} differs from its folder {path.parent.name} (step "
+            f"{expected_step}); edited by hand? Resuming would continue at the wrong step and "
+            "overwrite later checkpoints: fix or remove that checkpoint"
+        )
+    return Progress(**{**data, "elapsed_s": float(elapsed)})
+
+
+def _folder_step(folder: Path) -> int | None:
+    match = _NAME.match(folder.name) or _NAME.match(folder.name.removesuffix(".tmp"))
+    return int(match.group(1)) if match else None
+
+
 def read_progress(folder: Path) -> Progress:
+    """The `progress.json` of a checkpoint folder, checked field by field (and against the step in
+    the folder's name). TrainingError naming the file when it is unreadable or wrong."""
     path = folder / PROGRESS_FILE
     try:
         data = json.loads(path.read_text())
-        return Progress(**data)
-    except (OSError, ValueError, TypeError) as e:
+    except (OSError, ValueError) as e:
         raise TrainingError(f"{path}: not a readable checkpoint progress file ({e})") from e
+    return _check_progress(data, path, _folder_step(folder))
 
 
 def write_progress(folder: Path, progress: Progress) -> None:
     write_json_atomic(folder / PROGRESS_FILE, asdict(progress))
+
+
+# ----------------------------------------------------------------------------- manifest
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_manifest(folder: Path) -> dict[str, dict[str, object]]:
+    """Record the size and SHA-256 of every file under `folder` (read back from disk) in
+    `manifest.json`, written last: a checkpoint without it was never finished."""
+    files = {}
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        rel = path.relative_to(folder).as_posix()
+        if rel != MANIFEST_FILE:
+            files[rel] = {"size": path.stat().st_size, "sha256": _sha256(path)}
+    write_json_atomic(folder / MANIFEST_FILE, {"format": MANIFEST_FORMAT, "files": files})
+    return files
+
+
+def _read_manifest(folder: Path) -> dict[str, dict[str, object]]:
+    path = folder / MANIFEST_FILE
+    if not path.is_file():
+        raise DamagedCheckpointError(f"{path} is missing (it is written last)")
+    try:
+        data = json.loads(path.read_text())
+        files = data["files"]
+        if data.get("format") != MANIFEST_FORMAT or not isinstance(files, dict):
+            raise ValueError(f"format {data.get('format')!r}, expected {MANIFEST_FORMAT!r}")
+        for entry in files.values():
+            if not (isinstance(entry["size"], int) and isinstance(entry["sha256"], str)):
+                raise ValueError("an entry without an integer size and a sha256")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise DamagedCheckpointError(f"{path}: not a readable manifest ({e})") from None
+    return files
+
+
+def _file_problem(path: Path, entry: dict[str, object]) -> str | None:
+    """Why `path` does not match its manifest entry, or None."""
+    if not path.is_file():
+        return "missing"
+    size = path.stat().st_size
+    if size != entry["size"]:
+        return f"{size} bytes, {entry['size']} when written"
+    if _sha256(path) != entry["sha256"]:
+        return "contents differ from when it was written (SHA-256)"
+    if path.suffix == ".safetensors":
+        try:
+            with safe_open(str(path), framework="pt"):
+                pass
+        except (SafetensorError, OSError) as e:
+            return f"unreadable safetensors header ({e})"
+    return None
+
+
+@dataclass(frozen=True)
+class Verified:
+    """A checkpoint that verified: its progress, and warnings about files it can resume without
+    (random states)."""
+
+    step: int
+    folder: Path
+    progress: Progress
+    warnings: tuple[str, ...]
+
+
+def verify(folder: Path) -> Verified:
+    """Check a checkpoint before trusting it: `progress.json` readable and consistent with the
+    folder name (a consistent-looking but wrong file is refused with TrainingError: someone edited
+    it), `manifest.json` present, every required file listed, and every listed file present with
+    its recorded size and hash. DamagedCheckpointError for damage; a damaged random-state file is
+    only a warning."""
+    step = _folder_step(folder)
+    path = folder / PROGRESS_FILE
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise DamagedCheckpointError(f"{path} is missing") from None
+    except (OSError, ValueError) as e:
+        raise DamagedCheckpointError(f"{path}: unreadable ({e})") from None
+    progress = _check_progress(data, path, step)
+    files = _read_manifest(folder)
+    absent = [name for name in REQUIRED_FILES if name not in files]
+    if absent:
+        raise DamagedCheckpointError(f"{folder / MANIFEST_FILE} does not list {absent}")
+    warnings = []
+    for rel, entry in files.items():
+        problem = _file_problem(folder / rel, entry)
+        if problem is None:
+            continue
+        if _RANDOM_STATE.match(rel):
+            warnings.append(
+                f"warning: {folder / rel}: {problem}; that process resumes with fresh random "
+                "states (the data order is unaffected)"
+            )
+        else:
+            raise DamagedCheckpointError(f"{folder / rel}: {problem}")
+    return Verified(progress.step, folder, progress, tuple(warnings))
+
+
+def _aside(folder: Path, suffix: str) -> Path:
+    """`folder` renamed with `suffix` (numbered if that name is taken); returns the new path."""
+    target, n = folder.with_name(folder.name + suffix), 1
+    while target.exists():
+        n += 1
+        target = folder.with_name(f"{folder.name}{suffix}-{n}")
+    os.replace(folder, target)
+    return target
+
+
+def select_resume(run_dir: Path, say: Callable[[str], None]) -> Verified | None:
+    """The newest checkpoint of `run_dir` that verifies (None when there is no checkpoint at
+    all). Every newer damaged one is renamed `*.damaged`, left on disk, and reported in one line.
+    When checkpoints exist but none verifies, TrainingError lists why and renames nothing: the
+    run would otherwise silently start over."""
+    found = _named_checkpoints(run_dir)
+    damaged: list[tuple[Path, str]] = []
+    chosen = None
+    for _, folder in reversed(found):
+        try:
+            chosen = verify(folder)
+            break
+        except DamagedCheckpointError as e:
+            damaged.append((folder, str(e)))
+    if chosen is None:
+        if damaged:
+            reasons = "; ".join(f"{folder.name}: {why}" for folder, why in damaged)
+            raise TrainingError(
+                f"{checkpoints_root(run_dir)}: no checkpoint verifies ({reasons}); move them "
+                "away to start the run over"
+            )
+        return None
+    for folder, why in damaged:
+        kept = _aside(folder, ".damaged")
+        say(f"skipped damaged checkpoint {folder.name} ({why}); kept as {kept.name}")
+    return chosen
+
+
+# ----------------------------------------------------------------------------- scalers
+
+
+def save_scalers(folder: Path, scalers: dict[str, torch.amp.GradScaler]) -> None:
+    """The loss scalers' state as JSON (numbers only), read back by `load_scalers`: nothing in a
+    run folder is unpickled."""
+    write_json_atomic(folder / SCALERS_FILE, {name: s.state_dict() for name, s in scalers.items()})
+
+
+def load_scalers(folder: Path, scalers: dict[str, torch.amp.GradScaler]) -> None:
+    path = folder / SCALERS_FILE
+    try:
+        data = json.loads(path.read_text())
+        if not isinstance(data, dict) or sorted(data) != sorted(scalers):
+            raise ValueError(f"expected the scalers {sorted(scalers)}")
+        for name, scaler in scalers.items():
+            state = data[name]
+            if not isinstance(state, dict) or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) for v in state.values()
+            ):
+                raise ValueError(f"{name}: expected a JSON object of numbers")
+            scaler.load_state_dict(state)
+    except (OSError, ValueError, KeyError, RuntimeError) as e:
+        raise TrainingError(f"{path}: not a readable loss-scaler state ({e})") from None
+
+
+# ----------------------------------------------------------------------------- training state
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
+def load_training_state(
+    state_dir: Path,
+    models: Sequence[torch.nn.Module],
+    optimizers: Sequence[torch.optim.Optimizer],
+    process_index: int,
+) -> list[str]:
+    """Load what Accelerate's `save_state` wrote into `state_dir`, by our own loaders rather than
+    `Accelerator.load_state`, which would also unpickle any `custom_checkpoint_*.pkl` found there
+    with `weights_only=False`: models from safetensors (data only), optimizers with
+    `torch.load(weights_only=True)`, this process's random states with Accelerate's `load`
+    (weights_only=True plus numpy's state types). Other files in the folder are never opened.
+    TrainingError naming the file for a model or optimizer that does not load; a random-state file
+    that does not load is a warning (returned), the run goes on with fresh random states."""
+    for i, model in enumerate(models):
+        path = state_dir / ("model.safetensors" if i == 0 else f"model_{i}.safetensors")
+        try:
+            load_model(model, path, strict=True, device="cpu")
+        except (SafetensorError, OSError, RuntimeError) as e:
+            raise TrainingError(f"{path}: cannot load the model state ({_first_line(e)})") from None
+    for i, optimizer in enumerate(optimizers):
+        path = state_dir / ("optimizer.bin" if i == 0 else f"optimizer_{i}.bin")
+        try:
+            optimizer.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        except (OSError, RuntimeError, ValueError, KeyError, EOFError, pickle.UnpicklingError) as e:
+            raise TrainingError(
+                f"{path}: cannot load the optimizer state ({_first_line(e)})"
+            ) from None
+    path = state_dir / f"random_states_{process_index}.pkl"
+    try:
+        states = accelerate_load(path)
+        random.setstate(states["random_state"])
+        np.random.set_state(states["numpy_random_seed"])  # noqa: NPY002 - the state saved
+        torch.set_rng_state(states["torch_manual_seed"])
+        if torch.cuda.is_available() and "torch_cuda_manual_seed" in states:
+            torch.cuda.set_rng_state_all(states["torch_cuda_manual_seed"])
+    except (
+        OSError,
+        RuntimeError,
+        ValueError,
+        KeyError,
+        TypeError,
+        EOFError,
+        pickle.UnpicklingError,
+    ) as e:
+        return [
+            f"warning: {path}: random states not loaded ({_first_line(e)}); this process goes on "
+            "with fresh ones"
+        ]
+    return []
+
+
+# ----------------------------------------------------------------------------- publish, rotate
 
 
 def staging_dir(run_dir: Path, step: int) -> Path:
@@ -132,11 +446,22 @@ def publish(staging: Path) -> Path:
 
 
 def rotate(run_dir: Path, limit: int) -> list[Path]:
-    """Delete the complete checkpoints older than the newest `limit`; returns what was removed."""
+    """Delete the complete checkpoints older than the newest `limit`, and any incomplete
+    `checkpoint_XXXXXXXX` folder older than the newest complete one (a deletion interrupted by
+    older code); returns what was removed. Each folder is first renamed `*.deleting`, so a deletion
+    interrupted here is finished by `remove_partial` at the next start."""
     if limit < 1:
         raise ValueError(f"checkpoint limit must be >= 1, got {limit}")
-    found = complete_checkpoints(run_dir)
-    doomed = [folder for _, folder in found[:-limit]]
-    for folder in doomed:
-        shutil.rmtree(folder)
-    return doomed
+    complete = complete_checkpoints(run_dir)
+    doomed = [folder for _, folder in complete[:-limit]]
+    if complete:
+        newest = complete[-1][0]
+        kept = {folder for _, folder in complete}
+        doomed += [f for s, f in _named_checkpoints(run_dir) if s < newest and f not in kept]
+    for folder in sorted(doomed):
+        going = folder.with_name(folder.name + ".deleting")
+        if going.exists():
+            shutil.rmtree(going)
+        os.replace(folder, going)
+        shutil.rmtree(going)
+    return sorted(doomed)

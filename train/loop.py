@@ -21,11 +21,12 @@ import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.utils import set_seed
+from safetensors import SafetensorError
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from dynast.data import build_dataset, correspondence_accuracy, semantic_to_rgb
-from dynast.discriminator import MultiscaleDiscriminator
+from dynast.discriminator import MultiscaleDiscriminator, check_image_size
 from dynast.generator import Generator
 from dynast.io import save_pretrained
 from dynast.vgg import VGG19Features, resolve_vgg_weights
@@ -45,6 +46,7 @@ from .losses import (
     warp_loss,
 )
 from .metrics_log import MetricsLog, read_metrics
+from .run_folder import check_output_paths, lock_run_folder, recover_final, write_final
 from .samples import sample_grid, save_png
 from .sync_batch_norm import count_batch_norms, synchronise_batch_norm
 
@@ -104,6 +106,26 @@ def _check_resumable(cfg: RunConfig, run_dir: Path) -> None:
             f"{run_dir} holds a run of preset {saved.model.name!r} whose config differs from "
             f"this one ({details}); resume with the same settings or use another --output-dir"
         )
+
+
+# What a failed write raises: OSError (disk full, permissions), safetensors' own error, and
+# RuntimeError from torch.save's zip writer.
+_WRITE_ERRORS = (OSError, SafetensorError, RuntimeError)
+
+
+@contextlib.contextmanager
+def _writing(what: Path, errors: tuple[type[BaseException], ...] = (OSError,)):
+    """Turn a failed write of `what` into one TrainingError naming the file; what was written
+    before (the last good checkpoint, the old final/) stays in place."""
+    try:
+        yield
+    except errors as e:
+        where = getattr(e, "filename", None) or what
+        detail = getattr(e, "strerror", None) or str(e).splitlines()[0]
+        raise TrainingError(
+            f"{where}: write failed ({detail}); the last complete checkpoint and final/ are "
+            "unchanged: fix that and run the same command again to resume"
+        ) from None
 
 
 def _lookup(cfg: RunConfig, dotted: str) -> object:
@@ -384,6 +406,10 @@ def train(cfg: RunConfig) -> TrainResult:
     """Train (or resume) the run `cfg` describes; returns its start and end evaluation."""
     started = time.perf_counter()
     tc = cfg.train
+    try:
+        check_image_size(cfg.model)
+    except ValueError as e:
+        raise TrainingError(f"model: {e}") from None
     fp16 = tc.mixed_precision == "fp16"
     # fp16 gets one loss scaler per optimizer (below) instead of Accelerate's single shared one,
     # so Accelerate itself runs without mixed precision and we autocast to fp16 ourselves.
@@ -402,16 +428,48 @@ def train(cfg: RunConfig) -> TrainResult:
             return torch.autocast(device.type, dtype=torch.float16)
         return accelerator.autocast()
 
-    # Run folder: writable, leftovers of an interrupted save removed, resume point found.
+    # Data first: a missing or broken dataset is one error before any model is built or any file
+    # written.
+    try:
+        train_set = build_dataset(cfg.data, "train")
+        eval_set = build_dataset(cfg.data, "test")
+        count = min(tc.eval_pairs, len(eval_set))
+        eval_samples = [eval_set[i] for i in range(count)]
+    except (OSError, ValueError, KeyError, IndexError) as e:
+        raise TrainingError(f"data: {clean_message(e)}") from None
+
+    # Run folder: writable, locked by this run, every output path checked, leftovers of an
+    # interrupted save removed, resume point verified.
     run_dir = Path(tc.output_dir)
+    lock = None
     if main:
         _prepare_run_dir(run_dir)
+        lock = lock_run_folder(run_dir)
+        check_output_paths(run_dir)
         for leftover in ckpt.remove_partial(run_dir):
             say(f"removed incomplete checkpoint {leftover}")
+        for line in recover_final(run_dir):
+            say(line)
     accelerator.wait_for_everyone()
-    latest = ckpt.latest_checkpoint(run_dir)
-    if latest is not None:
+    resume = None
+    if ckpt.complete_checkpoints(run_dir):
         _check_resumable(cfg, run_dir)
+    if main:
+        resume = ckpt.select_resume(run_dir, say)
+    accelerator.wait_for_everyone()
+    if not main:
+        # The main process has renamed the damaged ones: this finds the same checkpoint.
+        resume = ckpt.select_resume(run_dir, say)
+    if resume is not None:
+        # With max_epochs the length is known only from the dataset; max_steps is unused then.
+        if not tc.max_epochs and tc.max_steps < resume.step:
+            raise TrainingError(
+                f"--max-steps {tc.max_steps} is below the step of the newest checkpoint "
+                f"({resume.folder} at step {resume.step}): the run is past it already; pass "
+                f"--max-steps {resume.step} or more to continue it (nothing was changed)"
+            )
+        for warning in resume.warnings:
+            say(warning)
     if main:
         ckpt.write_json_atomic(run_dir / CONFIG_FILE, cfg.to_dict())
 
@@ -419,7 +477,7 @@ def train(cfg: RunConfig) -> TrainResult:
     set_seed(tc.seed)
     generator = Generator(cfg.model)
     discriminator = MultiscaleDiscriminator(cfg.model)
-    if tc.init_from is not None and latest is None:
+    if tc.init_from is not None and resume is None:
         # A new run starting from given weights (a resumed run takes its checkpoint's instead).
         source = initialise_from(tc.init_from, generator, discriminator)
         say(f"initialised from {source['generator']} (discriminator: {source['discriminator']})")
@@ -443,35 +501,38 @@ def train(cfg: RunConfig) -> TrainResult:
     d_inner = accelerator.unwrap_model(discriminator)
     if vgg is not None:
         vgg = vgg.to(device)
+    # The loss scalers are saved as JSON by us (checkpoints.save_scalers), not registered with
+    # Accelerate, whose load_state unpickles registered objects with weights_only=False.
     scaler_g = torch.amp.GradScaler(device.type, enabled=fp16)
     scaler_d = torch.amp.GradScaler(device.type, enabled=fp16)
-    if fp16:
-        accelerator.register_for_checkpointing(scaler_g, scaler_d)
+    scalers = {"generator": scaler_g, "discriminator": scaler_d}
 
     # Resume.
     progress = ckpt.Progress(0, 0, 0, world, tc.batch_size, 0.0)
-    if latest is not None:
-        folder = latest[1]
-        progress = ckpt.read_progress(folder)
+    if resume is not None:
+        folder, progress = resume.folder, resume.progress
         if progress.world_size != world:
             raise TrainingError(
                 f"{folder} was written by {progress.world_size} process(es), this run has "
                 f"{world}: resume with the same number of processes (the data order and random "
                 "states are per process)"
             )
-        accelerator.load_state(str(folder / ckpt.STATE_DIR))
+        # Not accelerator.load_state: it unpickles stray custom_checkpoint_*.pkl files.
+        warnings = ckpt.load_training_state(
+            folder / ckpt.STATE_DIR,
+            [g_inner, d_inner],  # save_state writes the unwrapped (not DDP) parameter names
+            [opt_g, opt_d],
+            accelerator.process_index,
+        )
+        if not resume.warnings:  # else the manifest check has named the file already
+            for warning in warnings:
+                say(warning)
+        if fp16:
+            ckpt.load_scalers(folder, scalers)
         say(f"resuming from {folder} at step {progress.step}")
     step = progress.step
     position = DataPosition(progress.epoch, progress.batch_in_epoch)
 
-    # Data.
-    try:
-        train_set = build_dataset(cfg.data, "train")
-        eval_set = build_dataset(cfg.data, "test")
-        count = min(tc.eval_pairs, len(eval_set))
-        eval_samples = [eval_set[i] for i in range(count)]
-    except (OSError, ValueError, KeyError, IndexError) as e:
-        raise TrainingError(f"data: {clean_message(e)}") from None
     collate = torch.utils.data.default_collate
     eval_batches = [
         _to_device(collate(eval_samples[i : i + tc.eval_batch_size]), device)
@@ -494,7 +555,8 @@ def train(cfg: RunConfig) -> TrainResult:
     if tc.max_epochs:
         say(f"{tc.max_epochs} epochs of {steps_per_epoch} steps: {max_steps} steps")
 
-    log = MetricsLog(run_dir, keep_through=step if latest is not None else -1, enabled=main)
+    with _writing(run_dir / "metrics.jsonl"):
+        log = MetricsLog(run_dir, keep_through=step if resume is not None else -1, enabled=main)
     weights = tc.loss
 
     def evaluate_and_sample(at: int) -> dict[str, float]:
@@ -503,28 +565,35 @@ def train(cfg: RunConfig) -> TrainResult:
             metrics, tensors = evaluate(g_inner, eval_batches, autocast)
             rows = slice(0, tc.sample_rows)
             grid = sample_grid(*(t[rows] for t in tensors.values()))
-            save_png(grid, run_dir / SAMPLES_DIR / f"step_{at:08d}.png")
-            log.log(at, metrics)
+            with _writing(run_dir / SAMPLES_DIR):
+                save_png(grid, run_dir / SAMPLES_DIR / f"step_{at:08d}.png")
+                log.log(at, metrics)
         accelerator.wait_for_everyone()
         return metrics
 
     def save_checkpoint(at: int, elapsed: float) -> None:
         staging = ckpt.staging_dir(run_dir, at)
-        if main:
-            if staging.exists():
-                shutil.rmtree(staging)
-            staging.parent.mkdir(parents=True, exist_ok=True)
-        accelerator.wait_for_everyone()
-        accelerator.save_state(str(staging / ckpt.STATE_DIR), safe_serialization=True)
-        accelerator.wait_for_everyone()
-        if main:
-            save_pretrained(g_inner, staging / ckpt.GENERATOR_DIR)
-            ckpt.write_progress(
-                staging,
-                ckpt.Progress(at, position.epoch, position.batch, world, tc.batch_size, elapsed),
-            )
-            ckpt.publish(staging)
-            ckpt.rotate(run_dir, tc.checkpoint_limit)
+        with _writing(staging, _WRITE_ERRORS):
+            if main:
+                if staging.exists():
+                    shutil.rmtree(staging)
+                staging.parent.mkdir(parents=True, exist_ok=True)
+            accelerator.wait_for_everyone()
+            accelerator.save_state(str(staging / ckpt.STATE_DIR), safe_serialization=True)
+            accelerator.wait_for_everyone()
+            if main:
+                save_pretrained(g_inner, staging / ckpt.GENERATOR_DIR)
+                if fp16:
+                    ckpt.save_scalers(staging, scalers)
+                ckpt.write_progress(
+                    staging,
+                    ckpt.Progress(
+                        at, position.epoch, position.batch, world, tc.batch_size, elapsed
+                    ),
+                )
+                ckpt.write_manifest(staging)  # last: it vouches for every file above
+                ckpt.publish(staging)
+                ckpt.rotate(run_dir, tc.checkpoint_limit)
         accelerator.wait_for_everyone()
 
     start_metrics: dict[str, float] = {}
@@ -534,10 +603,7 @@ def train(cfg: RunConfig) -> TrainResult:
     elif main:
         first = [r for r in read_metrics(run_dir) if r.get("step") == 0 and EVAL_KEYS[0] in r]
         start_metrics = {k: first[0][k] for k in EVAL_KEYS if k in first[0]} if first else {}
-    if main and step < max_steps and (run_dir / FINAL_DIR).exists():
-        # Training goes on past the weights in final/: drop them so readers take the newest
-        # checkpoint until a new final/ is written.
-        shutil.rmtree(run_dir / FINAL_DIR)
+    # final/ (the weights of the last finished run) stays until the new one replaces it.
 
     sums = _Sums()
     parts = _StepParts(
@@ -545,7 +611,7 @@ def train(cfg: RunConfig) -> TrainResult:
         weights, autocast,
     )  # fmt: skip
     session_start, elapsed_before = time.perf_counter(), progress.elapsed_s
-    last_saved = step if latest is not None else -1
+    last_saved = step if resume is not None else -1
     with tqdm(
         total=max_steps, initial=step, desc="train", disable=not main, dynamic_ncols=True
     ) as bar:
@@ -574,7 +640,8 @@ def train(cfg: RunConfig) -> TrainResult:
                 scalars["lr/generator"] = opt_g.param_groups[0]["lr"]
                 scalars["time/train_s"] = elapsed
                 if main:
-                    log.log(step, scalars)
+                    with _writing(run_dir / "metrics.jsonl"):
+                        log.log(step, scalars)
             if step % tc.sample_every == 0 or step == max_steps:
                 end_metrics = evaluate_and_sample(step)
             if step % tc.checkpoint_every == 0 or step == max_steps:
@@ -588,7 +655,8 @@ def train(cfg: RunConfig) -> TrainResult:
     if last_saved != step:
         save_checkpoint(step, elapsed_before + time.perf_counter() - session_start)
     if main:
-        save_pretrained(g_inner, run_dir / FINAL_DIR)
+        with _writing(run_dir / FINAL_DIR, _WRITE_ERRORS):
+            write_final(run_dir, lambda folder: save_pretrained(g_inner, folder))
     accelerator.wait_for_everyone()
     log.close()
     result = TrainResult(
@@ -602,6 +670,8 @@ def train(cfg: RunConfig) -> TrainResult:
     if main:
         say(summary(result))
     accelerator.end_training()
+    if lock is not None:
+        lock.close()
     return result
 
 

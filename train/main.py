@@ -1,9 +1,11 @@
-"""Train DynaST: `accelerate launch train/main.py [--preset NAME] [--group.field VALUE ...]`.
+"""Train DynaST: `dynast-train [--preset NAME] [--group.field VALUE ...]`.
 
 With no arguments: the `synthetic-64` preset on the built-in synthetic data, into
 runs/synthetic-64. Re-running the same command resumes from the newest complete checkpoint.
-Also runs as `python train/main.py`, `python -m train.main` and
-`torchrun --nproc_per_node N train/main.py`.
+Also runs as `python train/main.py`, `python -m train.main`,
+`torchrun --nproc_per_node N train/main.py` and `accelerate launch [--quiet] train/main.py`
+(Accelerate's launcher reports every failure as exit status 1, after a CalledProcessError
+traceback unless `--quiet`; see docs/training.md).
 """
 
 from __future__ import annotations
@@ -18,10 +20,14 @@ if __package__ in (None, ""):
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
 import argparse
+import ctypes
 import json
+import os
+import signal
 from collections.abc import Sequence
 
 from dynast.config import DEFAULT_PRESET, PRESETS
+from dynast.discriminator import check_image_size
 from train.config import RunConfig, run_preset
 from train.overrides import apply_overrides, field_names
 
@@ -91,10 +97,39 @@ def resolve_config(argv: Sequence[str] | None = None) -> tuple[RunConfig, bool]:
         value = getattr(args, flag)
         if value is not None:
             pairs.append((dotted, value))
-    return apply_overrides(run_preset(args.preset), pairs), args.dry_run
+    cfg = apply_overrides(run_preset(args.preset), pairs)
+    # Training needs the discriminator to fit the images: refused here, so --dry-run says so too.
+    check_image_size(cfg.model)
+    return cfg, args.dry_run
+
+
+# Set by `accelerate launch` (its single-process launcher) and by torchrun (also behind
+# `accelerate launch --multi_gpu`) in the environment of the processes they start.
+LAUNCHER_VARIABLES = ("ACCELERATE_USE_CPU", "TORCHELASTIC_RUN_ID")
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_launcher() -> bool:
+    """Under a launcher, ask Linux to send us SIGTERM when the launcher dies: a launcher killed
+    with SIGKILL cannot stop its children, and a trainer left running would keep writing the run
+    folder (and holding its lock) with nobody watching. Not done for a plain `python
+    train/main.py`, whose parent is a shell: `nohup python train/main.py &` must outlive it.
+    Returns whether it was set."""
+    if not sys.platform.startswith("linux") or not any(
+        name in os.environ for name in LAUNCHER_VARIABLES
+    ):
+        return False
+    parent = os.getppid()
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+        return False
+    if os.getppid() != parent:  # the launcher died before the request took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+    return True
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    die_with_launcher()
     try:
         cfg, dry_run = resolve_config(argv)
     except ValueError as e:

@@ -19,10 +19,11 @@ appears under its name complete or not at all.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -102,6 +103,11 @@ def _check_name(name: str, where: str) -> str:
 def read_pairs(path: Path) -> list[tuple[str, str]]:
     """The (target, exemplar) names of a pairs CSV. Raises FileNotFoundError when it is missing,
     ValueError (file and line) for a wrong header, a row without exactly two names, or no rows."""
+    return [(target, exemplar) for _, target, exemplar in read_numbered_pairs(path)]
+
+
+def read_numbered_pairs(path: Path) -> list[tuple[int, str, str]]:
+    """(line number, target, exemplar) of every pair of a pairs CSV (see `read_pairs`)."""
     if not path.is_file():
         raise FileNotFoundError(f"{path}: pairs file not found (header `target,exemplar`)")
     with path.open(newline="", encoding="utf-8") as f:
@@ -120,7 +126,7 @@ def read_pairs(path: Path) -> list[tuple[str, str]]:
             raise ValueError(
                 f"{where}: expected 2 columns `target,exemplar`, got {len(row)}: {row}"
             )
-        pairs.append((_check_name(row[0], where), _check_name(row[1], where)))
+        pairs.append((line, _check_name(row[0], where), _check_name(row[1], where)))
     if not pairs:
         raise ValueError(f"{path}: the split is empty (a header and no pairs)")
     return pairs
@@ -195,6 +201,15 @@ class PairFiles:
     exemplar_image: Path
 
 
+@contextlib.contextmanager
+def _naming(source: str) -> Iterator[None]:
+    """Prefix the message of a data error raised inside with `source` (`<csv>:<line>`)."""
+    try:
+        yield
+    except (ValueError, FileNotFoundError) as e:
+        raise type(e)(f"{source}: {e}") from e
+
+
 class FolderDataset(Dataset):
     """Pairs of `split` from the folder at `cfg.root` (kind "folder")."""
 
@@ -219,7 +234,10 @@ class FolderDataset(Dataset):
                 f"has num_classes={cfg.num_classes}: set it (and the model's semantic_nc) to "
                 f"{self.info.num_classes}"
             )
-        pairs = read_pairs(pairs_file(root, split))
+        numbered = read_numbered_pairs(pairs_file(root, split))
+        # "<csv>:<line>" of each pair: an error about its files names the line that named them.
+        self.sources = [f"{pairs_file(root, split)}:{line}" for line, _, _ in numbered]
+        pairs = [(target, exemplar) for _, target, exemplar in numbered]
         if limit is not None:
             if limit > len(pairs):
                 raise ValueError(
@@ -269,26 +287,28 @@ class FolderDataset(Dataset):
                 )
 
         files = []
-        for target, exemplar in pairs:
-            target_label = label_of(target, "target")
-            exemplar_label = label_of(exemplar, "exemplar")
-            target_image = self._find(images, target)
-            exemplar_image = self._find(images, exemplar)
-            if exemplar_image is None:
-                raise FileNotFoundError(
-                    f"{root / IMAGE_DIR / exemplar}.{{png,jpg,jpeg}}: image of exemplar "
-                    f"{exemplar!r} not found"
-                )
-            check_size(exemplar_image, exemplar_label)
-            if target_image is not None:
-                check_size(target_image, target_label)
-            if self.config.match_pair_sizes and size_of(exemplar_label) != size_of(target_label):
-                raise ValueError(
-                    f"{exemplar_image}: size {size_of(exemplar_label)} differs from the target's "
-                    f"{target_label} ({size_of(target_label)}); set "
-                    "DataConfig.match_pair_sizes=False if mixed sizes are intended"
-                )
-            files.append(PairFiles(target_label, target_image, exemplar_label, exemplar_image))
+        for (target, exemplar), source in zip(pairs, self.sources, strict=False):
+            with _naming(source):
+                target_label = label_of(target, "target")
+                exemplar_label = label_of(exemplar, "exemplar")
+                target_image = self._find(images, target)
+                exemplar_image = self._find(images, exemplar)
+                if exemplar_image is None:
+                    raise FileNotFoundError(
+                        f"{root / IMAGE_DIR / exemplar}.{{png,jpg,jpeg}}: image of exemplar "
+                        f"{exemplar!r} not found"
+                    )
+                check_size(exemplar_image, exemplar_label)
+                if target_image is not None:
+                    check_size(target_image, target_label)
+                mixed = size_of(exemplar_label) != size_of(target_label)
+                if self.config.match_pair_sizes and mixed:
+                    raise ValueError(
+                        f"{exemplar_image}: size {size_of(exemplar_label)} differs from the "
+                        f"target's {target_label} ({size_of(target_label)}); set "
+                        "DataConfig.match_pair_sizes=False if mixed sizes are intended"
+                    )
+                files.append(PairFiles(target_label, target_image, exemplar_label, exemplar_image))
         return files
 
     @property
@@ -303,14 +323,15 @@ class FolderDataset(Dataset):
             raise IndexError(f"index {index} out of range for {len(self)} {self.split} pairs")
         index %= len(self)
         files, size, k = self.files[index], self.config.image_size, self.config.num_classes
-        return build_sample(
-            label=read_label(files.target_label, size, k),
-            target=read_image(files.target_image, size) if files.target_image else None,
-            exemplar_label=read_label(files.exemplar_label, size, k),
-            exemplar=read_image(files.exemplar_image, size),
-            num_classes=k,
-            index=index,
-        )
+        with _naming(self.sources[index]):
+            return build_sample(
+                label=read_label(files.target_label, size, k),
+                target=read_image(files.target_image, size) if files.target_image else None,
+                exemplar_label=read_label(files.exemplar_label, size, k),
+                exemplar=read_image(files.exemplar_image, size),
+                num_classes=k,
+                index=index,
+            )
 
 
 # ---------------------------------------------------------------------------------------------

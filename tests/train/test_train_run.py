@@ -92,7 +92,12 @@ def test_first_run_writes_checkpoints_samples_and_logs(run):
     run_dir = run["dir"]
     assert run["checkpoints"] == ["checkpoint_00000002", "checkpoint_00000004"]
     step4 = run_dir / "checkpoints" / "checkpoint_00000004"
-    assert {p.name for p in step4.iterdir()} == {"state", "generator", "progress.json"}
+    assert {p.name for p in step4.iterdir()} == {
+        "state",
+        "generator",
+        "progress.json",
+        "manifest.json",
+    }
     state = {p.name for p in (step4 / "state").iterdir()}
     assert {"model.safetensors", "model_1.safetensors", "optimizer.bin", "optimizer_1.bin"} <= state
     assert load_generator(step4).config.ngf == 8  # a checkpoint folder is a generator source
@@ -258,8 +263,10 @@ def test_fp16_accumulation_and_vgg_losses(tmp_path):
     ]  # fmt: skip
     result = _ok(_run(PYTHON, args, tmp_path))
     assert f"VGG losses: on, weights {vgg_file}" in result.stdout + result.stderr
-    saved = {p.name for p in (run_dir / "checkpoints" / "checkpoint_00000002" / "state").iterdir()}
-    assert {"custom_checkpoint_0.pkl", "custom_checkpoint_1.pkl"} <= saved  # the two scalers
+    saved = json.loads(
+        (run_dir / "checkpoints" / "checkpoint_00000002" / "scalers.json").read_text()
+    )
+    assert sorted(saved) == ["discriminator", "generator"] and saved["generator"]["scale"] > 0
     logged = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert any("loss/vgg" in r and "loss/vgg_mse" in r for r in logged)
     weights = _weights(run_dir / "final")
