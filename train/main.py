@@ -51,7 +51,11 @@ def build_parser() -> argparse.ArgumentParser:
         "'none' clears an optional field. Fields:\n" + fields,
     )
     parser.add_argument("--preset", default=DEFAULT_PRESET, choices=sorted(PRESETS))
-    parser.add_argument("--max-steps", type=str, help="= --train.max_steps")
+    parser.add_argument(
+        "--max-steps",
+        type=str,
+        help="= --train.max_steps (replaces an epoch-based preset's max_epochs)",
+    )
     parser.add_argument("--output-dir", type=str, help="run folder (= --train.output_dir)")
     parser.add_argument(
         "--vgg-weights", type=str, help="VGG19 weights file (= --train.vgg_weights)"
@@ -97,7 +101,13 @@ def resolve_config(argv: Sequence[str] | None = None) -> tuple[RunConfig, bool]:
         value = getattr(args, flag)
         if value is not None:
             pairs.append((dotted, value))
-    cfg = apply_overrides(run_preset(args.preset), pairs)
+    preset = run_preset(args.preset)
+    named = {dotted for dotted, _ in pairs}
+    if preset.train.max_epochs and "train.max_steps" in named and "train.max_epochs" not in named:
+        # A step count on the command line is the run length asked for: without this, an
+        # epoch-based preset would ignore it silently.
+        pairs += [("train.max_epochs", "0"), ("train.decay_epochs", "0")]
+    cfg = apply_overrides(preset, pairs)
     # Training needs the discriminator to fit the images: refused here, so --dry-run says so too.
     check_image_size(cfg.model)
     return cfg, args.dry_run

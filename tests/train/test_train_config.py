@@ -143,3 +143,18 @@ def test_main_dry_run_prints_config_and_bad_input_exits_2(capsys, tmp_path):
 def test_field_names_cover_every_group():
     names = field_names(run_preset("synthetic-64"))
     assert {"model.ngf", "data.num_classes", "train.max_steps", "train.loss.warp"} <= set(names)
+
+
+def test_a_step_count_on_the_command_line_replaces_an_epoch_based_run_length():
+    from train.main import resolve_config
+
+    by_epochs, _ = resolve_config(["--preset", "deepfashion-256"])
+    assert (by_epochs.train.max_epochs, by_epochs.train.decay_epochs) == (100, 20)
+    for flag in (["--max-steps", "7"], ["--train.max_steps", "7"]):
+        cfg, _ = resolve_config(["--preset", "deepfashion-256", *flag])
+        assert (cfg.train.max_steps, cfg.train.max_epochs, cfg.train.decay_epochs) == (7, 0, 0)
+    both, _ = resolve_config(
+        ["--preset", "deepfashion-256", "--max-steps", "7", "--train.max_epochs", "3",
+         "--train.decay_epochs", "1"]
+    )  # fmt: skip
+    assert (both.train.max_epochs, both.train.schedule(10)[0]) == (3, 30)
