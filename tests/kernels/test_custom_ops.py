@@ -116,7 +116,7 @@ def test_bad_arguments_are_named() -> None:
     with pytest.raises(ValueError, match="kind must be one of"):
         DerivedCandidates("outer", torch.zeros(1, 4, 1, dtype=torch.int64), 2, 2)
     with pytest.raises(
-        ValueError, match=r"candidates must be a torch\\.Tensor or a DerivedCandidates"
+        ValueError, match=r"candidates must be a torch\.Tensor or a DerivedCandidates"
     ):
         custom_ops.candidate_attention(q, k, v, qp, kp, [1, 2], scale=1.0, prune_scale=1.0)
     with pytest.raises(ValueError, match="topk must be a non-negative int"):
