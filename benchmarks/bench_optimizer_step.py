@@ -216,6 +216,7 @@ def bench(
     cfg: DynaSTConfig,
     backend: str,
     compile_generator: bool,
+    parts: list[str],
     size: int,
     batch: int,
     device: torch.device,
@@ -237,8 +238,9 @@ def bench(
         functions = part_functions(setup)
     except Exception as err:  # a model that does not fit is a result: every part reports it
         status = "oom" if is_out_of_memory(err) else f"error {first_line(err)}"
-        return dict.fromkeys(PARTS, (status, None, None))
-    for part, fn in functions.items():
+        return dict.fromkeys(parts, (status, None, None))
+    for part in parts:
+        fn = functions[part]
         try:
             ms = median_ms(fn, device, warmup_ms=warmup_ms, rep_ms=rep_ms)
             peak = peak_mb(fn, device, above_live=False)
@@ -268,6 +270,9 @@ def _parser() -> argparse.ArgumentParser:
         "--backends", default=None, help="triton,torch (default: both on a GPU, torch on a CPU)"
     )
     parser.add_argument("--compile", action="store_true", help="torch.compile the generator")
+    parser.add_argument(
+        "--parts", default=",".join(PARTS), help=f"what to time, some of {','.join(PARTS)}"
+    )
     parser.add_argument("--amp", choices=sorted(AMP), default=None, help="default bf16 on GPU")
     parser.add_argument("--device", default=None, help="default cuda when available, else cpu")
     parser.add_argument("--warmup", type=int, default=100, help="warm-up per timing, ms")
@@ -288,6 +293,13 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    parts = args.parts.split(",")
+    if not parts or any(p not in PARTS for p in parts):
+        print(
+            f"bench_optimizer_step: --parts must list some of {PARTS}, got {args.parts!r}",
+            file=sys.stderr,
+        )
+        return 2
     if args.batch is not None and args.batch < 1:
         print(f"bench_optimizer_step: --batch must be positive, got {args.batch}", file=sys.stderr)
         return 2
@@ -301,7 +313,9 @@ def main(argv: list[str] | None = None) -> int:
         f"config {cfg.name} | {size} px | batch {batch} | amp {amp_name} | compile {args.compile}"
     )
     results = {
-        b: bench(cfg, b, args.compile, size, batch, device, AMP[amp_name], args.warmup, args.rep)
+        b: bench(
+            cfg, b, args.compile, parts, size, batch, device, AMP[amp_name], args.warmup, args.rep
+        )
         for b in backends
     }
     print(
@@ -311,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
     rows = []
-    for part in PARTS:
+    for part in parts:
         line = f"{part:<17}"
         for b in backends:
             status, ms, peak = results[b][part]

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmarks import bench_generate, bench_optimizer_step, profile_step
+from benchmarks import bench_generate, bench_optimizer_step, issue13_summary, profile_step
 
 
 @pytest.fixture(autouse=True)
@@ -80,5 +80,34 @@ def test_bad_arguments_are_named(capsys: pytest.CaptureFixture) -> None:
     assert "--backends" in capsys.readouterr().err
     assert bench_optimizer_step.main(["--tiny", "--batch", "0"]) == 2
     assert "--batch" in capsys.readouterr().err
+    assert bench_optimizer_step.main(["--tiny", "--parts", "step,lunch"]) == 2
+    assert "--parts" in capsys.readouterr().err
     assert profile_step.main(["--tiny", "--steps", "0"]) == 2
     assert "--steps" in capsys.readouterr().err
+
+
+def test_summary_fills_only_measured_rows(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert issue13_summary.main([str(tmp_path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 9 and all("not measured" in line for line in lines)
+    assert " met " not in "".join(lines)
+    # A GPU-shaped run: the step's rows at 256 px, batch 8, and the full step at 512 px.
+    step = tmp_path / "train_step.csv"
+    step.write_text(
+        "backend,image_size,batch,status,median_ms\n"
+        "torch,256,8,ok,480\ntriton,256,8,ok,150\ntriton+compile,256,8,ok,200\n"
+    )
+    opt = tmp_path / "optimizer_step.csv"
+    opt.write_text(
+        "backend,image_size,batch,part,status,median_ms,peak_mb\n"
+        "triton,512,4,step,ok,900,70000\ntriton,256,8,step,ok,400,1000\n"
+    )
+    rows = {
+        what: (figure, verdict) for what, figure, _, verdict in issue13_summary.summary(tmp_path)
+    }
+    assert rows["training step 256 b8, fused vs reference"] == ("3.20x (150.0 / 480.0 ms)", "met")
+    assert rows["training step 256 b8, fused+compile vs reference"][1] == "not met"  # 2.4x
+    assert rows["full optimiser step 256 b8 (G+D+VGG)"] == ("400.0 ms", "met")
+    assert rows["512 px training, batch 4, full step (fused)"][1] == "met"
+    assert rows["inner 256x256 candidate fwd"][1] == "not measured"
+    assert issue13_summary.main([str(tmp_path / "missing")]) == 2
