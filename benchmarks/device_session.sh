@@ -61,7 +61,13 @@ for name in $STAGES; do
       --batch 8 --sizes 256 --backends triton --compile --warmup 25 --rep 300 \
       --csv "$OUT/train_step.csv" ;;
     summary) stage summary ${T_SUMMARY:-10} $PY benchmarks/issue13_summary.py "$OUT" ;;
-    # Not in the default list (the issue's rows do not need them):
+    # Not in the default list (the issue's rows do not need them; earlier sessions ran them):
+    dense) stage dense ${T_DENSE:-150} bash -c "$PY benchmarks/bench_attention.py $P256 \
+      --blocks dense --impls fused,reference,flex --passes fwd,both --csv $OUT/attention.csv && \
+      $PY benchmarks/bench_attention.py --preset deepfashion-512 --blocks dense \
+      --impls fused,reference,flex --passes fwd,both --csv $OUT/attention.csv" ;;
+    step512) stage step512 ${T_STEP512:-80} $PY benchmarks/bench_train_step.py $P256 --batch 1 \
+      --sizes 512 --warmup 50 --rep 500 --csv "$OUT/train_step.csv" ;;
     pytest_gpu) stage pytest_gpu ${T_PYTEST:-120} $PY -m pytest -q -p no:cacheprovider -n 8 \
       tests/kernels --deselect tests/kernels/test_aot.py ;;
     autotune) stage autotune ${T_TUNE:-150} $PY -m kernels.autotune $P256 --dtype "${DTYPE:-bf16}" \

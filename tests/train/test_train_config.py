@@ -143,3 +143,20 @@ def test_main_dry_run_prints_config_and_bad_input_exits_2(capsys, tmp_path):
 def test_field_names_cover_every_group():
     names = field_names(run_preset("synthetic-64"))
     assert {"model.ngf", "data.num_classes", "train.max_steps", "train.loss.warp"} <= set(names)
+
+
+def test_compile_switch_is_a_bool_set_from_the_command_line_and_resumable():
+    assert TrainConfig().compile is False
+    with pytest.raises(ValueError, match=r"train\.compile must be true or false"):
+        TrainConfig(compile="yes")
+    cfg, _ = resolve_config(["--train.compile", "true", "--dry-run"])
+    assert cfg.train.compile is True
+    again = RunConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
+    assert again.train.compile is True
+    plain = cfg.to_dict()
+    del plain["train"]["compile"]  # a run folder written before the switch existed
+    assert RunConfig.from_dict(plain).train.compile is False
+    assert cfg.changes_from(RunConfig.from_dict(plain)) == ["train.compile"]
+    from train.config import RESUMABLE_CHANGES
+
+    assert "train.compile" in RESUMABLE_CHANGES
