@@ -36,8 +36,8 @@ from torch import Tensor
 from . import ops
 from .candidates import inner_scale_candidates, inter_scale_candidates
 
-INDEX_KINDS = ("candidates", "inner", "inter")
-_PER_MATCH = {"inner": 5, "inter": 4}  # candidates per previous match (kernels.candidates)
+DERIVED_KINDS = ("inner", "inter")  # the builders of kernels.candidates
+INDEX_KINDS = ("candidates", *DERIVED_KINDS)
 
 
 @dataclass(frozen=True)
@@ -53,8 +53,8 @@ class DerivedCandidates:
     width: int
 
     def __post_init__(self) -> None:
-        if self.kind not in _PER_MATCH:
-            raise ValueError(f"kind must be one of {tuple(_PER_MATCH)}, got {self.kind!r}")
+        if self.kind not in DERIVED_KINDS:
+            raise ValueError(f"kind must be one of {DERIVED_KINDS}, got {self.kind!r}")
 
     def build(self) -> Tensor:
         builder = inner_scale_candidates if self.kind == "inner" else inter_scale_candidates
