@@ -52,6 +52,24 @@ def test_candidate_op_passes_opcheck(kind: str) -> None:
     torch.library.opcheck(custom_ops.candidate_attention_op, args)
 
 
+@pytest.mark.parametrize("with_warp", [True, False], ids=["warp", "nowarp"])
+def test_backward_ops_pass_opcheck(with_warp: bool) -> None:
+    q, k, v, qp, kp, wv = (x.detach() for x in _floats())
+    wv = wv if with_warp else None
+    gen = torch.Generator().manual_seed(2)
+    grads = [
+        torch.randn(B, N, c, generator=gen, dtype=q.dtype) for c in (CV, CW if with_warp else 0)
+    ]
+    g_out, g_warp = grads
+    g_conf = torch.randn(B, N, generator=gen, dtype=q.dtype)
+    common = (g_out, g_conf, g_warp, q, k, v, qp, kp)
+    torch.library.opcheck(
+        custom_ops.dense_attention_backward_op, (*common, wv, 0.5, 2.0, "kept", "torch")
+    )
+    args = (*common, _index("inner"), wv, "inner", H, W, 3.0, 1.0, "all", "torch")
+    torch.library.opcheck(custom_ops.candidate_attention_backward_op, args)
+
+
 def _outputs_and_grads(fn, floats, *extra, **kwargs):
     result = fn(*floats[:5], *extra, warp_values=floats[5], **kwargs)
     gen = torch.Generator().manual_seed(7)
