@@ -102,6 +102,11 @@ def profile_step(
             slot[1] += event.device_time_total / 1e3  # us -> ms
         for name, (calls, ms) in totals.items():
             rows.append(KernelTime(name, calls // steps, ms / steps))
+        if not rows:  # no kernel-level events recorded: fall back to operators' device time
+            for event in prof.key_averages():
+                if event.self_device_time_total > 0:
+                    ms = event.self_device_time_total / 1e3 / steps
+                    rows.append(KernelTime(event.key, event.count // steps, ms))
     else:
         for event in prof.key_averages():
             if event.self_cpu_time_total > 0:
