@@ -63,7 +63,7 @@ from dynast.config import PRESETS, DynaSTConfig, preset  # noqa: E402
 from dynast.discriminator import MultiscaleDiscriminator  # noqa: E402
 from dynast.generator import Generator  # noqa: E402
 from dynast.vgg import VGG19Features  # noqa: E402
-from train.config import LossWeights  # noqa: E402
+from train.config import LossWeights, TrainConfig  # noqa: E402
 from train.loop import (  # noqa: E402
     _discriminator_step,
     _generator_step,
@@ -109,9 +109,10 @@ def build(
     generator = Generator(cfg).to(device)
     discriminator = MultiscaleDiscriminator(cfg).to(device)
     vgg = VGG19Features().to(device)
-    betas = (0.0, 0.9)
-    opt_g = torch.optim.Adam(generator.parameters(), lr=5e-5, betas=betas)
-    opt_d = torch.optim.Adam(discriminator.parameters(), lr=2e-4, betas=betas)
+    tc = TrainConfig()  # the default optimisation settings, as the loop reads them
+    betas = (tc.adam_beta1, tc.adam_beta2)
+    opt_g = torch.optim.Adam(generator.parameters(), lr=tc.lr * tc.g_lr_ratio, betas=betas)
+    opt_d = torch.optim.Adam(discriminator.parameters(), lr=tc.lr * tc.d_lr_ratio, betas=betas)
     fp16 = amp == torch.float16
     scaler_g = torch.amp.GradScaler(device.type, enabled=fp16)
     scaler_d = torch.amp.GradScaler(device.type, enabled=fp16)
