@@ -5,7 +5,7 @@ divided by the same numbers, so TFLOP/s and GB/s compare like with like. docs/be
 explains each term.
 
 Notation: B batch, Nq queries, Nk keys, M keys per query (Nk when dense), Cqk, Cp, Cv, Cw channels,
-k top-k, P = B * Nq * M query-key pairs, e bytes per float element, i bytes per candidate index.
+k top-k, P = B * Nq * M query-key pairs, e bytes per float element, i bytes per index.
 
 FLOPs (two per multiply-add; softmax, mask, exponentials and top-k selection are not counted):
 - forward: scores 2P*Cqk, prune logits 2P*Cp, values 2P*Cv, warp 2P*Cw;
@@ -15,18 +15,39 @@ FLOPs (two per multiply-add; softmax, mask, exponentials and top-k selection are
 
 Bytes (compulsory traffic: each distinct tensor read or written once; what a perfect kernel moves):
 - forward reads q, q_prune (B*Nq*(Cqk+Cp)*e), k, k_prune, v, warp values (B*Nk*(Cqk+Cp+Cv+Cw)*e)
-  and the candidates (B*Nq*M*i; none when dense); writes out, conf, warp (B*Nq*(Cv+1+Cw)*e) and the
-  top-k (B*Nq*k*8, int64);
-- backward reads the same inputs and the output gradients (B*Nq*(Cv+1+Cw)*e), writes the input
-  gradients (the inputs' float sizes again);
+  and the candidate indices (none when dense); writes out, conf, warp (B*Nq*(Cv+1+Cw)*e) and the
+  top-k (B*Nq*k*i);
+- backward reads the same inputs and indices and the output gradients (B*Nq*(Cv+1+Cw)*e), writes
+  the input gradients (the inputs' float sizes again);
 - both = forward + backward.
+
+Two accountings of the candidate indices (issue 13 reports both):
+- "list" (the kernels of today): the [B, Nq, M] list the builders of `kernels.candidates` write
+  is read, B*Nq*M*i, with int64 indices (i = 8);
+- "derived": the kernel derives the list from the previous top-k it is a pure function of (inner:
+  each match's neighbourhood on the same grid; inter: the 2x2 children of the coarse matches), so
+  it reads that top-k instead: B*Nq*(M/5)*i inner, B*(Nq/4)*(M/4)*i inter; indices int32 (i = 4),
+  every token index of the model's grids fitting in 31 bits.
+
+`python benchmarks/attention_cost.py` prints both for the model's blocks; with `--csv` (a
+bench_attention.py CSV) it recomputes the measured rows' GB/s and % of copy bandwidth under both.
 """
 
 from __future__ import annotations
 
+import argparse
+import csv
+import re
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 PASSES = ("fwd", "bwd", "both")
+ACCOUNTINGS = ("list", "derived")
+# Index bytes of each accounting: int64 as the builders return today, int32 in the derived design.
+INDEX_BYTES = {"list": 8, "derived": 4}
+# Candidates per previous match (kernels.candidates): inner 5 (self and 4 neighbours), inter 4.
+PER_MATCH = {"inner": 5, "inter": 4}
 
 
 @dataclass(frozen=True)
@@ -54,19 +75,38 @@ def attention_cost(
     element_bytes: int,
     index_bytes: int = 8,
     pass_: str,
+    derived_from: str | None = None,
 ) -> Cost:
-    """FLOPs and compulsory bytes of one pass; `m` None means dense (every key)."""
+    """FLOPs and compulsory bytes of one pass; `m` None means dense (every key).
+
+    `derived_from` "inner" or "inter": the kernel derives its candidates from the previous top-k
+    of that block kind, which it reads instead of the candidate list (the "derived" accounting)."""
     _check_pass(pass_)
     dense = m is None
+    if derived_from is not None and (dense or derived_from not in PER_MATCH):
+        raise ValueError(
+            f"derived_from must be one of {tuple(PER_MATCH)} for a candidate block (m given), "
+            f"got {derived_from!r} with m={m!r}"
+        )
+    if derived_from is not None and m % PER_MATCH[derived_from]:
+        raise ValueError(
+            f"m ({m}) must be a multiple of {PER_MATCH[derived_from]} ({derived_from})"
+        )
     pairs = batch * nq * (nk if dense else m)
     fwd_flops = 2 * pairs * (cqk + cp + cv + cw)
     bwd_flops = 2 * pairs * (3 * cqk + 3 * cp + 2 * cv + 2 * cw)
 
     query_side = batch * nq * (cqk + cp) * element_bytes
     key_side = batch * nk * (cqk + cp + cv + cw) * element_bytes
-    candidates = 0 if dense else batch * nq * m * index_bytes
+    if dense:
+        candidates = 0
+    elif derived_from is None:
+        candidates = batch * nq * m * index_bytes
+    else:  # the previous top-k: one row per query (inner) or per 2x2 window (inter)
+        rows = nq if derived_from == "inner" else nq // 4
+        candidates = batch * rows * (m // PER_MATCH[derived_from]) * index_bytes
     outputs = batch * nq * (cv + 1 + cw) * element_bytes
-    topk = batch * nq * k * 8
+    topk = batch * nq * k * index_bytes
     fwd_bytes = query_side + key_side + candidates + outputs + topk
     # Backward: inputs read, output gradients read, input gradients written.
     bwd_bytes = query_side + key_side + candidates + outputs + query_side + key_side
@@ -76,3 +116,118 @@ def attention_cost(
     if pass_ == "bwd":
         return Cost(bwd_flops, bwd_bytes)
     return Cost(fwd_flops + bwd_flops, fwd_bytes + bwd_bytes)
+
+
+def shape_cost(shape, batch: int, element_bytes: int, pass_: str, accounting: str) -> Cost:
+    """`attention_cost` of a `kernels.shapes.AttentionShape` under one accounting."""
+    if accounting not in ACCOUNTINGS:
+        raise ValueError(f"accounting must be one of {ACCOUNTINGS}, got {accounting!r}")
+    dense = shape.block == "dense"
+    return attention_cost(
+        batch=batch,
+        nq=shape.tokens,
+        nk=shape.tokens,
+        m=None if dense else shape.candidates,
+        cqk=shape.cqk,
+        cp=shape.cp,
+        cv=shape.cv,
+        cw=shape.cw,
+        k=shape.k,
+        element_bytes=element_bytes,
+        index_bytes=INDEX_BYTES[accounting],
+        pass_=pass_,
+        derived_from=None if dense or accounting == "list" else shape.block,
+    )
+
+
+def accounting_table(presets: list[str], batch: int, element_bytes: int) -> str:
+    """MB per pass of every block of the presets, list vs derived accounting."""
+    from kernels.shapes import preset_shapes
+
+    lines = [
+        f"compulsory MB at batch {batch}, {element_bytes}-byte floats; list: int64 candidate "
+        "list read; derived: previous int32 top-k read, int32 top-k written",
+        f"{'preset':<16} {'block':<16} {'pass':<5} {'list MB':>9} {'derived MB':>11} {'saved':>7}",
+    ]
+    for name in presets:
+        for shape in preset_shapes(name):
+            for pass_ in PASSES:
+                old = shape_cost(shape, batch, element_bytes, pass_, "list").bytes / 1e6
+                new = shape_cost(shape, batch, element_bytes, pass_, "derived").bytes / 1e6
+                lines.append(
+                    f"{name:<16} {shape.label:<16} {pass_:<5} {old:>9.1f} {new:>11.1f} "
+                    f"{1 - new / old:>7.1%}"
+                )
+    return "\n".join(lines)
+
+
+_SHAPE_FIELDS = re.compile(
+    r"(?P<label>\w+)-(?P<h>\d+)x(?P<w>\d+) N=\d+ M=\S+ Cqk=(?P<cqk>\d+) Cp=(?P<cp>\d+) "
+    r"Cv=(?P<cv>\d+) Cw=(?P<cw>\d+) k=(?P<k>\d+)"
+)
+
+
+def remeasure(path: Path) -> str:
+    """Measured rows of a bench_attention.py CSV with GB/s and % of the copy bandwidth of the
+    same run, under both accountings (the time is the same; only the bytes counted differ)."""
+    from kernels.shapes import AttentionShape
+
+    element = {"bfloat16": 2, "float16": 2, "float32": 4}
+    lines = [
+        f"{'block':<16} {'pass':<5} {'impl':<10} {'ms':>9} {'list GB/s':>10} {'% copy':>7} "
+        f"{'derived GB/s':>13} {'% copy':>7}"
+    ]
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            if row.get("status") != "ok" or not row.get("median_ms"):
+                continue
+            fields = _SHAPE_FIELDS.match(row["shape"])
+            if fields is None or row["dtype"] not in element:
+                raise ValueError(f"{path}: cannot read the shape {row['shape']!r} of a row")
+            block = row["block"]
+            shape = AttentionShape(
+                block=block,
+                height=int(fields["h"]),
+                width=int(fields["w"]),
+                cqk=int(fields["cqk"]),
+                cp=int(fields["cp"]),
+                cv=int(fields["cv"]),
+                cw=int(fields["cw"]),
+                k=int(fields["k"]),
+            )
+            sec, copy = float(row["median_ms"]) / 1e3, float(row["copy_gbps"] or "nan")
+            rates = []
+            for accounting in ACCOUNTINGS:
+                cost = shape_cost(shape, int(row["batch"]), element[row["dtype"]], row["pass"],
+                                  accounting)  # fmt: skip
+                rates.append(cost.bytes / sec / 1e9)
+            old, new = rates
+            lines.append(
+                f"{shape.label:<16} {row['pass']:<5} {row['impl']:<10} {sec * 1e3:>9.3f} "
+                f"{old:>10.1f} {old / copy:>7.1%} {new:>13.1f} {new / copy:>7.1%}"
+            )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Compulsory bytes: list vs derived accounting.")
+    parser.add_argument("--preset", action="append", default=[], help="kernels.shapes presets")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--element-bytes", type=int, default=2, help="2: bf16 (default), 4: fp32")
+    parser.add_argument("--csv", type=Path, default=None, help="a bench_attention.py CSV")
+    args = parser.parse_args(argv)
+    try:
+        print(accounting_table(args.preset or ["deepfashion-256"], args.batch, args.element_bytes))
+        if args.csv is not None:
+            print(remeasure(args.csv))
+    except (ValueError, OSError) as err:
+        print(f"attention_cost: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    ROOT = Path(__file__).resolve().parents[1]
+    if str(ROOT) not in sys.path:  # run as a script from anywhere, without PYTHONPATH
+        sys.path.insert(0, str(ROOT))
+    sys.exit(main())

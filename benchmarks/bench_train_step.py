@@ -14,7 +14,9 @@ median step time, peak CUDA memory (all of it: weights, gradients, activations; 
 not fit is reported "oom"), and the generated image's relative RMS difference from the reference
 backend's (a sanity check, not a test: a top-k near-tie may route a sparse block differently).
 Sizes other than the config's image size run the same model, its positional map interpolated.
-Rows are printed and appended to a CSV.
+Rows are printed and appended to a CSV. `--compile` wraps the generator in `torch.compile` (the
+attention then runs through the custom ops of `kernels.custom_ops`); its rows name the backend
+`triton+compile` / `torch+compile`, and the compilation happens in the warm-up, outside the timing.
 """
 
 from __future__ import annotations
@@ -115,12 +117,15 @@ def bench_backend(
     amp: torch.dtype | None,
     warmup_ms: int,
     rep_ms: int,
+    compile_generator: bool = False,
 ) -> tuple[str, float | None, float | None, Tensor | None]:
-    """(status, median ms, peak MiB, image of one forward) for one backend."""
+    """(status, median ms, peak MiB, image of one forward) for one backend; the generator
+    wrapped in `torch.compile` with `compile_generator` (compiled in the warm-up)."""
     torch.manual_seed(0)
     try:
-        model = Generator(dataclasses.replace(cfg, attention_backend=backend)).to(device)
-        params = list(model.parameters())
+        eager = Generator(dataclasses.replace(cfg, attention_backend=backend)).to(device)
+        params = list(eager.parameters())
+        model = torch.compile(eager) if compile_generator else eager
         autocast = torch.autocast(device.type, dtype=amp, enabled=amp is not None)
 
         def step() -> None:
@@ -169,6 +174,11 @@ def _parser() -> argparse.ArgumentParser:
         "--amp", choices=sorted(AMP), default=None, help="autocast dtype (default bf16 on GPU)"
     )
     parser.add_argument("--device", default=None, help="default cuda when available, else cpu")
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the generator (rows name the backend BACKEND+compile)",
+    )
     parser.add_argument("--warmup", type=int, default=100, help="warm-up per timing, ms")
     parser.add_argument("--rep", type=int, default=1000, help="measurement per timing, ms")
     parser.add_argument("--csv", type=Path, default=DEFAULT_CSV, help="rows are appended here")
@@ -207,15 +217,17 @@ def main(argv: list[str] | None = None) -> int:
         x = make_inputs(cfg, size, args.batch, device)
         results = {}
         for backend in backends:
-            results[backend] = bench_backend(
-                cfg, backend, x, device, AMP[amp_name], args.warmup, args.rep
+            label = f"{backend}+compile" if args.compile else backend
+            results[label] = bench_backend(
+                cfg, backend, x, device, AMP[amp_name], args.warmup, args.rep, args.compile
             )
-        base = results.get("torch")
+        base_label = "torch+compile" if args.compile else "torch"
+        base = results.get(base_label)
         for backend, (status, ms, peak, image) in results.items():
             speedup = diff = None
-            if base and backend != "torch" and base[1] and ms:
+            if base and backend != base_label and base[1] and ms:
                 speedup = base[1] / ms
-            if base and backend != "torch" and base[3] is not None and image is not None:
+            if base and backend != base_label and base[3] is not None and image is not None:
                 diff = _rel_rms(image, base[3])
             print(
                 f"{size:>5} {backend:<7} {_fmt(ms, '.2f'):>10} {_fmt(speedup, '.2f'):>7} "

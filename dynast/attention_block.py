@@ -15,6 +15,8 @@ from einops import rearrange
 from torch import Tensor, nn
 
 import kernels
+from kernels import custom_ops
+from kernels.custom_ops import DerivedCandidates
 from kernels.reference import kept_counts
 
 from .blocks import SPADE, ResidualBlock, init_module_, l2_normalize_channels, positional_norm
@@ -75,12 +77,13 @@ class DynamicAttentionBlock(nn.Module):
         pos: Tensor,
         semantic: Tensor,
         *,
-        candidates: Tensor | None = None,
+        candidates: Tensor | DerivedCandidates | None = None,
         warp_values: Tensor | None = None,
         with_sparsity: bool = False,
     ) -> BlockOutput:
         """x, exemplar [B, C_v, h, w]; pos [1, C_pos, h, w]; semantic [B, Cs, H, W] (any size);
-        candidates [B, h*w, M] key indices or None for dense attention; warp_values [B, Cw, h, w]
+        candidates [B, h*w, M] key indices, or the top-k they derive from (DerivedCandidates), or
+        None for dense attention; warp_values [B, Cw, h, w]
         (the exemplar RGB pooled to this scale) or None."""
         b, _, h, w = x.shape
         pos = pos.expand(b, -1, -1, -1)
@@ -102,10 +105,16 @@ class DynamicAttentionBlock(nn.Module):
             "backend": self.backend,
         }
         args = (self.to_q(query), self.to_k(key), self.to_v(value), q_prune, k_prune)
+        # Compiling: the ops registered with torch.library, which Dynamo traces without a break
+        # and which derive the candidates inside; eager: the public ops, exactly as before.
+        compiling = torch.compiler.is_compiling()
+        if isinstance(candidates, DerivedCandidates) and not compiling:
+            candidates = candidates.build()
+        attention = custom_ops if compiling else kernels
         if candidates is None:
-            result = kernels.dynamic_attention(*args, **common)
+            result = attention.dynamic_attention(*args, **common)
         else:
-            result = kernels.candidate_attention(*args, candidates, **common)
+            result = attention.candidate_attention(*args, candidates, **common)
 
         attended = rearrange(result.out, "b (h w) c -> b c h w", h=h, w=w).to(x.dtype)
         conf = rearrange(result.conf, "b (h w) -> b 1 h w", h=h, w=w).to(x.dtype)
@@ -115,6 +124,8 @@ class DynamicAttentionBlock(nn.Module):
             warp = rearrange(result.warp, "b (h w) c -> b c h w", h=h, w=w)
         kept = None
         if with_sparsity:
+            if isinstance(candidates, DerivedCandidates):
+                candidates = candidates.build()
             counts = kept_counts(
                 q_prune, k_prune, prune_scale=self.prune_scale, candidates=candidates
             )

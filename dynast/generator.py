@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-import kernels
+from kernels.custom_ops import DerivedCandidates
 
 from .attention_block import DynamicAttentionBlock
 from .blocks import Encoder, SPADEResBlock, Upsample2x, conv2d, resize_nearest
@@ -176,10 +176,8 @@ class Generator(nn.Module):
             x = q
             for i, block in enumerate(blocks):
                 candidates = None
-                if s > 0 and i == 0:
-                    candidates = kernels.inter_scale_candidates(topk, h, w)
-                elif s > 0:
-                    candidates = kernels.inner_scale_candidates(topk, h, w)
+                if s > 0:  # built by the block, where it consumes them (kernels.custom_ops)
+                    candidates = DerivedCandidates("inter" if i == 0 else "inner", topk, h, w)
                 result = block(
                     x,
                     kv,

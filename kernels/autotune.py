@@ -8,7 +8,8 @@ For each attention block of the chosen shapes and each kernel that runs it (the 
 `kernels.fused_dense` and `kernels.fused_candidates`), every config of the kernel's search space is
 timed with `triton.testing.do_bench` (median), a table is printed and the fastest config is merged
 into the tuning file (`kernels.tuning`: `$DYNAST_TUNING_FILE`, default
-`~/.cache/dynast/kernel_tuning.json`), keyed by GPU name, Triton version, kernel and bucketed shape.
+`~/.cache/dynast/kernel_tuning.json`), keyed by GPU name, Triton version, dtype (`--dtype`), kernel
+and bucketed shape.
 
 Kernels only ever read that file, and fall back to their default config where it has no entry:
 nothing tunes at run time, so processes sharing the file (data-parallel ranks, evaluation jobs)
@@ -185,13 +186,17 @@ def locked(path: Path) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def record(result: SweepResult, path: Path, device: torch.device) -> bool:
-    """Merge the sweep's winner into the table at `path`; False when no config ran."""
+def record(
+    result: SweepResult, path: Path, device: torch.device, dtype: torch.dtype = torch.bfloat16
+) -> bool:
+    """Merge the sweep's winner, timed in `dtype`, into the table at `path`; False when no
+    config ran."""
     best = result.winner
     if best is None:
         return False
     with locked(path):
-        record_winner(path, device, result.job.kernel.name, result.job.dims, best.config, best.ms)
+        job = result.job
+        record_winner(path, device, job.kernel.name, job.dims, best.config, best.ms, dtype)
     return True
 
 
@@ -348,13 +353,13 @@ def main(argv: list[str] | None = None) -> int:
                 job, device=device, dtype=dtype, timer=timer, progress=bar.set_postfix_str
             )
             results.append(result)
-            record(result, path, device)
+            record(result, path, device, dtype)
             bar.update()
     print(format_results(results))
     recorded = sum(r.winner is not None for r in results)
     print(
-        f"recorded {recorded}/{len(results)} winners for {torch.cuda.get_device_name(device)} "
-        f"in {path}"
+        f"recorded {recorded}/{len(results)} {args.dtype} winners for "
+        f"{torch.cuda.get_device_name(device)} in {path}"
     )
     return 0 if recorded == len(results) else 1
 

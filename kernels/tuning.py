@@ -1,6 +1,10 @@
 """Tuned launch configurations: where the autotuner's winners live and how kernels read them.
 
-The table is a JSON file keyed GPU name -> Triton version -> kernel -> bucketed shape key -> entry.
+The table is a JSON file keyed GPU name -> Triton version -> dtype ("bf16", "fp16", "fp32") ->
+kernel -> bucketed shape key -> entry: a winner timed in one dtype is not assumed to win in another
+(fp32 tiles hold twice the bytes). Files written before the dtype level existed (GPU -> Triton ->
+kernel -> ...) are still read, their entries taken as bf16, the autotuner's default dtype then; the
+next write of such a file moves them under "bf16".
 Kernels never tune at run time: they look their shape up here and fall back to the default their
 module declares. `python -m kernels.autotune` writes the file (atomically, so processes reading it
 concurrently see either the old or the new table, never half of one).
@@ -45,6 +49,35 @@ class TunableKernel:
     make_runner: Callable[
         [dict[str, int], LaunchConfig, torch.device, torch.dtype], Callable[[], Any]
     ]
+
+
+DTYPE_NAMES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
+LEGACY_DTYPE = "bf16"  # what entries of a file without the dtype level were timed in
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    """The table's name of a kernel dtype; ValueError for a dtype no kernel is tuned in."""
+    try:
+        return DTYPE_NAMES[dtype]
+    except KeyError:
+        raise ValueError(
+            f"dtype must be one of {list(DTYPE_NAMES)} for the tuning table, got {dtype!r}"
+        ) from None
+
+
+def by_dtype(version_slot: dict) -> dict[str, dict]:
+    """One Triton version's entries as dtype name -> kernel -> shape key -> entry, whether the
+    file has the dtype level or not (legacy entries, keyed by kernel directly, are bf16; where a
+    file holds both, the dtype-keyed entry wins)."""
+    known = set(DTYPE_NAMES.values())
+    legacy = {name: entries for name, entries in version_slot.items() if name not in known}
+    out = {name: dict(kernels) for name, kernels in version_slot.items() if name in known}
+    if legacy:
+        merged = dict(legacy)
+        for name, entries in out.get(LEGACY_DTYPE, {}).items():
+            merged[name] = {**merged.get(name, {}), **entries}
+        out[LEGACY_DTYPE] = merged
+    return out
 
 
 def tuning_file() -> Path:
@@ -102,16 +135,20 @@ def load_table(path: Path | None = None) -> dict:
     return table
 
 
-def tuned_config(kernel: TunableKernel, dims: dict[str, int], device: torch.device) -> LaunchConfig:
-    """The autotuner's winner for this GPU, Triton version and shape bucket (from the user's table,
-    else the shipped one), else the default."""
+def tuned_config(
+    kernel: TunableKernel,
+    dims: dict[str, int],
+    device: torch.device,
+    dtype: torch.dtype | None = None,
+) -> LaunchConfig:
+    """The autotuner's winner for this GPU, Triton version, dtype and shape bucket (from the
+    user's table, else the shipped one), else the default. Only winners timed in `dtype` count:
+    an fp32 problem never gets a bf16 winner. `dtype` None is read as bf16, for launchers that do
+    not pass their dtype yet (what every lookup returned before the table had a dtype level)."""
+    name = LEGACY_DTYPE if dtype is None else dtype_name(dtype)
     for table in (load_table(), load_table(SHIPPED_TABLE)):
-        entry = (
-            table.get(device_name(device), {})
-            .get(triton_version(), {})
-            .get(kernel.name, {})
-            .get(shape_key(dims))
-        )
+        slot = table.get(device_name(device), {}).get(triton_version(), {})
+        entry = by_dtype(slot).get(name, {}).get(kernel.name, {}).get(shape_key(dims))
         if entry is not None:
             return dict(entry["config"])
     return kernel.default(dims)
@@ -124,12 +161,16 @@ def record_winner(
     dims: dict[str, int],
     config: LaunchConfig,
     ms: float,
+    dtype: torch.dtype = torch.bfloat16,
 ) -> None:
-    """Merge one winner into the table at `path`, written to a temporary file and renamed."""
+    """Merge one winner, timed in `dtype`, into the table at `path`, written to a temporary file
+    and renamed. A legacy slot of that GPU and Triton version moves under "bf16" on the way."""
     table = load_table(path) if path.exists() else {}
     table = json.loads(json.dumps(table))  # a private copy: the cached one stays untouched
-    slot = table.setdefault(device_name(device), {}).setdefault(triton_version(), {})
-    slot.setdefault(kernel, {})[shape_key(dims)] = {"config": dict(config), "ms": round(ms, 5)}
+    versions = table.setdefault(device_name(device), {})
+    slot = versions[triton_version()] = by_dtype(versions.get(triton_version(), {}))
+    by_kernel = slot.setdefault(dtype_name(dtype), {})
+    by_kernel.setdefault(kernel, {})[shape_key(dims)] = {"config": dict(config), "ms": round(ms, 5)}
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
     try:

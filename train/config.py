@@ -116,9 +116,12 @@ class TrainConfig:
     eval_pairs: int = 32
     eval_batch_size: int = 16
     sample_rows: int = 4
+    compile: bool = False  # torch.compile the generator (kernels.custom_ops keeps it one graph)
 
     def __post_init__(self) -> None:
         owner = "train"
+        if not isinstance(self.compile, bool):
+            raise ValueError(f"{owner}.compile must be true or false, got {self.compile!r}")
         if not isinstance(self.output_dir, str) or not self.output_dir:
             raise ValueError(
                 f"{owner}.output_dir must be a non-empty path, got {self.output_dir!r}"
@@ -211,6 +214,7 @@ RESUMABLE_CHANGES = frozenset(
         "train.eval_batch_size",
         "train.vgg_weights",
         "train.init_from",
+        "train.compile",
     }
 )
 

@@ -498,6 +498,8 @@ def train(cfg: RunConfig) -> TrainResult:
         generator, discriminator, opt_g, opt_d
     )
     g_inner = accelerator.unwrap_model(generator)
+    if tc.compile:  # the training steps run the compiled graph; g_inner (eager) is what is saved
+        generator = torch.compile(generator)
     d_inner = accelerator.unwrap_model(discriminator)
     if vgg is not None:
         vgg = vgg.to(device)

@@ -114,14 +114,56 @@ def test_winner_round_trips_through_the_tuning_file(
     result = sweep(
         Job(kernel, DIMS, ("x",)), device=CPU, dtype=torch.float32, timer=fake_timer(times)
     )
-    assert record(result, path, CPU)
+    assert record(result, path, CPU, torch.float32)
     table = json.loads(path.read_text())
-    entry = table["cpu"][tuning.triton_version()]["fake_fwd"][shape_key(DIMS)]
+    entry = table["cpu"][tuning.triton_version()]["fp32"]["fake_fwd"][shape_key(DIMS)]
     assert entry == {"config": {"BLOCK": 64, "num_warps": 4}, "ms": 0.5}
     nearby = dict(DIMS, Nq=3000, Cqk=96)  # same power-of-two buckets
-    assert tuned_config(kernel, nearby, CPU) == {"BLOCK": 64, "num_warps": 4}
+    assert tuned_config(kernel, nearby, CPU, torch.float32) == {"BLOCK": 64, "num_warps": 4}
     elsewhere = dict(DIMS, Nq=16384)
-    assert tuned_config(kernel, elsewhere, CPU) == {"BLOCK": 32, "num_warps": 4}
+    assert tuned_config(kernel, elsewhere, CPU, torch.float32) == {"BLOCK": 32, "num_warps": 4}
+    # Timed in fp32: a bf16 problem (or a launcher that names no dtype) keeps the default.
+    assert tuned_config(kernel, DIMS, CPU, torch.bfloat16) == {"BLOCK": 32, "num_warps": 4}
+    assert tuned_config(kernel, DIMS, CPU) == {"BLOCK": 32, "num_warps": 4}
+
+
+def test_an_fp32_lookup_never_gets_a_bf16_winner(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "table.json"
+    monkeypatch.setenv(tuning.TUNING_FILE_ENV, str(path))
+    kernel = fake_kernel({16: 1.0})
+    tuning.record_winner(path, CPU, "fake_fwd", DIMS, {"BLOCK": 128, "num_warps": 8}, 1.0)
+    assert tuned_config(kernel, DIMS, CPU, torch.bfloat16) == {"BLOCK": 128, "num_warps": 8}
+    assert tuned_config(kernel, DIMS, CPU, torch.float32) == {"BLOCK": 32, "num_warps": 4}
+    assert tuned_config(kernel, DIMS, CPU, torch.float16) == {"BLOCK": 32, "num_warps": 4}
+    fp16 = {"BLOCK": 64, "num_warps": 2}
+    tuning.record_winner(path, CPU, "fake_fwd", DIMS, fp16, 2.0, torch.float16)
+    assert tuned_config(kernel, DIMS, CPU, torch.float16) == fp16
+    assert tuned_config(kernel, DIMS, CPU, torch.bfloat16)["BLOCK"] == 128
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        tuned_config(kernel, DIMS, CPU, torch.float64)
+
+
+def test_a_table_without_the_dtype_level_reads_as_bf16_and_moves_there_on_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Files the autotuner wrote before the dtype level (GPU -> Triton -> kernel -> key)."""
+    path = tmp_path / "old.json"
+    monkeypatch.setenv(tuning.TUNING_FILE_ENV, str(path))
+    version = tuning.triton_version()
+    old = {"config": {"BLOCK": 16, "num_warps": 2}, "ms": 3.0}
+    path.write_text(json.dumps({"cpu": {version: {"fake_fwd": {shape_key(DIMS): old}}}}))
+    kernel = fake_kernel({16: 1.0})
+    assert tuned_config(kernel, DIMS, CPU, torch.bfloat16) == old["config"]
+    assert tuned_config(kernel, DIMS, CPU) == old["config"]
+    assert tuned_config(kernel, DIMS, CPU, torch.float32) == {"BLOCK": 32, "num_warps": 4}
+    other = dict(DIMS, Nq=16384)
+    tuning.record_winner(path, CPU, "fake_fwd", other, {"BLOCK": 64, "num_warps": 4}, 1.0)
+    slot = json.loads(path.read_text())["cpu"][version]
+    assert set(slot) == {"bf16"}  # the legacy entries moved, none lost
+    assert set(slot["bf16"]["fake_fwd"]) == {shape_key(DIMS), shape_key(other)}
+    assert tuned_config(kernel, DIMS, CPU, torch.bfloat16) == old["config"]
 
 
 def test_readers_see_every_write_of_a_busy_file(
@@ -172,7 +214,7 @@ def test_concurrent_writers_lose_nothing_and_readers_never_see_half_a_file(
     for t in readers:
         t.join()
     assert not failures
-    entries = json.loads(path.read_text())["cpu"][tuning.triton_version()]["fake_fwd"]
+    entries = json.loads(path.read_text())["cpu"][tuning.triton_version()]["bf16"]["fake_fwd"]
     assert len(entries) == n_writers * 20  # 20 distinct Nq buckets per writer
     assert not list(tmp_path.glob("*.tmp"))
 
@@ -289,7 +331,7 @@ def test_shipped_table_names_real_kernels_and_parameters() -> None:
     exist, with the launch parameters their defaults have: a renamed kernel or parameter would
     otherwise be silently ignored, or crash the launch."""
     from kernels import fused_candidates, fused_dense
-    from kernels.tuning import SHIPPED_TABLE, load_table
+    from kernels.tuning import DTYPE_NAMES, SHIPPED_TABLE, load_table
 
     kernels = {k.name: k for k in (*fused_dense.TUNABLE, *fused_candidates.TUNABLE)}
     samples = {
@@ -301,9 +343,12 @@ def test_shipped_table_names_real_kernels_and_parameters() -> None:
     table = load_table(SHIPPED_TABLE)
     assert table, f"{SHIPPED_TABLE} is empty or missing"
     for gpu, versions in table.items():
-        for version, by_kernel in versions.items():
-            for name, entries in by_kernel.items():
-                assert name in kernels, f"{gpu}/{version}: unknown kernel {name}"
-                want = set(kernels[name].default(samples[name]))
-                for key, entry in entries.items():
-                    assert set(entry["config"]) == want, f"{gpu}/{version}/{name}/{key}"
+        for version, by_dtype in versions.items():
+            assert set(by_dtype) <= set(DTYPE_NAMES.values()), f"{gpu}/{version}: no dtype level"
+            for dtype, by_kernel in by_dtype.items():
+                for name, entries in by_kernel.items():
+                    where = f"{gpu}/{version}/{dtype}"
+                    assert name in kernels, f"{where}: unknown kernel {name}"
+                    want = set(kernels[name].default(samples[name]))
+                    for key, entry in entries.items():
+                        assert set(entry["config"]) == want, f"{where}/{name}/{key}"

@@ -158,3 +158,20 @@ def test_a_step_count_on_the_command_line_replaces_an_epoch_based_run_length():
          "--train.decay_epochs", "1"]
     )  # fmt: skip
     assert (both.train.max_epochs, both.train.schedule(10)[0]) == (3, 30)
+
+
+def test_compile_switch_is_a_bool_set_from_the_command_line_and_resumable():
+    assert TrainConfig().compile is False
+    with pytest.raises(ValueError, match=r"train\.compile must be true or false"):
+        TrainConfig(compile="yes")
+    cfg, _ = resolve_config(["--train.compile", "true", "--dry-run"])
+    assert cfg.train.compile is True
+    again = RunConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
+    assert again.train.compile is True
+    plain = cfg.to_dict()
+    del plain["train"]["compile"]  # a run folder written before the switch existed
+    assert RunConfig.from_dict(plain).train.compile is False
+    assert cfg.changes_from(RunConfig.from_dict(plain)) == ["train.compile"]
+    from train.config import RESUMABLE_CHANGES
+
+    assert "train.compile" in RESUMABLE_CHANGES

@@ -1,0 +1,362 @@
+"""Time a full optimiser step as `train/loop.py` runs it (generator, discriminator and VGG losses,
+both Adam updates), with the fused kernels vs the reference, and break it down.
+
+    PYTHONPATH=. python benchmarks/bench_optimizer_step.py               # GPU: deepfashion-256, b8
+    python benchmarks/bench_optimizer_step.py --batch 4 --size 512 --backends triton
+    python benchmarks/bench_optimizer_step.py --tiny                     # CPU smoke run
+
+The step is the loop's own code: `train.loop._generator_step` (generator forward with warps, the
+discriminator as critic, VGG19 features of fake and real, every loss term at the release's
+weights, backward, Adam) then `train.loop._discriminator_step` (hinge loss on fake and real,
+backward, Adam), on one process with one micro-batch, in bf16 autocast on a GPU. VGG19 runs with
+random weights (the time does not depend on their values, and the GPU machines hold no weights
+file). Rows per backend:
+
+- step: the whole optimiser step (what a training run spends per step, logging aside);
+- g_step, d_step: its two halves;
+- and the parts, timed alone: g_fwd_bwd (generator forward with warps and the backward of a
+  stand-in loss, the `bench_train_step.py` step), vgg_fwd_bwd (features of fake and real, the
+  backward into the image), d_critic_fwd_bwd (discriminator on the fake, backward into the image,
+  plus the no-grad real pass of feature matching), d_fwd_bwd (the discriminator step's forward on
+  fake and real, backward), adam (both optimisers' updates).
+
+The parts overlap the halves (g_step holds g_fwd_bwd, vgg_fwd_bwd, d_critic_fwd_bwd and the G
+update): their sum against `step` shows what is left (loss terms, gradient scaling, syncs).
+Median times, peak CUDA memory of one step; rows are printed and appended to a CSV.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as a script from anywhere, without PYTHONPATH
+    sys.path.insert(0, str(ROOT))
+
+from accelerate import Accelerator  # noqa: E402
+
+from benchmarks.bench_train_step import (  # noqa: E402
+    AMP,
+    BACKENDS,
+    StepInputs,
+    generator_loss,
+    make_inputs,
+)
+from benchmarks.measure import (  # noqa: E402
+    append_rows,
+    environment,
+    first_line,
+    is_out_of_memory,
+    median_ms,
+    peak_mb,
+)
+from benchmarks.tiny import TINY_BATCH, TINY_SIZE, tiny_config  # noqa: E402
+from dynast.config import PRESETS, DynaSTConfig, preset  # noqa: E402
+from dynast.discriminator import MultiscaleDiscriminator  # noqa: E402
+from dynast.generator import Generator  # noqa: E402
+from dynast.vgg import VGG19Features  # noqa: E402
+from train.config import LossWeights, TrainConfig  # noqa: E402
+from train.loop import (  # noqa: E402
+    _discriminator_step,
+    _generator_step,
+    _global_weights,
+    _StepParts,
+    _Sums,
+)
+
+PARTS = (
+    "step",
+    "g_step",
+    "d_step",
+    "g_fwd_bwd",
+    "vgg_fwd_bwd",
+    "d_critic_fwd_bwd",
+    "d_fwd_bwd",
+    "adam",
+)
+COLUMNS = [
+    "timestamp", "gpu", "torch", "triton", "commit", "config", "image_size", "batch", "amp",
+    "backend", "compile", "part", "status", "median_ms", "peak_mb",
+]  # fmt: skip
+DEFAULT_CSV = ROOT / "benchmarks" / "results" / "optimizer_step.csv"
+
+
+@dataclasses.dataclass
+class StepSetup:
+    parts: _StepParts
+    generator: Generator
+    micro: list[dict[str, Tensor]]
+
+
+def build(
+    cfg: DynaSTConfig,
+    size: int,
+    batch: int,
+    device: torch.device,
+    amp: torch.dtype | None,
+    compile_generator: bool,
+) -> StepSetup:
+    """Models, optimisers and one micro-batch, assembled as `train.loop.train` assembles them."""
+    torch.manual_seed(0)
+    generator = Generator(cfg).to(device)
+    discriminator = MultiscaleDiscriminator(cfg).to(device)
+    vgg = VGG19Features().to(device)
+    tc = TrainConfig()  # the default optimisation settings, as the loop reads them
+    betas = (tc.adam_beta1, tc.adam_beta2)
+    opt_g = torch.optim.Adam(generator.parameters(), lr=tc.lr * tc.g_lr_ratio, betas=betas)
+    opt_d = torch.optim.Adam(discriminator.parameters(), lr=tc.lr * tc.d_lr_ratio, betas=betas)
+    fp16 = amp == torch.float16
+    scaler_g = torch.amp.GradScaler(device.type, enabled=fp16)
+    scaler_d = torch.amp.GradScaler(device.type, enabled=fp16)
+    accelerator = Accelerator(cpu=device.type == "cpu", mixed_precision="no")
+    run = torch.compile(generator) if compile_generator else generator
+
+    def autocast():
+        return torch.autocast(device.type, dtype=amp, enabled=amp is not None)
+
+    parts = _StepParts(
+        accelerator, run, discriminator, discriminator, opt_g, opt_d, scaler_g, scaler_d, vgg,
+        LossWeights(), autocast,
+    )  # fmt: skip
+    x = make_inputs(cfg, size, batch, device)
+    micro = [
+        {
+            "semantic": x.semantic,
+            "exemplar": x.exemplar,
+            "exemplar_semantic": x.exemplar_semantic,
+            "target": x.target,
+            "has_target": torch.ones(batch, dtype=torch.bool, device=device),
+        }
+    ]
+    return StepSetup(parts, generator, micro)
+
+
+def part_functions(setup: StepSetup) -> dict[str, Callable[[], object]]:
+    p, micro = setup.parts, setup.micro
+    batch = micro[0]
+    sem, target = batch["semantic"], batch["target"]
+    sums = _Sums()
+    weights = _global_weights(p.accelerator, micro)
+    fake_image = torch.tanh(torch.randn_like(target)).requires_grad_()
+
+    def g_step() -> list[Tensor]:
+        return _generator_step(p, micro, weights, sums)[1]
+
+    fakes = [fake_image.detach()]
+
+    def d_step() -> None:
+        _discriminator_step(p, micro, fakes, weights, sums)
+
+    def step() -> None:
+        made = _generator_step(p, micro, weights, sums)[1]
+        _discriminator_step(p, micro, made, weights, sums)
+
+    x = StepInputs(sem, batch["exemplar"], batch["exemplar_semantic"], target)
+
+    def g_fwd_bwd() -> None:
+        with p.autocast():
+            loss, _ = generator_loss(p.generator, x)
+        loss.backward()
+
+    def vgg_fwd_bwd() -> None:
+        with p.autocast():
+            fake = p.vgg(fake_image)
+            with torch.no_grad():
+                real = p.vgg(target)
+            loss = sum(
+                (a.float() - b.float()).abs().mean() for a, b in zip(fake, real, strict=True)
+            )
+        loss.backward()
+
+    def d_critic_fwd_bwd() -> None:
+        p.d_inner.requires_grad_(False)
+        with p.autocast():
+            preds = p.d_inner(sem, fake_image)
+            with torch.no_grad():
+                p.d_inner(sem, target)
+            loss = sum(scale[-1].float().mean() for scale in preds)
+        loss.backward()
+        p.d_inner.requires_grad_(True)
+
+    def d_fwd_bwd() -> None:
+        with p.autocast():
+            preds = p.discriminator(torch.cat([sem, sem]), torch.cat([fakes[0], target]))
+            loss = sum(scale[-1].float().mean() for scale in preds)
+        loss.backward()
+
+    def adam() -> None:
+        p.opt_g.step()
+        p.opt_d.step()
+
+    g_params = list(setup.generator.parameters())
+    for param in g_params:  # Adam needs gradients to update: keep one set in place
+        param.grad = torch.zeros_like(param)
+    for param in p.discriminator.parameters():
+        param.grad = torch.zeros_like(param)
+    return {
+        "step": step,
+        "g_step": g_step,
+        "d_step": d_step,
+        "g_fwd_bwd": g_fwd_bwd,
+        "vgg_fwd_bwd": vgg_fwd_bwd,
+        "d_critic_fwd_bwd": d_critic_fwd_bwd,
+        "d_fwd_bwd": d_fwd_bwd,
+        "adam": adam,
+    }
+
+
+def bench(
+    cfg: DynaSTConfig,
+    backend: str,
+    compile_generator: bool,
+    parts: list[str],
+    size: int,
+    batch: int,
+    device: torch.device,
+    amp: torch.dtype | None,
+    warmup_ms: int,
+    rep_ms: int,
+) -> dict[str, tuple[str, float | None, float | None]]:
+    """part -> (status, median ms, peak MiB) for one backend."""
+    results: dict[str, tuple[str, float | None, float | None]] = {}
+    try:
+        setup = build(
+            dataclasses.replace(cfg, attention_backend=backend),
+            size,
+            batch,
+            device,
+            amp,
+            compile_generator,
+        )
+        functions = part_functions(setup)
+    except Exception as err:  # a model that does not fit is a result: every part reports it
+        status = "oom" if is_out_of_memory(err) else f"error {first_line(err)}"
+        return dict.fromkeys(parts, (status, None, None))
+    for part in parts:
+        fn = functions[part]
+        try:
+            ms = median_ms(fn, device, warmup_ms=warmup_ms, rep_ms=rep_ms)
+            peak = peak_mb(fn, device, above_live=False)
+            results[part] = ("ok", ms, peak)
+        except Exception as err:  # reported as a row, see above
+            status = "oom" if is_out_of_memory(err) else f"error {first_line(err)}"
+            results[part] = (status, None, None)
+        finally:
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+    return results
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="deepfashion-256")
+    parser.add_argument("--tiny", action="store_true", help="tiny model on the CPU: a smoke run")
+    parser.add_argument("--size", type=int, default=None, help="image size (default the preset's)")
+    parser.add_argument("--batch", type=int, default=None, help=f"default 8 ({TINY_BATCH} tiny)")
+    parser.add_argument(
+        "--backends", default=None, help="triton,torch (default: both on a GPU, torch on a CPU)"
+    )
+    parser.add_argument("--compile", action="store_true", help="torch.compile the generator")
+    parser.add_argument(
+        "--parts", default=",".join(PARTS), help=f"what to time, some of {','.join(PARTS)}"
+    )
+    parser.add_argument("--amp", choices=sorted(AMP), default=None, help="default bf16 on GPU")
+    parser.add_argument("--device", default=None, help="default cuda when available, else cpu")
+    parser.add_argument("--warmup", type=int, default=100, help="warm-up per timing, ms")
+    parser.add_argument("--rep", type=int, default=500, help="measurement per timing, ms")
+    parser.add_argument("--csv", type=Path, default=DEFAULT_CSV, help="rows are appended here")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    gpu = torch.cuda.is_available() and not args.tiny
+    device = torch.device(args.device or ("cuda" if gpu else "cpu"))
+    on_gpu = device.type == "cuda"
+    backends = (args.backends or ("triton,torch" if on_gpu else "torch")).split(",")
+    if not backends or any(b not in BACKENDS for b in backends):
+        print(
+            f"bench_optimizer_step: --backends must list some of {BACKENDS}, got {args.backends!r}",
+            file=sys.stderr,
+        )
+        return 2
+    parts = args.parts.split(",")
+    if not parts or any(p not in PARTS for p in parts):
+        print(
+            f"bench_optimizer_step: --parts must list some of {PARTS}, got {args.parts!r}",
+            file=sys.stderr,
+        )
+        return 2
+    if args.batch is not None and args.batch < 1:
+        print(f"bench_optimizer_step: --batch must be positive, got {args.batch}", file=sys.stderr)
+        return 2
+    cfg = tiny_config() if args.tiny else preset(args.preset)
+    size = args.size or (TINY_SIZE if args.tiny else cfg.image_size)
+    batch = args.batch or (TINY_BATCH if args.tiny else 8)
+    amp_name = args.amp or ("bf16" if on_gpu else "none")
+    env = environment(device)
+    print(
+        f"{env['gpu']} | torch {env['torch']} | triton {env['triton']} | commit {env['commit']} | "
+        f"config {cfg.name} | {size} px | batch {batch} | amp {amp_name} | compile {args.compile}"
+    )
+    results = {
+        b: bench(
+            cfg, b, args.compile, parts, size, batch, device, AMP[amp_name], args.warmup, args.rep
+        )
+        for b in backends
+    }
+    print(
+        f"{'part':<17}"
+        + "".join(f" {b + ' ms':>12} {'peak MB':>9}" for b in backends)
+        + "  x torch"
+    )
+    stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    rows = []
+    for part in parts:
+        line = f"{part:<17}"
+        for b in backends:
+            status, ms, peak = results[b][part]
+            line += (
+                f" {_fmt(ms, '.2f') if status == 'ok' else status[:12]:>12} {_fmt(peak, '.0f'):>9}"
+            )
+            rows.append(
+                {
+                    "timestamp": stamp,
+                    **env,
+                    "config": cfg.name,
+                    "image_size": size,
+                    "batch": batch,
+                    "amp": amp_name,
+                    "backend": b,
+                    "compile": args.compile,
+                    "part": part,
+                    "status": status,
+                    "median_ms": ms,
+                    "peak_mb": peak,
+                }
+            )
+        base, fused = results.get("torch", {}).get(part), results.get("triton", {}).get(part)
+        if base and fused and base[1] and fused[1]:
+            line += f"  {base[1] / fused[1]:.2f}x"
+        print(line)
+    append_rows(args.csv, COLUMNS, rows)
+    print(f"appended {len(rows)} rows to {args.csv}")
+    return 1 if any(r["status"].startswith("error") for r in rows) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

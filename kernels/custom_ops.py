@@ -1,0 +1,476 @@
+"""The dynamic attention operators as `torch.library` custom ops, so `torch.compile` traces the
+generator in one graph.
+
+`kernels.ops` validates inputs, reads the index tags of `kernels.candidates` (a Python attribute
+on the tensor) and checks index ranges with a host synchronisation: all things Dynamo cannot trace.
+The ops registered here wrap those public functions whole, so the compiler sees one opaque node per
+attention block, with
+
+- a fake-tensor implementation (output shapes and dtypes only) for tracing;
+- a registered autograd formula whose backward is itself a custom op. That backward recomputes
+  the forward of the public function on detached inputs and differentiates it, so every backend
+  (reference or fused) keeps its own gradient and nothing is saved between the passes but the
+  inputs (activation checkpointing of the attention, by construction);
+- `dynast::candidate_attention` takes either a candidate list or the previous top-k with the kind
+  of list to derive from it ("inner" or "inter"): the derivation then happens inside the op, where
+  the list keeps the tags the fused kernels read (a list built outside would reach the op as a
+  fresh, untagged tensor). The same interface suits kernels that derive candidates themselves.
+
+Outputs an op cannot leave out are returned empty: top-k as [B, Nq, 0] when `topk` is 0, the warp
+as [B, Nq, 0] without `warp_values`. The wrappers at the bottom turn them back into None and have
+the signatures of `kernels.dynamic_attention` / `kernels.candidate_attention`.
+
+Autocast: the wrappers cast the float inputs to autocast's dtype (as `kernels.ops` does) before
+the op, and the op runs with autocast off, so a traced graph and eager mode see the same dtypes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from . import ops
+from .candidates import inner_scale_candidates, inter_scale_candidates
+
+DERIVED_KINDS = ("inner", "inter")  # the builders of kernels.candidates
+INDEX_KINDS = ("candidates", *DERIVED_KINDS)
+
+
+@dataclass(frozen=True)
+class DerivedCandidates:
+    """Candidates described by the top-k they derive from, built only where they are consumed.
+
+    kind "inner": `inner_scale_candidates(topk, height, width)`; "inter":
+    `inter_scale_candidates(topk, height, width)` (topk indexes the coarse grid)."""
+
+    kind: str
+    topk: Tensor
+    height: int
+    width: int
+
+    def __post_init__(self) -> None:
+        if self.kind not in DERIVED_KINDS:
+            raise ValueError(f"kind must be one of {DERIVED_KINDS}, got {self.kind!r}")
+
+    def build(self) -> Tensor:
+        builder = inner_scale_candidates if self.kind == "inner" else inter_scale_candidates
+        return builder(self.topk, self.height, self.width)
+
+
+def _check_index_kind(index_kind: str) -> None:
+    if index_kind not in INDEX_KINDS:
+        raise ValueError(f"index_kind must be one of {INDEX_KINDS}, got {index_kind!r}")
+
+
+def _candidates(index: Tensor, index_kind: str, height: int, width: int) -> Tensor:
+    _check_index_kind(index_kind)
+    if index_kind == "candidates":
+        return index
+    return DerivedCandidates(index_kind, index, height, width).build()
+
+
+def _pack(result: ops.AttentionOutput, q: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    b, nq = q.shape[:2]
+    top = result.topk
+    if top is None:
+        top = torch.empty(b, nq, 0, dtype=torch.int64, device=q.device)
+    warp = result.warp
+    if warp is None:
+        warp = torch.empty(b, nq, 0, dtype=q.dtype, device=q.device)
+    # Contiguous, as the fake implementation promises (the reference's top-k is a slice).
+    return result.out.contiguous(), result.conf.contiguous(), top.contiguous(), warp.contiguous()
+
+
+def _fake_outputs(
+    q: Tensor, v: Tensor, warp_values: Tensor | None, topk: int
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    b, nq = q.shape[:2]
+    cw = 0 if warp_values is None else warp_values.shape[2]
+    return (
+        q.new_empty(b, nq, v.shape[2]),
+        q.new_empty(b, nq),
+        q.new_empty(b, nq, topk, dtype=torch.int64),
+        q.new_empty(b, nq, cw),
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# Forward ops
+# --------------------------------------------------------------------------------------------------
+
+
+@torch.library.custom_op("dynast::dense_attention", mutates_args=())
+def dense_attention_op(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    q_prune: Tensor,
+    k_prune: Tensor,
+    warp_values: Tensor | None,
+    scale: float,
+    prune_scale: float,
+    topk: int,
+    warp_over: str,
+    backend: str,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """`kernels.dynamic_attention` as (out, conf, topk or [B, Nq, 0], warp or [B, Nq, 0])."""
+    result = ops.dynamic_attention(
+        q,
+        k,
+        v,
+        q_prune,
+        k_prune,
+        scale=scale,
+        prune_scale=prune_scale,
+        topk=topk,
+        warp_values=warp_values,
+        warp_over=warp_over,
+        backend=backend,
+    )
+    return _pack(result, q)
+
+
+@dense_attention_op.register_fake
+def _dense_fake(q, k, v, q_prune, k_prune, warp_values, scale, prune_scale, topk, *_):
+    return _fake_outputs(q, v, warp_values, topk)
+
+
+@torch.library.custom_op("dynast::candidate_attention", mutates_args=())
+def candidate_attention_op(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    q_prune: Tensor,
+    k_prune: Tensor,
+    index: Tensor,
+    warp_values: Tensor | None,
+    index_kind: str,
+    height: int,
+    width: int,
+    scale: float,
+    prune_scale: float,
+    topk: int,
+    warp_over: str,
+    backend: str,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """`kernels.candidate_attention` over `index` (index_kind "candidates": the [B, Nq, M] list;
+    "inner" / "inter": the previous top-k, the list derived on the height x width query grid)."""
+    result = ops.candidate_attention(
+        q,
+        k,
+        v,
+        q_prune,
+        k_prune,
+        _candidates(index, index_kind, height, width),
+        scale=scale,
+        prune_scale=prune_scale,
+        topk=topk,
+        warp_values=warp_values,
+        warp_over=warp_over,
+        backend=backend,
+    )
+    return _pack(result, q)
+
+
+@candidate_attention_op.register_fake
+def _candidate_fake(
+    q, k, v, q_prune, k_prune, index, warp_values, index_kind, height, width, *params
+):
+    _check_index_kind(index_kind)
+    return _fake_outputs(q, v, warp_values, params[2])
+
+
+# --------------------------------------------------------------------------------------------------
+# Backward ops: recompute the forward with autograd on, differentiate it
+# --------------------------------------------------------------------------------------------------
+
+
+@contextmanager
+def _autograd_recording() -> Iterator[None]:
+    """Autograd on inside an op's implementation.
+
+    The custom-op machinery runs implementations with the autograd dispatch keys excluded
+    (they sit below the op's own autograd formula), so `enable_grad` alone records nothing. Lift
+    that exclusion, and only it: autocast stays excluded as the caller left it."""
+    exclude = torch._C._dispatch_tls_local_exclude_set()
+    for name in ("AutogradFunctionality", "AutogradOther", "AutogradNestedTensor"):
+        exclude = exclude.remove(getattr(torch._C.DispatchKey, name))
+    include = torch._C._dispatch_tls_local_include_set()
+    with torch._C._ForceDispatchKeyGuard(include, exclude), torch.enable_grad():
+        yield
+
+
+_Grads = tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]
+
+
+def _recompute_grads(
+    forward: Callable[..., ops.AttentionOutput],
+    floats: list[Tensor | None],
+    grad_out: Tensor,
+    grad_conf: Tensor,
+    grad_warp: Tensor,
+) -> _Grads:
+    """Gradients of (out, conf, warp) of `forward(*floats)` with respect to the five attention
+    inputs and warp_values; zeros where an input does not reach the outputs, and an empty warp
+    gradient without warp_values."""
+    with _autograd_recording():
+        leaves = [None if x is None else x.detach().requires_grad_() for x in floats]
+        result = forward(*leaves)
+        pairs = [(result.out, grad_out), (result.conf, grad_conf)]
+        if result.warp is not None:
+            pairs.append((result.warp, grad_warp))
+        pairs = [(o, g) for o, g in pairs if o.requires_grad]
+        wrt = [x for x in leaves if x is not None]
+        grads = torch.autograd.grad(
+            [o for o, _ in pairs], wrt, [g for _, g in pairs], allow_unused=True
+        )
+    grads = [torch.zeros_like(x) if g is None else g for x, g in zip(wrt, grads, strict=True)]
+    if floats[5] is None:
+        q = floats[0]
+        grads.append(q.new_empty(q.shape[0], q.shape[1], 0))
+    # Contiguous, as the fake implementation promises (autograd may hand back transposes).
+    return tuple(g.detach().contiguous() for g in grads)
+
+
+def _fake_grads(q, k, v, q_prune, k_prune, warp_values) -> _Grads:
+    warp = q.new_empty(q.shape[0], q.shape[1], 0) if warp_values is None else warp_values
+    return tuple(x.new_empty(x.shape) for x in (q, k, v, q_prune, k_prune, warp))
+
+
+@torch.library.custom_op("dynast::dense_attention_backward", mutates_args=())
+def dense_attention_backward_op(
+    grad_out: Tensor,
+    grad_conf: Tensor,
+    grad_warp: Tensor,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    q_prune: Tensor,
+    k_prune: Tensor,
+    warp_values: Tensor | None,
+    scale: float,
+    prune_scale: float,
+    warp_over: str,
+    backend: str,
+) -> _Grads:
+    """(dq, dk, dv, dq_prune, dk_prune, dwarp_values or [B, Nq, 0]) of `dynast::dense_attention`."""
+
+    def forward(q, k, v, q_prune, k_prune, warp_values) -> ops.AttentionOutput:
+        # The top-k carries no gradient: leave it out of the recomputation.
+        return ops.dynamic_attention(
+            q,
+            k,
+            v,
+            q_prune,
+            k_prune,
+            scale=scale,
+            prune_scale=prune_scale,
+            warp_values=warp_values,
+            warp_over=warp_over,
+            backend=backend,
+        )
+
+    floats = [q, k, v, q_prune, k_prune, warp_values]
+    return _recompute_grads(forward, floats, grad_out, grad_conf, grad_warp)
+
+
+@dense_attention_backward_op.register_fake
+def _dense_backward_fake(_go, _gc, _gw, q, k, v, q_prune, k_prune, warp_values, *_):
+    return _fake_grads(q, k, v, q_prune, k_prune, warp_values)
+
+
+@torch.library.custom_op("dynast::candidate_attention_backward", mutates_args=())
+def candidate_attention_backward_op(
+    grad_out: Tensor,
+    grad_conf: Tensor,
+    grad_warp: Tensor,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    q_prune: Tensor,
+    k_prune: Tensor,
+    index: Tensor,
+    warp_values: Tensor | None,
+    index_kind: str,
+    height: int,
+    width: int,
+    scale: float,
+    prune_scale: float,
+    warp_over: str,
+    backend: str,
+) -> _Grads:
+    """(dq, dk, dv, dq_prune, dk_prune, dwarp_values or [B, Nq, 0]) of
+    `dynast::candidate_attention`; the candidate list is derived again from `index`."""
+    candidates = _candidates(index, index_kind, height, width)
+
+    def forward(q, k, v, q_prune, k_prune, warp_values) -> ops.AttentionOutput:
+        return ops.candidate_attention(
+            q,
+            k,
+            v,
+            q_prune,
+            k_prune,
+            candidates,
+            scale=scale,
+            prune_scale=prune_scale,
+            warp_values=warp_values,
+            warp_over=warp_over,
+            backend=backend,
+        )
+
+    floats = [q, k, v, q_prune, k_prune, warp_values]
+    return _recompute_grads(forward, floats, grad_out, grad_conf, grad_warp)
+
+
+@candidate_attention_backward_op.register_fake
+def _candidate_backward_fake(
+    grad_out, grad_conf, grad_warp, q, k, v, q_prune, k_prune, index, warp_values, *_
+):
+    return _fake_grads(q, k, v, q_prune, k_prune, warp_values)
+
+
+# --------------------------------------------------------------------------------------------------
+# Autograd formulas
+# --------------------------------------------------------------------------------------------------
+
+
+def _setup_dense(ctx, inputs, output) -> None:
+    q, k, v, q_prune, k_prune, warp_values, scale, prune_scale, _, warp_over, backend = inputs
+    ctx.save_for_backward(q, k, v, q_prune, k_prune, warp_values)
+    ctx.params = (scale, prune_scale, warp_over, backend)
+
+
+def _none_without(warp_values: Tensor | None, grad: Tensor) -> Tensor | None:
+    return None if warp_values is None else grad
+
+
+def _dense_backward(ctx, grad_out, grad_conf, _grad_topk, grad_warp):
+    saved = ctx.saved_tensors
+    grads = dense_attention_backward_op(grad_out, grad_conf, grad_warp, *saved, *ctx.params)
+    return (*grads[:5], _none_without(saved[5], grads[5]), None, None, None, None, None)
+
+
+dense_attention_op.register_autograd(_dense_backward, setup_context=_setup_dense)
+
+
+def _setup_candidates(ctx, inputs, output) -> None:
+    q, k, v, q_prune, k_prune, index, warp_values = inputs[:7]
+    index_kind, height, width, scale, prune_scale, _, warp_over, backend = inputs[7:]
+    ctx.save_for_backward(q, k, v, q_prune, k_prune, index, warp_values)
+    ctx.params = (index_kind, height, width, scale, prune_scale, warp_over, backend)
+
+
+def _candidate_backward(ctx, grad_out, grad_conf, _grad_topk, grad_warp):
+    saved = ctx.saved_tensors
+    grads = candidate_attention_backward_op(grad_out, grad_conf, grad_warp, *saved, *ctx.params)
+    warp_grad = _none_without(saved[6], grads[5])
+    return (*grads[:5], None, warp_grad, *([None] * 8))
+
+
+candidate_attention_op.register_autograd(_candidate_backward, setup_context=_setup_candidates)
+
+
+# --------------------------------------------------------------------------------------------------
+# Public wrappers: the signatures of kernels.dynamic_attention / kernels.candidate_attention
+# --------------------------------------------------------------------------------------------------
+
+
+def _cast_to_common(tensors: list[Tensor | None]) -> list[Tensor | None]:
+    """Inputs cast to autocast's dtype when autocast is on for their device (as `kernels.ops`
+    does inside the op); otherwise unchanged, and the op's own validation names any mismatch."""
+    device_type = tensors[0].device.type
+    if not torch.is_autocast_enabled(device_type):
+        return tensors
+    dtype = torch.get_autocast_dtype(device_type)
+    return [x if x is None or x.dtype == dtype else x.to(dtype) for x in tensors]
+
+
+def _unpack(outputs, topk: int, warp_values: Tensor | None) -> ops.AttentionOutput:
+    out, conf, top, warp = outputs
+    return ops.AttentionOutput(
+        out=out,
+        conf=conf,
+        topk=top if topk > 0 else None,
+        warp=warp if warp_values is not None else None,
+    )
+
+
+def dynamic_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    q_prune: Tensor,
+    k_prune: Tensor,
+    *,
+    scale: float,
+    prune_scale: float,
+    topk: int = 0,
+    warp_values: Tensor | None = None,
+    warp_over: str = "kept",
+    backend: str = "auto",
+) -> ops.AttentionOutput:
+    """`kernels.dynamic_attention` through the `dynast::dense_attention` op (traceable)."""
+    if isinstance(topk, bool) or not isinstance(topk, int) or topk < 0:
+        raise ValueError(f"topk must be a non-negative int, got {topk!r}")
+    floats = _cast_to_common([q, k, v, q_prune, k_prune, warp_values])
+    with torch.autocast(q.device.type, enabled=False):
+        outputs = dense_attention_op(
+            *floats, float(scale), float(prune_scale), topk, warp_over, backend
+        )
+    return _unpack(outputs, topk, warp_values)
+
+
+def candidate_attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    q_prune: Tensor,
+    k_prune: Tensor,
+    candidates: Tensor | DerivedCandidates,
+    *,
+    scale: float,
+    prune_scale: float,
+    topk: int = 0,
+    warp_values: Tensor | None = None,
+    warp_over: str = "kept",
+    backend: str = "auto",
+) -> ops.AttentionOutput:
+    """`kernels.candidate_attention` through the `dynast::candidate_attention` op (traceable).
+
+    `candidates` is a [B, Nq, M] list, or a `DerivedCandidates` whose list the op derives."""
+    if isinstance(topk, bool) or not isinstance(topk, int) or topk < 0:
+        raise ValueError(f"topk must be a non-negative int, got {topk!r}")
+    if isinstance(candidates, DerivedCandidates):
+        index, kind = candidates.topk, candidates.kind
+        height, width = candidates.height, candidates.width
+    elif isinstance(candidates, Tensor):
+        index, kind, height, width = candidates, "candidates", 0, 0
+    else:
+        raise ValueError(
+            "candidates must be a torch.Tensor or a DerivedCandidates, "
+            f"got {type(candidates).__name__}"
+        )
+    q, k, v, q_prune, k_prune, warp = _cast_to_common([q, k, v, q_prune, k_prune, warp_values])
+    with torch.autocast(q.device.type, enabled=False):
+        outputs = candidate_attention_op(
+            q,
+            k,
+            v,
+            q_prune,
+            k_prune,
+            index,
+            warp,
+            kind,
+            height,
+            width,
+            float(scale),
+            float(prune_scale),
+            topk,
+            warp_over,
+            backend,
+        )
+    return _unpack(outputs, topk, warp_values)

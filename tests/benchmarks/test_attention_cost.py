@@ -1,0 +1,97 @@
+"""The byte model's two accountings of the candidate indices (issue 13): the list the builders
+write, read as int64, against candidates derived in the kernel from the previous int32 top-k."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+
+from benchmarks import attention_cost as model
+from benchmarks.attention_cost import attention_cost, shape_cost
+from kernels.shapes import AttentionShape, preset_shapes
+
+SIZES = dict(batch=2, nq=16, nk=16, cqk=4, cp=2, cv=6, cw=1, k=2, element_bytes=2)
+
+
+@pytest.mark.parametrize(("block", "rows"), [("inner", 16), ("inter", 4)])
+def test_derived_candidates_read_the_previous_topk_instead_of_the_list(
+    block: str, rows: int
+) -> None:
+    per_match = model.PER_MATCH[block]
+    m = per_match * 3  # three previous matches per query
+    listed = attention_cost(m=m, pass_="fwd", index_bytes=4, **SIZES)
+    derived = attention_cost(m=m, pass_="fwd", index_bytes=4, derived_from=block, **SIZES)
+    # The list is B*Nq*M indices; the top-k it derives from B*rows*(M/per_match).
+    assert listed.bytes - derived.bytes == 2 * 16 * m * 4 - 2 * rows * 3 * 4
+    assert listed.flops == derived.flops
+    for pass_ in ("bwd", "both"):
+        a = attention_cost(m=m, pass_=pass_, index_bytes=4, **SIZES)
+        b = attention_cost(m=m, pass_=pass_, index_bytes=4, derived_from=block, **SIZES)
+        reads = 1 if pass_ == "bwd" else 2  # the indices are read once per pass
+        assert a.bytes - b.bytes == reads * (2 * 16 * m * 4 - 2 * rows * 3 * 4)
+
+
+def test_int32_indices_halve_the_index_bytes_including_the_topk() -> None:
+    wide = attention_cost(m=10, pass_="fwd", index_bytes=8, **SIZES)
+    narrow = attention_cost(m=10, pass_="fwd", index_bytes=4, **SIZES)
+    assert wide.bytes - narrow.bytes == 2 * 16 * 10 * 4 + 2 * 16 * 2 * 4
+
+
+def test_the_inner_256_forward_under_both_accountings() -> None:
+    """docs/benchmarks.md: 443.5 MB today (84 MB of int64 candidates, 17 MB of int64 top-k);
+    derived: the list gives way to the previous top-k, int32 like the written one."""
+    inner = next(s for s in preset_shapes("deepfashion-256") if s.label == "inner-256x256")
+    listed = shape_cost(inner, 8, 2, "fwd", "list").bytes
+    derived = shape_cost(inner, 8, 2, "fwd", "derived").bytes
+    n, k = 8 * 256 * 256, inner.k
+    assert listed / 1e6 == pytest.approx(443.5, abs=0.05)
+    assert listed - derived == n * 5 * k * 8 + n * k * 8 - 2 * n * k * 4
+    dense = next(s for s in preset_shapes("deepfashion-256") if s.block == "dense")
+    # Dense blocks read no indices: only the written top-k narrows.
+    dense_saved = (
+        shape_cost(dense, 8, 2, "fwd", "list").bytes
+        - shape_cost(dense, 8, 2, "fwd", "derived").bytes
+    )
+    assert dense_saved == 8 * dense.tokens * dense.k * 4
+
+
+def test_bad_arguments_are_named() -> None:
+    with pytest.raises(ValueError, match="derived_from must be one of"):
+        attention_cost(m=None, pass_="fwd", derived_from="inner", **SIZES)
+    with pytest.raises(ValueError, match="derived_from must be one of"):
+        attention_cost(m=10, pass_="fwd", derived_from="outer", **SIZES)
+    with pytest.raises(ValueError, match="must be a multiple of 4"):
+        attention_cost(m=10, pass_="fwd", derived_from="inter", **SIZES)
+    shape = AttentionShape(block="inner", height=4, width=4, cqk=4, cp=2, cv=2, k=1)
+    with pytest.raises(ValueError, match="accounting must be one of"):
+        shape_cost(shape, 1, 2, "fwd", "guessed")
+
+
+def test_cli_prints_both_accountings_and_remeasures_a_csv(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    shape = AttentionShape(block="inner", height=8, width=8, cqk=16, cp=4, cv=8, cw=3, k=2)
+    path = tmp_path / "attention.csv"
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(
+            f, ["shape", "block", "batch", "dtype", "pass", "impl", "status", "median_ms",
+                "copy_gbps"],
+        )  # fmt: skip
+        writer.writeheader()
+        writer.writerow(
+            {"shape": shape.describe(), "block": "inner", "batch": 2, "dtype": "bfloat16",
+             "pass": "fwd", "impl": "fused", "status": "ok", "median_ms": 1.0, "copy_gbps": 1.0},
+        )  # fmt: skip
+    assert model.main(["--preset", "deepfashion-256", "--csv", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "inner-256x256    fwd       443.5       359.7" in out
+    listed = shape_cost(shape, 2, 2, "fwd", "list").bytes / 1e-3 / 1e9
+    derived = shape_cost(shape, 2, 2, "fwd", "derived").bytes / 1e-3 / 1e9
+    row = next(line for line in out.splitlines() if line.startswith("inner-8x8"))
+    assert row.split()[4:] == [f"{listed:.1f}", f"{listed:.1%}", f"{derived:.1f}", f"{derived:.1%}"]
+    path.write_text("shape,block,batch,dtype,pass,impl,status,median_ms,copy_gbps\nbad,inner,1,"
+                    "bfloat16,fwd,fused,ok,1.0,1.0\n")  # fmt: skip
+    assert model.main(["--csv", str(path)]) == 2
+    assert "cannot read the shape" in capsys.readouterr().err

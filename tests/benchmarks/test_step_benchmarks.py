@@ -1,0 +1,113 @@
+"""The issue-13 benchmark scripts on the CPU with --tiny: the printed table and the CSV rows of the
+profile, the full optimiser step and the generation throughput (smoke runs: the GPU figures come
+from benchmarks/device_session.sh)."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+import torch
+
+from benchmarks import bench_generate, bench_optimizer_step, issue13_summary, profile_step
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # Small ops on a shared machine: more threads only add contention.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_profile_step_tiny(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "profile.csv"
+    args = ["--tiny", "--warmup", "0", "--steps", "1", "--top", "5", "--csv", str(out)]
+    assert profile_step.main(args) == 0
+    printed = capsys.readouterr().out
+    assert "config tiny | 16 px | batch 2 | amp none | backend torch | compile False" in printed
+    assert "by category:" in printed and "convolution" in printed
+    rows = _rows(out)
+    assert list(rows[0]) == profile_step.COLUMNS and len(rows) > 5
+    times = [float(r["self_ms_per_step"]) for r in rows]
+    assert times == sorted(times, reverse=True) and times[0] > 0
+    assert sum(float(r["share"]) for r in rows) == pytest.approx(1.0, abs=1e-3)
+    assert any(r["kernel"] == "aten::convolution_backward" for r in rows)
+
+
+def test_kernel_categories() -> None:
+    assert profile_step.category("_candidate_fwd_kernel") == "attention"
+    assert profile_step.category("cudnn::engines_precompiled::conv2d_fprop") == "convolution"
+    assert profile_step.category("sm90_xmma_gemm_bf16bf16_bf16f32") == "matmul"
+    assert profile_step.category("triton_per_fused_native_group_norm_0") == "normalisation"
+    assert profile_step.category("void at::native::vectorized_elementwise_kernel") == "elementwise"
+    assert profile_step.category("something_else") == "other"
+
+
+def test_optimizer_step_tiny(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "step.csv"
+    assert (
+        bench_optimizer_step.main(["--tiny", "--warmup", "1", "--rep", "1", "--csv", str(out)]) == 0
+    )
+    printed = capsys.readouterr().out
+    rows = _rows(out)
+    assert list(rows[0]) == bench_optimizer_step.COLUMNS
+    assert [r["part"] for r in rows] == list(bench_optimizer_step.PARTS)
+    assert all(r["status"] == "ok" and float(r["median_ms"]) > 0 for r in rows), rows
+    assert all(r["backend"] == "torch" and r["config"] == "tiny" for r in rows)
+    for part in bench_optimizer_step.PARTS:
+        assert any(line.startswith(part) for line in printed.splitlines()), part
+
+
+def test_generate_tiny(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "generate.csv"
+    assert bench_generate.main(["--tiny", "--warmup", "1", "--rep", "1", "--csv", str(out)]) == 0
+    (row,) = _rows(out)
+    assert row["status"] == "ok" and row["backend"] == "torch" and row["batch"] == "2"
+    assert float(row["images_per_s"]) == pytest.approx(2 / (float(row["median_ms"]) / 1e3))
+    assert "images/s" in capsys.readouterr().out
+
+
+def test_bad_arguments_are_named(capsys: pytest.CaptureFixture) -> None:
+    assert bench_generate.main(["--tiny", "--backends", "cuda"]) == 2
+    assert "--backends" in capsys.readouterr().err
+    assert bench_optimizer_step.main(["--tiny", "--batch", "0"]) == 2
+    assert "--batch" in capsys.readouterr().err
+    assert bench_optimizer_step.main(["--tiny", "--parts", "step,lunch"]) == 2
+    assert "--parts" in capsys.readouterr().err
+    assert profile_step.main(["--tiny", "--steps", "0"]) == 2
+    assert "--steps" in capsys.readouterr().err
+
+
+def test_summary_fills_only_measured_rows(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert issue13_summary.main([str(tmp_path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 9 and all("not measured" in line for line in lines)
+    assert " met " not in "".join(lines)
+    # A GPU-shaped run: the step's rows at 256 px, batch 8, and the full step at 512 px.
+    step = tmp_path / "train_step.csv"
+    step.write_text(
+        "backend,image_size,batch,status,median_ms\n"
+        "torch,256,8,ok,480\ntriton,256,8,ok,150\ntriton+compile,256,8,ok,200\n"
+    )
+    opt = tmp_path / "optimizer_step.csv"
+    opt.write_text(
+        "backend,image_size,batch,part,status,median_ms,peak_mb\n"
+        "triton,512,4,step,ok,900,70000\ntriton,256,8,step,ok,400,1000\n"
+    )
+    rows = {
+        what: (figure, verdict) for what, figure, _, verdict in issue13_summary.summary(tmp_path)
+    }
+    assert rows["training step 256 b8, fused vs reference"] == ("3.20x (150.0 / 480.0 ms)", "met")
+    assert rows["training step 256 b8, fused+compile vs reference"][1] == "not met"  # 2.4x
+    assert rows["full optimiser step 256 b8 (G+D+VGG)"] == ("400.0 ms", "met")
+    assert rows["512 px training, batch 4, full step (fused)"][1] == "met"
+    assert rows["inner 256x256 candidate fwd"][1] == "not measured"
+    assert issue13_summary.main([str(tmp_path / "missing")]) == 2
