@@ -36,7 +36,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from .aot import AotCase
-from .candidates import window_shared_grid
+from .candidates import candidate_indices, window_shared_grid
 from .reference import WARP_MODES
 from .shapes import AttentionShape, make_problem
 from .tuning import LaunchConfig, TunableKernel, tuned_config
@@ -225,10 +225,12 @@ def _candidate_fwd_kernel(
 
     # Top-k by repeated max-and-mask; equal scores go to the lower candidate position, as the
     # reference's stable sort does (duplicated candidates score exactly equal).
+    # A NaN score ranks as -inf; `taken` (not the score) marks picks, so -inf ties resolve too.
     pos = j[None, None, :]
     taken = valid == 0
+    z_rank = tl.where(z != z, float("-inf"), z)
     for t in range(0, n_top):
-        zt = tl.where(taken, float("-inf"), z)
+        zt = tl.where(taken, float("-inf"), z_rank)
         best = tl.max(zt, axis=2)
         hit = (zt == best[:, :, None]) & (taken == 0)
         first = tl.min(tl.where(hit, pos, BLOCK_M), axis=2)  # [G, A]
@@ -673,8 +675,8 @@ def _random_problem(dims: dict[str, int], device: torch.device, dtype: torch.dty
 def _launch_args(problem) -> dict:
     head = problem.positional()[:5]
     return {
-        "args": (*head, problem.warp_values, problem.candidates),
-        "window": window_shared_grid(problem.candidates),
+        "args": (*head, problem.warp_values, candidate_indices(problem.candidates)),
+        "window": window_shared_grid(problem.candidates),  # a CandidateList's own fact
         "scale": problem.shape.scale,
         "prune_scale": problem.shape.prune_scale,
         "warp_mode": _KEPT if problem.warp_values is not None else 0,
@@ -946,12 +948,13 @@ def attention(
     topk: int,
     warp_values: Tensor | None,
     warp_over: str,
+    window: tuple[int, int] | None = None,
 ) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
     """Candidate dynamic attention with the fused kernels: (out, conf, topk or None, warp or None),
     the semantics of `kernels.reference.reference_candidate_attention`. Inputs arrive validated by
-    `kernels.ops` (one float dtype, candidates in range, CUDA or the interpreter)."""
+    `kernels.ops` (one float dtype, candidates in range, CUDA or the interpreter). `window` is
+    the grid of a window-shared inter-scale CandidateList (`kernels.candidates`), else None."""
     nq = q.shape[1]
-    window = window_shared_grid(candidates)
     if window is not None:
         height, width = window
         if height % 2 or width % 2 or height * width != nq:

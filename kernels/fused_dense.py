@@ -32,6 +32,7 @@ from .tuning import LaunchConfig, TunableKernel, tuned_config
 
 # Softmax runs on exp2: z2 = z * log2(e).
 _LOG2E = tl.constexpr(math.log2(math.e))
+_LOWEST = tl.constexpr(-3.4028234663852886e38)  # -FLT_MAX: the rank of NaN and -inf scores
 # Warp modes as the kernels see them: 0 = no warp requested.
 WARP_MODE_IDS = {"kept": 1, "pruned": 2, "all": 3}
 
@@ -260,8 +261,12 @@ def _dense_fwd_kernel(
         if HAS_TOPK:
             # Merge the tile into the running top-k by repeated max: the best score, then the
             # lowest key index holding it (earlier tiles hold lower indices). A pick is removed
-            # by index; emptied slots read -inf and lose to every real key later on.
-            tile = z2
+            # by index; emptied slots and padding keys read -inf and lose to every real key, whose
+            # score is ranked at least -FLT_MAX (NaN and -inf scores rank as -FLT_MAX: lowest
+            # index first, after every finite score). With k <= Nk every slot ends on a distinct
+            # real key.
+            low = (z2 != z2) | (z2 == neg_inf)
+            tile = tl.where(key_ok[None, :] & low, _LOWEST, z2)
             merged_z = tl.full((BLOCK_M, BLOCK_K), neg_inf, tl.float32)
             merged_i = tl.full((BLOCK_M, BLOCK_K), 2147483647, tl.int32)
             for t in range(0, top_k):

@@ -16,6 +16,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .candidates import CandidateList, candidate_indices
+
 WARP_MODES = ("kept", "pruned", "all")
 
 
@@ -64,8 +66,11 @@ def _topk_positions(scores: Tensor, k: int) -> Tensor:
     """Positions of the k largest scores along the last axis; ties go to the lower position.
 
     Ranked by scores rather than probabilities: at scale 100 many probabilities underflow to 0 in
-    fp32 and would tie. A stable descending sort keeps equal scores in their original order."""
-    order = torch.sort(scores, dim=-1, descending=True, stable=True).indices
+    fp32 and would tie. A stable descending sort keeps equal scores in their original order. A NaN
+    score ranks as -inf: a row of NaN scores (a NaN query) selects positions 0..k-1, and every
+    selected position is a real one, as in the kernels."""
+    ranked = scores.masked_fill(torch.isnan(scores), float("-inf"))
+    order = torch.sort(ranked, dim=-1, descending=True, stable=True).indices
     return order[..., :k]
 
 
@@ -108,8 +113,13 @@ def reference_dynamic_attention(
 
 
 def _gather_rows(x: Tensor, index: Tensor) -> Tensor:
-    """x [B, N, C], index [B, Nq, M] -> [B, Nq, M, C]."""
+    """x [B, N, C], index [B, Nq, M] -> [B, Nq, M, C].
+
+    Indices are clamped to [0, N) first: `kernels.ops` has checked them already (or, on a GPU,
+    deferred the check), and without the clamp an index equal to N would read the next sample's
+    first row through the flattened view."""
     b, n, c = x.shape
+    index = index.clamp(0, n - 1)
     # One row lookup per index on a flattened view: index_select copies whole rows, where a
     # gather over an expanded index reads an index per element (several times slower on CPU).
     rows = (index + torch.arange(b, device=index.device).view(b, 1, 1) * n).reshape(-1)
@@ -155,12 +165,14 @@ def kept_counts(
     k_prune: Tensor,
     *,
     prune_scale: float,
-    candidates: Tensor | None = None,
+    candidates: Tensor | CandidateList | None = None,
 ) -> Tensor:
     """Number of kept keys (`s > 0`) per query, [B, Nq] int64: the dynamic sparsity, for display.
 
     Dense when `candidates` is None. No gradient; duplicates among candidates count each time."""
     with torch.no_grad():
+        if candidates is not None:
+            candidates = candidate_indices(candidates)
         if candidates is None:
             s = torch.bmm(_acc(q_prune), _acc(k_prune).transpose(1, 2))
         else:
