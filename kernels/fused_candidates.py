@@ -149,18 +149,32 @@ def _softmax(z, valid):
 
 @triton.jit
 def _warp_weights(z, s, valid, WARP_MODE: tl.constexpr):
-    """Softmax of z over the kept / pruned / all candidates, falling back to all when the chosen
-    set is empty (the selection is a constant: no gradient flows through it)."""
+    """Softmax of z over the kept (1) or all (3) candidates, kept falling back to all when none is
+    kept; "pruned" (2) is the release's formula: kept scores filled with -1e4, softmax over all,
+    so a query keeping every candidate gets their uniform mean. No gradient flows through the
+    selection or the fill (`_warp_z_part`)."""
     kept = s > 0
+    if WARP_MODE == 2:
+        # exp(-1e4 - max) is exactly 0 in fp32 beside any pruned score above -9,897, so the
+        # filled keys weigh 0 unless every key is kept; then all scores are equal: uniform.
+        sel = valid & (kept == 0)
+        flat = (tl.max(sel.to(tl.int32), axis=2) == 0)[:, :, None]
+        return _softmax(tl.where(flat, 0.0, z), sel | (valid & flat))
     if WARP_MODE == 1:
         sel = valid & kept
-    elif WARP_MODE == 2:
-        sel = valid & (kept == 0)
     else:
         sel = valid
     found = tl.max(sel.to(tl.int32), axis=2) > 0
     sel = sel | (valid & (found == 0)[:, :, None])
     return _softmax(z, sel)
+
+
+@triton.jit
+def _warp_z_part(x, s, WARP_MODE: tl.constexpr):
+    """x where the warp softmax's score is z: everywhere but the filled (kept) keys of mode 2."""
+    if WARP_MODE == 2:
+        x = tl.where(s > 0, 0.0, x)
+    return x
 
 
 @triton.jit
@@ -368,7 +382,7 @@ def _candidate_bwd_kernel(
             gw += tl.sum(dw[:, :, None, :] * wv[:, None, :, :], axis=3)
             dwv = tl.sum(w[:, :, :, None] * dw[:, :, None, :], axis=1)  # [G, M, C]
             tl.atomic_add(DWV + w_at, dwv, mask=w_mask, sem="relaxed")
-        dz = w * (gw - tl.sum(w * gw, axis=2)[:, :, None])
+        dz = _warp_z_part(w * (gw - tl.sum(w * gw, axis=2)[:, :, None]), s, WARP_MODE)
 
     p = _softmax(z, valid)
     pm = tl.where(s > 0, p, 0.0)

@@ -119,16 +119,29 @@ def _times_few_columns(
 
 
 @triton.jit
-def _warp_selection(s, valid, warp_all, WARP_MODE: tl.constexpr):
-    """Keys of the warp softmax: kept (1) or pruned (2) ones by the prune logits s, or all of them
-    (3, or a query whose restricted set is empty: `warp_all`). A selection, never differentiated."""
+def _warp_weights(z2, s, valid, lse_w, warp_all, WARP_MODE: tl.constexpr):
+    """The warp weights w recomputed from the saved base-2 log-sum-exp `lse_w`: over the kept
+    keys (1; all of them where none is kept, `warp_all`), over all keys (3), or the release's
+    "pruned" (2): softmax of z with the kept scores filled with -1e4. exp(-1e4 - max) is exactly
+    0 in fp32 beside any pruned score above -9,897, so there the pruned keys' softmax; where every
+    key is kept (`warp_all`, lse_w = log2 Nk) all scores are equal: the uniform 1 / Nk.
+    A selection, never differentiated."""
     if WARP_MODE == 1:
-        sel = (s > 0) | warp_all
+        w = tl.where(((s > 0) | warp_all) & valid, tl.exp2(z2 - lse_w), 0.0)
     elif WARP_MODE == 2:
-        sel = (s <= 0) | warp_all
+        sel = ((s <= 0) | warp_all) & valid
+        w = tl.where(sel, tl.exp2(tl.where(warp_all, 0.0, z2) - lse_w), 0.0)
     else:
-        sel = valid
-    return sel & valid
+        w = tl.where(valid, tl.exp2(z2 - lse_w), 0.0)
+    return w
+
+
+@triton.jit
+def _warp_z_part(x, s, WARP_MODE: tl.constexpr):
+    """x where the warp softmax's score is z: everywhere but the filled (kept) keys of mode 2."""
+    if WARP_MODE == 2:
+        x = tl.where(s > 0, 0.0, x)
+    return x
 
 
 @triton.jit
@@ -238,9 +251,16 @@ def _dense_fwd_kernel(
         m_i = m_new
 
         if WARP_MODE != 0:
-            acc_wall = acc_wall * alpha[:, None] + _times_few_columns(
-                p, WV, keys, key_ok, stride_wvn, c_w, BLOCK_M, BLOCK_W
-            )
+            if WARP_MODE == 2:
+                # The release's all-kept row: a plain sum of W, the uniform mean at the end.
+                ones = tl.where(key_ok[None, :], 1.0, tl.zeros_like(p))
+                acc_wall += _times_few_columns(
+                    ones, WV, keys, key_ok, stride_wvn, c_w, BLOCK_M, BLOCK_W
+                )
+            else:
+                acc_wall = acc_wall * alpha[:, None] + _times_few_columns(
+                    p, WV, keys, key_ok, stride_wvn, c_w, BLOCK_M, BLOCK_W
+                )
             if WARP_MODE != 3:
                 if WARP_MODE == 1:
                     sel = kept
@@ -298,10 +318,15 @@ def _dense_fwd_kernel(
             else:
                 empty = l_w == 0.0
                 l_w_safe = tl.where(empty, 1.0, l_w)
-                warp = tl.where(
-                    empty[:, None], acc_wall * inv_l[:, None], acc_w / l_w_safe[:, None]
-                )
-                lse_w = tl.where(empty, lse, m_w + tl.log2(l_w_safe))
+                if WARP_MODE == 2:
+                    # No key pruned: every score filled alike, the uniform mean (z2 read as 0).
+                    fallback = acc_wall / n_k
+                    lse_fallback = tl.log2(tl.zeros_like(lse) + n_k)
+                else:
+                    fallback = acc_wall * inv_l[:, None]
+                    lse_fallback = lse
+                warp = tl.where(empty[:, None], fallback, acc_w / l_w_safe[:, None])
+                lse_w = tl.where(empty, lse_fallback, m_w + tl.log2(l_w_safe))
             warp_ptrs = WARP + stat[:, None] * c_w + wcols[None, :]
             warp_mask = row_ok[:, None] & wcol_ok[None, :]
             tl.store(warp_ptrs, warp.to(WARP.dtype.element_ty), mask=warp_mask)
@@ -422,13 +447,12 @@ def _dense_bwd_query_kernel(
                 lse_w = tl.load(LSE_W + stat, mask=row_ok, other=0.0)
                 delta_w = tl.load(DELTA_W + stat, mask=row_ok, other=0.0)
                 warp_all = tl.load(WARP_ALL + stat, mask=row_ok, other=0) != 0
-                sel = _warp_selection(s, valid, warp_all[:, None], WARP_MODE)
-                w = tl.where(sel, tl.exp2(z2 - lse_w[:, None]), 0.0)
+                w = _warp_weights(z2, s, valid, lse_w[:, None], warp_all[:, None], WARP_MODE)
                 gw = _few_channel_dots(
                     DWARP, rows, row_ok, c_w, WV, keys, key_ok, stride_wvn, c_w,
                     BLOCK_M, BLOCK_N, BLOCK_W,
                 )  # fmt: skip
-                dz += w * (gw - delta_w[:, None])
+                dz += _warp_z_part(w * (gw - delta_w[:, None]), s, WARP_MODE)
             a = dz * scale
         else:
             sig = tl.sigmoid(s)
@@ -570,8 +594,7 @@ def _dense_bwd_key_kernel(
             if WARP_MODE == 1 or WARP_MODE == 2:
                 lse_w = tl.load(LSE_W + stat, mask=row_ok, other=0.0)
                 warp_all = tl.load(WARP_ALL + stat, mask=row_ok, other=0) != 0
-                sel = _warp_selection(s, valid, warp_all[None, :], WARP_MODE)
-                a = tl.where(sel, tl.exp2(z2 - lse_w[None, :]), 0.0)
+                a = _warp_weights(z2, s, valid, lse_w[None, :], warp_all[None, :], WARP_MODE)
         else:
             # Both need g = dout . V + dconf, the gradient reaching p m.
             dconf = tl.load(DCONF + stat, mask=row_ok, other=0.0).to(tl.float32)
@@ -586,13 +609,12 @@ def _dense_bwd_key_kernel(
                     lse_w = tl.load(LSE_W + stat, mask=row_ok, other=0.0)
                     warp_all = tl.load(WARP_ALL + stat, mask=row_ok, other=0) != 0
                     delta_w = tl.load(DELTA_W + stat, mask=row_ok, other=0.0)
-                    sel = _warp_selection(s, valid, warp_all[None, :], WARP_MODE)
-                    w = tl.where(sel, tl.exp2(z2 - lse_w[None, :]), 0.0)
+                    w = _warp_weights(z2, s, valid, lse_w[None, :], warp_all[None, :], WARP_MODE)
                     gw = _few_channel_dots(
                         WV, keys, key_ok, stride_wvn, DWARP, rows, row_ok, c_w, c_w,
                         BLOCK_N, BLOCK_M, BLOCK_W,
                     )  # fmt: skip
-                    dz += w * (gw - delta_w[None, :])
+                    dz += _warp_z_part(w * (gw - delta_w[None, :]), s, WARP_MODE)
                 a = dz * scale
             else:
                 sig = tl.sigmoid(s)
@@ -708,13 +730,12 @@ def _dense_bwd_tile_kernel(
         lse_w = tl.load(LSE_W + stat, mask=row_ok, other=0.0)
         delta_w = tl.load(DELTA_W + stat, mask=row_ok, other=0.0)
         warp_all = tl.load(WARP_ALL + stat, mask=row_ok, other=0) != 0
-        sel = _warp_selection(s, valid, warp_all[:, None], WARP_MODE)
-        w = tl.where(sel, tl.exp2(z2 - lse_w[:, None]), 0.0)
+        w = _warp_weights(z2, s, valid, lse_w[:, None], warp_all[:, None], WARP_MODE)
         gw = _few_channel_dots(
             DWARP, rows, row_ok, c_w, WV, keys, key_ok, stride_wvn, c_w,
             BLOCK_M, BLOCK_N, BLOCK_W,
         )  # fmt: skip
-        dz += w * (gw - delta_w[:, None])
+        dz += _warp_z_part(w * (gw - delta_w[:, None]), s, WARP_MODE)
         tl.store(PW + out, w.to(PW.dtype.element_ty), mask=valid)
     tl.store(DZ + out, (dz * scale).to(DZ.dtype.element_ty), mask=valid)
     tl.store(DS + out, ds.to(DS.dtype.element_ty), mask=valid)

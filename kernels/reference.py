@@ -47,19 +47,25 @@ def _acc(x: Tensor) -> Tensor:
     return x.to(torch.promote_types(x.dtype, torch.float32))
 
 
-def _warp_selection(mask: Tensor, warp_over: str) -> Tensor:
-    """Boolean set of keys the warp softmax runs over, with the empty-set fallback to all keys.
+# The release's warp over pruned keys fills the kept scores with this before its softmax.
+RELEASE_FILL = -1e4
 
-    Computed from the mask's value only: the selection carries no gradient (as in the release)."""
+
+def _warp_weights(z: Tensor, mask: Tensor, warp_over: str) -> Tensor:
+    """The warp weights w, a softmax of z restricted by the mask's value (no gradient flows
+    through the selection, as in the release):
+
+    - "kept": over the kept keys, all keys where none is kept;
+    - "pruned": the release's formula exactly, softmax of z with the kept scores filled with
+      -1e4: a query that keeps every key gets the uniform mean of the warp values;
+    - "all": over all keys."""
     kept = mask.detach() > 0
+    if warp_over == "pruned":
+        return torch.softmax(z.masked_fill(kept, RELEASE_FILL), dim=-1)
     if warp_over == "kept":
-        sel = kept
-    elif warp_over == "pruned":
-        sel = ~kept
-    else:
-        sel = torch.ones_like(kept)
-    empty = ~sel.any(dim=-1, keepdim=True)
-    return sel | empty
+        sel = kept | ~kept.any(dim=-1, keepdim=True)
+        return torch.softmax(z.masked_fill(~sel, float("-inf")), dim=-1)
+    return torch.softmax(z, dim=-1)
 
 
 def _topk_positions(scores: Tensor, k: int) -> Tensor:
@@ -80,10 +86,7 @@ def _attention_weights(
     """Masked attention `p * m` and, when asked, the restricted warp weights `w`."""
     p = torch.softmax(z, dim=-1)
     m = straight_through_mask(s)
-    w = None
-    if need_warp:
-        sel = _warp_selection(m, warp_over)
-        w = torch.softmax(z.masked_fill(~sel, float("-inf")), dim=-1)
+    w = _warp_weights(z, m, warp_over) if need_warp else None
     return p * m, w
 
 

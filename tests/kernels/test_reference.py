@@ -39,7 +39,11 @@ def brute_force(q, k, v, qp, kp, wv, candidates, *, scale, prune_scale, topk, wa
             order = sorted(range(len(keys)), key=lambda t: (-float(z[t].detach()), t))[:topk]
             tops.append([keys[t] for t in order])
             kept = s.detach() > 0
-            sel = {"kept": kept, "pruned": ~kept, "all": torch.ones_like(kept)}[warp_over]
+            if warp_over == "pruned":  # the release, transcribed: kept scores filled, then softmax
+                w = torch.softmax(torch.where(kept, torch.full_like(z, -1e4), z), dim=0)
+                warps.append(w @ wv[b, idx])
+                continue
+            sel = {"kept": kept, "all": torch.ones_like(kept)}[warp_over]
             if not sel.any():
                 sel = torch.ones_like(kept)
             w = torch.softmax(z[sel], dim=0)
@@ -151,8 +155,8 @@ def test_candidates_match_brute_force(cqk, cp, cv, kind, warp_over):
 
 
 def test_all_kept_and_none_kept_rows():
-    """Rows whose prune logits are all positive or all negative: conf is 1 or 0, and the warp
-    falls back to all keys when its restricted set is empty."""
+    """Rows whose prune logits are all positive or all negative: conf is 1 or 0, the "kept" warp
+    falls back to all keys when nothing is kept, the "pruned" one averages W when all is."""
     q, k, v, qp, kp, wv = _inputs(3, 16, 8, 8)
     with torch.no_grad():
         qp[:, :5] = 0.0
@@ -176,9 +180,13 @@ def test_all_kept_and_none_kept_rows():
         assert torch.equal(res.conf[:, 3:5], torch.zeros(B, 2, dtype=q.dtype))
         assert torch.equal(res.out[:, 3:5], torch.zeros_like(res.out[:, 3:5]))
         full = torch.softmax(0.25 * q @ k.transpose(1, 2), dim=-1) @ wv
-        # all-kept rows under "pruned" and none-kept rows under "kept" fall back to every key
-        fallback = {"kept": slice(3, 5), "pruned": slice(0, 3), "all": slice(0, 5)}[mode]
+        # none-kept rows under "kept" and "pruned" use every key; all-kept rows under "pruned"
+        # (the release's -1e4 fill of every score) the plain mean of the warp values
+        fallback = {"kept": slice(3, 5), "pruned": slice(3, 5), "all": slice(0, 5)}[mode]
         assert_close(res.warp[:, fallback], full[:, fallback], name=f"warp fallback ({mode})")
+        if mode == "pruned":
+            mean = wv.mean(dim=1, keepdim=True).expand(-1, 3, -1)
+            assert_close(res.warp[:, :3], mean, name="all kept under pruned: the mean of W")
 
 
 def test_topk_ranks_by_score_where_probabilities_underflow():
@@ -450,6 +458,36 @@ def test_triton_backend_on_cpu_without_interpreter_is_a_clear_error(monkeypatch)
 def test_candidate_builders_reject_bad_input(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("dense", [True, False], ids=["dense", "candidates"])
+def test_pruned_warp_is_the_release_formula(backend, dense):
+    """warp_over="pruned" is the release's `softmax(z.masked_fill(kept, -1e4)) @ W`: a query that
+    keeps every key gets the plain mean of the warp values (not a softmax of z), one that keeps
+    some gets the softmax over the pruned keys, one that keeps none the softmax over all."""
+    g = torch.Generator().manual_seed(5)
+    n, c = 8, 4
+    q, k = torch.randn(2, n, c, generator=g), torch.randn(2, n, c, generator=g)
+    wv = torch.randn(2, n, 3, generator=g)
+    kp = torch.ones(2, n, 2)
+    kp[:, ::2, 1] = -1.0  # even keys: the sign of a mixed query's second channel
+    qp = torch.zeros(2, n, 2)
+    qp[:, 0::3, 0] = 2.0  # keeps every key
+    qp[:, 1::3, 0] = -2.0  # keeps none
+    qp[:, 2::3, 1] = 1.0  # keeps the odd keys
+    z = q @ k.transpose(1, 2)
+    kept = qp @ kp.transpose(1, 2) > 0
+    release = torch.softmax(z.masked_fill(kept, -1e4), dim=-1) @ wv
+    args = (q, k, torch.randn(2, n, 5, generator=g), qp, kp)
+    common = dict(scale=1.0, prune_scale=1.0, warp_values=wv, warp_over="pruned", backend=backend)
+    if dense:
+        res = kernels.dynamic_attention(*args, **common)
+    else:
+        every_key = torch.arange(n).expand(2, n, n).contiguous()
+        res = kernels.candidate_attention(*args, every_key, **common)
+    assert_close(res.warp, release, name="warp", magnitude=wv.abs().max().expand_as(release))
+    assert_close(res.warp[:, 0], wv.mean(dim=1), name="all-kept row: the mean of W")
 
 
 def _candidate_call(t, cand, backend="torch", topk=0):
