@@ -119,6 +119,16 @@ def _times_few_columns(
 
 
 @triton.jit
+def _dot_scaled(a, x, acc, PRECISION: tl.constexpr):
+    """acc + a @ x for an fp32 gradient tile a (`scale dz`, `prune_scale ds`, ...): in x's dtype
+    for bf16 and fp32 inputs (bf16 has fp32's range), in fp32 for fp16, whose range (65,504)
+    `scale dz` can exceed where the fp32 reference stays finite."""
+    if x.dtype == tl.float16:
+        return tl.dot(a, x.to(tl.float32), acc, input_precision="ieee")
+    return tl.dot(a.to(x.dtype), x, acc, input_precision=PRECISION)
+
+
+@triton.jit
 def _warp_weights(z2, s, valid, lse_w, warp_all, WARP_MODE: tl.constexpr):
     """The warp weights w recomputed from the saved base-2 log-sum-exp `lse_w`: over the kept
     keys (1; all of them where none is kept, `warp_all`), over all keys (3), or the release's
@@ -459,7 +469,7 @@ def _dense_bwd_query_kernel(
             a = (g * p * sig * (1.0 - sig)) * prune_scale
         x_ptrs = X + keys.to(tl.int64)[:, None] * stride_xn + cols[None, :]
         x = tl.load(x_ptrs, mask=key_ok[:, None] & col_ok[None, :], other=0.0)
-        acc = tl.dot(a.to(x.dtype), x, acc, input_precision=PRECISION)
+        acc = _dot_scaled(a, x, acc, PRECISION)
 
     dx_ptrs = DX + stat[:, None] * c_out + cols[None, :]
     tl.store(dx_ptrs, acc.to(DX.dtype.element_ty), mask=row_ok[:, None] & col_ok[None, :])
@@ -621,7 +631,7 @@ def _dense_bwd_key_kernel(
                 a = (g * p * sig * (1.0 - sig)) * prune_scale
         x_ptrs = X + rows.to(tl.int64)[:, None] * stride_xn + cols[None, :]
         x = tl.load(x_ptrs, mask=row_ok[:, None] & col_ok[None, :], other=0.0)
-        acc = tl.dot(a.to(x.dtype), x, acc, input_precision=PRECISION)
+        acc = _dot_scaled(a, x, acc, PRECISION)
 
     dx_ptrs = DX + (pid_b * n_k + keys)[:, None] * c_out + cols[None, :]
     tl.store(dx_ptrs, acc.to(DX.dtype.element_ty), mask=key_ok[:, None] & col_ok[None, :])
@@ -795,9 +805,10 @@ _CANDIDATES: dict[str, tuple[tuple[int, int, int, int, int], ...]] = {
 }
 # Channels per step of the reductions behind the score tiles (z, s and g).
 _BLOCK_D = 64
-# Elements of each [B, rows, Nk] scratch buffer of the tiled backward (3 or 4 of them, in the
-# input dtype): 2^25 is 64 MB in bf16. Beyond it the backward runs in chunks of query rows.
-TILE_BUDGET = 1 << 25
+# Bytes the tiled backward may allocate besides its inputs and the gradients it returns, all its
+# buffers together (`tiled_scratch_bytes`). Beyond it the backward runs in chunks of query rows,
+# and where not one row fits, the streamed backward (no scratch) runs instead.
+SCRATCH_BUDGET = 256 << 20
 # Which backward runs: "tiled" (default: `_dense_bwd_tile_kernel` plus matrix products, bounded
 # scratch) or "streamed" (`_dense_bwd_query_kernel` and `_dense_bwd_key_kernel`: no scratch at
 # all, every score tile recomputed per output chunk, several times slower at the model's sizes).
@@ -962,17 +973,21 @@ def _launch_forward(
 ) -> dict[str, Tensor | None]:
     """One forward launch. Returns out, conf, topk, warp and the per-query statistics the
     backward needs: lse (base-2 log-sum-exp of z over all keys), lse_w (that of the warp's
-    softmax) and warp_all (1 where the warp's selected set was empty and it used all keys)."""
+    softmax) and warp_all (1 where the warp's selected set was empty and it used all keys).
+    For fp16 inputs out, conf and warp stay fp32 (`_work_dtype`): the backward's per-query sums
+    `dout . out` are formed from them, and at scale 100 the error of an fp16-rounded out,
+    multiplied by the scale, would dominate the gradients; the caller casts what it returns."""
     q, k, _, q_prune, _, _ = inputs
     dims = _dims(inputs, topk)
     b, nq, cv, cw = dims["B"], dims["Nq"], dims["Cv"], dims["Cw"]
     dev, dtype = q.device, q.dtype
+    out_dtype = _work_dtype(dtype)
     warp = warp_mode != 0
     res: dict[str, Tensor | None] = {
-        "out": _empty((b, nq, cv), dtype, dev),
-        "conf": _empty((b, nq), dtype, dev),
+        "out": _empty((b, nq, cv), out_dtype, dev),
+        "conf": _empty((b, nq), out_dtype, dev),
         "topk": _empty((b, nq, topk), torch.int64, dev) if topk else None,
-        "warp": _empty((b, nq, cw), dtype, dev) if warp else None,
+        "warp": _empty((b, nq, cw), out_dtype, dev) if warp else None,
         "lse": _empty((b, nq), torch.float32, dev),
         "lse_w": _empty((b, nq), torch.float32, dev) if warp else None,
         "warp_all": _empty((b, nq), torch.int32, dev) if warp else None,
@@ -1089,13 +1104,46 @@ def _launch_backward(
     return result
 
 
-def _chunk_rows(b: int, nq: int, nk: int) -> int:
-    """Query rows per pass of the tiled backward: all of them while a [B, rows, Nk] buffer stays
-    within TILE_BUDGET elements, else fewer (a multiple of 64, at least 64), so that its scratch
-    memory stays bounded however many tokens there are."""
-    if b * nq * nk <= TILE_BUDGET:
+def _work_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype of the tiled backward's tiles and products: the input dtype, but fp32 for fp16,
+    whose range (65,504) `scale dz` exceeds where the fp32 reference stays finite (scale 100 with
+    large upstream gradients), and whose 11-bit rounding of dz costs ten times the reference's
+    error. bf16 has fp32's range."""
+    return torch.float32 if dtype == torch.float16 else dtype
+
+
+def tiled_scratch_bytes(
+    b: int, nq: int, nk: int, channels: dict[str, int], dtype: torch.dtype, rows: int
+) -> int:
+    """Bytes of every buffer `_tiled_backward` allocates beyond its inputs and the gradients it
+    returns, for chunks of `rows` query rows: the tiles dz, ds, p m (and w) [B, rows, Nk]; while
+    chunked, the fp32 sums of the key-side gradients (the gradients themselves for fp32) and one
+    chunk's product [B, Nk, C] before it is added; the query side's product [B, rows, C]; and for
+    fp16 the operands' fp32 copies. `channels`: Cqk, Cp, Cv, Cw (0 without warp)."""
+    work = _work_dtype(dtype)
+    e_work = work.itemsize
+    tiles = (3 + (channels["Cw"] > 0)) * b * rows * nk * e_work
+    key_c = channels["Cqk"] + channels["Cp"] + channels["Cv"] + channels["Cw"]
+    total = tiles + b * rows * max(channels["Cqk"], channels["Cp"]) * e_work
+    if rows < nq and dtype != torch.float32:
+        total += b * nk * key_c * 4
+    if rows < nq or work != dtype:
+        total += b * nk * max(channels.values()) * e_work
+    if work != dtype:  # fp32 copies of k, k_prune (query side), q, q_prune, dout, dwarp
+        total += (b * nk * (channels["Cqk"] + channels["Cp"]) + b * nq * key_c) * 4
+    return total
+
+
+def _chunk_rows(b: int, nq: int, nk: int, channels: dict[str, int], dtype: torch.dtype) -> int:
+    """Query rows per pass of the tiled backward: all of them if everything fits in
+    SCRATCH_BUDGET bytes, else the most that do (a multiple of 16 when 16 or more fit); 0 when
+    not even one row fits, and the streamed backward (no scratch) runs instead."""
+    if tiled_scratch_bytes(b, nq, nk, channels, dtype, nq) <= SCRATCH_BUDGET:
         return nq
-    return min(nq, max(64, TILE_BUDGET // (b * nk) // 64 * 64))
+    fixed = tiled_scratch_bytes(b, nq, nk, channels, dtype, 0)
+    per_row = tiled_scratch_bytes(b, nq, nk, channels, dtype, 1) - fixed
+    rows = max(0, (SCRATCH_BUDGET - fixed) // per_row)
+    return min(nq - 1, rows // 16 * 16 if rows >= 16 else rows)
 
 
 def _tiled_backward(
@@ -1107,18 +1155,23 @@ def _tiled_backward(
     prune_scale: float,
     warp_mode: int,
     config: LaunchConfig,
+    rows: int | None = None,
 ) -> dict[str, Tensor | None]:
     """Every wanted gradient, by the tiled backward: per chunk of query rows, one launch of
     `_dense_bwd_tile_kernel` writes dz, ds, p m and the warp weights for all keys, and batched
     matrix products (cuBLAS on a GPU) turn them into dq and dq_prune for those rows and add the
     chunk's share of dk, dk_prune, dv and dwarp_values. With the model's 640 and 512 channels the
     streamed kernels recompute every score tile once per output chunk (4 and 7 times), which
-    this avoids, at the cost of TILE_BUDGET elements of scratch per buffer."""
+    this avoids. Everything it allocates besides the gradients stays within SCRATCH_BUDGET bytes
+    (`tiled_scratch_bytes`); `rows` (tests) overrides the chunk."""
     q, k, v, q_prune, k_prune, warp_values = inputs
     dims = _dims(inputs, 0)
     b, nq, nk = dims["B"], dims["Nq"], dims["Nk"]
     dtype, dev = q.dtype, q.device
-    rows = _chunk_rows(b, nq, nk)
+    work = _work_dtype(dtype)
+    if rows is None:
+        channels = {name: dims[name] for name in ("Cqk", "Cp", "Cv", "Cw")}
+        rows = _chunk_rows(b, nq, nk, channels, dtype)
     chunked = rows < nq
     # Several chunks' products are summed in fp32; one chunk's is the gradient itself.
     acc_dtype = torch.float32 if chunked else dtype
@@ -1134,12 +1187,17 @@ def _tiled_backward(
         return result
 
     warp = warp_mode != 0
-    scratch = [torch.empty(b * rows * nk, dtype=dtype, device=dev) for _ in range(3 + warp)]
+    scratch = [_empty((b * rows * nk,), work, dev) for _ in range(3 + warp)]
     lse = stats["lse"]
     warp_all = stats["warp_all"]
     if warp_all is None:
         warp_all = torch.empty(1, dtype=torch.int32, device=dev)
     dout, dwarp = grads["dout"], grads["dwarp"]
+
+    def op(x: Tensor | None) -> Tensor | None:  # a product's operand in the work dtype
+        return None if x is None else x.to(work)
+
+    k_w, kp_w, q_w, qp_w, dout_w, dwarp_w = map(op, (k, k_prune, q, q_prune, dout, dwarp))
     meta = _meta("dense_bwd_tile", dims, config)
     args = _input_args(inputs)
     for row0 in range(0, nq, rows):
@@ -1163,12 +1221,12 @@ def _tiled_backward(
         )  # fmt: skip
         span = slice(row0, row0 + n)
         if result["dq"] is not None:
-            result["dq"][:, span] = torch.bmm(dz, k)
+            result["dq"][:, span] = torch.bmm(dz, k_w)
         if result["dq_prune"] is not None:
-            result["dq_prune"][:, span] = torch.bmm(ds, k_prune)
+            result["dq_prune"][:, span] = torch.bmm(ds, kp_w)
         key_terms = {
-            "dk": (dz, q), "dk_prune": (ds, q_prune), "dv": (pm, dout),
-            "dwarp_values": (pw[0] if warp else None, dwarp),
+            "dk": (dz, q_w), "dk_prune": (ds, qp_w), "dv": (pm, dout_w),
+            "dwarp_values": (pw[0] if warp else None, dwarp_w),
         }  # fmt: skip
         for name, (tile, x) in key_terms.items():
             if not wanted[name] or key_side[name] is None:
@@ -1177,7 +1235,7 @@ def _tiled_backward(
             if chunked:
                 result[name].add_(product)
             else:
-                result[name] = product
+                result[name] = product.to(dtype)
     for name in key_side:
         if chunked and result[name] is not None:
             result[name] = result[name].to(dtype)
@@ -1441,7 +1499,8 @@ class _DenseAttention(torch.autograd.Function):
         ctx.scale, ctx.prune_scale, ctx.warp_mode = scale, prune_scale, warp_mode
         if res["topk"] is not None:
             ctx.mark_non_differentiable(res["topk"])
-        return res["out"], res["conf"], res["topk"], res["warp"]
+        warp = None if res["warp"] is None else res["warp"].to(q.dtype)
+        return res["out"].to(q.dtype), res["conf"].to(q.dtype), res["topk"], warp
 
     @staticmethod
     @torch.amp.custom_bwd(device_type="cuda")
@@ -1454,7 +1513,9 @@ class _DenseAttention(torch.autograd.Function):
         order = ("dq", "dk", "dv", "dq_prune", "dk_prune", "dwarp_values")
         wanted = dict(zip(order, ctx.needs_input_grad[:6], strict=True))
         dims = _dims(inputs, 0)
-        if backward_strategy() == "tiled":
+        channels = {name: dims[name] for name in ("Cqk", "Cp", "Cv", "Cw")}
+        rows = _chunk_rows(dims["B"], dims["Nq"], dims["Nk"], channels, inputs[0].dtype)
+        if backward_strategy() == "tiled" and rows > 0:
             config = _config(BACKWARD_TILE, dims, inputs[0].device)
             result = _tiled_backward(
                 inputs, stats, grads, wanted, ctx.scale, ctx.prune_scale, ctx.warp_mode, config

@@ -119,10 +119,10 @@ def fp16_atol(expected: torch.Tensor, exact: torch.Tensor) -> float:
     return 2 * torch_error + 1e-3 * exact.abs().max().item() + 1e-6
 
 
-def check_against_reference(inputs, **options) -> None:
+def check_against_reference(inputs, upstream_scale: float = 1.0, **options) -> None:
     """Every output and input gradient of the fused op against the reference's."""
     dtype = inputs["q"].dtype
-    upstream = _upstream_for(inputs)
+    upstream = [u * upstream_scale for u in _upstream_for(inputs)]
     ref, ref_grads = run_op(inputs, "torch", upstream, **options)
     res, grads = run_op(inputs, "triton", upstream, **options)
     if dtype == torch.float16:
@@ -216,13 +216,121 @@ def test_matches_reference_with_small_tiles(
     check_against_reference(inputs, **_scales(inputs), topk=3, warp_over="kept")
 
 
+CHANNELS = {"Cqk": 80, "Cp": 48, "Cv": 40, "Cw": CW}  # make_inputs' defaults
+
+
 def test_tiled_backward_in_chunks_of_query_rows(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A scratch budget of 64 rows x 20 keys x B 2 elements: 150 queries in passes of 64, 64
-    and 22 rows, their key-side gradients summed in fp32."""
-    monkeypatch.setattr(fused_dense, "TILE_BUDGET", 2 * 64 * 20)
+    """A scratch budget that fits 64 query rows: 150 queries in passes of 64, 64 and 22 rows,
+    their key-side gradients summed in fp32; every buffer NaN-filled (the fixture), and all of
+    them together within the budget."""
+    budget = fused_dense.tiled_scratch_bytes(2, 150, 20, CHANNELS, torch.float16, 64)
+    monkeypatch.setattr(fused_dense, "SCRATCH_BUDGET", budget)
+    assert fused_dense._chunk_rows(2, 150, 20, CHANNELS, torch.float16) == 64
     inputs = make_inputs(torch.float16, nq=150, nk=20)
-    assert fused_dense._chunk_rows(2, 150, 20) == 64
     check_against_reference(inputs, **_scales(inputs), topk=3, warp_over="pruned")
+
+
+def test_scratch_budget_holds_at_every_size() -> None:
+    """One budget in bytes for all the tiled backward's buffers together, at the model's dense
+    channels and beyond B * Nk = 2^19: either a chunk that fits, or the streamed backward."""
+    model = {"Cqk": 640, "Cp": 128, "Cv": 512, "Cw": 3}
+    for dtype in (torch.bfloat16, torch.float16, torch.float32):
+        for b, n in ((8, 1024), (8, 4096), (1, 16384), (64, 16384), (8, 65536), (2, 1 << 20)):
+            rows = fused_dense._chunk_rows(b, n, n, model, dtype)
+            assert 0 <= rows <= n
+            if rows:
+                used = fused_dense.tiled_scratch_bytes(b, n, n, model, dtype, rows)
+                assert used <= fused_dense.SCRATCH_BUDGET, (dtype, b, n, rows, used)
+            else:  # not one row fits: the streamed backward needs no scratch
+                one = fused_dense.tiled_scratch_bytes(b, n, n, model, dtype, 1)
+                assert one > fused_dense.SCRATCH_BUDGET
+    assert fused_dense._chunk_rows(8, 1024, 1024, model, torch.bfloat16) == 1024  # one pass
+
+
+def test_tiled_backward_allocates_what_the_budget_counts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The buffers the tiled backward takes from `_empty` beyond the gradients (its tiles) are
+    within the model `tiled_scratch_bytes` charges against the budget."""
+    taken = []
+    empty = fused_dense._empty
+
+    def spy(shape, dtype, device):
+        taken.append(math.prod(shape) * dtype.itemsize)
+        return empty(shape, dtype, device).fill_(float("nan") if dtype.is_floating_point else -1)
+
+    monkeypatch.setattr(fused_dense, "_empty", spy)
+    budget = fused_dense.tiled_scratch_bytes(2, 150, 20, CHANNELS, torch.float32, 32)
+    monkeypatch.setattr(fused_dense, "SCRATCH_BUDGET", budget)
+    inputs = make_inputs(torch.float32, nq=150, nk=20)
+    out = kernels.dynamic_attention(
+        *(inputs[n] for n in GRAD_NAMES[:5]), warp_values=inputs["warp_values"],
+        backend="triton", **_scales(inputs),
+    )  # fmt: skip
+    taken.clear()
+    (out.out.sum() + out.conf.sum() + out.warp.sum()).backward()
+    tiles = 4 * 2 * 32 * 20 * 4  # dz, ds, p m, w for 32 rows in fp32
+    gradients = sum(inputs[n].numel() * 4 for n in ("q", "q_prune"))  # dq, dq_prune
+    assert sum(taken) == tiles + gradients
+    assert tiles <= budget
+
+
+def test_streamed_backward_runs_where_not_one_row_fits(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(fused_dense, "SCRATCH_BUDGET", 1024)
+    called = []
+    monkeypatch.setattr(fused_dense, "_tiled_backward", lambda *a, **k: called.append(1))
+    inputs = make_inputs(torch.float32, nq=20, nk=20)
+    check_against_reference(inputs, **_scales(inputs), topk=0, warp_over="kept")
+    assert not called
+
+
+def dense_peak_bytes(b: int, n: int, channels: dict[str, int], dtype, k: int = 4) -> int:
+    """A model of the dense operator's peak memory over forward and backward at n tokens (queries
+    = keys), from the allocations the code makes: inputs, forward outputs and saved statistics,
+    upstream gradients, the per-query sums, the returned gradients (all live at the end of the
+    backward), plus the tiled backward's scratch at its chunk (`tiled_scratch_bytes`), which is
+    larger than anything the forward allocates beyond its outputs (nothing)."""
+    e = dtype.itemsize
+    c_in = 2 * channels["Cqk"] + channels["Cv"] + 2 * channels["Cp"] + channels["Cw"]
+    inputs = b * n * c_in * e
+    outputs = b * n * (channels["Cv"] + 1 + channels["Cw"]) * e + b * n * (k * 8 + 3 * 4)
+    upstream = b * n * (channels["Cv"] + 1 + channels["Cw"]) * e + b * n * 2 * 4
+    gradients = inputs
+    rows = fused_dense._chunk_rows(b, n, n, channels, dtype)
+    scratch = fused_dense.tiled_scratch_bytes(b, n, n, channels, dtype, rows) if rows else 0
+    return inputs + outputs + upstream + gradients + scratch
+
+
+def test_dense_memory_grows_about_linearly_from_1024_to_4096_tokens() -> None:
+    """At the model's dense block (B 8, Cqk 640, Cp 128, Cv 512, Cw 3, k 4), the modelled peak
+    at 4,096 tokens is at most 4.2 times that at 1,024 (docs/kernels-dense.md has the figures)."""
+    model = {"Cqk": 640, "Cp": 128, "Cv": 512, "Cw": 3}
+    for dtype in (torch.bfloat16, torch.float32):
+        small, large = (dense_peak_bytes(8, n, model, dtype) for n in (1024, 4096))
+        assert large <= 4.2 * small, (dtype, small / 2**20, large / 2**20)
+
+
+@pytest.mark.parametrize("strategy", ["tiled", "streamed"])
+@pytest.mark.parametrize("upstream_scale", [1.0, 512.0])
+def test_fp16_backward_at_scale_100_stays_finite_and_accurate(
+    strategy: str, upstream_scale: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Unit-norm q and k at scale 100 (the sparse scales' setting) with upstream gradients x512:
+    `scale dz` exceeds fp16's range while the fp32 reference's gradients stay finite. The fused
+    backward keeps those tiles in fp32 and must match the reference within twice its own fp16
+    error (and be finite wherever it is)."""
+    monkeypatch.setenv(fused_dense.BACKWARD_ENV, strategy)
+    inputs = make_inputs(torch.float16, cqk=32, nq=24, nk=20, seed=3)
+    with torch.no_grad():
+        for name in ("q", "k"):
+            x = inputs[name].float()
+            inputs[name].copy_(x / x.norm(dim=-1, keepdim=True))
+    options = {"scale": 100.0, "prune_scale": 1.0 / 48, "topk": 0, "warp_over": "kept"}
+    if upstream_scale > 1:
+        upstream = [u * upstream_scale for u in _upstream_for(inputs)]
+        _, ref_grads = run_op(inputs, "torch", upstream, **options)
+        assert all(torch.isfinite(g).all() for g in ref_grads.values())
+        dz_max = 100.0 * float(upstream[0].float().abs().max()) * 5  # |g| of several units
+        assert dz_max > 65504, "the case must exceed fp16's range in scale * dz"
+    check_against_reference(inputs, upstream_scale=upstream_scale, **options)
 
 
 @pytest.mark.parametrize("warp_over", ["kept", "all"])
