@@ -490,6 +490,40 @@ def test_pruned_warp_is_the_release_formula(backend, dense):
     assert_close(res.warp[:, 0], wv.mean(dim=1), name="all-kept row: the mean of W")
 
 
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("dense", [True, False], ids=["dense", "candidates"])
+@pytest.mark.parametrize("prune_scale", [1.0, -1.0], ids=["plus0", "minus0"])
+def test_zero_prune_logits_are_pruned(backend, dense, prune_scale):
+    """m = 1[s > 0]: a logit of exactly +0 or -0 prunes its key (s >= 0 would keep it). Queries
+    with a zero prune vector see only zero logits; keys with a zero prune vector give every
+    query a zero logit; the others keep a margin."""
+    g = torch.Generator().manual_seed(6)
+    n, c = 8, 4
+    q, k = torch.randn(2, n, c, generator=g), torch.randn(2, n, c, generator=g)
+    v, wv = torch.randn(2, n, 5, generator=g), torch.randn(2, n, 3, generator=g)
+    qp = torch.zeros(2, n, 2)
+    qp[:, 2:, 0] = torch.where(torch.arange(2, n) % 2 == 0, 1.0, -1.0) * prune_scale
+    kp = torch.zeros(2, n, 2)
+    kp[:, 3:, 0] = 1.0  # keys 0-2: zero logits for every query
+    s = prune_scale * (qp @ kp.transpose(1, 2))
+    assert (s == 0).any() and (s > 0).any()
+    kept = s > 0
+    z = q @ k.transpose(1, 2)
+    p = torch.softmax(z, dim=-1)
+    common = dict(scale=1.0, prune_scale=prune_scale, warp_values=wv, backend=backend)
+    if dense:
+        res = kernels.dynamic_attention(q, k, v, qp, kp, **common)
+    else:
+        every_key = torch.arange(n).expand(2, n, n).contiguous()
+        res = kernels.candidate_attention(q, k, v, qp, kp, every_key, **common)
+    assert torch.equal(res.conf[:, :2], torch.zeros(2, 2)), "zero logits kept a key"
+    assert_close(res.conf, (p * kept).sum(-1), name="conf", magnitude=torch.ones(1))
+    assert_close(res.out, (p * kept) @ v, name="out", magnitude=p @ v.abs())
+    sel = kept | ~kept.any(-1, keepdim=True)
+    w = torch.softmax(z.masked_fill(~sel, float("-inf")), dim=-1)
+    assert_close(res.warp, w @ wv, name="warp", magnitude=w @ wv.abs())
+
+
 def _candidate_call(t, cand, backend="torch", topk=0):
     return kernels.candidate_attention(
         t["q"], t["k"], t["v"], t["q_prune"], t["k_prune"], cand,
