@@ -1367,6 +1367,11 @@ AOT_DIMS = (
 # The training presets run in fp32 (mixed precision "no"): their dense problems (deepfashion's and
 # synthetic-64's with ngf 16) also compile the default configs with fp32 inputs.
 _AOT_FP32_DIMS = (AOT_DIMS[0], AOT_DIMS[3])
+# The largest top-k the fused dense forward takes. Its running list is BLOCK_K = next_pow2(k)
+# wide, merged by k serial rounds per key tile; k = 8, 16 and 32 are in the AOT report at the
+# model's dense size (`_LARGE_K`); some combinations spill a few bytes (docs/kernels-dense.md).
+TOPK_MAX = 32
+_LARGE_K = (8, 16, 32)
 # Pointer arguments whose type is not the input dtype.
 _POINTER_TYPES = {
     "TOPK": "i64",
@@ -1417,13 +1422,41 @@ def _aligned_arguments(fn: triton.JITFunction, dims: dict[str, int], meta: dict[
     ]
 
 
+def _large_k_cases() -> list[AotCase]:
+    """The default forward at the model's dense size (bf16 and fp32) with k = 8, 16, 32: in the
+    report for their registers and spills, not held to the defaults' no-spill rule."""
+    dims0 = AOT_DIMS[0]
+    cases = []
+    for dtype, dtype_name in ((torch.bfloat16, "bf16"), (torch.float32, "fp32")):
+        for k in _LARGE_K:
+            dims = {**dims0, "k": k}
+            config = FORWARD.default(dims)
+            meta = _meta(FORWARD.name, dims, config)
+            flags = {"WARP_MODE": WARP_MODE_IDS["kept"], "PRECISION": _precision(dtype)}
+            cases.append(
+                AotCase(
+                    label=f"dense_fwd {dtype_name} Cqk={dims['Cqk']} Cp={dims['Cp']} "
+                    f"Cv={dims['Cv']} k={k} (BLOCK_K {meta['BLOCK_K']})",
+                    module=__name__,
+                    function=_dense_fwd_kernel.__name__,
+                    signature=_signature(_dense_fwd_kernel, dtype_name),
+                    constexprs={**meta, **flags, "HAS_TOPK": True},
+                    num_warps=config["num_warps"],
+                    num_stages=config["num_stages"],
+                    is_default=False,
+                    extra={"divisible_by_16": _aligned_arguments(_dense_fwd_kernel, dims, meta)},
+                )
+            )
+    return cases
+
+
 def aot_cases() -> list[AotCase]:
     """Every kernel x every config of its space x AOT_DIMS with bf16 inputs (mixed-precision
     training, and the autotuner's default dtype), plus the default configs with fp32 inputs at
     _AOT_FP32_DIMS; the warp over the kept keys, top-k 4."""
     problems = [(dims, torch.bfloat16, False) for dims in AOT_DIMS]
     problems += [(dims, torch.float32, True) for dims in _AOT_FP32_DIMS]
-    cases = []
+    cases = _large_k_cases()
     for dims, dtype, defaults_only in problems:
         dtype_name = {torch.bfloat16: "bf16", torch.float32: "fp32"}[dtype]
         flags = {"WARP_MODE": WARP_MODE_IDS["kept"], "PRECISION": _precision(dtype)}
@@ -1547,6 +1580,12 @@ def attention(
     """Dense dynamic attention, the semantics of `reference.reference_dynamic_attention`:
     returns (out, conf, topk, warp). Inputs arrive validated from `kernels.ops`: one float
     dtype, CUDA tensors (or CPU ones under TRITON_INTERPRET=1), autocast off."""
+    if topk > TOPK_MAX:
+        raise ValueError(
+            f"topk ({topk}) must be at most {TOPK_MAX} with the fused dense kernels: the forward "
+            f"keeps a next_pow2(k)-wide list per query in registers (docs/kernels-dense.md); "
+            f"use backend='torch' for larger k"
+        )
     return _DenseAttention.apply(
         q, k, v, q_prune, k_prune, warp_values, scale, prune_scale, topk, warp_over
     )

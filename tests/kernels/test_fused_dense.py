@@ -419,6 +419,27 @@ def test_topk_near_ties_between_distinct_keys(dtype: torch.dtype) -> None:
     check_topk(res.topk, ref.topk, inputs, options)
 
 
+@pytest.mark.parametrize("k", [8, 16, 32])
+def test_large_topk(k: int) -> None:
+    """k up to TOPK_MAX: every slot a distinct real key, as the reference ranks them (a list
+    wider than one key tile of 32 at k = 32)."""
+    inputs = make_inputs(torch.float32, cqk=16, cp=8, cv=8, nq=12, nk=40, warp=False)
+    args = [inputs[name] for name in GRAD_NAMES[:5]]
+    options = {"scale": 0.5, "prune_scale": 1.0, "topk": k}
+    with torch.no_grad():
+        ref = kernels.dynamic_attention(*args, backend="torch", **options)
+        res = kernels.dynamic_attention(*args, backend="triton", **options)
+    check_topk(res.topk, ref.topk, inputs, options)
+
+
+def test_topk_above_the_bound_is_refused() -> None:
+    inputs = make_inputs(torch.float32, cqk=16, cp=8, cv=8, nq=12, nk=40, warp=False)
+    args = [inputs[name] for name in GRAD_NAMES[:5]]
+    k = fused_dense.TOPK_MAX + 1
+    with pytest.raises(ValueError, match=f"topk \\({k}\\) must be at most 32"):
+        kernels.dynamic_attention(*args, scale=1.0, prune_scale=1.0, topk=k, backend="triton")
+
+
 def test_topk_ties_go_to_the_lower_key_index() -> None:
     """Scores that are small integers tie exactly; the kernel must pick the lowest key index
     among equals, as the reference's stable sort does (k = 5: a non-power-of-two list)."""
