@@ -36,7 +36,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from .aot import AotCase
-from .candidates import candidate_indices, window_shared_grid
+from .candidates import CandidateList, candidate_indices, window_shared_grid
 from .reference import WARP_MODES
 from .shapes import AttentionShape, make_problem
 from .tuning import LaunchConfig, TunableKernel, tuned_config
@@ -955,7 +955,7 @@ def attention(
     v: Tensor,
     q_prune: Tensor,
     k_prune: Tensor,
-    candidates: Tensor,
+    candidates: Tensor | CandidateList,
     *,
     scale: float,
     prune_scale: float,
@@ -967,7 +967,11 @@ def attention(
     """Candidate dynamic attention with the fused kernels: (out, conf, topk or None, warp or None),
     the semantics of `kernels.reference.reference_candidate_attention`. Inputs arrive validated by
     `kernels.ops` (one float dtype, candidates in range, CUDA or the interpreter). `window` is
-    the grid of a window-shared inter-scale CandidateList (`kernels.candidates`), else None."""
+    the grid of a window-shared inter-scale CandidateList (`kernels.candidates`), else None; a
+    CandidateList given directly (benchmarks call this function) brings its own."""
+    if isinstance(candidates, CandidateList):
+        window = window or window_shared_grid(candidates)
+        candidates = candidate_indices(candidates)
     nq = q.shape[1]
     if window is not None:
         height, width = window
