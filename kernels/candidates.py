@@ -66,8 +66,13 @@ def check_index_range(name: str, index: Tensor, upper: int) -> None:
     flag = ((index < 0) | (index >= upper)).any()
     event = None
     if index.is_cuda:
+        # Copied to pinned host memory behind the event: once the event has passed, reading the
+        # copy touches no device (a read of `flag` itself would wait for the whole stream).
+        host = torch.empty((), dtype=torch.bool, pin_memory=True)
+        host.copy_(flag, non_blocking=True)
         event = torch.cuda.Event()
         event.record()
+        flag = host
     _pending.append((f"{name} values must lie in [0, {upper})", flag, event))
 
 
@@ -88,10 +93,13 @@ def check_index_errors() -> None:
     synchronisation, meant once per training step. Free when nothing is pending."""
     if not _pending:
         return
-    flags = torch.stack([flag.to("cpu", non_blocking=False) for _, flag, _ in _pending])
+    for _, _, event in _pending:
+        if event is not None:
+            event.synchronize()  # the last one waits; the others have passed by then
+    flags = [bool(flag) for _, flag, _ in _pending]  # host copies (or CPU flags): no device
     messages = [message for message, _, _ in _pending]
     _pending.clear()
-    for message, bad in zip(messages, flags.tolist(), strict=True):
+    for message, bad in zip(messages, flags, strict=True):
         if bad:
             raise ValueError(f"{message} (a deferred range check)")
 

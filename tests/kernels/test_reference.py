@@ -643,3 +643,24 @@ def test_builders_and_operators_run_under_inference_mode():
                 topk=2,
             )
             assert res.topk.shape == (2, 16, 2)
+
+
+@pytest.mark.gpu
+def test_deferred_range_check_on_gpu():
+    """On CUDA a bad list runs on clamped indices without a synchronisation, and the error comes
+    from `check_index_errors()` (or a later check once the device has computed the flag)."""
+    t = {name: x.cuda() for name, x in _good().items()}
+    top = _call_dense(t, topk=2).topk
+    bad = kernels.inner_scale_candidates(top, 3, 4).indices
+    bad[1, 11, 3] = 12
+    kernels.check_index_errors()
+    for backend in ("torch", "triton"):
+        res = _candidate_call(t, bad, backend)  # no error yet, reads stay inside the keys
+        assert torch.isfinite(res.out).all()
+        with pytest.raises(ValueError, match=r"candidates values must lie in \[0, 12\)"):
+            kernels.check_index_errors()
+    coarse = torch.full((2, 3, 2), 3, device="cuda")
+    kernels.inter_scale_candidates(coarse, 2, 6)  # coarse grid of 3 tokens: 3 is out of range
+    torch.cuda.synchronize()
+    with pytest.raises(ValueError, match="deferred range check"):
+        kernels.inner_scale_candidates(top, 3, 4)  # finds the finished flag
