@@ -127,7 +127,11 @@ class CandidateList:
                 "CandidateList is built only by inter_scale_candidates and inner_scale_candidates; "
                 "pass a plain index tensor to candidate_attention instead"
             )
-        self._indices, self._bound, self._window = indices, bound, window
+        for name, value in (("_indices", indices), ("_bound", bound), ("_window", window)):
+            object.__setattr__(self, name, value)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"CandidateList is immutable: cannot set {name!r}")
 
     @property
     def indices(self) -> Tensor:
