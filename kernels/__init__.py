@@ -3,12 +3,19 @@
 Tensors are token-major, tokens row-major (`y * W + x`). See method.md section 4.
 """
 
-from .candidates import inner_scale_candidates, inter_scale_candidates
+from .candidates import (
+    CandidateList,
+    check_index_errors,
+    inner_scale_candidates,
+    inter_scale_candidates,
+)
 from .ops import AttentionOutput, candidate_attention, dynamic_attention
 
 __all__ = [
     "AttentionOutput",
+    "CandidateList",
     "candidate_attention",
+    "check_index_errors",
     "dynamic_attention",
     "inner_scale_candidates",
     "inter_scale_candidates",

@@ -36,7 +36,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from .aot import AotCase
-from .candidates import window_shared_grid
+from .candidates import CandidateList, candidate_indices, window_shared_grid
 from .reference import WARP_MODES
 from .shapes import AttentionShape, make_problem
 from .tuning import LaunchConfig, TunableKernel, tuned_config
@@ -149,18 +149,32 @@ def _softmax(z, valid):
 
 @triton.jit
 def _warp_weights(z, s, valid, WARP_MODE: tl.constexpr):
-    """Softmax of z over the kept / pruned / all candidates, falling back to all when the chosen
-    set is empty (the selection is a constant: no gradient flows through it)."""
+    """Softmax of z over the kept (1) or all (3) candidates, kept falling back to all when none is
+    kept; "pruned" (2) is the release's formula: kept scores filled with -1e4, softmax over all,
+    so a query keeping every candidate gets their uniform mean. No gradient flows through the
+    selection or the fill (`_warp_z_part`)."""
     kept = s > 0
+    if WARP_MODE == 2:
+        # exp(-1e4 - max) is exactly 0 in fp32 beside any pruned score above -9,897, so the
+        # filled keys weigh 0 unless every key is kept; then all scores are equal: uniform.
+        sel = valid & (kept == 0)
+        flat = (tl.max(sel.to(tl.int32), axis=2) == 0)[:, :, None]
+        return _softmax(tl.where(flat, 0.0, z), sel | (valid & flat))
     if WARP_MODE == 1:
         sel = valid & kept
-    elif WARP_MODE == 2:
-        sel = valid & (kept == 0)
     else:
         sel = valid
     found = tl.max(sel.to(tl.int32), axis=2) > 0
     sel = sel | (valid & (found == 0)[:, :, None])
     return _softmax(z, sel)
+
+
+@triton.jit
+def _warp_z_part(x, s, WARP_MODE: tl.constexpr):
+    """x where the warp softmax's score is z: everywhere but the filled (kept) keys of mode 2."""
+    if WARP_MODE == 2:
+        x = tl.where(s > 0, 0.0, x)
+    return x
 
 
 @triton.jit
@@ -225,10 +239,12 @@ def _candidate_fwd_kernel(
 
     # Top-k by repeated max-and-mask; equal scores go to the lower candidate position, as the
     # reference's stable sort does (duplicated candidates score exactly equal).
+    # A NaN score ranks as -inf; `taken` (not the score) marks picks, so -inf ties resolve too.
     pos = j[None, None, :]
     taken = valid == 0
+    z_rank = tl.where(z != z, float("-inf"), z)
     for t in range(0, n_top):
-        zt = tl.where(taken, float("-inf"), z)
+        zt = tl.where(taken, float("-inf"), z_rank)
         best = tl.max(zt, axis=2)
         hit = (zt == best[:, :, None]) & (taken == 0)
         first = tl.min(tl.where(hit, pos, BLOCK_M), axis=2)  # [G, A]
@@ -366,7 +382,7 @@ def _candidate_bwd_kernel(
             gw += tl.sum(dw[:, :, None, :] * wv[:, None, :, :], axis=3)
             dwv = tl.sum(w[:, :, :, None] * dw[:, :, None, :], axis=1)  # [G, M, C]
             tl.atomic_add(DWV + w_at, dwv, mask=w_mask, sem="relaxed")
-        dz = w * (gw - tl.sum(w * gw, axis=2)[:, :, None])
+        dz = _warp_z_part(w * (gw - tl.sum(w * gw, axis=2)[:, :, None]), s, WARP_MODE)
 
     p = _softmax(z, valid)
     pm = tl.where(s > 0, p, 0.0)
@@ -673,8 +689,8 @@ def _random_problem(dims: dict[str, int], device: torch.device, dtype: torch.dty
 def _launch_args(problem) -> dict:
     head = problem.positional()[:5]
     return {
-        "args": (*head, problem.warp_values, problem.candidates),
-        "window": window_shared_grid(problem.candidates),
+        "args": (*head, problem.warp_values, candidate_indices(problem.candidates)),
+        "window": window_shared_grid(problem.candidates),  # a CandidateList's own fact
         "scale": problem.shape.scale,
         "prune_scale": problem.shape.prune_scale,
         "warp_mode": _KEPT if problem.warp_values is not None else 0,
@@ -939,19 +955,24 @@ def attention(
     v: Tensor,
     q_prune: Tensor,
     k_prune: Tensor,
-    candidates: Tensor,
+    candidates: Tensor | CandidateList,
     *,
     scale: float,
     prune_scale: float,
     topk: int,
     warp_values: Tensor | None,
     warp_over: str,
+    window: tuple[int, int] | None = None,
 ) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
     """Candidate dynamic attention with the fused kernels: (out, conf, topk or None, warp or None),
     the semantics of `kernels.reference.reference_candidate_attention`. Inputs arrive validated by
-    `kernels.ops` (one float dtype, candidates in range, CUDA or the interpreter)."""
+    `kernels.ops` (one float dtype, candidates in range, CUDA or the interpreter). `window` is
+    the grid of a window-shared inter-scale CandidateList (`kernels.candidates`), else None; a
+    CandidateList given directly (benchmarks call this function) brings its own."""
+    if isinstance(candidates, CandidateList):
+        window = window or window_shared_grid(candidates)
+        candidates = candidate_indices(candidates)
     nq = q.shape[1]
-    window = window_shared_grid(candidates)
     if window is not None:
         height, width = window
         if height % 2 or width % 2 or height * width != nq:

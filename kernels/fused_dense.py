@@ -32,6 +32,7 @@ from .tuning import LaunchConfig, TunableKernel, tuned_config
 
 # Softmax runs on exp2: z2 = z * log2(e).
 _LOG2E = tl.constexpr(math.log2(math.e))
+_LOWEST = tl.constexpr(-3.4028234663852886e38)  # -FLT_MAX: the rank of NaN and -inf scores
 # Warp modes as the kernels see them: 0 = no warp requested.
 WARP_MODE_IDS = {"kept": 1, "pruned": 2, "all": 3}
 
@@ -118,16 +119,39 @@ def _times_few_columns(
 
 
 @triton.jit
-def _warp_selection(s, valid, warp_all, WARP_MODE: tl.constexpr):
-    """Keys of the warp softmax: kept (1) or pruned (2) ones by the prune logits s, or all of them
-    (3, or a query whose restricted set is empty: `warp_all`). A selection, never differentiated."""
+def _dot_scaled(a, x, acc, PRECISION: tl.constexpr):
+    """acc + a @ x for an fp32 gradient tile a (`scale dz`, `prune_scale ds`, ...): in x's dtype
+    for bf16 and fp32 inputs (bf16 has fp32's range), in fp32 for fp16, whose range (65,504)
+    `scale dz` can exceed where the fp32 reference stays finite."""
+    if x.dtype == tl.float16:
+        return tl.dot(a, x.to(tl.float32), acc, input_precision="ieee")
+    return tl.dot(a.to(x.dtype), x, acc, input_precision=PRECISION)
+
+
+@triton.jit
+def _warp_weights(z2, s, valid, lse_w, warp_all, WARP_MODE: tl.constexpr):
+    """The warp weights w recomputed from the saved base-2 log-sum-exp `lse_w`: over the kept
+    keys (1; all of them where none is kept, `warp_all`), over all keys (3), or the release's
+    "pruned" (2): softmax of z with the kept scores filled with -1e4. exp(-1e4 - max) is exactly
+    0 in fp32 beside any pruned score above -9,897, so there the pruned keys' softmax; where every
+    key is kept (`warp_all`, lse_w = log2 Nk) all scores are equal: the uniform 1 / Nk.
+    A selection, never differentiated."""
     if WARP_MODE == 1:
-        sel = (s > 0) | warp_all
+        w = tl.where(((s > 0) | warp_all) & valid, tl.exp2(z2 - lse_w), 0.0)
     elif WARP_MODE == 2:
-        sel = (s <= 0) | warp_all
+        sel = ((s <= 0) | warp_all) & valid
+        w = tl.where(sel, tl.exp2(tl.where(warp_all, 0.0, z2) - lse_w), 0.0)
     else:
-        sel = valid
-    return sel & valid
+        w = tl.where(valid, tl.exp2(z2 - lse_w), 0.0)
+    return w
+
+
+@triton.jit
+def _warp_z_part(x, s, WARP_MODE: tl.constexpr):
+    """x where the warp softmax's score is z: everywhere but the filled (kept) keys of mode 2."""
+    if WARP_MODE == 2:
+        x = tl.where(s > 0, 0.0, x)
+    return x
 
 
 @triton.jit
@@ -237,9 +261,16 @@ def _dense_fwd_kernel(
         m_i = m_new
 
         if WARP_MODE != 0:
-            acc_wall = acc_wall * alpha[:, None] + _times_few_columns(
-                p, WV, keys, key_ok, stride_wvn, c_w, BLOCK_M, BLOCK_W
-            )
+            if WARP_MODE == 2:
+                # The release's all-kept row: a plain sum of W, the uniform mean at the end.
+                ones = tl.where(key_ok[None, :], 1.0, tl.zeros_like(p))
+                acc_wall += _times_few_columns(
+                    ones, WV, keys, key_ok, stride_wvn, c_w, BLOCK_M, BLOCK_W
+                )
+            else:
+                acc_wall = acc_wall * alpha[:, None] + _times_few_columns(
+                    p, WV, keys, key_ok, stride_wvn, c_w, BLOCK_M, BLOCK_W
+                )
             if WARP_MODE != 3:
                 if WARP_MODE == 1:
                     sel = kept
@@ -260,8 +291,12 @@ def _dense_fwd_kernel(
         if HAS_TOPK:
             # Merge the tile into the running top-k by repeated max: the best score, then the
             # lowest key index holding it (earlier tiles hold lower indices). A pick is removed
-            # by index; emptied slots read -inf and lose to every real key later on.
-            tile = z2
+            # by index; emptied slots and padding keys read -inf and lose to every real key, whose
+            # score is ranked at least -FLT_MAX (NaN and -inf scores rank as -FLT_MAX: lowest
+            # index first, after every finite score). With k <= Nk every slot ends on a distinct
+            # real key.
+            low = (z2 != z2) | (z2 == neg_inf)
+            tile = tl.where(key_ok[None, :] & low, _LOWEST, z2)
             merged_z = tl.full((BLOCK_M, BLOCK_K), neg_inf, tl.float32)
             merged_i = tl.full((BLOCK_M, BLOCK_K), 2147483647, tl.int32)
             for t in range(0, top_k):
@@ -293,10 +328,15 @@ def _dense_fwd_kernel(
             else:
                 empty = l_w == 0.0
                 l_w_safe = tl.where(empty, 1.0, l_w)
-                warp = tl.where(
-                    empty[:, None], acc_wall * inv_l[:, None], acc_w / l_w_safe[:, None]
-                )
-                lse_w = tl.where(empty, lse, m_w + tl.log2(l_w_safe))
+                if WARP_MODE == 2:
+                    # No key pruned: every score filled alike, the uniform mean (z2 read as 0).
+                    fallback = acc_wall / n_k
+                    lse_fallback = tl.log2(tl.zeros_like(lse) + n_k)
+                else:
+                    fallback = acc_wall * inv_l[:, None]
+                    lse_fallback = lse
+                warp = tl.where(empty[:, None], fallback, acc_w / l_w_safe[:, None])
+                lse_w = tl.where(empty, lse_fallback, m_w + tl.log2(l_w_safe))
             warp_ptrs = WARP + stat[:, None] * c_w + wcols[None, :]
             warp_mask = row_ok[:, None] & wcol_ok[None, :]
             tl.store(warp_ptrs, warp.to(WARP.dtype.element_ty), mask=warp_mask)
@@ -417,20 +457,19 @@ def _dense_bwd_query_kernel(
                 lse_w = tl.load(LSE_W + stat, mask=row_ok, other=0.0)
                 delta_w = tl.load(DELTA_W + stat, mask=row_ok, other=0.0)
                 warp_all = tl.load(WARP_ALL + stat, mask=row_ok, other=0) != 0
-                sel = _warp_selection(s, valid, warp_all[:, None], WARP_MODE)
-                w = tl.where(sel, tl.exp2(z2 - lse_w[:, None]), 0.0)
+                w = _warp_weights(z2, s, valid, lse_w[:, None], warp_all[:, None], WARP_MODE)
                 gw = _few_channel_dots(
                     DWARP, rows, row_ok, c_w, WV, keys, key_ok, stride_wvn, c_w,
                     BLOCK_M, BLOCK_N, BLOCK_W,
                 )  # fmt: skip
-                dz += w * (gw - delta_w[:, None])
+                dz += _warp_z_part(w * (gw - delta_w[:, None]), s, WARP_MODE)
             a = dz * scale
         else:
             sig = tl.sigmoid(s)
             a = (g * p * sig * (1.0 - sig)) * prune_scale
         x_ptrs = X + keys.to(tl.int64)[:, None] * stride_xn + cols[None, :]
         x = tl.load(x_ptrs, mask=key_ok[:, None] & col_ok[None, :], other=0.0)
-        acc = tl.dot(a.to(x.dtype), x, acc, input_precision=PRECISION)
+        acc = _dot_scaled(a, x, acc, PRECISION)
 
     dx_ptrs = DX + stat[:, None] * c_out + cols[None, :]
     tl.store(dx_ptrs, acc.to(DX.dtype.element_ty), mask=row_ok[:, None] & col_ok[None, :])
@@ -565,8 +604,7 @@ def _dense_bwd_key_kernel(
             if WARP_MODE == 1 or WARP_MODE == 2:
                 lse_w = tl.load(LSE_W + stat, mask=row_ok, other=0.0)
                 warp_all = tl.load(WARP_ALL + stat, mask=row_ok, other=0) != 0
-                sel = _warp_selection(s, valid, warp_all[None, :], WARP_MODE)
-                a = tl.where(sel, tl.exp2(z2 - lse_w[None, :]), 0.0)
+                a = _warp_weights(z2, s, valid, lse_w[None, :], warp_all[None, :], WARP_MODE)
         else:
             # Both need g = dout . V + dconf, the gradient reaching p m.
             dconf = tl.load(DCONF + stat, mask=row_ok, other=0.0).to(tl.float32)
@@ -581,20 +619,19 @@ def _dense_bwd_key_kernel(
                     lse_w = tl.load(LSE_W + stat, mask=row_ok, other=0.0)
                     warp_all = tl.load(WARP_ALL + stat, mask=row_ok, other=0) != 0
                     delta_w = tl.load(DELTA_W + stat, mask=row_ok, other=0.0)
-                    sel = _warp_selection(s, valid, warp_all[None, :], WARP_MODE)
-                    w = tl.where(sel, tl.exp2(z2 - lse_w[None, :]), 0.0)
+                    w = _warp_weights(z2, s, valid, lse_w[None, :], warp_all[None, :], WARP_MODE)
                     gw = _few_channel_dots(
                         WV, keys, key_ok, stride_wvn, DWARP, rows, row_ok, c_w, c_w,
                         BLOCK_N, BLOCK_M, BLOCK_W,
                     )  # fmt: skip
-                    dz += w * (gw - delta_w[None, :])
+                    dz += _warp_z_part(w * (gw - delta_w[None, :]), s, WARP_MODE)
                 a = dz * scale
             else:
                 sig = tl.sigmoid(s)
                 a = (g * p * sig * (1.0 - sig)) * prune_scale
         x_ptrs = X + rows.to(tl.int64)[:, None] * stride_xn + cols[None, :]
         x = tl.load(x_ptrs, mask=row_ok[:, None] & col_ok[None, :], other=0.0)
-        acc = tl.dot(a.to(x.dtype), x, acc, input_precision=PRECISION)
+        acc = _dot_scaled(a, x, acc, PRECISION)
 
     dx_ptrs = DX + (pid_b * n_k + keys)[:, None] * c_out + cols[None, :]
     tl.store(dx_ptrs, acc.to(DX.dtype.element_ty), mask=key_ok[:, None] & col_ok[None, :])
@@ -703,13 +740,12 @@ def _dense_bwd_tile_kernel(
         lse_w = tl.load(LSE_W + stat, mask=row_ok, other=0.0)
         delta_w = tl.load(DELTA_W + stat, mask=row_ok, other=0.0)
         warp_all = tl.load(WARP_ALL + stat, mask=row_ok, other=0) != 0
-        sel = _warp_selection(s, valid, warp_all[:, None], WARP_MODE)
-        w = tl.where(sel, tl.exp2(z2 - lse_w[:, None]), 0.0)
+        w = _warp_weights(z2, s, valid, lse_w[:, None], warp_all[:, None], WARP_MODE)
         gw = _few_channel_dots(
             DWARP, rows, row_ok, c_w, WV, keys, key_ok, stride_wvn, c_w,
             BLOCK_M, BLOCK_N, BLOCK_W,
         )  # fmt: skip
-        dz += w * (gw - delta_w[:, None])
+        dz += _warp_z_part(w * (gw - delta_w[:, None]), s, WARP_MODE)
         tl.store(PW + out, w.to(PW.dtype.element_ty), mask=valid)
     tl.store(DZ + out, (dz * scale).to(DZ.dtype.element_ty), mask=valid)
     tl.store(DS + out, ds.to(DS.dtype.element_ty), mask=valid)
@@ -769,9 +805,10 @@ _CANDIDATES: dict[str, tuple[tuple[int, int, int, int, int], ...]] = {
 }
 # Channels per step of the reductions behind the score tiles (z, s and g).
 _BLOCK_D = 64
-# Elements of each [B, rows, Nk] scratch buffer of the tiled backward (3 or 4 of them, in the
-# input dtype): 2^25 is 64 MB in bf16. Beyond it the backward runs in chunks of query rows.
-TILE_BUDGET = 1 << 25
+# Bytes the tiled backward may allocate besides its inputs and the gradients it returns, all its
+# buffers together (`tiled_scratch_bytes`). Beyond it the backward runs in chunks of query rows,
+# and where not one row fits, the streamed backward (no scratch) runs instead.
+SCRATCH_BUDGET = 256 << 20
 # Which backward runs: "tiled" (default: `_dense_bwd_tile_kernel` plus matrix products, bounded
 # scratch) or "streamed" (`_dense_bwd_query_kernel` and `_dense_bwd_key_kernel`: no scratch at
 # all, every score tile recomputed per output chunk, several times slower at the model's sizes).
@@ -936,17 +973,21 @@ def _launch_forward(
 ) -> dict[str, Tensor | None]:
     """One forward launch. Returns out, conf, topk, warp and the per-query statistics the
     backward needs: lse (base-2 log-sum-exp of z over all keys), lse_w (that of the warp's
-    softmax) and warp_all (1 where the warp's selected set was empty and it used all keys)."""
+    softmax) and warp_all (1 where the warp's selected set was empty and it used all keys).
+    For fp16 inputs out, conf and warp stay fp32 (`_work_dtype`): the backward's per-query sums
+    `dout . out` are formed from them, and at scale 100 the error of an fp16-rounded out,
+    multiplied by the scale, would dominate the gradients; the caller casts what it returns."""
     q, k, _, q_prune, _, _ = inputs
     dims = _dims(inputs, topk)
     b, nq, cv, cw = dims["B"], dims["Nq"], dims["Cv"], dims["Cw"]
     dev, dtype = q.device, q.dtype
+    out_dtype = _work_dtype(dtype)
     warp = warp_mode != 0
     res: dict[str, Tensor | None] = {
-        "out": _empty((b, nq, cv), dtype, dev),
-        "conf": _empty((b, nq), dtype, dev),
+        "out": _empty((b, nq, cv), out_dtype, dev),
+        "conf": _empty((b, nq), out_dtype, dev),
         "topk": _empty((b, nq, topk), torch.int64, dev) if topk else None,
-        "warp": _empty((b, nq, cw), dtype, dev) if warp else None,
+        "warp": _empty((b, nq, cw), out_dtype, dev) if warp else None,
         "lse": _empty((b, nq), torch.float32, dev),
         "lse_w": _empty((b, nq), torch.float32, dev) if warp else None,
         "warp_all": _empty((b, nq), torch.int32, dev) if warp else None,
@@ -1063,13 +1104,46 @@ def _launch_backward(
     return result
 
 
-def _chunk_rows(b: int, nq: int, nk: int) -> int:
-    """Query rows per pass of the tiled backward: all of them while a [B, rows, Nk] buffer stays
-    within TILE_BUDGET elements, else fewer (a multiple of 64, at least 64), so that its scratch
-    memory stays bounded however many tokens there are."""
-    if b * nq * nk <= TILE_BUDGET:
+def _work_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype of the tiled backward's tiles and products: the input dtype, but fp32 for fp16,
+    whose range (65,504) `scale dz` exceeds where the fp32 reference stays finite (scale 100 with
+    large upstream gradients), and whose 11-bit rounding of dz costs ten times the reference's
+    error. bf16 has fp32's range."""
+    return torch.float32 if dtype == torch.float16 else dtype
+
+
+def tiled_scratch_bytes(
+    b: int, nq: int, nk: int, channels: dict[str, int], dtype: torch.dtype, rows: int
+) -> int:
+    """Bytes of every buffer `_tiled_backward` allocates beyond its inputs and the gradients it
+    returns, for chunks of `rows` query rows: the tiles dz, ds, p m (and w) [B, rows, Nk]; while
+    chunked, the fp32 sums of the key-side gradients (the gradients themselves for fp32) and one
+    chunk's product [B, Nk, C] before it is added; the query side's product [B, rows, C]; and for
+    fp16 the operands' fp32 copies. `channels`: Cqk, Cp, Cv, Cw (0 without warp)."""
+    work = _work_dtype(dtype)
+    e_work = work.itemsize
+    tiles = (3 + (channels["Cw"] > 0)) * b * rows * nk * e_work
+    key_c = channels["Cqk"] + channels["Cp"] + channels["Cv"] + channels["Cw"]
+    total = tiles + b * rows * max(channels["Cqk"], channels["Cp"]) * e_work
+    if rows < nq and dtype != torch.float32:
+        total += b * nk * key_c * 4
+    if rows < nq or work != dtype:
+        total += b * nk * max(channels.values()) * e_work
+    if work != dtype:  # fp32 copies of k, k_prune (query side), q, q_prune, dout, dwarp
+        total += (b * nk * (channels["Cqk"] + channels["Cp"]) + b * nq * key_c) * 4
+    return total
+
+
+def _chunk_rows(b: int, nq: int, nk: int, channels: dict[str, int], dtype: torch.dtype) -> int:
+    """Query rows per pass of the tiled backward: all of them if everything fits in
+    SCRATCH_BUDGET bytes, else the most that do (a multiple of 16 when 16 or more fit); 0 when
+    not even one row fits, and the streamed backward (no scratch) runs instead."""
+    if tiled_scratch_bytes(b, nq, nk, channels, dtype, nq) <= SCRATCH_BUDGET:
         return nq
-    return min(nq, max(64, TILE_BUDGET // (b * nk) // 64 * 64))
+    fixed = tiled_scratch_bytes(b, nq, nk, channels, dtype, 0)
+    per_row = tiled_scratch_bytes(b, nq, nk, channels, dtype, 1) - fixed
+    rows = max(0, (SCRATCH_BUDGET - fixed) // per_row)
+    return min(nq - 1, rows // 16 * 16 if rows >= 16 else rows)
 
 
 def _tiled_backward(
@@ -1081,18 +1155,23 @@ def _tiled_backward(
     prune_scale: float,
     warp_mode: int,
     config: LaunchConfig,
+    rows: int | None = None,
 ) -> dict[str, Tensor | None]:
     """Every wanted gradient, by the tiled backward: per chunk of query rows, one launch of
     `_dense_bwd_tile_kernel` writes dz, ds, p m and the warp weights for all keys, and batched
     matrix products (cuBLAS on a GPU) turn them into dq and dq_prune for those rows and add the
     chunk's share of dk, dk_prune, dv and dwarp_values. With the model's 640 and 512 channels the
     streamed kernels recompute every score tile once per output chunk (4 and 7 times), which
-    this avoids, at the cost of TILE_BUDGET elements of scratch per buffer."""
+    this avoids. Everything it allocates besides the gradients stays within SCRATCH_BUDGET bytes
+    (`tiled_scratch_bytes`); `rows` (tests) overrides the chunk."""
     q, k, v, q_prune, k_prune, warp_values = inputs
     dims = _dims(inputs, 0)
     b, nq, nk = dims["B"], dims["Nq"], dims["Nk"]
     dtype, dev = q.dtype, q.device
-    rows = _chunk_rows(b, nq, nk)
+    work = _work_dtype(dtype)
+    if rows is None:
+        channels = {name: dims[name] for name in ("Cqk", "Cp", "Cv", "Cw")}
+        rows = _chunk_rows(b, nq, nk, channels, dtype)
     chunked = rows < nq
     # Several chunks' products are summed in fp32; one chunk's is the gradient itself.
     acc_dtype = torch.float32 if chunked else dtype
@@ -1108,12 +1187,17 @@ def _tiled_backward(
         return result
 
     warp = warp_mode != 0
-    scratch = [torch.empty(b * rows * nk, dtype=dtype, device=dev) for _ in range(3 + warp)]
+    scratch = [_empty((b * rows * nk,), work, dev) for _ in range(3 + warp)]
     lse = stats["lse"]
     warp_all = stats["warp_all"]
     if warp_all is None:
         warp_all = torch.empty(1, dtype=torch.int32, device=dev)
     dout, dwarp = grads["dout"], grads["dwarp"]
+
+    def op(x: Tensor | None) -> Tensor | None:  # a product's operand in the work dtype
+        return None if x is None else x.to(work)
+
+    k_w, kp_w, q_w, qp_w, dout_w, dwarp_w = map(op, (k, k_prune, q, q_prune, dout, dwarp))
     meta = _meta("dense_bwd_tile", dims, config)
     args = _input_args(inputs)
     for row0 in range(0, nq, rows):
@@ -1137,12 +1221,12 @@ def _tiled_backward(
         )  # fmt: skip
         span = slice(row0, row0 + n)
         if result["dq"] is not None:
-            result["dq"][:, span] = torch.bmm(dz, k)
+            result["dq"][:, span] = torch.bmm(dz, k_w)
         if result["dq_prune"] is not None:
-            result["dq_prune"][:, span] = torch.bmm(ds, k_prune)
+            result["dq_prune"][:, span] = torch.bmm(ds, kp_w)
         key_terms = {
-            "dk": (dz, q), "dk_prune": (ds, q_prune), "dv": (pm, dout),
-            "dwarp_values": (pw[0] if warp else None, dwarp),
+            "dk": (dz, q_w), "dk_prune": (ds, qp_w), "dv": (pm, dout_w),
+            "dwarp_values": (pw[0] if warp else None, dwarp_w),
         }  # fmt: skip
         for name, (tile, x) in key_terms.items():
             if not wanted[name] or key_side[name] is None:
@@ -1151,7 +1235,7 @@ def _tiled_backward(
             if chunked:
                 result[name].add_(product)
             else:
-                result[name] = product
+                result[name] = product.to(dtype)
     for name in key_side:
         if chunked and result[name] is not None:
             result[name] = result[name].to(dtype)
@@ -1283,6 +1367,11 @@ AOT_DIMS = (
 # The training presets run in fp32 (mixed precision "no"): their dense problems (deepfashion's and
 # synthetic-64's with ngf 16) also compile the default configs with fp32 inputs.
 _AOT_FP32_DIMS = (AOT_DIMS[0], AOT_DIMS[3])
+# The largest top-k the fused dense forward takes. Its running list is BLOCK_K = next_pow2(k)
+# wide, merged by k serial rounds per key tile; k = 8, 16 and 32 are in the AOT report at the
+# model's dense size (`_LARGE_K`); some combinations spill a few bytes (docs/kernels-dense.md).
+TOPK_MAX = 32
+_LARGE_K = (8, 16, 32)
 # Pointer arguments whose type is not the input dtype.
 _POINTER_TYPES = {
     "TOPK": "i64",
@@ -1333,13 +1422,41 @@ def _aligned_arguments(fn: triton.JITFunction, dims: dict[str, int], meta: dict[
     ]
 
 
+def _large_k_cases() -> list[AotCase]:
+    """The default forward at the model's dense size (bf16 and fp32) with k = 8, 16, 32: in the
+    report for their registers and spills, not held to the defaults' no-spill rule."""
+    dims0 = AOT_DIMS[0]
+    cases = []
+    for dtype, dtype_name in ((torch.bfloat16, "bf16"), (torch.float32, "fp32")):
+        for k in _LARGE_K:
+            dims = {**dims0, "k": k}
+            config = FORWARD.default(dims)
+            meta = _meta(FORWARD.name, dims, config)
+            flags = {"WARP_MODE": WARP_MODE_IDS["kept"], "PRECISION": _precision(dtype)}
+            cases.append(
+                AotCase(
+                    label=f"dense_fwd {dtype_name} Cqk={dims['Cqk']} Cp={dims['Cp']} "
+                    f"Cv={dims['Cv']} k={k} (BLOCK_K {meta['BLOCK_K']})",
+                    module=__name__,
+                    function=_dense_fwd_kernel.__name__,
+                    signature=_signature(_dense_fwd_kernel, dtype_name),
+                    constexprs={**meta, **flags, "HAS_TOPK": True},
+                    num_warps=config["num_warps"],
+                    num_stages=config["num_stages"],
+                    is_default=False,
+                    extra={"divisible_by_16": _aligned_arguments(_dense_fwd_kernel, dims, meta)},
+                )
+            )
+    return cases
+
+
 def aot_cases() -> list[AotCase]:
     """Every kernel x every config of its space x AOT_DIMS with bf16 inputs (mixed-precision
     training, and the autotuner's default dtype), plus the default configs with fp32 inputs at
     _AOT_FP32_DIMS; the warp over the kept keys, top-k 4."""
     problems = [(dims, torch.bfloat16, False) for dims in AOT_DIMS]
     problems += [(dims, torch.float32, True) for dims in _AOT_FP32_DIMS]
-    cases = []
+    cases = _large_k_cases()
     for dims, dtype, defaults_only in problems:
         dtype_name = {torch.bfloat16: "bf16", torch.float32: "fp32"}[dtype]
         flags = {"WARP_MODE": WARP_MODE_IDS["kept"], "PRECISION": _precision(dtype)}
@@ -1415,7 +1532,8 @@ class _DenseAttention(torch.autograd.Function):
         ctx.scale, ctx.prune_scale, ctx.warp_mode = scale, prune_scale, warp_mode
         if res["topk"] is not None:
             ctx.mark_non_differentiable(res["topk"])
-        return res["out"], res["conf"], res["topk"], res["warp"]
+        warp = None if res["warp"] is None else res["warp"].to(q.dtype)
+        return res["out"].to(q.dtype), res["conf"].to(q.dtype), res["topk"], warp
 
     @staticmethod
     @torch.amp.custom_bwd(device_type="cuda")
@@ -1428,7 +1546,9 @@ class _DenseAttention(torch.autograd.Function):
         order = ("dq", "dk", "dv", "dq_prune", "dk_prune", "dwarp_values")
         wanted = dict(zip(order, ctx.needs_input_grad[:6], strict=True))
         dims = _dims(inputs, 0)
-        if backward_strategy() == "tiled":
+        channels = {name: dims[name] for name in ("Cqk", "Cp", "Cv", "Cw")}
+        rows = _chunk_rows(dims["B"], dims["Nq"], dims["Nk"], channels, inputs[0].dtype)
+        if backward_strategy() == "tiled" and rows > 0:
             config = _config(BACKWARD_TILE, dims, inputs[0].device)
             result = _tiled_backward(
                 inputs, stats, grads, wanted, ctx.scale, ctx.prune_scale, ctx.warp_mode, config
@@ -1460,6 +1580,12 @@ def attention(
     """Dense dynamic attention, the semantics of `reference.reference_dynamic_attention`:
     returns (out, conf, topk, warp). Inputs arrive validated from `kernels.ops`: one float
     dtype, CUDA tensors (or CPU ones under TRITON_INTERPRET=1), autocast off."""
+    if topk > TOPK_MAX:
+        raise ValueError(
+            f"topk ({topk}) must be at most {TOPK_MAX} with the fused dense kernels: the forward "
+            f"keeps a next_pow2(k)-wide list per query in registers (docs/kernels-dense.md); "
+            f"use backend='torch' for larger k"
+        )
     return _DenseAttention.apply(
         q, k, v, q_prune, k_prune, warp_values, scale, prune_scale, topk, warp_over
     )

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from . import reference
-from .candidates import check_index_range, tag_indices
+from .candidates import CandidateList, candidate_indices, check_index_range, window_shared_grid
 from .reference import WARP_MODES
 
 BACKENDS = ("auto", "torch", "triton")
@@ -104,9 +104,15 @@ def _validate(
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
 
 
-def _validate_candidates(candidates: object, q: Tensor, nk: int, topk: int) -> None:
-    if not isinstance(candidates, Tensor):
-        raise ValueError(f"candidates must be a torch.Tensor, got {type(candidates).__name__}")
+def _validate_candidates(candidates: object, q: Tensor, nk: int, topk: int) -> Tensor:
+    """Checks `candidates` and returns the index tensor the backends read: a CandidateList's own
+    (in range by construction), or a plain tensor range-checked (at once on the CPU, deferred on
+    a GPU; see `kernels.candidates`) and, where the check is deferred, clamped so no read can
+    leave the keys before the error is raised."""
+    if not isinstance(candidates, (Tensor, CandidateList)):
+        raise ValueError(
+            f"candidates must be a torch.Tensor or a CandidateList, got {type(candidates).__name__}"
+        )
     if candidates.dtype not in (torch.int32, torch.int64):
         raise ValueError(f"candidates must be an int32 or int64 tensor, got {candidates.dtype}")
     if candidates.device != q.device:
@@ -119,9 +125,16 @@ def _validate_candidates(candidates: object, q: Tensor, nk: int, topk: int) -> N
     m = candidates.shape[2]
     if m < 1:
         raise ValueError("candidates must list at least one key per query (M >= 1)")
-    check_index_range("candidates", candidates, nk)
     if topk > m:
         raise ValueError(f"topk ({topk}) must not exceed the candidate count M ({m})")
+    if isinstance(candidates, CandidateList):
+        if candidates.bound > nk:
+            raise ValueError(
+                f"candidates were built for {candidates.bound} keys, but k holds Nk = {nk}"
+            )
+        return candidate_indices(candidates)
+    check_index_range("candidates", candidates, nk)
+    return candidates.clamp(0, nk - 1) if candidates.is_cuda else candidates
 
 
 def _common_dtype(tensors: dict[str, Tensor | None]) -> torch.dtype:
@@ -158,19 +171,19 @@ def _run(
     args: tuple,
     kwargs: dict,
     backend: str,
+    fused_kwargs: dict | None = None,
 ) -> AttentionOutput:
     q = tensors["q"]
     dtype = _common_dtype(tensors)
     cast = [x.to(dtype) if x is not None and x.dtype != dtype else x for x in tensors.values()]
     if _use_triton(backend, q):
         fn = importlib.import_module(f".fused_{fused_name}", __package__).attention
+        kwargs = {**kwargs, **(fused_kwargs or {})}
     else:
         fn = ref_fn
     # Scores must stay fp32 in the reference: keep autocast from recasting its matmuls.
     with torch.autocast(q.device.type, enabled=False):
         out, conf, top, warp = fn(*cast[:5], *args, warp_values=cast[5], **kwargs)
-    if top is not None:
-        tag_indices(top, tensors["k"].shape[1])  # key indices: the next builder need not check
     return AttentionOutput(out=out, conf=conf, topk=top, warp=warp)
 
 
@@ -219,7 +232,7 @@ def candidate_attention(
     v: Tensor,
     q_prune: Tensor,
     k_prune: Tensor,
-    candidates: Tensor,
+    candidates: Tensor | CandidateList,
     *,
     scale: float,
     prune_scale: float,
@@ -230,10 +243,13 @@ def candidate_attention(
 ) -> AttentionOutput:
     """Sparse dynamic attention: query i attends to the keys `candidates[b, i, :]` (method.md
     section 4), duplicates counted. Shapes as `dynamic_attention`, plus candidates [B, Nq, M] with
-    values in [0, Nk); `topk` returns key indices, ties going to the lower candidate position.
+    values in [0, Nk): a CandidateList from the builders, or a plain int tensor, which is
+    range-checked (on a GPU the error surfaces at `kernels.check_index_errors()` or a later call;
+    see `kernels.candidates`). `topk` returns key indices, ties going to the lower candidate
+    position; a NaN score ranks below every number (see `kernels.reference`).
     """
     _validate(q, k, v, q_prune, k_prune, warp_values, scale, prune_scale, topk, warp_over, backend)
-    _validate_candidates(candidates, q, k.shape[1], topk)
+    indices = _validate_candidates(candidates, q, k.shape[1], topk)
     tensors = {
         "q": q,
         "k": k,
@@ -252,7 +268,8 @@ def candidate_attention(
         "candidates",
         reference.reference_candidate_attention,
         tensors,
-        (candidates,),
+        (indices,),
         kwargs,
         backend,
+        fused_kwargs={"window": window_shared_grid(candidates)},
     )

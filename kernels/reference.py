@@ -16,6 +16,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .candidates import CandidateList, candidate_indices
+
 WARP_MODES = ("kept", "pruned", "all")
 
 
@@ -45,27 +47,36 @@ def _acc(x: Tensor) -> Tensor:
     return x.to(torch.promote_types(x.dtype, torch.float32))
 
 
-def _warp_selection(mask: Tensor, warp_over: str) -> Tensor:
-    """Boolean set of keys the warp softmax runs over, with the empty-set fallback to all keys.
+# The release's warp over pruned keys fills the kept scores with this before its softmax.
+RELEASE_FILL = -1e4
 
-    Computed from the mask's value only: the selection carries no gradient (as in the release)."""
+
+def _warp_weights(z: Tensor, mask: Tensor, warp_over: str) -> Tensor:
+    """The warp weights w, a softmax of z restricted by the mask's value (no gradient flows
+    through the selection, as in the release):
+
+    - "kept": over the kept keys, all keys where none is kept;
+    - "pruned": the release's formula exactly, softmax of z with the kept scores filled with
+      -1e4: a query that keeps every key gets the uniform mean of the warp values;
+    - "all": over all keys."""
     kept = mask.detach() > 0
+    if warp_over == "pruned":
+        return torch.softmax(z.masked_fill(kept, RELEASE_FILL), dim=-1)
     if warp_over == "kept":
-        sel = kept
-    elif warp_over == "pruned":
-        sel = ~kept
-    else:
-        sel = torch.ones_like(kept)
-    empty = ~sel.any(dim=-1, keepdim=True)
-    return sel | empty
+        sel = kept | ~kept.any(dim=-1, keepdim=True)
+        return torch.softmax(z.masked_fill(~sel, float("-inf")), dim=-1)
+    return torch.softmax(z, dim=-1)
 
 
 def _topk_positions(scores: Tensor, k: int) -> Tensor:
     """Positions of the k largest scores along the last axis; ties go to the lower position.
 
     Ranked by scores rather than probabilities: at scale 100 many probabilities underflow to 0 in
-    fp32 and would tie. A stable descending sort keeps equal scores in their original order."""
-    order = torch.sort(scores, dim=-1, descending=True, stable=True).indices
+    fp32 and would tie. A stable descending sort keeps equal scores in their original order. A NaN
+    score ranks as -inf: a row of NaN scores (a NaN query) selects positions 0..k-1, and every
+    selected position is a real one, as in the kernels."""
+    ranked = scores.masked_fill(torch.isnan(scores), float("-inf"))
+    order = torch.sort(ranked, dim=-1, descending=True, stable=True).indices
     return order[..., :k]
 
 
@@ -75,10 +86,7 @@ def _attention_weights(
     """Masked attention `p * m` and, when asked, the restricted warp weights `w`."""
     p = torch.softmax(z, dim=-1)
     m = straight_through_mask(s)
-    w = None
-    if need_warp:
-        sel = _warp_selection(m, warp_over)
-        w = torch.softmax(z.masked_fill(~sel, float("-inf")), dim=-1)
+    w = _warp_weights(z, m, warp_over) if need_warp else None
     return p * m, w
 
 
@@ -108,8 +116,13 @@ def reference_dynamic_attention(
 
 
 def _gather_rows(x: Tensor, index: Tensor) -> Tensor:
-    """x [B, N, C], index [B, Nq, M] -> [B, Nq, M, C]."""
+    """x [B, N, C], index [B, Nq, M] -> [B, Nq, M, C].
+
+    Indices are clamped to [0, N) first: `kernels.ops` has checked them already (or, on a GPU,
+    deferred the check), and without the clamp an index equal to N would read the next sample's
+    first row through the flattened view."""
     b, n, c = x.shape
+    index = index.clamp(0, n - 1)
     # One row lookup per index on a flattened view: index_select copies whole rows, where a
     # gather over an expanded index reads an index per element (several times slower on CPU).
     rows = (index + torch.arange(b, device=index.device).view(b, 1, 1) * n).reshape(-1)
@@ -155,12 +168,14 @@ def kept_counts(
     k_prune: Tensor,
     *,
     prune_scale: float,
-    candidates: Tensor | None = None,
+    candidates: Tensor | CandidateList | None = None,
 ) -> Tensor:
     """Number of kept keys (`s > 0`) per query, [B, Nq] int64: the dynamic sparsity, for display.
 
     Dense when `candidates` is None. No gradient; duplicates among candidates count each time."""
     with torch.no_grad():
+        if candidates is not None:
+            candidates = candidate_indices(candidates)
         if candidates is None:
             s = torch.bmm(_acc(q_prune), _acc(k_prune).transpose(1, 2))
         else:

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .candidates import inner_scale_candidates, inter_scale_candidates
+from .candidates import CandidateList, inner_scale_candidates, inter_scale_candidates
 
 BLOCKS = ("dense", "inter", "inner")
 # Candidates per query, as a multiple of k (method.md section 4).
@@ -283,13 +283,13 @@ def realistic_candidates(
     *,
     generator: torch.Generator | None = None,
     device: torch.device | str = "cpu",
-) -> Tensor:
-    """Candidates [B, Nq, M] int64 built the way the model builds them: the inter-scale block
-    expands a coarse top-k, the inner-scale block the top-k of its own scale.
+) -> CandidateList:
+    """Candidates [B, Nq, M], a CandidateList, built the way the model builds them: the
+    inter-scale block expands a coarse top-k, the inner-scale block the top-k of its own scale.
 
     The top-k is drawn on the CPU (so a seed gives the same problem on every device) and the
-    candidates are built on `device`: copying them afterwards would drop the mark by which the
-    fused kernels recognise window-shared inter-scale lists (`kernels.candidates`)."""
+    candidates are built on `device`: a plain copy of their indices would lose the window-sharing
+    fact by which the fused kernels read one list per 2x2 window (`kernels.candidates`)."""
     if shape.block == "inter":
         coarse = plausible_topk(
             batch, shape.height // 2, shape.width // 2, shape.k, generator=generator
@@ -313,7 +313,7 @@ class AttentionProblem:
     q_prune: Tensor
     k_prune: Tensor
     warp_values: Tensor | None
-    candidates: Tensor | None
+    candidates: CandidateList | None
 
     def float_inputs(self) -> dict[str, Tensor]:
         named = {

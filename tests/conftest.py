@@ -13,6 +13,11 @@ import torch
 if "TRITON_INTERPRET" not in os.environ and not torch.cuda.is_available():
     os.environ["TRITON_INTERPRET"] = "1"
 
+# DYNAST_TEST_DETERMINISTIC=1 runs the suite under torch.use_deterministic_algorithms(True), one
+# of the settings docs/testing.md lists for checking that no test compares rounding noise.
+if os.environ.get("DYNAST_TEST_DETERMINISTIC", "0") not in ("", "0"):
+    torch.use_deterministic_algorithms(True)
+
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if torch.cuda.is_available():

@@ -8,7 +8,7 @@ import os
 
 import pytest
 import torch
-from _assert import assert_close
+from _assert import assert_close, assert_error_within
 from torch import nn
 
 import kernels
@@ -270,21 +270,27 @@ def test_fused_backend_matches_the_reference_through_the_whole_model():
     reference = Generator(cfg).to(device)
     fused = Generator(dataclasses.replace(cfg, attention_backend="triton")).to(device)
     fused.load_state_dict(reference.state_dict())
+    # The float64 run is the ground truth: the fp32 reference's own error against it measures the
+    # rounding noise of this model on this machine and thread count.
+    exact = Generator(cfg).to(device, torch.float64)
+    exact.load_state_dict(reference.state_dict())
     inputs = [x.to(device) for x in _inputs(cfg, 2, 16, 16, seed=4)]
     outputs = []
-    for g in (reference, fused):
-        out = g(*inputs, with_warps=True)
+    for g, dtype in ((reference, torch.float32), (fused, torch.float32), (exact, torch.float64)):
+        out = g(*(x.to(dtype) for x in inputs), with_warps=True)
         loss = out.image.square().mean() + sum(w.abs().mean() for w in out.warps)
         loss.backward()
         outputs.append(out)
-    ref, got = outputs
-    assert_close(got.image, ref.image, name="image")
+    ref, got, ex = outputs
+    assert_error_within(got.image, ref.image, ex.image, name="image")
     for i, (a, b) in enumerate(zip(got.topks, ref.topks, strict=True)):
         assert torch.equal(a, b), f"block {i}: top-k differs"
-    for i, (a, b) in enumerate(zip(got.warps, ref.warps, strict=True)):
-        assert_close(a, b, name=f"warp of block {i}")
-    for i, (a, b) in enumerate(zip(got.confs, ref.confs, strict=True)):
-        assert_close(a, b, name=f"conf of block {i}")
-    for (name, p_ref), p_got in zip(reference.named_parameters(), fused.parameters(), strict=True):
-        scale = float(p_ref.grad.abs().max())
-        assert_close(p_got.grad, p_ref.grad, name=f"grad {name}", atol=1e-5 * scale + 1e-8)
+    for i, (a, b, c) in enumerate(zip(got.warps, ref.warps, ex.warps, strict=True)):
+        assert_error_within(a, b, c, name=f"warp of block {i}")
+    for i, (a, b, c) in enumerate(zip(got.confs, ref.confs, ex.confs, strict=True)):
+        assert_error_within(a, b, c, name=f"conf of block {i}")
+    named = zip(reference.named_parameters(), fused.parameters(), exact.parameters(), strict=True)
+    for (name, p_ref), p_got, p_exact in named:
+        # A bias that feeds a normalisation has a zero gradient: float64 noise in `exact`, fp32
+        # noise in both others, which the baseline's error then measures.
+        assert_error_within(p_got.grad, p_ref.grad, p_exact.grad, name=f"grad {name}")

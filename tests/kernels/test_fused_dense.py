@@ -16,7 +16,7 @@ import math
 
 import pytest
 import torch
-from _assert import assert_close
+from _assert import assert_close, assert_error_within, sum_magnitude, sum_tolerance
 
 import kernels
 from kernels import fused_dense
@@ -119,13 +119,23 @@ def fp16_atol(expected: torch.Tensor, exact: torch.Tensor) -> float:
     return 2 * torch_error + 1e-3 * exact.abs().max().item() + 1e-6
 
 
-def check_against_reference(inputs, **options) -> None:
+def _against(got: torch.Tensor, want: torch.Tensor, exact: torch.Tensor, name: str) -> None:
+    """fp32: within 8x the fp32 reference's own error against float64 (`assert_error_within`:
+    the tolerance follows the rounding of the sums behind each tensor, cancellation included).
+    fp16: twice the reference's fp16 error plus 1e-3 of the largest value."""
+    if got.dtype == torch.float16:
+        assert_close(got, want, name=name, atol=fp16_atol(want, exact), rtol=0)
+    else:
+        assert_error_within(got, want, exact, name=name)
+
+
+def check_against_reference(inputs, upstream_scale: float = 1.0, **options) -> None:
     """Every output and input gradient of the fused op against the reference's."""
     dtype = inputs["q"].dtype
-    upstream = _upstream_for(inputs)
+    upstream = [u * upstream_scale for u in _upstream_for(inputs)]
     ref, ref_grads = run_op(inputs, "torch", upstream, **options)
     res, grads = run_op(inputs, "triton", upstream, **options)
-    if dtype == torch.float16:
+    if dtype in (torch.float16, torch.float32):
         exact_inputs = {
             n: None if x is None else x.detach().double().requires_grad_()
             for n, x in inputs.items()
@@ -138,13 +148,11 @@ def check_against_reference(inputs, **options) -> None:
             assert got is None, f"{name} returned without being asked for"
             continue
         assert got.dtype == want.dtype, name
-        atol = fp16_atol(want, getattr(exact, name)) if dtype == torch.float16 else None
-        assert_close(got, want, name=name, atol=atol, rtol=0 if atol else None)
+        _against(got, want, getattr(exact, name), name)
     for name, want in ref_grads.items():
         got = grads[name]
         assert got.dtype == want.dtype, f"d{name}"
-        atol = fp16_atol(want, exact_grads[name]) if dtype == torch.float16 else None
-        assert_close(got, want, name=f"d{name}", atol=atol, rtol=0 if atol else None)
+        _against(got, want, exact_grads[name], f"d{name}")
     check_topk(res.topk, ref.topk, inputs, options)
 
 
@@ -159,8 +167,14 @@ def _upstream_for(inputs) -> list[torch.Tensor]:
 
 
 def check_topk(got, want, inputs, options) -> None:
-    """Top-k compared as index sets by the scores they select: the fused kernel sums the scores
-    in another order, so keys whose scores are within rounding may swap."""
+    """Top-k against the reference, exactly wherever rounding cannot decide it.
+
+    Both sides form the scores in fp32 from the same input values, in different orders, so two
+    scores can swap only when their float64 values lie within the accumulation bound
+    (`sum_tolerance` of |q| . |k|, twice: one error on each side). Every slot whose float64
+    score is farther than that from its neighbours (the slot before and after, including the
+    (k+1)-th key) must hold the reference's index; in a near-tie the two sides may order the
+    tied keys either way, so those slots are compared by their float64 scores within the bound."""
     k = options.get("topk", 0)
     if k == 0:
         assert got is None and want is None
@@ -169,11 +183,22 @@ def check_topk(got, want, inputs, options) -> None:
     assert bool((got >= 0).all() and (got < inputs["k"].shape[1]).all()), "index out of range"
     sorted_got = got.sort(-1).values
     assert bool((sorted_got[..., 1:] != sorted_got[..., :-1]).all()), "repeated index in a row"
-    z = options["scale"] * (inputs["q"].double() @ inputs["k"].double().transpose(1, 2))
-    picked = torch.gather(z, 2, got).sort(-1, descending=True).values
-    best = torch.gather(z, 2, want).sort(-1, descending=True).values
-    atol = 1e-5 if inputs["q"].dtype == torch.float32 else 1e-2
-    assert_close(picked, best, name="scores of the top-k", atol=atol, rtol=0)
+    q64, k64 = inputs["q"].double(), inputs["k"].double()
+    z = options["scale"] * (q64 @ k64.transpose(1, 2))
+    magnitude = abs(options["scale"]) * sum_magnitude(q64, k64.transpose(1, 2))
+    bound = 2 * sum_tolerance(magnitude, torch.float32, inputs["q"].shape[-1])
+    ranked, order = z.sort(dim=-1, descending=True, stable=True)
+    ranked_bound = torch.gather(bound, 2, order)
+    top = min(k + 1, z.shape[-1])
+    gaps = ranked[..., : top - 1] - ranked[..., 1:top]  # [B, Nq, top-1]
+    near = gaps <= ranked_bound[..., : top - 1] + ranked_bound[..., 1:top]
+    pad = torch.zeros_like(near[..., :1])
+    slot_near = torch.cat([pad, near], -1)[..., :k] | torch.cat([near, pad], -1)[..., :k]
+    decided = ~slot_near
+    assert torch.equal(got[decided], want[decided]), "top-k differs where no rounding can swap"
+    picked, best = torch.gather(z, 2, got), torch.gather(z, 2, want)
+    allowed = 2 * k * bound.amax(-1, keepdim=True)  # a tie group spans at most k bounds
+    assert bool(((picked - best).abs() <= allowed).all()), "near-tie resolved beyond rounding"
 
 
 @pytest.mark.parametrize("warp_over", WARP_MODES)
@@ -216,13 +241,121 @@ def test_matches_reference_with_small_tiles(
     check_against_reference(inputs, **_scales(inputs), topk=3, warp_over="kept")
 
 
+CHANNELS = {"Cqk": 80, "Cp": 48, "Cv": 40, "Cw": CW}  # make_inputs' defaults
+
+
 def test_tiled_backward_in_chunks_of_query_rows(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A scratch budget of 64 rows x 20 keys x B 2 elements: 150 queries in passes of 64, 64
-    and 22 rows, their key-side gradients summed in fp32."""
-    monkeypatch.setattr(fused_dense, "TILE_BUDGET", 2 * 64 * 20)
+    """A scratch budget that fits 64 query rows: 150 queries in passes of 64, 64 and 22 rows,
+    their key-side gradients summed in fp32; every buffer NaN-filled (the fixture), and all of
+    them together within the budget."""
+    budget = fused_dense.tiled_scratch_bytes(2, 150, 20, CHANNELS, torch.float16, 64)
+    monkeypatch.setattr(fused_dense, "SCRATCH_BUDGET", budget)
+    assert fused_dense._chunk_rows(2, 150, 20, CHANNELS, torch.float16) == 64
     inputs = make_inputs(torch.float16, nq=150, nk=20)
-    assert fused_dense._chunk_rows(2, 150, 20) == 64
     check_against_reference(inputs, **_scales(inputs), topk=3, warp_over="pruned")
+
+
+def test_scratch_budget_holds_at_every_size() -> None:
+    """One budget in bytes for all the tiled backward's buffers together, at the model's dense
+    channels and beyond B * Nk = 2^19: either a chunk that fits, or the streamed backward."""
+    model = {"Cqk": 640, "Cp": 128, "Cv": 512, "Cw": 3}
+    for dtype in (torch.bfloat16, torch.float16, torch.float32):
+        for b, n in ((8, 1024), (8, 4096), (1, 16384), (64, 16384), (8, 65536), (2, 1 << 20)):
+            rows = fused_dense._chunk_rows(b, n, n, model, dtype)
+            assert 0 <= rows <= n
+            if rows:
+                used = fused_dense.tiled_scratch_bytes(b, n, n, model, dtype, rows)
+                assert used <= fused_dense.SCRATCH_BUDGET, (dtype, b, n, rows, used)
+            else:  # not one row fits: the streamed backward needs no scratch
+                one = fused_dense.tiled_scratch_bytes(b, n, n, model, dtype, 1)
+                assert one > fused_dense.SCRATCH_BUDGET
+    assert fused_dense._chunk_rows(8, 1024, 1024, model, torch.bfloat16) == 1024  # one pass
+
+
+def test_tiled_backward_allocates_what_the_budget_counts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The buffers the tiled backward takes from `_empty` beyond the gradients (its tiles) are
+    within the model `tiled_scratch_bytes` charges against the budget."""
+    taken = []
+    empty = fused_dense._empty
+
+    def spy(shape, dtype, device):
+        taken.append(math.prod(shape) * dtype.itemsize)
+        return empty(shape, dtype, device).fill_(float("nan") if dtype.is_floating_point else -1)
+
+    monkeypatch.setattr(fused_dense, "_empty", spy)
+    budget = fused_dense.tiled_scratch_bytes(2, 150, 20, CHANNELS, torch.float32, 32)
+    monkeypatch.setattr(fused_dense, "SCRATCH_BUDGET", budget)
+    inputs = make_inputs(torch.float32, nq=150, nk=20)
+    out = kernels.dynamic_attention(
+        *(inputs[n] for n in GRAD_NAMES[:5]), warp_values=inputs["warp_values"],
+        backend="triton", **_scales(inputs),
+    )  # fmt: skip
+    taken.clear()
+    (out.out.sum() + out.conf.sum() + out.warp.sum()).backward()
+    tiles = 4 * 2 * 32 * 20 * 4  # dz, ds, p m, w for 32 rows in fp32
+    gradients = sum(inputs[n].numel() * 4 for n in ("q", "q_prune"))  # dq, dq_prune
+    assert sum(taken) == tiles + gradients
+    assert tiles <= budget
+
+
+def test_streamed_backward_runs_where_not_one_row_fits(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(fused_dense, "SCRATCH_BUDGET", 1024)
+    called = []
+    monkeypatch.setattr(fused_dense, "_tiled_backward", lambda *a, **k: called.append(1))
+    inputs = make_inputs(torch.float32, nq=20, nk=20)
+    check_against_reference(inputs, **_scales(inputs), topk=0, warp_over="kept")
+    assert not called
+
+
+def dense_peak_bytes(b: int, n: int, channels: dict[str, int], dtype, k: int = 4) -> int:
+    """A model of the dense operator's peak memory over forward and backward at n tokens (queries
+    = keys), from the allocations the code makes: inputs, forward outputs and saved statistics,
+    upstream gradients, the per-query sums, the returned gradients (all live at the end of the
+    backward), plus the tiled backward's scratch at its chunk (`tiled_scratch_bytes`), which is
+    larger than anything the forward allocates beyond its outputs (nothing)."""
+    e = dtype.itemsize
+    c_in = 2 * channels["Cqk"] + channels["Cv"] + 2 * channels["Cp"] + channels["Cw"]
+    inputs = b * n * c_in * e
+    outputs = b * n * (channels["Cv"] + 1 + channels["Cw"]) * e + b * n * (k * 8 + 3 * 4)
+    upstream = b * n * (channels["Cv"] + 1 + channels["Cw"]) * e + b * n * 2 * 4
+    gradients = inputs
+    rows = fused_dense._chunk_rows(b, n, n, channels, dtype)
+    scratch = fused_dense.tiled_scratch_bytes(b, n, n, channels, dtype, rows) if rows else 0
+    return inputs + outputs + upstream + gradients + scratch
+
+
+def test_dense_memory_grows_about_linearly_from_1024_to_4096_tokens() -> None:
+    """At the model's dense block (B 8, Cqk 640, Cp 128, Cv 512, Cw 3, k 4), the modelled peak
+    at 4,096 tokens is at most 4.2 times that at 1,024 (docs/kernels-dense.md has the figures)."""
+    model = {"Cqk": 640, "Cp": 128, "Cv": 512, "Cw": 3}
+    for dtype in (torch.bfloat16, torch.float32):
+        small, large = (dense_peak_bytes(8, n, model, dtype) for n in (1024, 4096))
+        assert large <= 4.2 * small, (dtype, small / 2**20, large / 2**20)
+
+
+@pytest.mark.parametrize("strategy", ["tiled", "streamed"])
+@pytest.mark.parametrize("upstream_scale", [1.0, 512.0])
+def test_fp16_backward_at_scale_100_stays_finite_and_accurate(
+    strategy: str, upstream_scale: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Unit-norm q and k at scale 100 (the sparse scales' setting) with upstream gradients x512:
+    `scale dz` exceeds fp16's range while the fp32 reference's gradients stay finite. The fused
+    backward keeps those tiles in fp32 and must match the reference within twice its own fp16
+    error (and be finite wherever it is)."""
+    monkeypatch.setenv(fused_dense.BACKWARD_ENV, strategy)
+    inputs = make_inputs(torch.float16, cqk=32, nq=24, nk=20, seed=3)
+    with torch.no_grad():
+        for name in ("q", "k"):
+            x = inputs[name].float()
+            inputs[name].copy_(x / x.norm(dim=-1, keepdim=True))
+    options = {"scale": 100.0, "prune_scale": 1.0 / 48, "topk": 0, "warp_over": "kept"}
+    if upstream_scale > 1:
+        upstream = [u * upstream_scale for u in _upstream_for(inputs)]
+        _, ref_grads = run_op(inputs, "torch", upstream, **options)
+        assert all(torch.isfinite(g).all() for g in ref_grads.values())
+        dz_max = 100.0 * float(upstream[0].float().abs().max()) * 5  # |g| of several units
+        assert dz_max > 65504, "the case must exceed fp16's range in scale * dz"
+    check_against_reference(inputs, upstream_scale=upstream_scale, **options)
 
 
 @pytest.mark.parametrize("warp_over", ["kept", "all"])
@@ -270,6 +403,49 @@ def test_strided_inputs() -> None:
         views[name] = x.requires_grad_()
     assert views["q"].stride(-1) != 1 and views["k"].stride(1) != views["k"].shape[2]
     check_against_reference(views, **_scales(views), topk=3, warp_over="pruned")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+def test_topk_near_ties_between_distinct_keys(dtype: torch.dtype) -> None:
+    """Distinct keys whose scores differ by a few times the accumulation bound (key 9 is key 4
+    plus 2^-9 in one channel, key 20 likewise of key 11): both sides must rank them the same
+    way, exactly, in fp32 and in fp16 (whose inputs are exact in fp32 products)."""
+    gen = torch.Generator().manual_seed(8)
+    q = torch.randint(-4, 5, (B, NQ, 16), generator=gen).float() / 4
+    k = torch.randint(-4, 5, (B, NK, 16), generator=gen).float() / 4
+    k[:, 9] = k[:, 4]
+    k[:, 9, 0] += 2.0**-9
+    k[:, 20] = k[:, 11]
+    k[:, 20, 5] -= 2.0**-9
+    inputs = make_inputs(dtype, cqk=16)
+    inputs["q"], inputs["k"] = (x.to(_device(), dtype).requires_grad_() for x in (q, k))
+    args = [inputs[name] for name in GRAD_NAMES[:5]]
+    options = {"scale": 1.0, "prune_scale": 1.0, "topk": 4}
+    ref = kernels.dynamic_attention(*args, backend="torch", **options)
+    res = kernels.dynamic_attention(*args, backend="triton", **options)
+    assert torch.equal(res.topk, ref.topk)
+    check_topk(res.topk, ref.topk, inputs, options)
+
+
+@pytest.mark.parametrize("k", [8, 16, 32])
+def test_large_topk(k: int) -> None:
+    """k up to TOPK_MAX: every slot a distinct real key, as the reference ranks them (a list
+    wider than one key tile of 32 at k = 32)."""
+    inputs = make_inputs(torch.float32, cqk=16, cp=8, cv=8, nq=12, nk=40, warp=False)
+    args = [inputs[name] for name in GRAD_NAMES[:5]]
+    options = {"scale": 0.5, "prune_scale": 1.0, "topk": k}
+    with torch.no_grad():
+        ref = kernels.dynamic_attention(*args, backend="torch", **options)
+        res = kernels.dynamic_attention(*args, backend="triton", **options)
+    check_topk(res.topk, ref.topk, inputs, options)
+
+
+def test_topk_above_the_bound_is_refused() -> None:
+    inputs = make_inputs(torch.float32, cqk=16, cp=8, cv=8, nq=12, nk=40, warp=False)
+    args = [inputs[name] for name in GRAD_NAMES[:5]]
+    k = fused_dense.TOPK_MAX + 1
+    with pytest.raises(ValueError, match=f"topk \\({k}\\) must be at most 32"):
+        kernels.dynamic_attention(*args, scale=1.0, prune_scale=1.0, topk=k, backend="triton")
 
 
 def test_topk_ties_go_to_the_lower_key_index() -> None:

@@ -39,7 +39,11 @@ def brute_force(q, k, v, qp, kp, wv, candidates, *, scale, prune_scale, topk, wa
             order = sorted(range(len(keys)), key=lambda t: (-float(z[t].detach()), t))[:topk]
             tops.append([keys[t] for t in order])
             kept = s.detach() > 0
-            sel = {"kept": kept, "pruned": ~kept, "all": torch.ones_like(kept)}[warp_over]
+            if warp_over == "pruned":  # the release, transcribed: kept scores filled, then softmax
+                w = torch.softmax(torch.where(kept, torch.full_like(z, -1e4), z), dim=0)
+                warps.append(w @ wv[b, idx])
+                continue
+            sel = {"kept": kept, "all": torch.ones_like(kept)}[warp_over]
             if not sel.any():
                 sel = torch.ones_like(kept)
             w = torch.softmax(z[sel], dim=0)
@@ -151,8 +155,8 @@ def test_candidates_match_brute_force(cqk, cp, cv, kind, warp_over):
 
 
 def test_all_kept_and_none_kept_rows():
-    """Rows whose prune logits are all positive or all negative: conf is 1 or 0, and the warp
-    falls back to all keys when its restricted set is empty."""
+    """Rows whose prune logits are all positive or all negative: conf is 1 or 0, the "kept" warp
+    falls back to all keys when nothing is kept, the "pruned" one averages W when all is."""
     q, k, v, qp, kp, wv = _inputs(3, 16, 8, 8)
     with torch.no_grad():
         qp[:, :5] = 0.0
@@ -176,9 +180,13 @@ def test_all_kept_and_none_kept_rows():
         assert torch.equal(res.conf[:, 3:5], torch.zeros(B, 2, dtype=q.dtype))
         assert torch.equal(res.out[:, 3:5], torch.zeros_like(res.out[:, 3:5]))
         full = torch.softmax(0.25 * q @ k.transpose(1, 2), dim=-1) @ wv
-        # all-kept rows under "pruned" and none-kept rows under "kept" fall back to every key
-        fallback = {"kept": slice(3, 5), "pruned": slice(0, 3), "all": slice(0, 5)}[mode]
+        # none-kept rows under "kept" and "pruned" use every key; all-kept rows under "pruned"
+        # (the release's -1e4 fill of every score) the plain mean of the warp values
+        fallback = {"kept": slice(3, 5), "pruned": slice(3, 5), "all": slice(0, 5)}[mode]
         assert_close(res.warp[:, fallback], full[:, fallback], name=f"warp fallback ({mode})")
+        if mode == "pruned":
+            mean = wv.mean(dim=1, keepdim=True).expand(-1, 3, -1)
+            assert_close(res.warp[:, :3], mean, name="all kept under pruned: the mean of W")
 
 
 def test_topk_ranks_by_score_where_probabilities_underflow():
@@ -452,22 +460,169 @@ def test_candidate_builders_reject_bad_input(call, match):
         call()
 
 
-def test_index_tags_skip_range_checks_until_the_tensor_changes():
-    """Top-k and candidate lists the package built are known to be in range; an in-place change
-    voids that knowledge and the range check runs again."""
-    from kernels.candidates import known_bound
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("dense", [True, False], ids=["dense", "candidates"])
+def test_pruned_warp_is_the_release_formula(backend, dense):
+    """warp_over="pruned" is the release's `softmax(z.masked_fill(kept, -1e4)) @ W`: a query that
+    keeps every key gets the plain mean of the warp values (not a softmax of z), one that keeps
+    some gets the softmax over the pruned keys, one that keeps none the softmax over all."""
+    g = torch.Generator().manual_seed(5)
+    n, c = 8, 4
+    q, k = torch.randn(2, n, c, generator=g), torch.randn(2, n, c, generator=g)
+    wv = torch.randn(2, n, 3, generator=g)
+    kp = torch.ones(2, n, 2)
+    kp[:, ::2, 1] = -1.0  # even keys: the sign of a mixed query's second channel
+    qp = torch.zeros(2, n, 2)
+    qp[:, 0::3, 0] = 2.0  # keeps every key
+    qp[:, 1::3, 0] = -2.0  # keeps none
+    qp[:, 2::3, 1] = 1.0  # keeps the odd keys
+    z = q @ k.transpose(1, 2)
+    kept = qp @ kp.transpose(1, 2) > 0
+    release = torch.softmax(z.masked_fill(kept, -1e4), dim=-1) @ wv
+    args = (q, k, torch.randn(2, n, 5, generator=g), qp, kp)
+    common = dict(scale=1.0, prune_scale=1.0, warp_values=wv, warp_over="pruned", backend=backend)
+    if dense:
+        res = kernels.dynamic_attention(*args, **common)
+    else:
+        every_key = torch.arange(n).expand(2, n, n).contiguous()
+        res = kernels.candidate_attention(*args, every_key, **common)
+    assert_close(res.warp, release, name="warp", magnitude=wv.abs().max().expand_as(release))
+    assert_close(res.warp[:, 0], wv.mean(dim=1), name="all-kept row: the mean of W")
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("dense", [True, False], ids=["dense", "candidates"])
+@pytest.mark.parametrize("prune_scale", [1.0, -1.0], ids=["plus0", "minus0"])
+def test_zero_prune_logits_are_pruned(backend, dense, prune_scale):
+    """m = 1[s > 0]: a logit of exactly +0 or -0 prunes its key (s >= 0 would keep it). Queries
+    with a zero prune vector see only zero logits; keys with a zero prune vector give every
+    query a zero logit; the others keep a margin."""
+    g = torch.Generator().manual_seed(6)
+    n, c = 8, 4
+    q, k = torch.randn(2, n, c, generator=g), torch.randn(2, n, c, generator=g)
+    v, wv = torch.randn(2, n, 5, generator=g), torch.randn(2, n, 3, generator=g)
+    qp = torch.zeros(2, n, 2)
+    qp[:, 2:, 0] = torch.where(torch.arange(2, n) % 2 == 0, 1.0, -1.0) * prune_scale
+    kp = torch.zeros(2, n, 2)
+    kp[:, 3:, 0] = 1.0  # keys 0-2: zero logits for every query
+    s = prune_scale * (qp @ kp.transpose(1, 2))
+    assert (s == 0).any() and (s > 0).any()
+    kept = s > 0
+    z = q @ k.transpose(1, 2)
+    p = torch.softmax(z, dim=-1)
+    common = dict(scale=1.0, prune_scale=prune_scale, warp_values=wv, backend=backend)
+    if dense:
+        res = kernels.dynamic_attention(q, k, v, qp, kp, **common)
+    else:
+        every_key = torch.arange(n).expand(2, n, n).contiguous()
+        res = kernels.candidate_attention(q, k, v, qp, kp, every_key, **common)
+    assert torch.equal(res.conf[:, :2], torch.zeros(2, 2)), "zero logits kept a key"
+    assert_close(res.conf, (p * kept).sum(-1), name="conf", magnitude=torch.ones(1))
+    assert_close(res.out, (p * kept) @ v, name="out", magnitude=p @ v.abs())
+    sel = kept | ~kept.any(-1, keepdim=True)
+    w = torch.softmax(z.masked_fill(~sel, float("-inf")), dim=-1)
+    assert_close(res.warp, w @ wv, name="warp", magnitude=w @ wv.abs())
+
+
+def _candidate_call(t, cand, backend="torch", topk=0):
+    return kernels.candidate_attention(
+        t["q"], t["k"], t["v"], t["q_prune"], t["k_prune"], cand,
+        scale=1.0, prune_scale=1.0, topk=topk, backend=backend,
+    )  # fmt: skip
+
+
+def test_candidate_lists_cannot_be_changed_from_outside():
+    """A CandidateList's indices are private: every view of them is a copy, so no edit (in place,
+    in inference mode, through .data or .numpy()) reaches the list the operators read, and only
+    the builders construct one."""
+    from kernels.candidates import CandidateList, candidate_indices
 
     t = _good()
-    res = _call_dense(t, topk=2)
-    assert known_bound(res.topk) == 12
+    top = _call_dense(t, topk=2).topk
+    cand = kernels.inner_scale_candidates(top, 3, 4)
+    assert isinstance(cand, CandidateList) and cand.bound == 12 and cand.window is None
+    before = candidate_indices(cand).clone()
+    cand.indices[0, 0, 0] = 99
+    cand.data[0, 0, 0] = 99
+    cand.numpy()[0, 0, 0] = 99
+    cand[0][0, 0] = 99
+    with torch.inference_mode():
+        cand.indices.add_(1)
+    assert torch.equal(candidate_indices(cand), before)
+    assert torch.equal(cand, before) and cand.shape == before.shape and cand.dtype == torch.int64
+    for name in ("indices", "_indices", "_window"):
+        with pytest.raises(AttributeError):
+            setattr(cand, name, before)
+    with pytest.raises(ValueError, match="built only by"):
+        CandidateList(object(), before, 12, None)
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_out_of_range_candidates_are_rejected_on_every_backend(backend):
+    """A plain tensor is range-checked: Nk itself (which would read the next sample's first key
+    through a flattened view) and negatives are errors on both backends."""
+    t = _good()
+    top = _call_dense(t, topk=2).topk
+    plain = kernels.inner_scale_candidates(top, 3, 4).indices
+    for value in (12, -1):
+        bad = plain.clone()
+        bad[1, 11, 3] = value
+        with pytest.raises(ValueError, match=r"candidates values must lie in \[0, 12\)"):
+            _candidate_call(t, bad, backend)
+
+
+def test_reference_gather_never_reads_the_next_sample():
+    """Called directly, without the operator's check, an index equal to N reads within its own
+    sample (clamped), never the next sample's first row."""
+    from kernels.reference import _gather_rows
+
+    x = torch.arange(2 * 3, dtype=torch.float32).view(2, 3, 1)
+    rows = _gather_rows(x, torch.tensor([[[3]], [[0]]]))
+    assert rows.flatten().tolist() == [2.0, 3.0]
+
+
+def test_deferred_range_checks_raise_once_flagged(monkeypatch):
+    """On a GPU the check only launches a flag (no synchronisation per call): a bad list runs on
+    clamped indices, and the error is raised by `check_index_errors()` (once per step) or by a
+    later check that finds the flag computed. Forced here on the CPU."""
+    from kernels import candidates
+
+    monkeypatch.setattr(candidates, "_defers", lambda index: True)
+    monkeypatch.setattr(candidates, "_pending", [])
+    bad = torch.zeros(2, 12, 3, dtype=torch.long)
+    bad[0, 5, 1] = 12
+    kernels.check_index_errors()  # nothing pending: free
+    cand = kernels.inner_scale_candidates(bad, 3, 4)  # deferred: no error yet
+    assert int(candidates.candidate_indices(cand).max()) < 12  # built from clamped indices
+    with pytest.raises(ValueError, match=r"topk values must lie in \[0, 12\) \(a deferred"):
+        kernels.check_index_errors()
+    kernels.check_index_errors()  # reported once
+    kernels.inner_scale_candidates(bad, 3, 4)
+    with pytest.raises(ValueError, match="deferred range check"):
+        kernels.inner_scale_candidates(torch.zeros_like(bad), 3, 4)  # finds the earlier flag
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_nan_query_rows_give_defined_top_k(backend):
+    """A NaN score ranks as -inf: a NaN query selects keys 0..k-1 (candidate positions 0..k-1),
+    every index is a real key, and the builders accept the result."""
+    t = _good()
+    t["q"] = t["q"].detach().clone()
+    t["q"][0, 4] = float("nan")
+    res = kernels.dynamic_attention(
+        t["q"], t["k"], t["v"], t["q_prune"], t["k_prune"],
+        scale=1.0, prune_scale=1.0, topk=3, backend=backend,
+    )  # fmt: skip
+    assert res.topk[0, 4].tolist() == [0, 1, 2]
+    assert int(res.topk.max()) < 12
     cand = kernels.inner_scale_candidates(res.topk, 3, 4)
-    assert known_bound(cand) == 12
-    cand[0, 0, 0] = 99  # in place: the tag no longer holds
-    assert known_bound(cand) is None
-    with pytest.raises(ValueError, match="candidates values must lie in"):
-        kernels.candidate_attention(
-            t["q"], t["k"], t["v"], t["q_prune"], t["k_prune"], cand, scale=1.0, prune_scale=1.0
-        )
+    got = _candidate_call(t, cand, backend, topk=2).topk
+    assert got[0, 4].tolist() == candidates_first(cand, 0, 4, 2)
+    assert int(got.max()) < 12
+
+
+def candidates_first(cand, b: int, i: int, k: int) -> list[int]:
+    return cand.indices[b, i, :k].tolist()
 
 
 def test_builders_and_operators_run_under_inference_mode():
@@ -489,3 +644,24 @@ def test_builders_and_operators_run_under_inference_mode():
                 topk=2,
             )
             assert res.topk.shape == (2, 16, 2)
+
+
+@pytest.mark.gpu
+def test_deferred_range_check_on_gpu():
+    """On CUDA a bad list runs on clamped indices without a synchronisation, and the error comes
+    from `check_index_errors()` (or a later check once the device has computed the flag)."""
+    t = {name: x.cuda() for name, x in _good().items()}
+    top = _call_dense(t, topk=2).topk
+    bad = kernels.inner_scale_candidates(top, 3, 4).indices
+    bad[1, 11, 3] = 12
+    kernels.check_index_errors()
+    for backend in ("torch", "triton"):
+        res = _candidate_call(t, bad, backend)  # no error yet, reads stay inside the keys
+        assert torch.isfinite(res.out).all()
+        with pytest.raises(ValueError, match=r"candidates values must lie in \[0, 12\)"):
+            kernels.check_index_errors()
+    coarse = torch.full((2, 3, 2), 3, device="cuda")
+    kernels.inter_scale_candidates(coarse, 2, 6)  # coarse grid of 3 tokens: 3 is out of range
+    torch.cuda.synchronize()
+    with pytest.raises(ValueError, match="deferred range check"):
+        kernels.inner_scale_candidates(top, 3, 4)  # finds the finished flag

@@ -178,7 +178,16 @@ def test_two_processes_train_like_one_with_the_same_global_batch(run):
     names = {p.name for p in (two / "checkpoints" / "checkpoint_00000004" / "state").iterdir()}
     assert {"random_states_0.pkl", "random_states_1.pkl"} <= names
 
-    # The first steps agree to float summation order (the logged losses of steps 1-2)...
+    # The logged losses of step 2 average steps 1 and 2. Step 1 runs the same weights on the same
+    # global batch, so it agrees to summation order (~1e-7 relative). Step 2 does not: Adam's first
+    # update moves every weight by about lr x sign(g), and a gradient component that rounding
+    # leaves near zero takes either sign, so the two runs start step 2 up to 2 lr apart on those
+    # weights; the discontinuous top-k and prune mask turn that into finite jumps of the loss. No
+    # accumulation bound holds past that update, so step 2 is held to the same relative agreement
+    # as the weights below (2e-3; the difference measured on a 2-core AMD EPYC was 1.1e-4), relative
+    # to the size of the terms each loss averages: logits, hinge terms and L1 distances of images
+    # in [-1, 1], of order one here, so a mean that cancels to ~1e-3 (the generator's GAN loss) is
+    # compared at 2e-3 absolute, not at 2e-3 of itself.
     def losses_at_2(text: str) -> dict[str, float]:
         for record in map(json.loads, text.splitlines()):
             if record["step"] == 2 and "loss/warp" in record:
@@ -186,9 +195,11 @@ def test_two_processes_train_like_one_with_the_same_global_batch(run):
         raise AssertionError("no losses logged at step 2")
 
     expected = losses_at_2(run["metrics"])
-    assert losses_at_2((two / "metrics.jsonl").read_text()) == pytest.approx(expected, abs=1e-4)
-    # ...then Adam's first updates (about lr x sign(g)) and the discontinuous top-k amplify that
-    # noise a little: after 4 steps the weights agree to ~1e-3 of their largest magnitude.
+    got = losses_at_2((two / "metrics.jsonl").read_text())
+    assert got.keys() == expected.keys()
+    for key, value in expected.items():
+        assert got[key] == pytest.approx(value, abs=2e-3 * max(abs(value), 1.0)), key
+    # After 4 steps the weights agree to ~1e-3 of their largest magnitude.
     ours, single = _weights(two / "final"), run["step4"]
     worst = max(float((ours[k].float() - single[k].float()).abs().max()) for k in ours)
     scale = max(float(single[k].float().abs().max()) for k in single)
