@@ -49,7 +49,7 @@ from dynast.generator import Generator  # noqa: E402
 
 BACKENDS = ("triton", "torch")
 AMP = {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}
-WARP_WEIGHT = 1000.0  # method.md section 5
+WARP_WEIGHT = 1000.0  # docs/method.md section 5
 COLUMNS = [
     "timestamp", "gpu", "torch", "triton", "commit", "config", "image_size", "batch", "amp",
     "backend", "status", "median_ms", "peak_mb", "image_rel_rms",

@@ -1,4 +1,4 @@
-"""One dynamic attention block (method.md section 3): cross-attention from the running query
+"""One dynamic attention block (docs/method.md section 3): cross-attention from the running query
 feature to the exemplar feature of the same scale through `kernels`, blended with a SPADE branch
 where the exemplar offers no kept match.
 

@@ -1,5 +1,5 @@
 """Convolutional building blocks of the generator: normalisations, SPADE, residual blocks, the
-encoder and the x2 upsamplers (method.md section 2; the release's `architecture.py` lineage).
+encoder and the x2 upsamplers (docs/method.md section 2; the release's `architecture.py` lineage).
 
 Every 3x3 convolution pads by reflection, as in the release. Weights are initialised where they are
 built (xavier-normal with the configured gain, biases zero), *before* spectral norm wraps a

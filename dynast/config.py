@@ -3,7 +3,7 @@
 Channel widths follow the release: at pyramid level `l` (0 = finest, `num_scales - 1` =
 coarsest) a unit `u` becomes `u * min(2**l, max_multiplier)`. With ngf 64, pos_unit 16 and
 prune_unit 16 that gives the released C_v 512/256/128/64, C_pos 128/64/32/16 and C_p 128/64/32/16
-(method.md section 2).
+(docs/method.md section 2).
 """
 
 from __future__ import annotations
@@ -160,7 +160,7 @@ def _check_positive_real(name: str, value: object) -> None:
 
 
 def _released(name: str, semantic_nc: int) -> DynaSTConfig:
-    """The released DeepFashion architecture (method.md section 2) with another semantic input."""
+    """The released DeepFashion architecture (docs/method.md section 2), another semantic input."""
     return DynaSTConfig(
         name=name,
         semantic_nc=semantic_nc,
@@ -182,7 +182,7 @@ PRESETS: dict[str, DynaSTConfig] = {
     # candidate; the fused kernels do not). Its coarsest scale, dense, is 64 x 64 tokens.
     "deepfashion-512": dataclasses.replace(_released("deepfashion-512", 20), image_size=512),
     "celebahq-edge-256": _released("celebahq-edge-256", 15),
-    # 150 classes plus "other", one-hot (method.md section 6).
+    # 150 classes plus "other", one-hot (docs/method.md section 6).
     "ade20k-256": _released("ade20k-256", 151),
     "synthetic-64": DynaSTConfig(),
 }

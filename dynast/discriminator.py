@@ -1,4 +1,4 @@
-"""Multi-scale PatchGAN discriminator conditioned on the semantic map (method.md section 5; the
+"""Multi-scale PatchGAN discriminator conditioned on the semantic map (docs/method.md section 5; the
 SPADE/CoCosNet `MultiscaleDiscriminator` lineage as the release configures it).
 
 Each scale is an `NLayerDiscriminator` on `concat(S, image)`: a 4x4 stride-2 conv and

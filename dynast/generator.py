@@ -1,4 +1,4 @@
-"""The DynaST generator (method.md sections 2 and 3).
+"""The DynaST generator (docs/method.md sections 2 and 3).
 
 Reads top to bottom as the forward pass does, coarsest scale first:
 
@@ -13,7 +13,8 @@ Reads top to bottom as the forward pass does, coarsest scale first:
 5. a decoder: the coarsest transformer output is upsampled, added to the next scale's transformer
    output and fused by a SPADE residual block, scale after scale; a 3x3 conv and tanh at the end.
 
-Ours differs from the release where method.md says so: a dedicated fusion block at the finest scale
+Ours differs from the release where docs/method.md says so: a dedicated fusion block at the
+finest scale
 (the release reuses its query embedding there), the interpolated positional map, any number of
 scales and blocks per scale.
 """

@@ -1,5 +1,5 @@
-"""VGG19 features for the perceptual losses (method.md section 5), from a local ImageNet weights
-file in torchvision's layout. Nothing here downloads.
+"""VGG19 features for the perceptual losses (docs/method.md section 5), from a local ImageNet
+weights file in torchvision's layout. Nothing here downloads.
 
 torchvision cannot be imported next to our CPU torch, so the conv stack is defined here with
 torchvision's module indices: the state dict of torchvision's `vgg19` (`features.0.weight`, ...,

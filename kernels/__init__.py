@@ -1,6 +1,6 @@
 """Dynamic sparse attention of DynaST: fused Triton kernels with PyTorch references.
 
-Tensors are token-major, tokens row-major (`y * W + x`). See method.md section 4.
+Tensors are token-major, tokens row-major (`y * W + x`). See docs/method.md section 4.
 """
 
 from .candidates import (

@@ -1,4 +1,4 @@
-"""Candidate sets of the sparse scales (method.md section 4), built from earlier top-k indices.
+"""Candidate sets of the sparse scales (docs/method.md section 4), built from earlier top-k indices.
 
 Both builders are cheap integer index arithmetic on [B, N, k] tensors, so plain PyTorch is enough on
 every device; the kernels only consume their output, an immutable `CandidateList`.

@@ -1,6 +1,6 @@
 """Fused Triton kernels of candidate (sparse) dynamic attention, forward and backward.
 
-Specification: `kernels.reference.reference_candidate_attention` (method.md section 4). Design
+Specification: `kernels.reference.reference_candidate_attention` (docs/method.md section 4). Design
 notes: docs/kernels-candidates.md. In short:
 
 - A program owns a tile of query *groups*. A group is one query (general candidates) or the four

@@ -1,4 +1,4 @@
-"""Fused Triton kernels of dense dynamic attention (method.md section 4), forward and backward.
+"""Fused Triton kernels of dense dynamic attention (docs/method.md section 4), forward and backward.
 
 The forward works in the manner of flash attention: a program owns a tile of queries (and a chunk
 of the value channels), streams key tiles, and keeps per query the running softmax statistics over
@@ -1266,7 +1266,7 @@ def _random_inputs(
 
 
 def _release_scales(dims: dict[str, int]) -> tuple[float, float]:
-    """The release's dense scales (method.md section 4): 1/sqrt(Cqk) and 1/Cp."""
+    """The release's dense scales (docs/method.md section 4): 1/sqrt(Cqk) and 1/Cp."""
     return 1.0 / math.sqrt(dims["Cqk"]), 1.0 / dims["Cp"]
 
 

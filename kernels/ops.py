@@ -201,7 +201,7 @@ def dynamic_attention(
     warp_over: str = "kept",
     backend: str = "auto",
 ) -> AttentionOutput:
-    """Dense dynamic attention (method.md section 4): each query attends to every key.
+    """Dense dynamic attention (docs/method.md section 4): each query attends to every key.
 
     q [B, Nq, Cqk], k [B, Nk, Cqk], v [B, Nk, Cv], q_prune [B, Nq, Cp], k_prune [B, Nk, Cp],
     warp_values [B, Nk, Cw] or None. `topk` > 0 also returns the k best key indices per query.
@@ -241,7 +241,7 @@ def candidate_attention(
     warp_over: str = "kept",
     backend: str = "auto",
 ) -> AttentionOutput:
-    """Sparse dynamic attention: query i attends to the keys `candidates[b, i, :]` (method.md
+    """Sparse dynamic attention: query i attends to the keys `candidates[b, i, :]` (docs/method.md
     section 4), duplicates counted. Shapes as `dynamic_attention`, plus candidates [B, Nq, M] with
     values in [0, Nk): a CandidateList from the builders, or a plain int tensor, which is
     range-checked (on a GPU the error surfaces at `kernels.check_index_errors()` or a later call;

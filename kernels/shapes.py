@@ -1,7 +1,7 @@
 """The attention problems of the real models: sizes per block, and realistic inputs for them.
 
 `kernels` must not import `dynast`, so the autotuner and the benchmarks take the sizes of the
-generator's attention blocks from here (method.md section 2; kernels.md "Sizes that matter").
+generator's attention blocks from here (docs/method.md section 2, the sizes table).
 The deepfashion-256 model has, per sample:
 
     block   grid     queries  candidates  Cqk  Cp   Cv
@@ -36,7 +36,7 @@ from torch import Tensor
 from .candidates import CandidateList, inner_scale_candidates, inter_scale_candidates
 
 BLOCKS = ("dense", "inter", "inner")
-# Candidates per query, as a multiple of k (method.md section 4).
+# Candidates per query, as a multiple of k (docs/method.md section 4).
 CANDIDATES_PER_MATCH = {"inter": 4, "inner": 5}
 
 

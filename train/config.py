@@ -46,7 +46,7 @@ def _positive_int(owner: str, name: str, value: object, *, allow_zero: bool = Fa
 
 @dataclass(frozen=True)
 class LossWeights:
-    """Weights of the generator losses (method.md section 5; release values by default).
+    """Weights of the generator losses (docs/method.md section 5; release values by default).
 
     The VGG terms are used only when VGG19 weights are available; `vgg` weighs the L1 over five
     layers (layer weights 1/32 ... 1), `vgg_mse` the MSE at relu4_2. `l1` (ours, not in the
@@ -325,7 +325,8 @@ def release_recipe(name: str) -> TrainConfig:
     )
 
 
-# The data side of each released preset (method.md section 6; docs/data.md). DeepFashion follows
+# The data side of each released preset (docs/method.md section 6; docs/data.md). DeepFashion
+# follows
 # DynaST's train_deepfashion.sh (load 256 = crop, --no_flip, --video_like, reference
 # probabilities 0); CelebA-HQ edges and ADE20K follow CoCosNet's dataset defaults (load 286, crop
 # 256, flips) and its training defaults real_reference_probability 0.7 / hard 0.2, since DynaST

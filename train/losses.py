@@ -1,4 +1,4 @@
-"""Losses of DynaST training (method.md section 5), per sample.
+"""Losses of DynaST training (docs/method.md section 5), per sample.
 
 Every function returns one value per sample ([B], fp32) so the loop can weight samples (only pairs
 with a ground truth count for the reconstruction terms) and normalise the weights over the global

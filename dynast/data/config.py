@@ -8,7 +8,8 @@ from typing import Any
 from .textures import photo_textures_available
 
 DATA_KINDS = ("synthetic", "folder", "deepfashion", "celebahq-edge", "ade20k")
-# The datasets of method.md section 6 read from their original layouts; their semantic input is a
+# The datasets of docs/method.md section 6 read from their original layouts; their semantic
+# input is a
 # fixed encoding with this many channels (DeepFashion: pose drawing + limb distance maps;
 # CelebA-HQ: edges + part distance maps; ADE20K: 150 classes plus "unknown", one-hot).
 ENCODING_CHANNELS = {"deepfashion": 20, "celebahq-edge": 15, "ade20k": 151}

@@ -1,4 +1,4 @@
-"""The plain folder format (method.md section 6, ours): how users bring their own data.
+"""The plain folder format (docs/method.md section 6, ours): how users bring their own data.
 
     root/images/<name>.png|.jpg|.jpeg   RGB photos (any mode PIL reads; converted to RGB)
     root/labels/<name>.png              class-index maps: 8-bit grey ("L"), palette ("P", the

@@ -40,7 +40,7 @@ def test_unknown_preset_lists_names():
 
 
 def test_released_widths_per_scale():
-    """method.md section 2: C_v 512/256/128/64, C_qk 640/320/160/80, C_p 128/64/32/16."""
+    """docs/method.md section 2: C_v 512/256/128/64, C_qk 640/320/160/80, C_p 128/64/32/16."""
     cfg = preset("deepfashion-256")
     assert cfg.semantic_nc == 20
     assert cfg.coarsest_size == 32

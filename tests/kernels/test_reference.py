@@ -1,6 +1,6 @@
 """The PyTorch reference operators against a brute-force per-query loop, and the API's errors.
 
-The brute force follows method.md section 4 literally, one query at a time, in float64; every
+The brute force follows docs/method.md section 4 literally, one query at a time, in float64; every
 output and every input gradient of the reference must match it.
 """
 

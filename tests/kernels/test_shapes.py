@@ -1,4 +1,5 @@
-"""The model's attention sizes (kernels.md table), the shape syntax, and the realistic inputs."""
+"""The model's attention sizes (docs/method.md section 2 table), the shape syntax, and the
+realistic inputs."""
 
 import math
 
