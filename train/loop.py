@@ -410,6 +410,16 @@ def train(cfg: RunConfig) -> TrainResult:
         check_image_size(cfg.model)
     except ValueError as e:
         raise TrainingError(f"model: {e}") from None
+    # Data first: a missing or broken dataset is one error before Accelerate, the model or any
+    # file is set up.
+    try:
+        train_set = build_dataset(cfg.data, "train")
+        eval_set = build_dataset(cfg.data, "test")
+        count = min(tc.eval_pairs, len(eval_set))
+        eval_samples = [eval_set[i] for i in range(count)]
+    except (OSError, ValueError, KeyError, IndexError) as e:
+        raise TrainingError(f"data: {clean_message(e)}") from None
+
     fp16 = tc.mixed_precision == "fp16"
     # fp16 gets one loss scaler per optimizer (below) instead of Accelerate's single shared one,
     # so Accelerate itself runs without mixed precision and we autocast to fp16 ourselves.
@@ -427,16 +437,6 @@ def train(cfg: RunConfig) -> TrainResult:
         if fp16:
             return torch.autocast(device.type, dtype=torch.float16)
         return accelerator.autocast()
-
-    # Data first: a missing or broken dataset is one error before any model is built or any file
-    # written.
-    try:
-        train_set = build_dataset(cfg.data, "train")
-        eval_set = build_dataset(cfg.data, "test")
-        count = min(tc.eval_pairs, len(eval_set))
-        eval_samples = [eval_set[i] for i in range(count)]
-    except (OSError, ValueError, KeyError, IndexError) as e:
-        raise TrainingError(f"data: {clean_message(e)}") from None
 
     # Run folder: writable, locked by this run, every output path checked, leftovers of an
     # interrupted save removed, resume point verified.

@@ -207,7 +207,8 @@ def test_training_on_a_broken_tree_is_one_clear_line(tmp_path, capsys):
         ["--preset", "deepfashion-256", "--data.root", str(root), "--output-dir", str(run_dir),
          "--model.image_size", "32", "--data.image_size", "32", "--model.ngf", "8",
          "--model.ndf", "8", "--model.num_scales", "3", "--model.pos_unit", "4",
-         "--model.prune_unit", "4", "--train.loss.vgg", "0", "--train.loss.vgg_mse", "0"]
+         "--model.prune_unit", "4", "--model.disc_layers", "3", "--model.num_discriminators",
+         "1", "--train.loss.vgg", "0", "--train.loss.vgg_mse", "0"]
     )  # fmt: skip
     err = capsys.readouterr().err
     assert code == 1, err
