@@ -26,7 +26,6 @@ autograd.Function, the public `attention`.
 from __future__ import annotations
 
 import inspect
-import os
 from collections.abc import Callable
 
 import torch
@@ -38,6 +37,7 @@ from torch.autograd.function import once_differentiable
 from .aot import AotCase
 from .candidates import CandidateList, candidate_indices, window_shared_grid
 from .reference import WARP_MODES
+from .runtime import interpreting
 from .shapes import AttentionShape, make_problem
 from .tuning import LaunchConfig, TunableKernel, tuned_config
 
@@ -424,10 +424,6 @@ def _candidate_bwd_kernel(
 # --------------------------------------------------------------------------------------------------
 
 
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-
-
 def _dims(q: Tensor, k_prune: Tensor, v: Tensor, cand: Tensor, cw: int, group: int) -> dict:
     """The shape key of a problem (bucketed by `kernels.tuning`)."""
     return {
@@ -658,7 +654,7 @@ def _default(dims: dict[str, int]) -> LaunchConfig:
 
 
 def _config(kernel: TunableKernel, dims: dict[str, int], device: torch.device) -> LaunchConfig:
-    if _interpreting():
+    if interpreting():
         return kernel.default(dims)  # no tuning table applies to the CPU interpreter
     return tuned_config(kernel, dims, device)
 
