@@ -36,14 +36,13 @@ from torch.autograd.function import once_differentiable
 
 from .aot import AotCase
 from .candidates import CandidateList, candidate_indices, window_shared_grid
-from .reference import WARP_MODES
+from .reference import WARP_MODE_IDS
 from .runtime import interpreting
 from .shapes import AttentionShape, make_problem
 from .tuning import LaunchConfig, TunableKernel, tuned_config
 
 # WARP_MODE constexpr: 0 = no warp output, then one per `warp_over` value.
-_WARP_MODE = {mode: i + 1 for i, mode in enumerate(WARP_MODES)}
-_KEPT = _WARP_MODE["kept"]
+_KEPT = WARP_MODE_IDS["kept"]
 WINDOW = 4  # queries of a 2x2 window that share one inter-scale candidate list
 
 
@@ -973,7 +972,7 @@ def attention(
         height, width = window
         if height % 2 or width % 2 or height * width != nq:
             window = None  # a mark that does not describe these queries: treat lists as own
-    warp_mode = _WARP_MODE[warp_over] if warp_values is not None else 0
+    warp_mode = WARP_MODE_IDS[warp_over] if warp_values is not None else 0
     out, conf, top, warp = _CandidateAttention.apply(
         q.contiguous(),
         k.contiguous(),

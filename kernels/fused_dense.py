@@ -28,6 +28,7 @@ import triton.language as tl
 from torch import Tensor
 
 from .aot import AotCase
+from .reference import WARP_MODE_IDS
 from .runtime import interpreting
 from .tuning import LaunchConfig, TunableKernel, tuned_config
 
@@ -35,7 +36,6 @@ from .tuning import LaunchConfig, TunableKernel, tuned_config
 _LOG2E = tl.constexpr(math.log2(math.e))
 _LOWEST = tl.constexpr(-3.4028234663852886e38)  # -FLT_MAX: the rank of NaN and -inf scores
 # Warp modes as the kernels see them: 0 = no warp requested.
-WARP_MODE_IDS = {"kept": 1, "pruned": 2, "all": 3}
 
 
 # --------------------------------------------------------------------------------------------------
