@@ -32,7 +32,6 @@ import argparse
 import functools
 import importlib
 import math
-import os
 import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
@@ -41,6 +40,8 @@ from pathlib import Path
 
 import torch
 from torch import Tensor
+
+from kernels.runtime import interpreting
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script from anywhere, without PYTHONPATH
@@ -579,8 +580,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench_attention: {err}", file=sys.stderr)
         return 2
     shapes = [(p, s) for p, s in shapes if s.block in blocks]
-    interpreting = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-    if "fused" in impls and not on_gpu and not interpreting:
+    on_interpreter = interpreting()
+    if "fused" in impls and not on_gpu and not on_interpreter:
         print(
             "bench_attention: the fused kernels need a CUDA device (or TRITON_INTERPRET=1); "
             "leave 'fused' out of --impls on a CPU",

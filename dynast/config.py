@@ -12,8 +12,12 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
-WARP_OVER_CHOICES = ("kept", "pruned", "all")
-ATTENTION_BACKENDS = ("auto", "torch", "triton")
+from kernels.ops import BACKENDS
+from kernels.reference import WARP_MODES
+
+# The operators' own choices, under the names the model config has always used.
+WARP_OVER_CHOICES = WARP_MODES
+ATTENTION_BACKENDS = BACKENDS
 
 
 @dataclass(frozen=True)

@@ -31,12 +31,9 @@ _IGNORED_PREFIX = "classifier."
 
 
 def default_vgg_weights_path() -> Path:
-    """`$TORCH_HOME/hub/checkpoints/vgg19-dcbb9e9d.pth`, TORCH_HOME defaulting to ~/.cache/torch
-    (where torchvision would have cached the file)."""
-    torch_home = os.environ.get("TORCH_HOME") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "torch"
-    )
-    return Path(torch_home) / "hub" / "checkpoints" / VGG19_WEIGHTS_FILE
+    """`<torch.hub.get_dir()>/checkpoints/vgg19-dcbb9e9d.pth`: where torchvision would have cached
+    the file (`$TORCH_HOME/hub`, by default ~/.cache/torch/hub)."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / VGG19_WEIGHTS_FILE
 
 
 def resolve_vgg_weights(path: str | os.PathLike | None) -> Path:

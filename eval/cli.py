@@ -11,32 +11,23 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from eval.device import resolve_device
 from eval.images import FolderImages, ImageFolder, ImageFolderError, scan_folder
+from eval.inception import EXTRACTOR_NAME, FEATURE_DIM, PREPROCESSING
+from eval.inception_weights import LoadedInception, load_inception
 from eval.paired import IMPLEMENTATION as PAIRED_IMPLEMENTATION
-from eval.paired import PAIRED_METRICS
+from eval.paired import PAIRED_METRICS, PairedMetrics
 from eval.provenance import append_jsonl, environment, now
-
-if TYPE_CHECKING:
-    from eval.inception_weights import LoadedInception
+from eval.swd import SWDConfig, swd_from_batches
 
 ALL_METRICS = ("fid", "swd", *PAIRED_METRICS)
 DEFAULT_METRICS = "fid,swd"
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {name}: no CUDA device is available")
-    return device
 
 
 def _loader(folder: ImageFolder, args: argparse.Namespace, files=None) -> DataLoader:
@@ -64,8 +55,6 @@ def parse_metrics(text: str) -> tuple[str, ...]:
 
 def extractor_meta() -> dict[str, object]:
     """The network and preprocessing that features come from (weights aside)."""
-    from eval.inception import EXTRACTOR_NAME, FEATURE_DIM, PREPROCESSING
-
     return {"extractor": EXTRACTOR_NAME, "preprocessing": PREPROCESSING, "feature_dim": FEATURE_DIM}
 
 
@@ -81,8 +70,8 @@ def fid_meta(loaded: LoadedInception, folder: ImageFolder) -> dict[str, object]:
 
 
 def run_ref(args: argparse.Namespace) -> int:
+    # eval.fid imports torchmetrics' FID (a second or two): only the commands that compute it pay.
     from eval.fid import new_metric, save_stats, stats_of, update_metric
-    from eval.inception_weights import load_inception
 
     folder = scan_folder(args.images, "--images")
     if len(folder) < 2:
@@ -180,7 +169,6 @@ def _check_stats_early(args: argparse.Namespace, stats, fake: ImageFolder) -> No
 
 def _compute_fid(args, real, real_stats, fake: ImageFolder, device) -> tuple[float, dict]:
     from eval.fid import check_compatible, load_stats_into, new_metric, update_metric
-    from eval.inception_weights import load_inception
 
     loaded = load_inception(args.inception_weights)
     current = fid_meta(loaded, fake)
@@ -219,16 +207,12 @@ def _compute_fid(args, real, real_stats, fake: ImageFolder, device) -> tuple[flo
 
 
 def _torchmetrics_version() -> str:
-    import torchmetrics
+    import torchmetrics  # here, not at the top: about a second to import, for one version string
 
     return torchmetrics.__version__
 
 
 def _compute_swd(args, real: ImageFolder, fake: ImageFolder, device) -> tuple[dict, dict]:
-    from dataclasses import asdict
-
-    from eval.swd import SWDConfig, swd_from_batches
-
     cfg = SWDConfig(seed=args.seed)
 
     def batches(folder: ImageFolder):
@@ -247,8 +231,6 @@ def _compute_swd(args, real: ImageFolder, fake: ImageFolder, device) -> tuple[di
 
 
 def _compute_paired(args, real: ImageFolder, fake: ImageFolder, names, device) -> dict:
-    from eval.paired import PairedMetrics
-
     by_name = dict(zip(fake.names, fake.files, strict=True))
     fake_files = [by_name[name] for name in real.names]
     metric = PairedMetrics(names, device)
@@ -399,6 +381,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run_corr(args: argparse.Namespace) -> int:
+    # Here, not at the top: it imports the model and the kernels (Triton), which calc and ref
+    # never need.
     from eval.correspondence import run_corr
 
     return run_corr(args)

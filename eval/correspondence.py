@@ -22,6 +22,7 @@ from dynast.config import DynaSTConfig
 from dynast.data import DataConfig, build_dataset, correspondence_accuracy
 from dynast.generator import Generator
 from dynast.io import load_generator, resolve_generator_dir
+from eval.device import resolve_device
 from eval.provenance import append_jsonl, environment, now
 
 
@@ -82,8 +83,6 @@ def correspondence_by_block(
 
 def run_corr(args: argparse.Namespace) -> int:
     """`python -m eval corr`: print the accuracies and append a JSON line to --results."""
-    from eval.cli import resolve_device
-
     if args.count < 1:
         raise ValueError(f"--count: expected >= 1, got {args.count}")
     device = resolve_device(args.device)

@@ -26,6 +26,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .runtime import interpreting
+
 # Shared memory a block may use, per compute capability (bytes).
 SHARED_LIMIT = {80: 163 * 1024, 86: 99 * 1024, 89: 99 * 1024, 90: 227 * 1024}
 FUSED_MODULES = ("kernels.fused_dense", "kernels.fused_candidates")
@@ -151,7 +153,7 @@ def collect_cases(defaults_only: bool = False) -> list[AotCase]:
 def compile_all(
     cases: list[AotCase], archs: list[int], workers: int | None = None
 ) -> list[AotReport]:
-    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+    if interpreting():
         raise RuntimeError("unset TRITON_INTERPRET: the interpreter's kernels cannot be compiled")
     jobs = [(case, arch) for case in cases for arch in archs]
     workers = workers or min(len(jobs), os.cpu_count() or 1) or 1

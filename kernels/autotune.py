@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import fcntl
 import importlib
-import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -33,6 +32,7 @@ from pathlib import Path
 
 import torch
 
+from .runtime import interpreting
 from .shapes import PRESETS, AttentionShape, parse_shape, preset_shapes
 from .tuning import (
     TUNING_FILE_ENV,
@@ -303,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
         if not torch.cuda.is_available():
             print(NO_GPU_MESSAGE, file=sys.stderr)
             return 2
-        if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+        if interpreting():
             print(
                 "kernels.autotune: TRITON_INTERPRET is set, so the kernels would run on the CPU "
                 "interpreter; unset it to tune.",

@@ -26,7 +26,6 @@ autograd.Function, the public `attention`.
 from __future__ import annotations
 
 import inspect
-import os
 from collections.abc import Callable
 
 import torch
@@ -37,13 +36,13 @@ from torch.autograd.function import once_differentiable
 
 from .aot import AotCase
 from .candidates import CandidateList, candidate_indices, window_shared_grid
-from .reference import WARP_MODES
+from .reference import WARP_MODE_IDS
+from .runtime import interpreting
 from .shapes import AttentionShape, make_problem
 from .tuning import LaunchConfig, TunableKernel, tuned_config
 
 # WARP_MODE constexpr: 0 = no warp output, then one per `warp_over` value.
-_WARP_MODE = {mode: i + 1 for i, mode in enumerate(WARP_MODES)}
-_KEPT = _WARP_MODE["kept"]
+_KEPT = WARP_MODE_IDS["kept"]
 WINDOW = 4  # queries of a 2x2 window that share one inter-scale candidate list
 
 
@@ -424,10 +423,6 @@ def _candidate_bwd_kernel(
 # --------------------------------------------------------------------------------------------------
 
 
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-
-
 def _dims(q: Tensor, k_prune: Tensor, v: Tensor, cand: Tensor, cw: int, group: int) -> dict:
     """The shape key of a problem (bucketed by `kernels.tuning`)."""
     return {
@@ -658,7 +653,7 @@ def _default(dims: dict[str, int]) -> LaunchConfig:
 
 
 def _config(kernel: TunableKernel, dims: dict[str, int], device: torch.device) -> LaunchConfig:
-    if _interpreting():
+    if interpreting():
         return kernel.default(dims)  # no tuning table applies to the CPU interpreter
     return tuned_config(kernel, dims, device)
 
@@ -977,7 +972,7 @@ def attention(
         height, width = window
         if height % 2 or width % 2 or height * width != nq:
             window = None  # a mark that does not describe these queries: treat lists as own
-    warp_mode = _WARP_MODE[warp_over] if warp_values is not None else 0
+    warp_mode = WARP_MODE_IDS[warp_over] if warp_values is not None else 0
     out, conf, top, warp = _CandidateAttention.apply(
         q.contiguous(),
         k.contiguous(),

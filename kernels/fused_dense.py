@@ -28,13 +28,14 @@ import triton.language as tl
 from torch import Tensor
 
 from .aot import AotCase
+from .reference import WARP_MODE_IDS
+from .runtime import interpreting
 from .tuning import LaunchConfig, TunableKernel, tuned_config
 
 # Softmax runs on exp2: z2 = z * log2(e).
 _LOG2E = tl.constexpr(math.log2(math.e))
 _LOWEST = tl.constexpr(-3.4028234663852886e38)  # -FLT_MAX: the rank of NaN and -inf scores
 # Warp modes as the kernels see them: 0 = no warp requested.
-WARP_MODE_IDS = {"kept": 1, "pruned": 2, "all": 3}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -823,10 +824,6 @@ _SHARED_BUDGET = 128 * 1024
 _REGISTER_BUDGET = 144
 
 
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-
-
 def _pad16(n: int) -> int:
     """A power-of-two block covering n channels, at least 16 wide (the least `tl.dot` takes)."""
     return max(16, triton.next_power_of_2(max(int(n), 1)))
@@ -915,7 +912,7 @@ def _default(kernel: str, dims: dict[str, int]) -> LaunchConfig:
 
 
 def _config(kernel: TunableKernel, dims: dict[str, int], device: torch.device) -> LaunchConfig:
-    if _interpreting():
+    if interpreting():
         return kernel.default(dims)  # no tuning table applies to the CPU interpreter
     return tuned_config(kernel, dims, device)
 

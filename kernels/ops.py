@@ -11,7 +11,6 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import math
-import os
 from dataclasses import dataclass
 
 import torch
@@ -20,6 +19,7 @@ from torch import Tensor
 from . import reference
 from .candidates import CandidateList, candidate_indices, check_index_range, window_shared_grid
 from .reference import WARP_MODES
+from .runtime import interpreting
 
 BACKENDS = ("auto", "torch", "triton")
 
@@ -153,9 +153,9 @@ def _common_dtype(tensors: dict[str, Tensor | None]) -> torch.dtype:
 def _use_triton(backend: str, q: Tensor) -> bool:
     if backend == "torch":
         return False
-    interpreting = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+    on_interpreter = interpreting()
     if backend == "triton":
-        if not q.is_cuda and not interpreting:
+        if not q.is_cuda and not on_interpreter:
             raise ValueError(
                 "backend='triton' needs CUDA tensors, or TRITON_INTERPRET=1 set in the environment "
                 f"before `kernels` is imported to run the kernels on the CPU; q is on {q.device}"

@@ -19,6 +19,8 @@ from torch import Tensor
 from .candidates import CandidateList, candidate_indices
 
 WARP_MODES = ("kept", "pruned", "all")
+# The fused kernels' `WARP_MODE` constexpr for each mode; 0 means no warp output.
+WARP_MODE_IDS = {mode: i + 1 for i, mode in enumerate(WARP_MODES)}
 
 
 class StraightThroughMask(torch.autograd.Function):

@@ -15,6 +15,7 @@ from _assert import assert_close
 from benchmarks import bench_attention as bench
 from benchmarks.attention_cost import attention_cost
 from kernels.reference import reference_dynamic_attention
+from kernels.runtime import interpreting
 from kernels.shapes import AttentionShape, make_problem
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -176,8 +177,8 @@ def test_bad_arguments_are_named(capsys: pytest.CaptureFixture) -> None:
 def test_the_fused_rows_pass_their_correctness_check(shape: AttentionShape) -> None:
     """The benchmark's `fused` implementation is the kernels' backend entry point (under the CPU
     interpreter here) and passes the check that gates its timing."""
-    interpreting = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-    if not interpreting and not torch.cuda.is_available():
+    on_interpreter = interpreting()
+    if not on_interpreter and not torch.cuda.is_available():
         pytest.skip("needs CUDA or TRITON_INTERPRET=1 (set by conftest on CPU machines)")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     check = make_problem(shape, 2, device=device, seed=1, requires_grad=True)

@@ -4,7 +4,6 @@ the attention block's two limits (nothing kept / everything kept), gradients, in
 from __future__ import annotations
 
 import dataclasses
-import os
 
 import pytest
 import torch
@@ -16,6 +15,7 @@ from dynast.attention_block import DynamicAttentionBlock
 from dynast.blocks import positional_norm
 from dynast.config import PRESETS, DynaSTConfig, preset
 from dynast.generator import Generator, GeneratorOutput
+from kernels.runtime import interpreting
 
 RELEASED_PARAMETERS = 92.46e6
 
@@ -258,8 +258,8 @@ def test_constructor_rejects_other_configs():
 def test_fused_backend_matches_the_reference_through_the_whole_model():
     """The same weights with attention_backend "triton" (Triton's CPU interpreter here, the GPU
     where there is one) and "torch": same image, warps, top-k, and gradients."""
-    interpreting = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-    if not torch.cuda.is_available() and not interpreting:
+    on_interpreter = interpreting()
+    if not torch.cuda.is_available() and not on_interpreter:
         pytest.skip("needs a CUDA device or TRITON_INTERPRET=1")
     device = "cuda" if torch.cuda.is_available() else "cpu"
     cfg = DynaSTConfig(

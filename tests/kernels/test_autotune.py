@@ -13,6 +13,7 @@ import torch
 
 from kernels import autotune, tuning
 from kernels.autotune import Job, plan_jobs, record, sweep
+from kernels.runtime import interpreting
 from kernels.shapes import AttentionShape, preset_shapes
 from kernels.tuning import TunableKernel, shape_key, tuned_config
 
@@ -291,8 +292,8 @@ def test_winners_are_recorded_under_the_keys_the_kernels_look_up(
     """The autotuner keys a block by `shape.dims(batch)`; the launchers build their own dims at
     run time. Spy on the launchers' table lookup (which the CPU interpreter normally skips) and
     check that they ask for exactly those keys."""
-    interpreting = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-    if not interpreting and not torch.cuda.is_available():
+    on_interpreter = interpreting()
+    if not on_interpreter and not torch.cuda.is_available():
         pytest.skip("needs CUDA or TRITON_INTERPRET=1 (set by conftest on CPU machines)")
     import importlib
 
@@ -307,7 +308,7 @@ def test_winners_are_recorded_under_the_keys_the_kernels_look_up(
         asked.append((kernel.name, dict(dims)))
         return kernel.default(dims)
 
-    monkeypatch.setattr(module, "_interpreting", lambda: False)
+    monkeypatch.setattr(module, "interpreting", lambda: False)
     monkeypatch.setattr(module, "tuned_config", spy)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     batch = 2

@@ -21,6 +21,7 @@ from _assert import assert_close, assert_error_within, sum_magnitude, sum_tolera
 import kernels
 from kernels import fused_dense
 from kernels.reference import WARP_MODES
+from kernels.runtime import interpreting
 
 B = 2
 NQ = 6 * 10  # a 6x10 query map
@@ -481,7 +482,7 @@ def test_every_config_of_the_space_runs_and_agrees(kernel) -> None:
     options = {"scale": scale, "prune_scale": prune_scale, "topk": dims["k"], "warp_over": "kept"}
     upstream = list(fused_dense._random_upstream(dims, device, torch.float32))
     ref, ref_grads = run_op(inputs, "torch", upstream, **options)
-    if fused_dense._interpreting():
+    if interpreting():
         blocks = [{k: v for k, v in c.items() if k.startswith("BLOCK_")} for c in space]
         space = [c for i, c in enumerate(space) if blocks[i] not in blocks[:i]]
     for config in space:
