@@ -25,6 +25,7 @@ from safetensors import SafetensorError
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+import kernels
 from dynast.data import build_dataset, correspondence_accuracy, semantic_to_rgb
 from dynast.discriminator import MultiscaleDiscriminator, check_image_size
 from dynast.generator import Generator
@@ -628,6 +629,9 @@ def train(cfg: RunConfig) -> TrainResult:
             g_total, fakes = _generator_step(parts, micro, sample_weights, sums)
             d_total = _discriminator_step(parts, micro, fakes, sample_weights, sums)
             step += 1
+            # Index range checks the kernels deferred on the GPU (none for the builders' own
+            # candidate lists): read once per step, one synchronisation at most.
+            kernels.check_index_errors()
             elapsed = elapsed_before + time.perf_counter() - session_start
             # Under fp16 an overflow is expected now and then: its loss scaler skips that step.
             if not fp16 and not (math.isfinite(g_total) and math.isfinite(d_total)):
