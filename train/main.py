@@ -106,7 +106,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Imported here so that --dry-run and argument errors stay quick.
     from train.errors import TrainingError
     from train.loop import train
+    from train.threads import configure_threads
 
+    configure_threads()
     try:
         train(cfg)
     except TrainingError as e:
