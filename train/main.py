@@ -21,8 +21,8 @@ import argparse
 import json
 from collections.abc import Sequence
 
-from dynast.config import DEFAULT_PRESET, PRESETS
-from train.config import RunConfig, run_preset
+from dynast.config import DEFAULT_PRESET
+from train.config import PRESET_NAMES, RunConfig, run_preset
 from train.overrides import apply_overrides, field_names
 
 # Named flags and the field each one sets.
@@ -44,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Any config field can be set with --group.field VALUE (or --group.field=VALUE); "
         "'none' clears an optional field. Fields:\n" + fields,
     )
-    parser.add_argument("--preset", default=DEFAULT_PRESET, choices=sorted(PRESETS))
+    parser.add_argument("--preset", default=DEFAULT_PRESET, choices=PRESET_NAMES)
     parser.add_argument("--max-steps", type=str, help="= --train.max_steps")
     parser.add_argument("--output-dir", type=str, help="run folder (= --train.output_dir)")
     parser.add_argument(
