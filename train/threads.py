@@ -6,15 +6,18 @@ not already set (on a machine without GPUs its own core-count heuristic does not
 core. With one process per machine that default only wastes cores: PyTorch's intra-op threads are
 the whole parallelism of the run. Several processes per machine keep it (they share the cores).
 
-The rule: when the launcher started this process, `OMP_NUM_THREADS` is `1` and this is the only
-process on the machine, use every core this process may run on. A user who wants one thread runs
-`OMP_NUM_THREADS=1 python train/main.py` (no launcher, so the variable is honoured).
+The rule: when the launcher started this process, `OMP_NUM_THREADS` is `1`, the launcher itself was
+started without `OMP_NUM_THREADS` (so the `1` is its default, not the user's choice; read from the
+launcher's environment in /proc where the OS has one) and this is the only process on the machine,
+use every core this process may run on. `OMP_NUM_THREADS=1 accelerate launch ...` and
+`OMP_NUM_THREADS=1 python train/main.py` keep one thread.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
+from pathlib import Path
 
 import torch
 
@@ -45,21 +48,37 @@ def processes_on_machine(env: Mapping[str, str]) -> int:
     return 1
 
 
-def threads_to_use(env: Mapping[str, str], cores: int) -> int | None:
+def launcher_environment() -> dict[str, str] | None:
+    """The environment the parent process (the launcher) was started with, or None where the OS
+    does not show it."""
+    try:
+        raw = Path(f"/proc/{os.getppid()}/environ").read_bytes()
+    except OSError:
+        return None
+    pairs = (item.split(b"=", 1) for item in raw.split(b"\0") if b"=" in item)
+    return {k.decode(errors="replace"): v.decode(errors="replace") for k, v in pairs}
+
+
+def threads_to_use(
+    env: Mapping[str, str], cores: int, launcher_env: Mapping[str, str] | None = None
+) -> int | None:
     """The thread count to set, or None to keep what the process has.
 
     Only the launcher's one-thread default for a lone process is overridden; an
-    `OMP_NUM_THREADS` of anything else, or several processes per machine, is left alone."""
+    `OMP_NUM_THREADS` the user gave the launcher (seen in `launcher_env` when known), one of
+    anything but 1, or several processes per machine are left alone."""
     launched = LAUNCHER_MARKER in env
-    if launched and env.get("OMP_NUM_THREADS") == "1" and processes_on_machine(env) == 1:
-        return cores if cores > 1 else None
+    user_set = launcher_env is not None and "OMP_NUM_THREADS" in launcher_env
+    if launched and not user_set and env.get("OMP_NUM_THREADS") == "1":
+        if processes_on_machine(env) == 1 and cores > 1:
+            return cores
     return None
 
 
 def configure_threads(say: Callable[[str], None] = print) -> int:
     """Apply the rule above to this process and say what it runs on (the first process only);
     returns the thread count."""
-    wanted = threads_to_use(os.environ, usable_cores())
+    wanted = threads_to_use(os.environ, usable_cores(), launcher_environment())
     if wanted is not None:
         torch.set_num_threads(wanted)
     if os.environ.get("RANK", "0") != "0":

@@ -25,11 +25,22 @@ LAUNCHED = {"ACCELERATE_DYNAMO_BACKEND": "NO", "OMP_NUM_THREADS": "1"}
 )
 def test_threads_to_use(env, cores, expected):
     assert threads_to_use(env, cores) == expected
+    assert threads_to_use(env, cores, launcher_env={"PATH": "/bin"}) == expected
+
+
+def test_a_one_thread_setting_given_to_the_launcher_is_kept():
+    assert threads_to_use(LAUNCHED, 2, launcher_env={"OMP_NUM_THREADS": "1"}) is None
+
+
+def test_launcher_environment_reads_the_parent_process():
+    env = threads.launcher_environment()
+    assert env is None or isinstance(env, dict)
 
 
 def test_configure_threads_sets_and_says(monkeypatch):
     before = torch.get_num_threads()
     monkeypatch.setattr(threads, "usable_cores", lambda: 2)
+    monkeypatch.setattr(threads, "launcher_environment", lambda: {})
     for name, value in LAUNCHED.items():
         monkeypatch.setenv(name, value)
     monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
