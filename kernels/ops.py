@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from . import reference
+from . import candidates_cpu, reference
 from .candidates import CandidateList, candidate_indices, check_index_range, window_shared_grid
 from .reference import WARP_MODES
 from .runtime import interpreting
@@ -264,9 +264,12 @@ def candidate_attention(
         "topk": topk,
         "warp_over": warp_over,
     }
+    ref_fn = reference.reference_candidate_attention
+    if backend == "auto" and q.device.type == "cpu":
+        ref_fn = candidates_cpu.cpu_candidate_attention  # same results without the gathers
     return _run(
         "candidates",
-        reference.reference_candidate_attention,
+        ref_fn,
         tensors,
         (indices,),
         kwargs,

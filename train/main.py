@@ -26,9 +26,9 @@ import os
 import signal
 from collections.abc import Sequence
 
-from dynast.config import DEFAULT_PRESET, PRESETS
+from dynast.config import DEFAULT_PRESET
 from dynast.discriminator import check_image_size
-from train.config import RunConfig, run_preset
+from train.config import PRESET_NAMES, RunConfig, run_preset
 from train.overrides import apply_overrides, field_names
 
 # Named flags and the field each one sets.
@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Any config field can be set with --group.field VALUE (or --group.field=VALUE); "
         "'none' clears an optional field. Fields:\n" + fields,
     )
-    parser.add_argument("--preset", default=DEFAULT_PRESET, choices=sorted(PRESETS))
+    parser.add_argument("--preset", default=DEFAULT_PRESET, choices=PRESET_NAMES)
     parser.add_argument(
         "--max-steps",
         type=str,
@@ -151,7 +151,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Imported here so that --dry-run and argument errors stay quick.
     from train.errors import TrainingError
     from train.loop import train
+    from train.threads import configure_threads
 
+    configure_threads()
     try:
         train(cfg)
     except TrainingError as e:
