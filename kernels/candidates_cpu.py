@@ -6,12 +6,13 @@ per query). At the synthetic-64 training size that is most of the attention time
 and autograd keeps the gathers alive until the backward pass. Here the M candidates are visited one
 at a time: candidate slot `j` of every query is one `index_select` of [B * Nq, C] rows on the
 flattened key tensor, reduced at once to a score column, so no more than one [B * Nq, C] gather
-exists at a time. The backward pass is written out (method.md section 4) and gathers again instead
-of saving gathers; gradients of the keys and values are scattered back with `index_add_`.
+exists at a time. The backward pass is written out (docs/method.md section 4) and gathers again
+instead of saving gathers; gradients of the keys and values are scattered back with `index_add_`.
 
 Same arguments and results as the reference: scores, softmax statistics and sums in fp32 (fp64
 for fp64 inputs), ties of the top-k to the lower candidate position, the straight-through mask, the
-warp restricted to kept / pruned / all candidates with the empty-set fallback. Only the summation
+warp weights of `reference._warp_weights` (kept with its empty-set fallback, the release's
+pruned formula, all). Only the summation
 order differs, so outputs and gradients agree with the reference within fp32 rounding.
 """
 
@@ -20,14 +21,15 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .reference import _acc, _topk_positions, _warp_selection
+from .reference import _acc, _topk_positions, _warp_weights
 
 
 def _flat_rows(index: Tensor, keys: int) -> Tensor:
     """index [B, Nq, M] into a [B, Nk, C] tensor -> rows [B * Nq, M] of its [B * Nk, C] view."""
     b = index.shape[0]
     offsets = torch.arange(b, device=index.device).view(b, 1, 1) * keys
-    return (index.long() + offsets).flatten(0, 1)
+    # Clamped as the reference's gather is: an index equal to Nk must not reach the next sample.
+    return (index.long().clamp(0, keys - 1) + offsets).flatten(0, 1)
 
 
 def _scores(query: Tensor, keys: Tensor, rows: Tensor, factor: float) -> Tensor:
@@ -76,20 +78,22 @@ class _CandidateAttention(torch.autograd.Function):
         pm = p * m
         out = _weighted_sum(pm, v, rows)
         conf = pm.sum(dim=-1)
-        warp_weights = None
+        warp_weights = warp_free = None
         warp = q.new_empty(q.shape[0], 0)
         if w is not None:
-            selected = _warp_selection(m, warp_over)
-            warp_weights = torch.softmax(z.masked_fill(~selected, float("-inf")), dim=-1)
+            warp_weights = _warp_weights(z, m, warp_over)
             warp = _weighted_sum(warp_weights, w, rows)
-        ctx.save_for_backward(q, k, v, qp, kp, w, rows, s, p, m, warp_weights)
+            if warp_over == "pruned":
+                # The release fills the kept scores with a constant: no gradient reaches them.
+                warp_free = m == 0
+        ctx.save_for_backward(q, k, v, qp, kp, w, rows, s, p, m, warp_weights, warp_free)
         ctx.scales = (scale, prune_scale)
         ctx.mark_non_differentiable(z)
         return out, conf, z, warp
 
     @staticmethod
     def backward(ctx, d_out, d_conf, _d_z, d_warp):
-        q, k, v, qp, kp, w, rows, s, p, m, warp_weights = ctx.saved_tensors
+        q, k, v, qp, kp, w, rows, s, p, m, warp_weights, warp_free = ctx.saved_tensors
         scale, prune_scale = ctx.scales
         need = ctx.needs_input_grad
         # d(p * m): through out = sum_j (p m)_j v_j and conf = sum_j (p m)_j.
@@ -102,7 +106,10 @@ class _CandidateAttention(torch.autograd.Function):
         ds = d_pm * p * sig * (1 - sig)  # straight-through mask
         dw = None
         if warp_weights is not None and d_warp is not None:
-            dz = dz + _softmax_backward(warp_weights, _slot_products(d_warp, w, rows))
+            dz_warp = _softmax_backward(warp_weights, _slot_products(d_warp, w, rows))
+            if warp_free is not None:
+                dz_warp = dz_warp * warp_free
+            dz = dz + dz_warp
             if need[5]:
                 dw = _scatter_weighted(d_warp, warp_weights, rows, w.shape[0])
         dz, ds = scale * dz, prune_scale * ds
