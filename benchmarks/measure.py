@@ -6,17 +6,17 @@ Imports only torch (and triton on a GPU), so the scripts run on the GPU machines
 from __future__ import annotations
 
 import csv
-import os
 import platform
 import statistics
 import subprocess
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
 from torch import Tensor
+
+from kernels.files import write_atomically
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -122,16 +122,14 @@ def append_rows(path: Path, columns: list[str], rows: list[dict[str, object]]) -
         header = existing.splitlines()[0].split(",")
         if header != columns:
             raise ValueError(f"{path} has columns {header}, expected {columns}: use another file")
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as f:
             f.write(existing)
             writer = csv.writer(f)
             if not existing:
                 writer.writerow(columns)
             for row in rows:
                 writer.writerow(["" if row[c] is None else row[c] for c in columns])
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+
+    write_atomically(path, write)

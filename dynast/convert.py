@@ -56,10 +56,12 @@ import torch
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
+from kernels.files import write_atomically
+
 from .config import PRESETS, DynaSTConfig, preset
 from .discriminator import MultiscaleDiscriminator
 from .generator import Generator
-from .io import _write_atomically, load_state_strict, save_pretrained
+from .io import load_state_strict, save_pretrained
 
 GENERATOR_FILE = "latest_net_G.pth"
 DISCRIMINATOR_FILE = "latest_net_D.pth"
@@ -347,7 +349,7 @@ def save_discriminator(discriminator: MultiscaleDiscriminator, directory: Path) 
     config_text = json.dumps(discriminator.config.to_dict(), sort_keys=True)
     metadata = {"format": DISCRIMINATOR_FORMAT, "config": config_text}
     path = directory / DISCRIMINATOR_WEIGHTS
-    _write_atomically(path, lambda p: save_file(state, str(p), metadata))
+    write_atomically(path, lambda p: save_file(state, str(p), metadata))
     return path
 
 
@@ -409,7 +411,7 @@ def convert_release(
         "generator": str(g_path.resolve()),
         "discriminator": str(d_path.resolve()) if d_path else None,
     }
-    _write_atomically(out / SOURCE_FILE, lambda p: p.write_text(json.dumps(source, indent=2)))
+    write_atomically(out / SOURCE_FILE, lambda p: p.write_text(json.dumps(source, indent=2)))
 
     copied = sum(r.action in (COPY, CONV1X1_TO_LINEAR) for r in g_rules)
     say(f"generator: {g_path} -> {out} ({cfg.name}; {copied} tensors mapped)")

@@ -21,6 +21,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
+from kernels.files import write_atomically
+
 from .config import DynaSTConfig
 from .generator import Generator
 
@@ -62,17 +64,6 @@ def load_safetensors(path: str | os.PathLike, device: str = "cpu") -> dict[str, 
         raise _damaged(Path(path), error) from None
 
 
-def _write_atomically(path: Path, write) -> None:
-    """Call `write(temporary_path)`, then rename the result onto `path`."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def save_pretrained(generator: Generator, directory: str | os.PathLike) -> Path:
     """Write `config.json` and `model.safetensors` of `generator` into `directory` (created if
     needed; existing files are replaced). Returns the directory."""
@@ -85,8 +76,8 @@ def save_pretrained(generator: Generator, directory: str | os.PathLike) -> Path:
     metadata = {"format": FORMAT, "config": config_text}
     # Weights first: a crash between the two renames leaves the old config beside new weights,
     # which `from_pretrained` detects through the metadata copy of the config.
-    _write_atomically(directory / WEIGHTS_FILE, lambda p: save_file(state, str(p), metadata))
-    _write_atomically(directory / CONFIG_FILE, lambda p: p.write_text(config_text + "\n"))
+    write_atomically(directory / WEIGHTS_FILE, lambda p: save_file(state, str(p), metadata))
+    write_atomically(directory / CONFIG_FILE, lambda p: p.write_text(config_text + "\n"))
     return directory
 
 

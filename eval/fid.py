@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from torchmetrics.image.fid import FrechetInceptionDistance
 from tqdm import tqdm
 
-from dynast.data.folder import write_atomically
+from kernels.files import write_atomically
 
 STATS_FORMAT = "dynast-fid-stats/1"
 # Metadata that must agree between two statistics for their distance to mean anything.

@@ -40,12 +40,13 @@ from tqdm import tqdm
 
 from dynast.config import DynaSTConfig
 from dynast.data import DataConfig, build_dataset, semantic_to_rgb
-from dynast.data.folder import read_image, read_label, write_atomically
+from dynast.data.folder import read_image, read_label
 from dynast.data.sample import Sample, build_sample
 from dynast.generator import Generator
 from dynast.io import load_generator, resolve_generator_dir
 from eval.provenance import environment, now
 from eval.visualize import candidate_counts, heat_pixels, sample_panel, to_pixels
+from kernels.files import write_atomically
 
 FORMATS = {"png": "PNG", "jpg": "JPEG"}
 FORMAT_NOTE = (

@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from .files import write_atomically
 
 # A launch configuration: block sizes and feature flags (constexpr), plus num_warps / num_stages.
 LaunchConfig = dict[str, int]
@@ -171,12 +172,5 @@ def record_winner(
     slot = versions[triton_version()] = by_dtype(versions.get(triton_version(), {}))
     by_kernel = slot.setdefault(dtype_name(dtype), {})
     by_kernel.setdefault(kernel, {})[shape_key(dims)] = {"config": dict(config), "ms": round(ms, 5)}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(table, f, indent=1, sort_keys=True)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    text = json.dumps(table, indent=1, sort_keys=True)
+    write_atomically(path, lambda tmp: tmp.write_text(text))

@@ -34,6 +34,8 @@ from accelerate.utils import load as accelerate_load
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_model
 
+from kernels.files import write_atomically
+
 from .errors import TrainingError
 
 CHECKPOINTS_DIR = "checkpoints"
@@ -124,14 +126,9 @@ def remove_partial(run_dir: Path) -> list[Path]:
 
 
 def write_json_atomic(path: Path, data: object) -> None:
-    """Write JSON to `path` through a temporary file renamed into place."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=2)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """Write JSON to `path` through a temporary file flushed to disk and renamed into place."""
+    text = json.dumps(data, indent=2) + "\n"
+    write_atomically(path, lambda tmp: tmp.write_text(text), durable=True)
 
 
 # ----------------------------------------------------------------------------- progress.json

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
+
+from kernels.files import write_atomically
 
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
@@ -51,11 +52,8 @@ class MetricsLog:
         if not enabled:
             return
         kept = [r for r in read_metrics(run_dir) if r.get("step", -1) <= keep_through]
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        with open(tmp, "w") as f:
-            for record in kept:
-                f.write(json.dumps(record) + "\n")
-        os.replace(tmp, self.path)
+        text = "".join(json.dumps(record) + "\n" for record in kept)
+        write_atomically(self.path, lambda tmp: tmp.write_text(text))
         # Imported here: only the main process needs TensorBoard.
         from torch.utils.tensorboard import SummaryWriter
 

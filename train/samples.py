@@ -3,7 +3,6 @@ ground truth, saved as PNG through a temporary file."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +11,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from PIL import Image
 from torch import Tensor
+
+from kernels.files import write_atomically
 
 COLUMNS = ("semantic", "exemplar", "warped exemplar", "output", "ground truth")
 _GAP = 2  # white pixels between tiles
@@ -41,8 +42,4 @@ def sample_grid(
 
 def save_png(image: np.ndarray, path: Path) -> None:
     """Write a uint8 [H, W, 3] image to `path` through a temporary name (never half-written)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    Image.fromarray(image).save(tmp, format="PNG")
-    os.replace(tmp, path)
+    write_atomically(path, lambda tmp: Image.fromarray(image).save(tmp, format="PNG"))

@@ -23,7 +23,7 @@ import contextlib
 import csv
 import json
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +32,8 @@ from einops import rearrange
 from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
+
+from kernels.files import write_atomically
 
 from .config import DataConfig
 from .labels import check_label_range, resize_labels
@@ -336,19 +338,6 @@ class FolderDataset(Dataset):
 
 # ---------------------------------------------------------------------------------------------
 # Writing
-
-
-def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
-    """Call write(temporary path) beside `path`, then rename it over `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
 
 
 def image_pixels(image: Tensor) -> np.ndarray:

@@ -17,8 +17,8 @@ from PIL import Image
 from dynast.data import DataConfig, FolderDataset, SyntheticDataset, build_dataset
 from dynast.data.export import export_synthetic
 from dynast.data.export import main as export_main
-from dynast.data.folder import write_atomically
 from dynast.data.labels import resize_labels
+from kernels.files import write_atomically
 
 SIZE, CLASSES = 40, 6
 SOURCE = DataConfig(image_size=SIZE, num_classes=CLASSES, train_length=3, test_length=4)
