@@ -29,6 +29,7 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere, without PYTHONPA
 from benchmarks.bench_train_step import AMP, BACKENDS, make_inputs  # noqa: E402
 from benchmarks.measure import (  # noqa: E402
     append_rows,
+    device_and_backends,
     environment,
     first_line,
     is_out_of_memory,
@@ -72,16 +73,14 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    gpu = torch.cuda.is_available() and not args.tiny
-    device = torch.device(args.device or ("cuda" if gpu else "cpu"))
-    on_gpu = device.type == "cuda"
-    backends = (args.backends or ("triton,torch" if on_gpu else "torch")).split(",")
-    if not backends or any(b not in BACKENDS for b in backends):
-        print(
-            f"bench_generate: --backends must list some of {BACKENDS}, got {args.backends!r}",
-            file=sys.stderr,
+    try:
+        device, backends = device_and_backends(
+            args.device, args.backends, tiny=args.tiny, known=BACKENDS
         )
+    except ValueError as e:
+        print(f"bench_generate: {e}", file=sys.stderr)
         return 2
+    on_gpu = device.type == "cuda"
     if args.batch is not None and args.batch < 1:
         print(f"bench_generate: --batch must be positive, got {args.batch}", file=sys.stderr)
         return 2

@@ -21,6 +21,20 @@ from kernels.files import write_atomically
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def device_and_backends(
+    device: str | None, backends: str | None, *, tiny: bool, known: Sequence[str]
+) -> tuple[torch.device, list[str]]:
+    """The device a step benchmark runs on (the GPU when there is one, unless `tiny`) and the
+    attention backends it compares (both on a GPU, the reference on a CPU, unless given).
+    ValueError naming --backends when it lists anything but `known`."""
+    gpu = torch.cuda.is_available() and not tiny
+    chosen = torch.device(device or ("cuda" if gpu else "cpu"))
+    names = (backends or ("triton,torch" if chosen.type == "cuda" else "torch")).split(",")
+    if not names or any(b not in known for b in names):
+        raise ValueError(f"--backends must list some of {tuple(known)}, got {backends!r}")
+    return chosen, names
+
+
 def median_ms(
     fn: Callable[[], object],
     device: torch.device,
