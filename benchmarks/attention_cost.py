@@ -22,7 +22,7 @@ Bytes (compulsory traffic: each distinct tensor read or written once; what a per
 - both = forward + backward.
 
 Two accountings of the candidate indices (issue 13 reports both):
-- "list" (the kernels of today): the [B, Nq, M] list the builders of `kernels.candidates` write
+- "list" (the kernels of today): the [B, Nq, M] list the builders of `kernels.candidate_lists` write
   is read, B*Nq*M*i, with int64 indices (i = 8);
 - "derived": the kernel derives the list from the previous top-k it is a pure function of (inner:
   each match's neighbourhood on the same grid; inter: the 2x2 children of the coarse matches), so
@@ -46,7 +46,7 @@ PASSES = ("fwd", "bwd", "both")
 ACCOUNTINGS = ("list", "derived")
 # Index bytes of each accounting: int64 as the builders return today, int32 in the derived design.
 INDEX_BYTES = {"list": 8, "derived": 4}
-# Candidates per previous match (kernels.candidates): inner 5 (self and 4 neighbours), inter 4.
+# Candidates per previous match (kernels.candidate_lists): inner 5 (self and 4 neighbours), inter 4.
 PER_MATCH = {"inner": 5, "inter": 4}
 
 

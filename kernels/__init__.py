@@ -3,7 +3,7 @@
 Tensors are token-major, tokens row-major (`y * W + x`). See docs/method.md section 4.
 """
 
-from .candidates import (
+from .candidate_lists import (
     CandidateList,
     check_index_errors,
     inner_scale_candidates,

@@ -1,8 +1,9 @@
 """The dynamic attention operators as `torch.library` custom ops, so `torch.compile` traces the
 generator in one graph.
 
-`kernels.ops` validates inputs, reads the index tags of `kernels.candidates` (a Python attribute
-on the tensor) and checks index ranges with a host synchronisation: all things Dynamo cannot trace.
+`kernels.ops` validates inputs, reads the index tags of `kernels.candidate_lists` (a Python
+attribute on the tensor) and checks index ranges with a host synchronisation: all things Dynamo
+cannot trace.
 The ops registered here wrap those public functions whole, so the compiler sees one opaque node per
 attention block, with
 
@@ -34,9 +35,9 @@ import torch
 from torch import Tensor
 
 from . import ops
-from .candidates import inner_scale_candidates, inter_scale_candidates
+from .candidate_lists import inner_scale_candidates, inter_scale_candidates
 
-DERIVED_KINDS = ("inner", "inter")  # the builders of kernels.candidates
+DERIVED_KINDS = ("inner", "inter")  # the builders of kernels.candidate_lists
 INDEX_KINDS = ("candidates", *DERIVED_KINDS)
 
 

@@ -35,7 +35,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from .aot import AotCase
-from .candidates import CandidateList, candidate_indices, window_shared_grid
+from .candidate_lists import CandidateList, candidate_indices, window_shared_grid
 from .reference import WARP_MODE_IDS
 from .runtime import interpreting
 from .shapes import AttentionShape, make_problem
@@ -962,7 +962,7 @@ def attention(
     """Candidate dynamic attention with the fused kernels: (out, conf, topk or None, warp or None),
     the semantics of `kernels.reference.reference_candidate_attention`. Inputs arrive validated by
     `kernels.ops` (one float dtype, candidates in range, CUDA or the interpreter). `window` is
-    the grid of a window-shared inter-scale CandidateList (`kernels.candidates`), else None; a
+    the grid of a window-shared inter-scale CandidateList (`kernels.candidate_lists`), else None; a
     CandidateList given directly (benchmarks call this function) brings its own."""
     if isinstance(candidates, CandidateList):
         window = window or window_shared_grid(candidates)

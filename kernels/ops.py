@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from . import candidates_cpu, reference
-from .candidates import CandidateList, candidate_indices, check_index_range, window_shared_grid
+from .candidate_lists import CandidateList, candidate_indices, check_index_range, window_shared_grid
 from .reference import WARP_MODES
 from .runtime import interpreting
 
@@ -107,7 +107,7 @@ def _validate(
 def _validate_candidates(candidates: object, q: Tensor, nk: int, topk: int) -> Tensor:
     """Checks `candidates` and returns the index tensor the backends read: a CandidateList's own
     (in range by construction), or a plain tensor range-checked (at once on the CPU, deferred on
-    a GPU; see `kernels.candidates`) and, where the check is deferred, clamped so no read can
+    a GPU; see `kernels.candidate_lists`) and, where the check is deferred, clamped so no read can
     leave the keys before the error is raised."""
     if not isinstance(candidates, (Tensor, CandidateList)):
         raise ValueError(
@@ -245,7 +245,7 @@ def candidate_attention(
     section 4), duplicates counted. Shapes as `dynamic_attention`, plus candidates [B, Nq, M] with
     values in [0, Nk): a CandidateList from the builders, or a plain int tensor, which is
     range-checked (on a GPU the error surfaces at `kernels.check_index_errors()` or a later call;
-    see `kernels.candidates`). `topk` returns key indices, ties going to the lower candidate
+    see `kernels.candidate_lists`). `topk` returns key indices, ties going to the lower candidate
     position; a NaN score ranks below every number (see `kernels.reference`).
     """
     _validate(q, k, v, q_prune, k_prune, warp_values, scale, prune_scale, topk, warp_over, backend)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .candidates import CandidateList, candidate_indices
+from .candidate_lists import CandidateList, candidate_indices
 
 WARP_MODES = ("kept", "pruned", "all")
 # The fused kernels' `WARP_MODE` constexpr for each mode; 0 means no warp output.

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .candidates import CandidateList, inner_scale_candidates, inter_scale_candidates
+from .candidate_lists import CandidateList, inner_scale_candidates, inter_scale_candidates
 
 BLOCKS = ("dense", "inter", "inner")
 # Candidates per query, as a multiple of k (docs/method.md section 4).
@@ -289,7 +289,7 @@ def realistic_candidates(
 
     The top-k is drawn on the CPU (so a seed gives the same problem on every device) and the
     candidates are built on `device`: a plain copy of their indices would lose the window-sharing
-    fact by which the fused kernels read one list per 2x2 window (`kernels.candidates`)."""
+    fact by which the fused kernels read one list per 2x2 window (`kernels.candidate_lists`)."""
     if shape.block == "inter":
         coarse = plausible_topk(
             batch, shape.height // 2, shape.width // 2, shape.k, generator=generator

@@ -17,7 +17,7 @@ from torch import Tensor
 
 from kernels import candidate_attention, inner_scale_candidates, inter_scale_candidates
 from kernels import fused_candidates as fused
-from kernels.candidates import candidate_indices, window_shared_grid
+from kernels.candidate_lists import candidate_indices, window_shared_grid
 from kernels.reference import reference_candidate_attention
 
 B, H, W, K = 2, 6, 10, 3

@@ -535,7 +535,7 @@ def test_candidate_lists_cannot_be_changed_from_outside():
     """A CandidateList's indices are private: every view of them is a copy, so no edit (in place,
     in inference mode, through .data or .numpy()) reaches the list the operators read, and only
     the builders construct one."""
-    from kernels.candidates import CandidateList, candidate_indices
+    from kernels.candidate_lists import CandidateList, candidate_indices
 
     t = _good()
     top = _call_dense(t, topk=2).topk
@@ -585,15 +585,15 @@ def test_deferred_range_checks_raise_once_flagged(monkeypatch):
     """On a GPU the check only launches a flag (no synchronisation per call): a bad list runs on
     clamped indices, and the error is raised by `check_index_errors()` (once per step) or by a
     later check that finds the flag computed. Forced here on the CPU."""
-    from kernels import candidates
+    from kernels import candidate_lists
 
-    monkeypatch.setattr(candidates, "_defers", lambda index: True)
-    monkeypatch.setattr(candidates, "_pending", [])
+    monkeypatch.setattr(candidate_lists, "_defers", lambda index: True)
+    monkeypatch.setattr(candidate_lists, "_pending", [])
     bad = torch.zeros(2, 12, 3, dtype=torch.long)
     bad[0, 5, 1] = 12
     kernels.check_index_errors()  # nothing pending: free
     cand = kernels.inner_scale_candidates(bad, 3, 4)  # deferred: no error yet
-    assert int(candidates.candidate_indices(cand).max()) < 12  # built from clamped indices
+    assert int(candidate_lists.candidate_indices(cand).max()) < 12  # built from clamped indices
     with pytest.raises(ValueError, match=r"topk values must lie in \[0, 12\) \(a deferred"):
         kernels.check_index_errors()
     kernels.check_index_errors()  # reported once

@@ -1,7 +1,8 @@
-"""Candidate sets of the sparse scales (docs/method.md section 4), built from earlier top-k indices.
+"""Candidate lists of the sparse scales (docs/method.md section 4), built from top-k indices.
 
 Both builders are cheap integer index arithmetic on [B, N, k] tensors, so plain PyTorch is enough on
-every device; the kernels only consume their output, an immutable `CandidateList`.
+every device; the kernels only consume their output, an immutable `CandidateList`. The attention
+over these lists is `kernels.fused_candidates` (Triton) and `kernels.reference` (PyTorch).
 """
 
 from __future__ import annotations
