@@ -8,13 +8,15 @@ rejects, unsupported ops, register spills and shared memory over the card's limi
     python -m kernels.aot --arch 90 --defaults-only
 
 Must run without TRITON_INTERPRET (the interpreter replaces `@triton.jit` functions with objects
-the compiler cannot read). Each fused module declares its cases through `aot_cases()`.
+the compiler cannot read). Each kernel family declares its cases through `aot_cases()` in its own
+module (`CASE_MODULES`), with the signature and alignment helpers below.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import inspect
 import json
 import os
 import re
@@ -30,7 +32,9 @@ from .runtime import interpreting
 
 # Shared memory a block may use, per compute capability (bytes).
 SHARED_LIMIT = {80: 163 * 1024, 86: 99 * 1024, 89: 99 * 1024, 90: 227 * 1024}
-FUSED_MODULES = ("kernels.fused_dense", "kernels.fused_candidates")
+CASE_MODULES = ("kernels.fused_dense", "kernels.aot_candidates")
+# Scalar arguments of every kernel that are fp32 (all other lower-case arguments are i32).
+FLOAT_ARGUMENTS = ("scale", "prune_scale")
 
 
 @dataclass(frozen=True)
@@ -112,7 +116,6 @@ def compile_case(case: AotCase, arch: int) -> AotReport:
         # the report overstates registers for code that never runs.
         aligned = case.extra.get("divisible_by_16", ())
         attrs = {(fn.arg_names.index(name),): [["tt.divisibility", 16]] for name in aligned}
-        attrs.update(case.extra.get("attrs", {}))
         src = ASTSource(fn=fn, signature=case.signature, constexprs=case.constexprs, attrs=attrs)
         compiled = triton.compile(
             src,
@@ -137,9 +140,43 @@ def _compile_star(args: tuple[AotCase, int]) -> AotReport:
     return compile_case(*args)
 
 
+def kernel_parameters(fn) -> list[tuple[str, bool]]:
+    """(name, is_constexpr) of a jit kernel's parameters, read from the Python function itself so
+    that it works on interpreted kernels too (the tests list the cases under the interpreter)."""
+    params = inspect.signature(fn.fn).parameters.values()
+    return [(p.name, "constexpr" in str(p.annotation)) for p in params]
+
+
+def kernel_signature(fn, dtype: str, pointer_types: dict[str, str]) -> dict[str, str]:
+    """Argument types of a kernel for an ahead-of-time compile, by the kernels' naming: upper-case
+    names are pointers (to `dtype`, unless `pointer_types` names another type) or constexprs (by
+    annotation); the others are i32 sizes, strides and counts, or fp32 scales (FLOAT_ARGUMENTS)."""
+    sig = {}
+    for name, is_constexpr in kernel_parameters(fn):
+        if is_constexpr:
+            sig[name] = "constexpr"
+        elif name.isupper():
+            sig[name] = "*" + pointer_types.get(name, dtype)
+        else:
+            sig[name] = "fp32" if name in FLOAT_ARGUMENTS else "i32"
+    return sig
+
+
+def aligned_arguments(fn, values: dict[str, int]) -> tuple[str, ...]:
+    """The arguments Triton specialises as multiples of 16 when it launches `fn` on contiguous
+    inputs: every pointer (the caching allocator aligns them) and every integer argument whose
+    value in `values` is divisible by 16. A compile needs them to build the code that really runs
+    (vectorised loads and gathers); `compile_case` passes them on as `tt.divisibility`."""
+    return tuple(
+        name
+        for name, is_constexpr in kernel_parameters(fn)
+        if not is_constexpr and (name.isupper() or values.get(name, 1) % 16 == 0)
+    )
+
+
 def collect_cases(defaults_only: bool = False) -> list[AotCase]:
     cases: list[AotCase] = []
-    for name in FUSED_MODULES:
+    for name in CASE_MODULES:
         try:
             module = importlib.import_module(name)
         except ModuleNotFoundError as err:

@@ -5,7 +5,7 @@
     python -m kernels.autotune --shape inner:H=256,W=256,Cqk=80,Cp=16,Cv=64 --dry-run
 
 For each attention block of the chosen shapes and each kernel that runs it (the `TUNABLE` lists of
-`kernels.fused_dense` and `kernels.fused_candidates`), every config of the kernel's search space is
+`kernels.fused_dense` and `kernels.tuning_candidates`), every config of the kernel's search space is
 timed with `triton.testing.do_bench` (median), a table is printed and the fastest config is merged
 into the tuning file (`kernels.tuning`: `$DYNAST_TUNING_FILE`, default
 `~/.cache/dynast/kernel_tuning.json`), keyed by GPU name, Triton version, dtype (`--dtype`), kernel
@@ -43,11 +43,11 @@ from .tuning import (
     tuning_file,
 )
 
-# Which module's kernels run which block.
+# Which module's `TUNABLE` kernels (launch spaces and runners) run which block.
 KERNEL_MODULES = {
     "dense": "kernels.fused_dense",
-    "inter": "kernels.fused_candidates",
-    "inner": "kernels.fused_candidates",
+    "inter": "kernels.tuning_candidates",
+    "inner": "kernels.tuning_candidates",
 }
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 NO_GPU_MESSAGE = (
@@ -96,11 +96,11 @@ class SweepResult:
 
 
 class MissingKernels(RuntimeError):
-    """A fused-kernel module is not there (yet)."""
+    """A tuning module is not there (yet)."""
 
 
 def load_kernels(module_name: str) -> list[TunableKernel]:
-    """The `TUNABLE` list a fused-kernel module declares."""
+    """The `TUNABLE` list a tuning module declares."""
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as err:

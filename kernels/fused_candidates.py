@@ -1,17 +1,17 @@
 """Fused Triton kernels of candidate (sparse) dynamic attention, forward and backward.
 
 Specification: `kernels.reference.reference_candidate_attention` (docs/method.md section 4). Design
-notes: docs/kernels-candidates.md. In short:
+notes: docs/kernels-candidates.md. Sizes and block names: the `kernels` package docstring. In short:
 
 - A program owns a tile of query *groups*. A group is one query (general candidates) or the four
   queries of a 2x2 window (inter-scale candidates, which those four share). A group has one
-  candidate list of M keys; the kernel reads the list and gathers the keys' rows of K, K_prune, V
-  and the warp values itself, channel chunk by channel chunk, so no (queries x M x channels)
-  tensor ever reaches device memory. Scores are fp32 and the whole row of M scores stays in
-  registers, so softmax, mask, top-k and the warp softmax need no second pass.
-- The forward saves the fp32 scores z and prune logits s ([B, Nq, M] each, a few bytes per query)
-  when a gradient is needed; the backward re-derives p, m and w from them instead of gathering K
-  and K_prune twice.
+  candidate list of n_cand keys; the kernel reads the list and gathers the keys' rows of K,
+  K_prune, V and the warp values itself, channel chunk by channel chunk, so no (queries x n_cand x
+  channels) tensor ever reaches device memory. Scores are fp32 and the whole row of n_cand scores
+  stays in registers, so softmax, mask, top-k and the warp softmax need no second pass.
+- The forward saves the fp32 scores z and prune logits s ([B, Nq, n_cand] each, a few bytes per
+  query) when a gradient is needed; the backward re-derives p, m and w from them instead of
+  gathering K and K_prune twice.
 - Backward: dq and dq_prune are per query (plain stores); dk, dv, dk_prune and d(warp_values) are
   scattered with fp32 atomics. A window-shared group sums its four queries' contributions in
   registers first, which cuts the atomics (and the gathers) by four.
@@ -19,14 +19,15 @@ notes: docs/kernels-candidates.md. In short:
   coarse grid), so programs that run together touch neighbouring queries, whose candidates mostly
   coincide, and one sample's keys stay resident in L2.
 
-File order: jit kernels, launchers, launch configs (tuning and ahead-of-time cases), the
-autograd.Function, the public `attention`.
+Shape comments in the kernels: G groups of the tile (BLOCK_G), A queries of a group (GROUP),
+N candidate slots (BLOCK_N), C channels of one chunk.
+
+File order: jit kernels, launchers (launch configs first), the autograd.Function, the public
+`attention`. The autotuner's runners are in `kernels.tuning_candidates`, the ahead-of-time cases
+in `kernels.aot_candidates`.
 """
 
 from __future__ import annotations
-
-import inspect
-from collections.abc import Callable
 
 import torch
 import triton
@@ -34,15 +35,12 @@ import triton.language as tl
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from .aot import AotCase
+from . import runtime
 from .candidate_lists import CandidateList, candidate_indices, window_shared_grid
 from .reference import WARP_MODE_IDS
 from .runtime import interpreting
-from .shapes import AttentionShape, make_problem
-from .tuning import LaunchConfig, TunableKernel, tuned_config
+from .tuning import LaunchConfig, LaunchSpace, tuned_config
 
-# WARP_MODE constexpr: 0 = no warp output, then one per `warp_over` value.
-_KEPT = WARP_MODE_IDS["kept"]
 WINDOW = 4  # queries of a 2x2 window that share one inter-scale candidate list
 
 
@@ -69,6 +67,36 @@ def _group_tokens(pid_t, n_groups, grid_w, BLOCK_G: tl.constexpr, GROUP: tl.cons
 
 
 @triton.jit
+def _tile_rows(
+    CAND,
+    Nq,
+    Nk,
+    n_cand,
+    n_groups,
+    grid_w,
+    BLOCK_G: tl.constexpr,
+    GROUP: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    """What a program of grid (query tiles, batch) works on: its queries' rows q_row [G, A]
+    (q_ok: the query exists), each group's candidate list cand [G, N] (slots j [N]; c_ok: the
+    slot exists), the candidates' key rows k_row [G, N], and valid [G, A, N], the real (query,
+    candidate) pairs. Rows count from the batch's first token: sample b's start at b * Nq
+    (queries) and b * Nk (keys)."""
+    pid_t = tl.program_id(0).to(tl.int64)
+    b = tl.program_id(1).to(tl.int64)
+    tok, lead, g_ok = _group_tokens(pid_t, n_groups, grid_w, BLOCK_G, GROUP)
+    q_ok = tl.broadcast_to(g_ok[:, None], (BLOCK_G, GROUP))
+    q_row = b * Nq + tok
+    j = tl.arange(0, BLOCK_N)
+    c_ok = g_ok[:, None] & (j < n_cand)[None, :]
+    cand = tl.load(CAND + (b * Nq + lead)[:, None] * n_cand + j[None, :], mask=c_ok, other=0)
+    k_row = b * Nk + cand.to(tl.int64)
+    valid = c_ok[:, None, :] & q_ok[:, :, None]
+    return q_row, q_ok, j, cand, k_row, c_ok, valid
+
+
+@triton.jit
 def _row_scores(
     X,
     Y,
@@ -79,12 +107,12 @@ def _row_scores(
     C,
     BLOCK_G: tl.constexpr,
     GROUP: tl.constexpr,
-    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
     BLOCK_C: tl.constexpr,
 ):
-    """fp32 dot products <X[row_x], Y[row_y]> -> [BLOCK_G, GROUP, BLOCK_M], where row_x
-    [BLOCK_G, GROUP] are query rows and row_y [BLOCK_G, BLOCK_M] gathered candidate rows."""
-    acc = tl.zeros([BLOCK_G, GROUP, BLOCK_M], dtype=tl.float32)
+    """fp32 dot products <X[row_x], Y[row_y]> -> [BLOCK_G, GROUP, BLOCK_N], where row_x
+    [BLOCK_G, GROUP] are query rows and row_y [BLOCK_G, BLOCK_N] gathered candidate rows."""
+    acc = tl.zeros([BLOCK_G, GROUP, BLOCK_N], dtype=tl.float32)
     for c0 in range(0, C, BLOCK_C):
         c = c0 + tl.arange(0, BLOCK_C)
         c_ok = c < C
@@ -97,7 +125,7 @@ def _row_scores(
             Y + row_y[:, :, None] * C + c[None, None, :],
             mask=y_ok[:, :, None] & c_ok[None, None, :],
             other=0.0,
-        ).to(tl.float32)  # [G, M, C]
+        ).to(tl.float32)  # [G, N, C]
         acc += tl.sum(x[:, :, None, :] * y[:, None, :, :], axis=3)
     return acc
 
@@ -114,11 +142,11 @@ def _weighted_rows(
     C,
     BLOCK_G: tl.constexpr,
     GROUP: tl.constexpr,
-    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
     BLOCK_C: tl.constexpr,
 ):
     """OUT[row_o] = sum_j weights[..., j] * Y[row_y[j]], chunk by chunk (weights fp32
-    [BLOCK_G, GROUP, BLOCK_M]; the store casts to OUT's dtype)."""
+    [BLOCK_G, GROUP, BLOCK_N]; the store casts to OUT's dtype)."""
     for c0 in range(0, C, BLOCK_C):
         c = c0 + tl.arange(0, BLOCK_C)
         c_ok = c < C
@@ -126,7 +154,7 @@ def _weighted_rows(
             Y + row_y[:, :, None] * C + c[None, None, :],
             mask=y_ok[:, :, None] & c_ok[None, None, :],
             other=0.0,
-        ).to(tl.float32)  # [G, M, C]
+        ).to(tl.float32)  # [G, N, C]
         o = tl.sum(weights[:, :, :, None] * y[:, None, :, :], axis=2)  # [G, A, C]
         tl.store(
             OUT + row_o[:, :, None] * C + c[None, None, :],
@@ -200,36 +228,27 @@ def _candidate_fwd_kernel(
     Cw,
     n_groups,
     grid_w,
-    n_top,
+    top_k,
     scale,
     prune_scale,
     BLOCK_G: tl.constexpr,
     GROUP: tl.constexpr,
-    BLOCK_M: tl.constexpr,
-    BLOCK_CQK: tl.constexpr,
-    BLOCK_CP: tl.constexpr,
-    BLOCK_CV: tl.constexpr,
-    BLOCK_CW: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_DP: tl.constexpr,
+    BLOCK_DV: tl.constexpr,
+    BLOCK_W: tl.constexpr,
     WARP_MODE: tl.constexpr,
     SAVE_SCORES: tl.constexpr,
 ):
-    pid_t = tl.program_id(0).to(tl.int64)
-    b = tl.program_id(1).to(tl.int64)
-    tok, lead, g_ok = _group_tokens(pid_t, n_groups, grid_w, BLOCK_G, GROUP)
-    q_ok = tl.broadcast_to(g_ok[:, None], (BLOCK_G, GROUP))  # [G, A]
-    q_row = b * Nq + tok  # [G, A]
-
-    j = tl.arange(0, BLOCK_M)
-    j_ok = j < n_cand
-    c_ok = g_ok[:, None] & j_ok[None, :]  # [G, M]
-    cand = tl.load(CAND + (b * Nq + lead)[:, None] * n_cand + j[None, :], mask=c_ok, other=0)
-    k_row = b * Nk + cand.to(tl.int64)  # [G, M]
-    valid = c_ok[:, None, :] & q_ok[:, :, None]  # [G, A, M]
+    q_row, q_ok, j, cand, k_row, c_ok, valid = _tile_rows(
+        CAND, Nq, Nk, n_cand, n_groups, grid_w, BLOCK_G, GROUP, BLOCK_N
+    )
 
     # Scores in fp32: the sparse scales multiply them by 100.
-    z = scale * _row_scores(Q, K, q_row, k_row, q_ok, c_ok, Cqk, BLOCK_G, GROUP, BLOCK_M, BLOCK_CQK)
+    z = scale * _row_scores(Q, K, q_row, k_row, q_ok, c_ok, Cqk, BLOCK_G, GROUP, BLOCK_N, BLOCK_D)
     s = prune_scale * _row_scores(
-        QP, KP, q_row, k_row, q_ok, c_ok, Cp, BLOCK_G, GROUP, BLOCK_M, BLOCK_CP
+        QP, KP, q_row, k_row, q_ok, c_ok, Cp, BLOCK_G, GROUP, BLOCK_N, BLOCK_DP
     )
     if SAVE_SCORES:
         at = q_row[:, :, None] * n_cand + j[None, None, :]
@@ -242,14 +261,14 @@ def _candidate_fwd_kernel(
     pos = j[None, None, :]
     taken = valid == 0
     z_rank = tl.where(z != z, float("-inf"), z)
-    for t in range(0, n_top):
+    for t in range(0, top_k):
         zt = tl.where(taken, float("-inf"), z_rank)
         best = tl.max(zt, axis=2)
         hit = (zt == best[:, :, None]) & (taken == 0)
-        first = tl.min(tl.where(hit, pos, BLOCK_M), axis=2)  # [G, A]
+        first = tl.min(tl.where(hit, pos, BLOCK_N), axis=2)  # [G, A]
         chosen = pos == first[:, :, None]
         key = tl.sum(tl.where(chosen, cand[:, None, :], 0), axis=2)
-        tl.store(TOPK + q_row * n_top + t, key.to(tl.int64), mask=q_ok)
+        tl.store(TOPK + q_row * top_k + t, key.to(tl.int64), mask=q_ok)
         taken = taken | chosen
 
     # Only the two weight rows stay live through the gathers of V and the warp values.
@@ -257,9 +276,9 @@ def _candidate_fwd_kernel(
         w = _warp_weights(z, s, valid, WARP_MODE)
     pm = tl.where(s > 0, _softmax(z, valid), 0.0)
     tl.store(CONF + q_row, tl.sum(pm, axis=2), mask=q_ok)
-    _weighted_rows(pm, V, k_row, c_ok, q_row, q_ok, OUT, Cv, BLOCK_G, GROUP, BLOCK_M, BLOCK_CV)
+    _weighted_rows(pm, V, k_row, c_ok, q_row, q_ok, OUT, Cv, BLOCK_G, GROUP, BLOCK_N, BLOCK_DV)
     if WARP_MODE != 0:
-        _weighted_rows(w, WV, k_row, c_ok, q_row, q_ok, WARP, Cw, BLOCK_G, GROUP, BLOCK_M, BLOCK_CW)
+        _weighted_rows(w, WV, k_row, c_ok, q_row, q_ok, WARP, Cw, BLOCK_G, GROUP, BLOCK_N, BLOCK_W)
 
 
 @triton.jit
@@ -276,11 +295,11 @@ def _scatter_rows(
     C,
     BLOCK_G: tl.constexpr,
     GROUP: tl.constexpr,
-    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
     BLOCK_C: tl.constexpr,
 ):
     """Backward of a weighted row sum over candidates, chunk by chunk, given fp32 coefficients
-    coef [G, A, M] = dL/d<...> per (query, candidate):
+    coef [G, A, N] = dL/d<...> per (query, candidate):
 
     - DX[row_x] = sum_j coef_j Y[row_y[j]] (per query, a plain store);
     - DY[row_y[j]] += sum_a coef_aj X[row_x[a]] (fp32 atomics; the group's queries summed first).
@@ -292,11 +311,11 @@ def _scatter_rows(
         y_mask = y_ok[:, :, None] & ch_ok[None, None, :]
         x_at = row_x[:, :, None] * C + c[None, None, :]
         y_at = row_y[:, :, None] * C + c[None, None, :]
-        y = tl.load(Y + y_at, mask=y_mask, other=0.0).to(tl.float32)  # [G, M, C]
+        y = tl.load(Y + y_at, mask=y_mask, other=0.0).to(tl.float32)  # [G, N, C]
         dx = tl.sum(coef[:, :, :, None] * y[:, None, :, :], axis=2)  # [G, A, C]
         tl.store(DX + x_at, dx, mask=x_mask)
         x = tl.load(X + x_at, mask=x_mask, other=0.0).to(tl.float32)  # [G, A, C]
-        dy = tl.sum(coef[:, :, :, None] * x[:, :, None, :], axis=1)  # [G, M, C]
+        dy = tl.sum(coef[:, :, :, None] * x[:, :, None, :], axis=1)  # [G, N, C]
         tl.atomic_add(DY + y_at, dy, mask=y_mask, sem="relaxed")
 
 
@@ -333,53 +352,44 @@ def _candidate_bwd_kernel(
     prune_scale,
     BLOCK_G: tl.constexpr,
     GROUP: tl.constexpr,
-    BLOCK_M: tl.constexpr,
-    BLOCK_CQK: tl.constexpr,
-    BLOCK_CP: tl.constexpr,
-    BLOCK_CV: tl.constexpr,
-    BLOCK_CW: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_DP: tl.constexpr,
+    BLOCK_DV: tl.constexpr,
+    BLOCK_W: tl.constexpr,
     WARP_MODE: tl.constexpr,
 ):
     """With g_j = dout . V_j + dconf and D = sum_j p_j m_j g_j (= dout . out + dconf * conf):
     dz_j = p_j (m_j g_j - D) + w_j (dwarp . W_j - dwarp . warp), ds_j = g_j p_j sig'(s_j);
     dq = scale sum_j dz_j K_j, dk_j += scale dz_j q, dq_p and dk_p alike with ds and prune_scale,
     dv_j += p_j m_j dout, dW_j += w_j dwarp."""
-    pid_t = tl.program_id(0).to(tl.int64)
-    b = tl.program_id(1).to(tl.int64)
-    tok, lead, g_ok = _group_tokens(pid_t, n_groups, grid_w, BLOCK_G, GROUP)
-    q_ok = tl.broadcast_to(g_ok[:, None], (BLOCK_G, GROUP))
-    q_row = b * Nq + tok
-
-    j = tl.arange(0, BLOCK_M)
-    j_ok = j < n_cand
-    c_ok = g_ok[:, None] & j_ok[None, :]
-    cand = tl.load(CAND + (b * Nq + lead)[:, None] * n_cand + j[None, :], mask=c_ok, other=0)
-    k_row = b * Nk + cand.to(tl.int64)
-    valid = c_ok[:, None, :] & q_ok[:, :, None]
+    q_row, q_ok, j, _, k_row, c_ok, valid = _tile_rows(
+        CAND, Nq, Nk, n_cand, n_groups, grid_w, BLOCK_G, GROUP, BLOCK_N
+    )
 
     at = q_row[:, :, None] * n_cand + j[None, None, :]
     z = tl.load(Z + at, mask=valid, other=0.0)
     s = tl.load(S + at, mask=valid, other=0.0)
 
     # The warp's share of dz first, so that w and z die before the value gathers.
-    dz = tl.zeros([BLOCK_G, GROUP, BLOCK_M], dtype=tl.float32)
+    dz = tl.zeros([BLOCK_G, GROUP, BLOCK_N], dtype=tl.float32)
     if WARP_MODE != 0:
         w = _warp_weights(z, s, valid, WARP_MODE)
         # dw_j = dwarp . W_j while DW_j += w_j dwarp is scattered (Cw is small: one chunk).
-        gw = tl.zeros([BLOCK_G, GROUP, BLOCK_M], dtype=tl.float32)
-        for c0 in range(0, Cw, BLOCK_CW):
-            c = c0 + tl.arange(0, BLOCK_CW)
+        gw = tl.zeros([BLOCK_G, GROUP, BLOCK_N], dtype=tl.float32)
+        for c0 in range(0, Cw, BLOCK_W):
+            c = c0 + tl.arange(0, BLOCK_W)
             ch_ok = c < Cw
             w_at = k_row[:, :, None] * Cw + c[None, None, :]
             w_mask = c_ok[:, :, None] & ch_ok[None, None, :]
-            wv = tl.load(WV + w_at, mask=w_mask, other=0.0).to(tl.float32)  # [G, M, C]
+            wv = tl.load(WV + w_at, mask=w_mask, other=0.0).to(tl.float32)  # [G, N, C]
             dw = tl.load(
                 DWARP + q_row[:, :, None] * Cw + c[None, None, :],
                 mask=q_ok[:, :, None] & ch_ok[None, None, :],
                 other=0.0,
             ).to(tl.float32)  # [G, A, C]
             gw += tl.sum(dw[:, :, None, :] * wv[:, None, :, :], axis=3)
-            dwv = tl.sum(w[:, :, :, None] * dw[:, :, None, :], axis=1)  # [G, M, C]
+            dwv = tl.sum(w[:, :, :, None] * dw[:, :, None, :], axis=1)  # [G, N, C]
             tl.atomic_add(DWV + w_at, dwv, mask=w_mask, sem="relaxed")
         dz = _warp_z_part(w * (gw - tl.sum(w * gw, axis=2)[:, :, None]), s, WARP_MODE)
 
@@ -389,20 +399,20 @@ def _candidate_bwd_kernel(
     p_sig = tl.where(valid, p * sig * (1.0 - sig), 0.0)
 
     # g_j = dout . V_j + dconf, while dv_j += p_j m_j dout is scattered from the same chunks.
-    g = tl.zeros([BLOCK_G, GROUP, BLOCK_M], dtype=tl.float32)
-    for c0 in range(0, Cv, BLOCK_CV):
-        c = c0 + tl.arange(0, BLOCK_CV)
+    g = tl.zeros([BLOCK_G, GROUP, BLOCK_N], dtype=tl.float32)
+    for c0 in range(0, Cv, BLOCK_DV):
+        c = c0 + tl.arange(0, BLOCK_DV)
         ch_ok = c < Cv
         v_at = k_row[:, :, None] * Cv + c[None, None, :]
         v_mask = c_ok[:, :, None] & ch_ok[None, None, :]
-        vv = tl.load(V + v_at, mask=v_mask, other=0.0).to(tl.float32)  # [G, M, C]
+        vv = tl.load(V + v_at, mask=v_mask, other=0.0).to(tl.float32)  # [G, N, C]
         do = tl.load(
             DOUT + q_row[:, :, None] * Cv + c[None, None, :],
             mask=q_ok[:, :, None] & ch_ok[None, None, :],
             other=0.0,
         ).to(tl.float32)  # [G, A, C]
         g += tl.sum(do[:, :, None, :] * vv[:, None, :, :], axis=3)
-        dv = tl.sum(pm[:, :, :, None] * do[:, :, None, :], axis=1)  # [G, M, C]
+        dv = tl.sum(pm[:, :, :, None] * do[:, :, None, :], axis=1)  # [G, N, C]
         tl.atomic_add(DV + v_at, dv, mask=v_mask, sem="relaxed")
     g += tl.load(DCONF + q_row, mask=q_ok, other=0.0).to(tl.float32)[:, :, None]
 
@@ -411,20 +421,24 @@ def _candidate_bwd_kernel(
     dz = tl.where(valid, dz, 0.0) * scale
     ds = g * p_sig * prune_scale
     _scatter_rows(
-        ds, QP, q_row, q_ok, KP, k_row, c_ok, DQP, DKP, Cp, BLOCK_G, GROUP, BLOCK_M, BLOCK_CP
+        ds, QP, q_row, q_ok, KP, k_row, c_ok, DQP, DKP, Cp, BLOCK_G, GROUP, BLOCK_N, BLOCK_DP
     )
-    _scatter_rows(
-        dz, Q, q_row, q_ok, K, k_row, c_ok, DQ, DK, Cqk, BLOCK_G, GROUP, BLOCK_M, BLOCK_CQK
-    )
+    _scatter_rows(dz, Q, q_row, q_ok, K, k_row, c_ok, DQ, DK, Cqk, BLOCK_G, GROUP, BLOCK_N, BLOCK_D)
 
 
 # --------------------------------------------------------------------------------------------------
-# Launchers
+# Launchers: the launch configurations (search space, default, block sizes), then the launches
 # --------------------------------------------------------------------------------------------------
+
+# fp32 elements per thread in the largest live tile (queries x candidates x channels). The sweep
+# in docs/kernels-candidates.md: 16 compiles without spills at every real size, also without
+# divisibility hints; 32 and more spill in the backward of inner-scale candidates (n_cand = 20
+# padded to 32). The space varies the tile's shape and the warp count around this budget.
+_PER_THREAD = 16
 
 
 def _dims(q: Tensor, k_prune: Tensor, v: Tensor, cand: Tensor, cw: int, group: int) -> dict:
-    """The shape key of a problem (bucketed by `kernels.tuning`)."""
+    """The shape key of a problem (bucketed by `kernels.tuning`; M is n_cand)."""
     return {
         "Nq": q.shape[1],
         "Cqk": q.shape[2],
@@ -437,18 +451,61 @@ def _dims(q: Tensor, k_prune: Tensor, v: Tensor, cand: Tensor, cw: int, group: i
 
 
 def _constexprs(dims: dict[str, int], config: LaunchConfig) -> dict[str, int]:
-    """Block sizes of one launch: the config's query and channel blocks, fitted to the problem."""
+    """Block sizes of one launch: the config's queries (BLOCK_Q, in groups of G) and channel chunk
+    (BLOCK_C, clipped to each tensor's channels), fitted to the problem."""
     np2 = triton.next_power_of_2
     block_c = config["BLOCK_C"]
     return {
         "BLOCK_G": max(1, config["BLOCK_Q"] // dims["G"]),
         "GROUP": dims["G"],
-        "BLOCK_M": np2(dims["M"]),
-        "BLOCK_CQK": min(block_c, np2(dims["Cqk"])),
-        "BLOCK_CP": min(block_c, np2(dims["Cp"])),
-        "BLOCK_CV": min(block_c, np2(dims["Cv"])),
-        "BLOCK_CW": min(block_c, np2(max(dims["Cw"], 1))),
+        "BLOCK_N": np2(dims["M"]),
+        "BLOCK_D": min(block_c, np2(dims["Cqk"])),
+        "BLOCK_DP": min(block_c, np2(dims["Cp"])),
+        "BLOCK_DV": min(block_c, np2(dims["Cv"])),
+        "BLOCK_W": min(block_c, np2(max(dims["Cw"], 1))),
     }
+
+
+def _per_thread(dims: dict[str, int], config: LaunchConfig) -> float:
+    blocks = _constexprs(dims, config)
+    tile = blocks["BLOCK_G"] * blocks["GROUP"] * blocks["BLOCK_N"] * config["BLOCK_C"]
+    return tile / (32 * config["num_warps"])
+
+
+def _fits(dims: dict[str, int], config: LaunchConfig) -> bool:
+    """The pruning predicate of the search space."""
+    if config["BLOCK_Q"] < dims["G"]:
+        return False  # a window's four queries never split across programs
+    return _per_thread(dims, config) == _PER_THREAD
+
+
+def _space(dims: dict[str, int]) -> list[LaunchConfig]:
+    """Every config the autotuner may pick for `dims` (the one place the search space lives)."""
+    configs = [
+        {"BLOCK_Q": bq, "BLOCK_C": bc, "num_warps": nw, "num_stages": 1}
+        for bq in (4, 8, 16)
+        for bc in (16, 32)
+        for nw in (2, 4, 8)
+    ]
+    return [c for c in configs if _fits(dims, c)]
+
+
+def _default(dims: dict[str, int]) -> LaunchConfig:
+    """16 channels on 4 warps, as many queries as keep the tile at `_PER_THREAD` (8 for M = 16,
+    4 for M = 20); at least one group, whatever the register cost, so any M launches."""
+    block_n = triton.next_power_of_2(dims["M"])
+    block_q = max(dims["G"], 1, _PER_THREAD * 32 * 4 // (block_n * 16))
+    return {"BLOCK_Q": min(block_q, 16), "BLOCK_C": 16, "num_warps": 4, "num_stages": 1}
+
+
+FORWARD = LaunchSpace("candidate_fwd", _space, _default)
+BACKWARD = LaunchSpace("candidate_bwd", _space, _default)
+
+
+def _config(kernel: LaunchSpace, dims: dict[str, int], device: torch.device) -> LaunchConfig:
+    if interpreting():
+        return kernel.default(dims)  # no tuning table applies to the CPU interpreter
+    return tuned_config(kernel, dims, device)
 
 
 def _geometry(nq: int, window: tuple[int, int] | None) -> tuple[int, int, int]:
@@ -472,28 +529,29 @@ def _launch_forward(
     window: tuple[int, int] | None,
     scale: float,
     prune_scale: float,
-    n_top: int,
+    topk: int,
     warp_mode: int,
     save_scores: bool,
     config: LaunchConfig | None = None,
 ) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None, Tensor | None, Tensor | None]:
     """Runs the forward kernel on contiguous inputs; returns (out, conf, topk, warp, z, s)."""
     b, nq, _ = q.shape
-    nk, cv, m = k.shape[1], v.shape[2], cand.shape[2]
+    nk, cv, n_cand = k.shape[1], v.shape[2], cand.shape[2]
     cw = warp_values.shape[2] if warp_values is not None else 0
     group, n_groups, grid_w = _geometry(nq, window)
     dims = _dims(q, k_prune, v, cand, cw, group)
     config = config or _config(FORWARD, dims, q.device)
     blocks = _constexprs(dims, config)
 
-    out = torch.empty(b, nq, cv, device=q.device, dtype=q.dtype)
-    conf = torch.empty(b, nq, device=q.device, dtype=q.dtype)
-    top = torch.empty(b, nq, n_top, device=q.device, dtype=torch.int64) if n_top else None
-    warp = torch.empty(b, nq, cw, device=q.device, dtype=q.dtype) if warp_mode else None
+    dev, dtype = q.device, q.dtype
+    out = runtime.empty((b, nq, cv), dtype, dev)
+    conf = runtime.empty((b, nq), dtype, dev)
+    top = runtime.empty((b, nq, topk), torch.int64, dev) if topk else None
+    warp = runtime.empty((b, nq, cw), dtype, dev) if warp_mode else None
     z = s = None
     if save_scores:
-        z = torch.empty(b, nq, m, device=q.device, dtype=torch.float32)
-        s = torch.empty_like(z)
+        z = runtime.empty((b, nq, n_cand), torch.float32, dev)
+        s = runtime.empty((b, nq, n_cand), torch.float32, dev)
     # Unused pointers get any tensor: the constexpr flags compile their uses away.
     grid = (triton.cdiv(n_groups, blocks["BLOCK_G"]), b)
     _candidate_fwd_kernel[grid](
@@ -512,14 +570,14 @@ def _launch_forward(
         s if s is not None else out,
         nq,
         nk,
-        m,
+        n_cand,
         q.shape[2],
         q_prune.shape[2],
         cv,
         cw,
         n_groups,
         grid_w,
-        n_top,
+        topk,
         scale,
         prune_scale,
         **blocks,
@@ -554,15 +612,15 @@ def _launch_backward(
     """Runs the backward kernel; returns (dq, dk, dv, dq_prune, dk_prune, dwarp_values), the
     scattered ones still in their fp32 accumulation buffers."""
     b, nq, _ = q.shape
-    nk, m = k.shape[1], cand.shape[2]
+    nk, n_cand = k.shape[1], cand.shape[2]
     cw = warp_values.shape[2] if warp_values is not None else 0
     group, n_groups, grid_w = _geometry(nq, window)
     dims = _dims(q, k_prune, v, cand, cw, group)
     config = config or _config(BACKWARD, dims, q.device)
     blocks = _constexprs(dims, config)
 
-    dq = torch.empty_like(q)
-    dq_prune = torch.empty_like(q_prune)
+    dq = runtime.empty(q.shape, q.dtype, q.device)
+    dq_prune = runtime.empty(q_prune.shape, q_prune.dtype, q.device)
     # Atomically accumulated: fp32, zeroed before every launch.
     dk = torch.zeros(k.shape, device=q.device, dtype=torch.float32)
     dv = torch.zeros(v.shape, device=q.device, dtype=torch.float32)
@@ -592,7 +650,7 @@ def _launch_backward(
         dwv if dwv is not None else dk,
         nq,
         nk,
-        m,
+        n_cand,
         q.shape[2],
         q_prune.shape[2],
         v.shape[2],
@@ -607,261 +665,6 @@ def _launch_backward(
         num_stages=config["num_stages"],
     )
     return dq, dk, dv, dq_prune, dk_prune, dwv
-
-
-# --------------------------------------------------------------------------------------------------
-# Launch configurations: the search space, the defaults, the autotuner's runners, AOT cases
-# --------------------------------------------------------------------------------------------------
-
-# fp32 elements per thread in the largest live tile (queries x candidates x channels). The sweep
-# in docs/kernels-candidates.md: 16 compiles without spills at every real size, also without
-# divisibility hints; 32 and more spill in the backward of inner-scale candidates (M = 20 padded
-# to 32). The space varies the tile's shape and the warp count around this budget.
-_PER_THREAD = 16
-
-
-def _per_thread(dims: dict[str, int], config: LaunchConfig) -> float:
-    blocks = _constexprs(dims, config)
-    tile = blocks["BLOCK_G"] * blocks["GROUP"] * blocks["BLOCK_M"] * config["BLOCK_C"]
-    return tile / (32 * config["num_warps"])
-
-
-def _fits(dims: dict[str, int], config: LaunchConfig) -> bool:
-    """The pruning predicate of the search space."""
-    if config["BLOCK_Q"] < dims["G"]:
-        return False  # a window's four queries never split across programs
-    return _per_thread(dims, config) == _PER_THREAD
-
-
-def _space(dims: dict[str, int]) -> list[LaunchConfig]:
-    """Every config the autotuner may pick for `dims` (the one place the search space lives)."""
-    configs = [
-        {"BLOCK_Q": bq, "BLOCK_C": bc, "num_warps": nw, "num_stages": 1}
-        for bq in (4, 8, 16)
-        for bc in (16, 32)
-        for nw in (2, 4, 8)
-    ]
-    return [c for c in configs if _fits(dims, c)]
-
-
-def _default(dims: dict[str, int]) -> LaunchConfig:
-    """16 channels on 4 warps, as many queries as keep the tile at `_PER_THREAD` (8 for M = 16,
-    4 for M = 20); at least one group, whatever the register cost, so any M launches."""
-    block_m = triton.next_power_of_2(dims["M"])
-    block_q = max(dims["G"], 1, _PER_THREAD * 32 * 4 // (block_m * 16))
-    return {"BLOCK_Q": min(block_q, 16), "BLOCK_C": 16, "num_warps": 4, "num_stages": 1}
-
-
-def _config(kernel: TunableKernel, dims: dict[str, int], device: torch.device) -> LaunchConfig:
-    if interpreting():
-        return kernel.default(dims)  # no tuning table applies to the CPU interpreter
-    return tuned_config(kernel, dims, device)
-
-
-def _random_problem(dims: dict[str, int], device: torch.device, dtype: torch.dtype):
-    """Fresh inputs of the given dims, one sample, as the model would feed them
-    (`kernels.shapes`): unit-norm rows at scale 100 and spatially coherent candidates, since the
-    cache hit rate of the gathers depends on it. G = 4 gives window-shared inter-scale lists
-    (M = 4k), G = 1 inner-scale ones (M = 5k)."""
-    nq, m = dims["Nq"], dims["M"]
-    block, per_match = ("inter", 4) if dims["G"] == WINDOW else ("inner", 5)
-    if m % per_match:
-        raise ValueError(f"dims M={m} is no multiple of {per_match} ({block}-scale candidates)")
-    height = 2 ** ((nq.bit_length() - 1) // 2)  # a square-ish grid of about Nq tokens
-    shape = AttentionShape(
-        block,
-        height,
-        max(2, nq // height),
-        cqk=dims["Cqk"],
-        cp=dims["Cp"],
-        cv=dims["Cv"],
-        cw=dims["Cw"],
-        k=m // per_match,
-    )
-    return make_problem(shape, 1, device=device, dtype=dtype)
-
-
-def _launch_args(problem) -> dict:
-    head = problem.positional()[:5]
-    return {
-        "args": (*head, problem.warp_values, candidate_indices(problem.candidates)),
-        "window": window_shared_grid(problem.candidates),  # a CandidateList's own fact
-        "scale": problem.shape.scale,
-        "prune_scale": problem.shape.prune_scale,
-        "warp_mode": _KEPT if problem.warp_values is not None else 0,
-    }
-
-
-def _forward_runner(
-    dims: dict[str, int], config: LaunchConfig, device: torch.device, dtype: torch.dtype
-) -> Callable[[], object]:
-    problem = _random_problem(dims, device, dtype)
-    x = _launch_args(problem)
-
-    def run() -> object:
-        return _launch_forward(
-            *x["args"],
-            window=x["window"],
-            scale=x["scale"],
-            prune_scale=x["prune_scale"],
-            n_top=problem.shape.k,
-            warp_mode=x["warp_mode"],
-            save_scores=True,
-            config=config,
-        )
-
-    return run
-
-
-def _backward_runner(
-    dims: dict[str, int], config: LaunchConfig, device: torch.device, dtype: torch.dtype
-) -> Callable[[], object]:
-    problem = _random_problem(dims, device, dtype)
-    x = _launch_args(problem)
-    common = {k: x[k] for k in ("window", "scale", "prune_scale", "warp_mode")}
-    out, conf, _, warp, z, s = _launch_forward(
-        *x["args"], n_top=0, save_scores=True, config=_default(dims), **common
-    )
-    dout, dconf = torch.randn_like(out), torch.randn_like(conf)
-    dwarp = torch.randn_like(warp) if warp is not None else None
-
-    def run() -> object:
-        # The fp32 buffers are allocated and zeroed inside: that cost belongs to every backward.
-        return _launch_backward(*x["args"], z, s, dout, dconf, dwarp, config=config, **common)
-
-    return run
-
-
-FORWARD = TunableKernel("candidate_fwd", _space, _default, _forward_runner)
-BACKWARD = TunableKernel("candidate_bwd", _space, _default, _backward_runner)
-TUNABLE: list[TunableKernel] = [FORWARD, BACKWARD]
-
-# The sparse scales of deepfashion-256 (tokens, Cqk, Cp, Cv) and a small preset's channels; Cw 3.
-MODEL_SIZES = [(4096, 320, 64, 256), (16384, 160, 32, 128), (65536, 80, 16, 64)]
-SMALL_SIZES = [(4096, 48, 16, 32)]
-
-
-def tuning_dims() -> list[dict[str, int]]:
-    """The problems worth tuning: every sparse scale, inter-scale (M = 16, window-shared) and
-    inner-scale (M = 20) candidates."""
-    return [
-        {"Nq": nq, "Cqk": cqk, "Cp": cp, "Cv": cv, "Cw": 3, "M": m, "G": group}
-        for nq, cqk, cp, cv in MODEL_SIZES + SMALL_SIZES
-        for m, group in ((16, WINDOW), (20, 1))
-    ]
-
-
-# Pointer element types that do not follow the input dtype ("idx" = the candidates' integer type).
-_POINTER_TYPES = {
-    "CAND": "idx",
-    "TOPK": "i64",
-    "Z": "fp32",
-    "S": "fp32",
-    "DK": "fp32",
-    "DV": "fp32",
-    "DKP": "fp32",
-    "DWV": "fp32",
-}
-_FLOAT_ARGS = ("scale", "prune_scale")
-
-
-def _parameters(fn: triton.JITFunction) -> list[tuple[str, bool]]:
-    """(name, is_constexpr) of a kernel's parameters, read from the Python function itself so that
-    it works on interpreted kernels too."""
-    params = inspect.signature(fn.fn).parameters.values()
-    return [(p.name, "constexpr" in str(p.annotation)) for p in params]
-
-
-def _signature(fn: triton.JITFunction, dtype: str, index: str) -> dict[str, str]:
-    """Argument types of a kernel for ahead-of-time compiles: upper-case names are pointers (or
-    constexprs, by annotation), lower-case ones i32 sizes or fp32 scales."""
-    sig = {}
-    for name, is_constexpr in _parameters(fn):
-        if is_constexpr:
-            sig[name] = "constexpr"
-        elif name.isupper():
-            sig[name] = "*" + _POINTER_TYPES.get(name, dtype).replace("idx", index)
-        else:
-            sig[name] = "fp32" if name in _FLOAT_ARGS else "i32"
-    return sig
-
-
-def _divisibility_attrs(fn: triton.JITFunction, dims: dict[str, int]) -> dict:
-    """The specialisation Triton's JIT applies at run time for these sizes: pointers (16-byte
-    aligned allocations) and integer arguments divisible by 16 are marked so. Without it the
-    gathers cannot be vectorised and a compile misjudges registers (see docs)."""
-    nq, groups = dims["Nq"], dims["Nq"] // dims["G"]
-    width = 2 ** ((nq.bit_length() - 1) // 2) if dims["G"] == WINDOW else 1
-    values = {
-        "Nq": nq,
-        "Nk": nq,
-        "n_cand": dims["M"],
-        "Cqk": dims["Cqk"],
-        "Cp": dims["Cp"],
-        "Cv": dims["Cv"],
-        "Cw": dims["Cw"],
-        "n_groups": groups,
-        "grid_w": width,
-        "n_top": 4,
-    }
-    attrs = {}
-    for i, (name, is_constexpr) in enumerate(_parameters(fn)):
-        pointer = name.isupper() and not is_constexpr
-        if pointer or values.get(name, 1) % 16 == 0:
-            attrs[(i,)] = [["tt.divisibility", 16]]
-    return attrs
-
-
-def aot_cases() -> list[AotCase]:
-    """Every kernel x every config of its space x the model's sizes, as trained: bf16, int64
-    candidates, warp over kept keys, scores saved for the backward. Sizes whose block sizes come
-    out the same compile to the same kernel, so each distinct one is listed once, labelled with
-    the sizes it stands for."""
-    merged: dict[tuple, dict] = {}
-    for dims in tuning_dims():
-        for kernel in TUNABLE:
-            fn = _candidate_fwd_kernel if kernel is FORWARD else _candidate_bwd_kernel
-            flags = {"WARP_MODE": _KEPT}
-            if kernel is FORWARD:
-                flags["SAVE_SCORES"] = True
-            for config in kernel.space(dims):
-                constexprs = {**_constexprs(dims, config), **flags}
-                attrs = _divisibility_attrs(fn, dims)
-                key = (
-                    kernel.name,
-                    tuple(sorted(constexprs.items())),
-                    config["num_warps"],
-                    tuple(sorted(attrs)),
-                )
-                entry = merged.setdefault(
-                    key,
-                    {"fn": fn, "kernel": kernel, "config": config, "constexprs": constexprs},
-                )
-                entry.setdefault("sizes", []).append(f"{dims['Cqk']}/{dims['Cp']}/{dims['Cv']}")
-                entry["default"] = entry.get("default", False) or config == kernel.default(dims)
-                entry.setdefault("attrs", attrs)
-                entry.setdefault("M", dims["M"])
-    cases = []
-    for entry in merged.values():
-        config, constexprs = entry["config"], entry["constexprs"]
-        label = (
-            f"{entry['kernel'].name} M={entry['M']} G={constexprs['GROUP']} "
-            f"Q{config['BLOCK_Q']} C{config['BLOCK_C']} Cqk/Cp/Cv={','.join(entry['sizes'])}"
-        )
-        cases.append(
-            AotCase(
-                label=label,
-                module=__name__,
-                function=entry["fn"].__name__,
-                signature=_signature(entry["fn"], "bf16", "i64"),
-                constexprs=constexprs,
-                num_warps=config["num_warps"],
-                num_stages=config["num_stages"],
-                is_default=entry["default"],
-                extra={"attrs": entry["attrs"]},
-            )
-        )
-    return cases
 
 
 # --------------------------------------------------------------------------------------------------
@@ -884,7 +687,7 @@ class _CandidateAttention(torch.autograd.Function):
         window: tuple[int, int] | None,
         scale: float,
         prune_scale: float,
-        n_top: int,
+        topk: int,
         warp_mode: int,
     ):
         save = any(ctx.needs_input_grad[:6])
@@ -899,7 +702,7 @@ class _CandidateAttention(torch.autograd.Function):
             window=window,
             scale=scale,
             prune_scale=prune_scale,
-            n_top=n_top,
+            topk=topk,
             warp_mode=warp_mode,
             save_scores=save,
         )

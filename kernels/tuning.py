@@ -35,21 +35,34 @@ SHIPPED_TABLE = Path(__file__).with_name("tuning_shipped.json")
 
 
 @dataclass(frozen=True)
-class TunableKernel:
-    """One kernel the autotuner may sweep.
+class LaunchSpace:
+    """The launch configs of one kernel, declared beside the kernel in its fused module.
 
-    space(dims) lists the configs it may pick for a problem (every one must compile, see the
-    ahead-of-time tests); default(dims) is what runs when the table has no entry; make_runner(dims,
-    config, device, dtype) builds fresh inputs and returns a zero-argument callable that launches
-    the kernel once with that config (what `do_bench` times).
+    space(dims) lists the configs it may take on a problem (every one must compile, see the
+    ahead-of-time tests); default(dims) is what runs when the tuning table has no entry. The
+    launchers need no more than this.
     """
 
     name: str
     space: Callable[[dict[str, int]], list[LaunchConfig]]
     default: Callable[[dict[str, int]], LaunchConfig]
+
+
+@dataclass(frozen=True)
+class TunableKernel(LaunchSpace):
+    """One kernel the autotuner may sweep: its launch space, and make_runner(dims, config, device,
+    dtype), which builds fresh inputs and returns a zero-argument callable that launches the
+    kernel once with that config (what `do_bench` times). The runners live in
+    `kernels.tuning_dense` and `kernels.tuning_candidates`, out of the kernel files.
+    """
+
     make_runner: Callable[
         [dict[str, int], LaunchConfig, torch.device, torch.dtype], Callable[[], Any]
     ]
+
+    @classmethod
+    def of(cls, launch: LaunchSpace, make_runner: Callable) -> TunableKernel:
+        return cls(launch.name, launch.space, launch.default, make_runner)
 
 
 DTYPE_NAMES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
@@ -137,7 +150,7 @@ def load_table(path: Path | None = None) -> dict:
 
 
 def tuned_config(
-    kernel: TunableKernel,
+    kernel: LaunchSpace,
     dims: dict[str, int],
     device: torch.device,
     dtype: torch.dtype | None = None,

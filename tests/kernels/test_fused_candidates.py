@@ -4,8 +4,8 @@ On machines without a GPU the kernels run on Triton's CPU interpreter (tests/con
 TRITON_INTERPRET before the kernels are imported). Inputs are built so that the discontinuous parts
 are decided with a margin: prune logits stay away from 0 (some queries keep every candidate, some
 none) and distinct keys never tie in score (duplicated candidates tie exactly, which both sides
-break by position). Every output the kernels allocate is NaN-poisoned first, so an unwritten
-element fails.
+break by position). Every output the kernels allocate is NaN-poisoned first
+(`nan_filled_outputs`, tests/kernels/conftest.py), so an unwritten element fails.
 """
 
 from __future__ import annotations
@@ -15,28 +15,23 @@ import torch
 from _assert import assert_close, assert_error_within, sum_tolerance
 from torch import Tensor
 
-from kernels import candidate_attention, inner_scale_candidates, inter_scale_candidates
+from kernels import (
+    aot_candidates,
+    candidate_attention,
+    inner_scale_candidates,
+    inter_scale_candidates,
+    tuning_candidates,
+)
 from kernels import fused_candidates as fused
 from kernels.candidate_lists import candidate_indices, window_shared_grid
-from kernels.reference import reference_candidate_attention
+from kernels.reference import WARP_MODE_IDS, reference_candidate_attention
 
 B, H, W, K = 2, 6, 10, 3
 N = H * W
 NAMES = ("q", "k", "v", "q_prune", "k_prune", "warp_values")
 # The interpreter runs the kernels on CPU tensors; with a GPU the same tests run on it.
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-@pytest.fixture(autouse=True)
-def poisoned_outputs(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Fresh buffers start as NaN (floats) or -1 (integers) instead of leftover memory."""
-    empty, empty_like = torch.empty, torch.empty_like
-
-    def poison(x: Tensor) -> Tensor:
-        return x.fill_(float("nan") if x.is_floating_point() else -1)
-
-    monkeypatch.setattr(torch, "empty", lambda *a, **kw: poison(empty(*a, **kw)))
-    monkeypatch.setattr(torch, "empty_like", lambda *a, **kw: poison(empty_like(*a, **kw)))
+pytestmark = pytest.mark.usefixtures("nan_filled_outputs")
 
 
 def make_inputs(
@@ -309,8 +304,9 @@ def test_every_config_of_the_space(kind: str, config: dict) -> None:
     check_margins(x, cand, 0.3, k=4)
     window = window_shared_grid(cand)
     args = [x[n] for n in NAMES] + [candidate_indices(cand)]
-    common = dict(window=window, scale=0.3, prune_scale=0.7, warp_mode=fused._KEPT, config=config)
-    out, conf, top, warp, z, s = fused._launch_forward(*args, n_top=4, save_scores=True, **common)
+    kept = WARP_MODE_IDS["kept"]
+    common = dict(window=window, scale=0.3, prune_scale=0.7, warp_mode=kept, config=config)
+    out, conf, top, warp, z, s = fused._launch_forward(*args, topk=4, save_scores=True, **common)
     ref = reference_candidate_attention(
         *args[:5], cand, scale=0.3, prune_scale=0.7, topk=4, warp_values=x["warp_values"]
     )
@@ -334,13 +330,13 @@ def test_every_config_of_the_space(kind: str, config: dict) -> None:
 
 def test_launch_configs() -> None:
     """Defaults lie in the space, which the predicate prunes; AOT cases cover every kernel."""
-    for dims in fused.tuning_dims():
-        for kernel in fused.TUNABLE:
+    for dims in aot_candidates.tuning_dims():
+        for kernel in tuning_candidates.TUNABLE:
             space = kernel.space(dims)
             assert space, f"{kernel.name}: empty space for {dims}"
             assert kernel.default(dims) in space
             assert all(fused._fits(dims, c) for c in space)
-    cases = fused.aot_cases()
+    cases = aot_candidates.aot_cases()
     assert all("candidate" in c.label for c in cases)
     defaults = {(c.function, c.constexprs["GROUP"]) for c in cases if c.is_default}
     kernels = {"_candidate_fwd_kernel", "_candidate_bwd_kernel"}
@@ -350,7 +346,7 @@ def test_launch_configs() -> None:
     assert fused.FORWARD.default(long)["BLOCK_Q"] >= 1
 
 
-@pytest.mark.parametrize("kernel", fused.TUNABLE, ids=lambda k: k.name)
+@pytest.mark.parametrize("kernel", tuning_candidates.TUNABLE, ids=lambda k: k.name)
 def test_tuning_runners_launch(kernel, monkeypatch: pytest.MonkeyPatch) -> None:
     """The autotuner's runners build their own inputs (the model's unit-norm rows at scale 100)
     and launch the kernel once; what they compute is the reference's forward or gradients."""
@@ -368,7 +364,8 @@ def test_tuning_runners_launch(kernel, monkeypatch: pytest.MonkeyPatch) -> None:
     torch.manual_seed(0)
     runner = kernel.make_runner(dims, kernel.default(dims), DEVICE, torch.float32)
     result = runner()
-    name = "_launch_forward" if kernel is fused.FORWARD else "_launch_backward"
+    forward = kernel.name == fused.FORWARD.name
+    name = "_launch_forward" if forward else "_launch_backward"
     args, kwargs, _ = calls[name]
     options = dict(scale=kwargs["scale"], prune_scale=kwargs["prune_scale"], warp_over="kept")
 
@@ -379,7 +376,7 @@ def test_tuning_runners_launch(kernel, monkeypatch: pytest.MonkeyPatch) -> None:
 
     # Scale 100 amplifies rounding: the fused results are held to the error the fp32 reference
     # makes against the float64 one (`assert_error_within`), not to a fixed tolerance.
-    if kernel is fused.FORWARD:
+    if forward:
         (_, ref), (_, exact) = reference(torch.float32, 4), reference(torch.float64, 4)
         out, conf, top, warp = result[:4]
         for i, label, got in ((0, "out", out), (1, "conf", conf), (3, "warp", warp)):

@@ -1,0 +1,108 @@
+"""The ahead-of-time compile cases of the candidate kernels (`kernels.fused_candidates`): every
+kernel x every config of its space x the model's sizes, for `python -m kernels.aot`."""
+
+from __future__ import annotations
+
+from . import fused_candidates as fused
+from .aot import AotCase, aligned_arguments, kernel_signature
+from .reference import WARP_MODE_IDS
+
+# The sparse scales of deepfashion-256 (tokens, Cqk, Cp, Cv) and a small preset's channels; Cw 3.
+MODEL_SIZES = [(4096, 320, 64, 256), (16384, 160, 32, 128), (65536, 80, 16, 64)]
+SMALL_SIZES = [(4096, 48, 16, 32)]
+
+
+def tuning_dims() -> list[dict[str, int]]:
+    """The problems worth tuning: every sparse scale, inter-scale (M = 16, window-shared) and
+    inner-scale (M = 20) candidates."""
+    return [
+        {"Nq": nq, "Cqk": cqk, "Cp": cp, "Cv": cv, "Cw": 3, "M": m, "G": group}
+        for nq, cqk, cp, cv in MODEL_SIZES + SMALL_SIZES
+        for m, group in ((16, fused.WINDOW), (20, 1))
+    ]
+
+
+# Pointer element types that do not follow the input dtype (int64 candidates, as the op passes).
+_POINTER_TYPES = {
+    "CAND": "i64",
+    "TOPK": "i64",
+    "Z": "fp32",
+    "S": "fp32",
+    "DK": "fp32",
+    "DV": "fp32",
+    "DKP": "fp32",
+    "DWV": "fp32",
+}
+
+
+def _argument_values(dims: dict[str, int]) -> dict[str, int]:
+    """The integer arguments a launch on a problem of these sizes passes (top-k 4), so that the
+    compile marks the same ones divisible by 16 as Triton's JIT would. Without the marks the
+    gathers cannot be vectorised and a compile misjudges registers (docs/kernels-candidates.md)."""
+    nq = dims["Nq"]
+    width = 2 ** ((nq.bit_length() - 1) // 2) if dims["G"] == fused.WINDOW else 1
+    return {
+        "Nq": nq,
+        "Nk": nq,
+        "n_cand": dims["M"],
+        "Cqk": dims["Cqk"],
+        "Cp": dims["Cp"],
+        "Cv": dims["Cv"],
+        "Cw": dims["Cw"],
+        "n_groups": nq // dims["G"],
+        "grid_w": width,
+        "top_k": 4,
+    }
+
+
+def aot_cases() -> list[AotCase]:
+    """Every kernel x every config of its space x the model's sizes, as trained: bf16, int64
+    candidates, warp over kept keys, scores saved for the backward. Sizes whose block sizes come
+    out the same compile to the same kernel, so each distinct one is listed once, labelled with
+    the sizes it stands for."""
+    kernels = (
+        (fused.FORWARD, fused._candidate_fwd_kernel, {"SAVE_SCORES": True}),
+        (fused.BACKWARD, fused._candidate_bwd_kernel, {}),
+    )
+    merged: dict[tuple, dict] = {}
+    for dims in tuning_dims():
+        for kernel, fn, flags in kernels:
+            flags = {"WARP_MODE": WARP_MODE_IDS["kept"], **flags}
+            for config in kernel.space(dims):
+                constexprs = {**fused._constexprs(dims, config), **flags}
+                aligned = aligned_arguments(fn, _argument_values(dims))
+                key = (
+                    kernel.name,
+                    tuple(sorted(constexprs.items())),
+                    config["num_warps"],
+                    aligned,
+                )
+                entry = merged.setdefault(
+                    key,
+                    {"fn": fn, "kernel": kernel, "config": config, "constexprs": constexprs},
+                )
+                entry.setdefault("sizes", []).append(f"{dims['Cqk']}/{dims['Cp']}/{dims['Cv']}")
+                entry["default"] = entry.get("default", False) or config == kernel.default(dims)
+                entry.setdefault("aligned", aligned)
+                entry.setdefault("M", dims["M"])
+    cases = []
+    for entry in merged.values():
+        config, constexprs = entry["config"], entry["constexprs"]
+        label = (
+            f"{entry['kernel'].name} M={entry['M']} G={constexprs['GROUP']} "
+            f"Q{config['BLOCK_Q']} C{config['BLOCK_C']} Cqk/Cp/Cv={','.join(entry['sizes'])}"
+        )
+        cases.append(
+            AotCase(
+                label=label,
+                module=fused.__name__,
+                function=entry["fn"].__name__,
+                signature=kernel_signature(entry["fn"], "bf16", _POINTER_TYPES),
+                constexprs=constexprs,
+                num_warps=config["num_warps"],
+                num_stages=config["num_stages"],
+                is_default=entry["default"],
+                extra={"divisible_by_16": entry["aligned"]},
+            )
+        )
+    return cases

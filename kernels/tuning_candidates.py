@@ -1,0 +1,98 @@
+"""What the autotuner times for the candidate kernels (`kernels.fused_candidates`): one runner per
+kernel, building a fresh problem of the model's kind and launching the kernel once.
+
+`TUNABLE` pairs each kernel's launch space (declared beside the kernel) with its runner;
+`python -m kernels.autotune` sweeps them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from . import fused_candidates as fused
+from .candidate_lists import candidate_indices, window_shared_grid
+from .reference import WARP_MODE_IDS
+from .shapes import AttentionShape, make_problem
+from .tuning import LaunchConfig, TunableKernel
+
+
+def _random_problem(dims: dict[str, int], device: torch.device, dtype: torch.dtype):
+    """Fresh inputs of the given dims, one sample, as the model would feed them
+    (`kernels.shapes`): unit-norm rows at scale 100 and spatially coherent candidates, since the
+    cache hit rate of the gathers depends on it. G = 4 gives window-shared inter-scale lists
+    (M = 4k), G = 1 inner-scale ones (M = 5k)."""
+    nq, m = dims["Nq"], dims["M"]
+    block, per_match = ("inter", 4) if dims["G"] == fused.WINDOW else ("inner", 5)
+    if m % per_match:
+        raise ValueError(f"dims M={m} is no multiple of {per_match} ({block}-scale candidates)")
+    height = 2 ** ((nq.bit_length() - 1) // 2)  # a square-ish grid of about Nq tokens
+    shape = AttentionShape(
+        block,
+        height,
+        max(2, nq // height),
+        cqk=dims["Cqk"],
+        cp=dims["Cp"],
+        cv=dims["Cv"],
+        cw=dims["Cw"],
+        k=m // per_match,
+    )
+    return make_problem(shape, 1, device=device, dtype=dtype)
+
+
+def _launch_args(problem) -> dict:
+    head = problem.positional()[:5]
+    return {
+        "args": (*head, problem.warp_values, candidate_indices(problem.candidates)),
+        "window": window_shared_grid(problem.candidates),  # a CandidateList's own fact
+        "scale": problem.shape.scale,
+        "prune_scale": problem.shape.prune_scale,
+        "warp_mode": WARP_MODE_IDS["kept"] if problem.warp_values is not None else 0,
+    }
+
+
+def _forward_runner(
+    dims: dict[str, int], config: LaunchConfig, device: torch.device, dtype: torch.dtype
+) -> Callable[[], object]:
+    problem = _random_problem(dims, device, dtype)
+    x = _launch_args(problem)
+
+    def run() -> object:
+        return fused._launch_forward(
+            *x["args"],
+            window=x["window"],
+            scale=x["scale"],
+            prune_scale=x["prune_scale"],
+            topk=problem.shape.k,
+            warp_mode=x["warp_mode"],
+            save_scores=True,
+            config=config,
+        )
+
+    return run
+
+
+def _backward_runner(
+    dims: dict[str, int], config: LaunchConfig, device: torch.device, dtype: torch.dtype
+) -> Callable[[], object]:
+    problem = _random_problem(dims, device, dtype)
+    x = _launch_args(problem)
+    common = {k: x[k] for k in ("window", "scale", "prune_scale", "warp_mode")}
+    out, conf, _, warp, z, s = fused._launch_forward(
+        *x["args"], topk=0, save_scores=True, config=fused.FORWARD.default(dims), **common
+    )
+    dout, dconf = torch.randn_like(out), torch.randn_like(conf)
+    dwarp = torch.randn_like(warp) if warp is not None else None
+
+    def run() -> object:
+        # The fp32 buffers are allocated and zeroed inside: that cost belongs to every backward.
+        return fused._launch_backward(*x["args"], z, s, dout, dconf, dwarp, config=config, **common)
+
+    return run
+
+
+TUNABLE: list[TunableKernel] = [
+    TunableKernel.of(fused.FORWARD, _forward_runner),
+    TunableKernel.of(fused.BACKWARD, _backward_runner),
+]
