@@ -9,8 +9,8 @@ log-sum-exps and recomputes scores tile by tile. `docs/kernels-dense.md` derives
 Layout: token-major tensors with contiguous channels; a program's scores are fp32 whatever the
 input dtype; softmax runs in base 2 (`z2 = z * log2 e`), so the saved statistics are base-2
 log-sum-exps. The default backward is tiled: one kernel recomputes each (queries x keys) score
-tile once and writes the tiles every gradient is a product of (bounded scratch, chunks of query
-rows), and batched matrix products finish the gradients. The streamed backward
+tile once and writes the tiles every gradient is a product of (bounded scratch, chunks of keys),
+and batched matrix products finish the gradients. The streamed backward
 (`DYNAST_DENSE_BACKWARD=streamed`, no scratch) has one kernel per side: the query side writes dq
 and dq_prune, the key side dk, dk_prune, dv and dwarp_values; each program owns a tile of rows and
 one chunk of one gradient's channels, so no two programs write the same element (no atomics).
@@ -672,6 +672,8 @@ def _dense_bwd_tile_kernel(
     stride_wvn,
     row0,
     n_rows,
+    col0,
+    n_cols,
     n_q,
     n_k,
     c_qk,
@@ -689,12 +691,13 @@ def _dense_bwd_tile_kernel(
     WARP_MODE: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
-    """The tiled backward's one kernel. Grid (query tiles of rows row0 .. row0 + n_rows, key
-    tiles, batch). A program recomputes its (queries x keys) tile of z, s and g once, from the
-    saved statistics, and writes the four tiles every gradient is a product of: dz * scale (for
-    dq, dk), ds (for dq_prune, dk_prune), p m (for dv) and the warp weights (for dwarp_values),
-    into [B, n_rows, n_k] buffers of the input dtype; matrix products over whole rows of those
-    (cuBLAS) finish the gradients. Unlike the streamed kernels, no tile is computed twice."""
+    """The tiled backward's one kernel, over the window of queries row0 .. row0 + n_rows and keys
+    col0 .. col0 + n_cols. Grid (query tiles, key tiles, batch). A program recomputes its
+    (queries x keys) tile of z, s and g once, from the saved statistics, and writes the four
+    tiles every gradient is a product of: dz * scale (for dq, dk), ds (for dq_prune, dk_prune),
+    p m (for dv) and the warp weights (for dwarp_values), into [B, n_rows, n_cols] buffers of
+    the work dtype; matrix products over those (cuBLAS) finish the gradients. Unlike the
+    streamed kernels, no tile is computed twice."""
     pid_m = tl.program_id(0).to(tl.int64)
     pid_n = tl.program_id(1).to(tl.int64)
     pid_b = tl.program_id(2).to(tl.int64)
@@ -710,8 +713,9 @@ def _dense_bwd_tile_kernel(
     local = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     rows = row0 + local
     row_ok = (local < n_rows) & (rows < n_q)
-    keys = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    key_ok = keys < n_k
+    local_keys = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    keys = col0 + local_keys
+    key_ok = (local_keys < n_cols) & (keys < n_k)
     valid = row_ok[:, None] & key_ok[None, :]
     stat = pid_b * n_q + rows
     lse = tl.load(LSE + stat, mask=row_ok, other=0.0)
@@ -736,7 +740,7 @@ def _dense_bwd_tile_kernel(
     sig = tl.sigmoid(s)
     ds = (g * p * sig * (1.0 - sig)) * prune_scale
 
-    out = (pid_b * n_rows + local).to(tl.int64)[:, None] * n_k + keys[None, :]
+    out = (pid_b * n_rows + local).to(tl.int64)[:, None] * n_cols + local_keys[None, :]
     if WARP_MODE != 0:
         lse_w = tl.load(LSE_W + stat, mask=row_ok, other=0.0)
         delta_w = tl.load(DELTA_W + stat, mask=row_ok, other=0.0)
@@ -807,10 +811,10 @@ _CANDIDATES: dict[str, tuple[tuple[int, int, int, int, int], ...]] = {
 # Channels per step of the reductions behind the score tiles (z, s and g).
 _BLOCK_D = 64
 # Bytes the tiled backward may allocate besides its inputs and the gradients it returns, all its
-# buffers together (`tiled_scratch_bytes`). Beyond it the backward runs in chunks of query rows,
-# and where not one row fits, the streamed backward (no scratch) runs instead. 320 MiB: the largest
-# budget whose modelled peak at 4,096 tokens stays within 4.2x that at 1,024 (bf16, B 8); fewer
-# passes are faster (H200, 4,096 tokens fwd+bwd: 20.6 ms at 256 MiB, 16.7 ms at 352 MiB).
+# buffers together (`tiled_scratch_bytes`). Beyond it the backward runs in chunks of keys, and
+# where not one key fits, the streamed backward (no scratch) runs instead. 320 MiB: the model's
+# dense block at 4,096 tokens (bf16, B 8) then runs in 5 passes of 832 keys, and its modelled
+# peak stays within 4.2x that at 1,024 tokens (4.10x); the 4 passes of 384 MiB would not (4.43x).
 SCRATCH_BUDGET = 320 << 20
 # Which backward runs: "tiled" (default: `_dense_bwd_tile_kernel` plus matrix products, bounded
 # scratch) or "streamed" (`_dense_bwd_query_kernel` and `_dense_bwd_key_kernel`: no scratch at
@@ -1112,37 +1116,81 @@ def _work_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def tiled_scratch_bytes(
-    b: int, nq: int, nk: int, channels: dict[str, int], dtype: torch.dtype, rows: int
+    b: int,
+    nq: int,
+    nk: int,
+    channels: dict[str, int],
+    dtype: torch.dtype,
+    cols: int,
+    summed_in_product: bool = True,
 ) -> int:
     """Bytes of every buffer `_tiled_backward` allocates beyond its inputs and the gradients it
-    returns, for chunks of `rows` query rows: the tiles dz, ds, p m (and w) [B, rows, Nk]; while
-    chunked, the fp32 sums of the key-side gradients (the gradients themselves for fp32) and one
-    chunk's product [B, Nk, C] before it is added; the query side's product [B, rows, C]; and for
-    fp16 the operands' fp32 copies. `channels`: Cqk, Cp, Cv, Cw (0 without warp)."""
+    returns, for chunks of `cols` keys. Always the tiles dz, ds, p m (and w) [B, Nq, cols]. In
+    one pass: the query side's product [B, Nq, C] before it lands in dq (and for fp16 the key
+    side's fp32 product before rounding). In chunks: one chunk's key-side product [B, cols, C]
+    before it is copied into its gradient, and the fp32 sums of dq and dq_prune over the chunks
+    (the gradients themselves for fp32); where the matrix product cannot add its bf16 operands'
+    product into an fp32 sum itself (`summed_in_product` False: on the CPU), one chunk's product
+    [B, Nq, C] too. For fp16, the operands' fp32 copies. `channels`: Cqk, Cp, Cv, Cw (0 without
+    warp)."""
     work = _work_dtype(dtype)
     e_work = work.itemsize
-    tiles = (3 + (channels["Cw"] > 0)) * b * rows * nk * e_work
-    key_c = channels["Cqk"] + channels["Cp"] + channels["Cv"] + channels["Cw"]
-    total = tiles + b * rows * max(channels["Cqk"], channels["Cp"]) * e_work
-    if rows < nq and dtype != torch.float32:
-        total += b * nk * key_c * 4
-    if rows < nq or work != dtype:
-        total += b * nk * max(channels.values()) * e_work
+    c_qk, c_p, c_w = channels["Cqk"], channels["Cp"], channels["Cw"]
+    query_c = max(c_qk, c_p)
+    key_c = max(channels.values())
+    total = (3 + (c_w > 0)) * b * nq * cols * e_work
+    if cols >= nk:
+        total += b * nq * query_c * e_work
+        if work != dtype:
+            total += b * nk * key_c * e_work
+    else:
+        total += b * cols * key_c * e_work
+        if dtype != torch.float32:
+            total += b * nq * (c_qk + c_p) * 4
+        if work != torch.float32 and not summed_in_product:
+            total += b * nq * query_c * e_work
     if work != dtype:  # fp32 copies of k, k_prune (query side), q, q_prune, dout, dwarp
-        total += (b * nk * (channels["Cqk"] + channels["Cp"]) + b * nq * key_c) * 4
+        key_side = c_qk + c_p + channels["Cv"] + c_w
+        total += (b * nk * (c_qk + c_p) + b * nq * key_side) * 4
     return total
 
 
-def _chunk_rows(b: int, nq: int, nk: int, channels: dict[str, int], dtype: torch.dtype) -> int:
-    """Query rows per pass of the tiled backward: all of them if everything fits in
-    SCRATCH_BUDGET bytes, else the most that do (a multiple of 16 when 16 or more fit); 0 when
-    not even one row fits, and the streamed backward (no scratch) runs instead."""
-    if tiled_scratch_bytes(b, nq, nk, channels, dtype, nq) <= SCRATCH_BUDGET:
-        return nq
-    fixed = tiled_scratch_bytes(b, nq, nk, channels, dtype, 0)
-    per_row = tiled_scratch_bytes(b, nq, nk, channels, dtype, 1) - fixed
-    rows = max(0, (SCRATCH_BUDGET - fixed) // per_row)
-    return min(nq - 1, rows // 16 * 16 if rows >= 16 else rows)
+def _chunk_keys(
+    b: int,
+    nq: int,
+    nk: int,
+    channels: dict[str, int],
+    dtype: torch.dtype,
+    summed_in_product: bool = True,
+) -> int:
+    """Keys per pass of the tiled backward: all of them if everything fits in SCRATCH_BUDGET
+    bytes, else as few passes as fit, each of the same multiple of 16 keys where 16 or more fit;
+    0 when not even one key fits, and the streamed backward (no scratch) runs instead."""
+
+    def used(cols: int) -> int:
+        return tiled_scratch_bytes(b, nq, nk, channels, dtype, cols, summed_in_product)
+
+    if used(nk) <= SCRATCH_BUDGET:
+        return nk
+    fixed = used(0)
+    most = min(nk - 1, max(0, (SCRATCH_BUDGET - fixed) // (used(1) - fixed)))
+    if most < 16:
+        return most
+    most = most // 16 * 16
+    passes = triton.cdiv(nk, most)
+    return min(most, triton.cdiv(triton.cdiv(nk, passes), 16) * 16)
+
+
+def _sum_product(total: Tensor, a: Tensor, x: Tensor) -> None:
+    """total += a @ x (batched), with `total` in fp32: on a GPU the matrix product adds into the
+    fp32 sum itself, whatever the operands' dtype; elsewhere bf16 operands' product is formed
+    first (`tiled_scratch_bytes` counts it)."""
+    if a.dtype == total.dtype:
+        torch.baddbmm(total, a, x, out=total)
+    elif total.is_cuda:
+        torch.baddbmm(total, a, x, out_dtype=total.dtype, out=total)
+    else:
+        total.add_(torch.bmm(a, x))
 
 
 def _tiled_backward(
@@ -1154,39 +1202,45 @@ def _tiled_backward(
     prune_scale: float,
     warp_mode: int,
     config: LaunchConfig,
-    rows: int | None = None,
+    cols: int | None = None,
 ) -> dict[str, Tensor | None]:
-    """Every wanted gradient, by the tiled backward: per chunk of query rows, one launch of
-    `_dense_bwd_tile_kernel` writes dz, ds, p m and the warp weights for all keys, and batched
-    matrix products (cuBLAS on a GPU) turn them into dq and dq_prune for those rows and add the
-    chunk's share of dk, dk_prune, dv and dwarp_values. With the model's 640 and 512 channels the
+    """Every wanted gradient, by the tiled backward: per chunk of keys, one launch of
+    `_dense_bwd_tile_kernel` writes dz, ds, p m and the warp weights for all queries against
+    those keys, and batched matrix products (cuBLAS on a GPU) turn them into the chunk's rows of
+    dk, dk_prune, dv and dwarp_values, complete, and add its share of dq and dq_prune. Chunks of
+    keys rather than of queries: the sums over chunks are then the query side's (Cqk + Cp
+    channels, 768 in the model) rather than the key side's (Cqk + Cp + Cv + Cw, 1,283), so more
+    of the budget goes to tiles and fewer passes run. With the model's 640 and 512 channels the
     streamed kernels recompute every score tile once per output chunk (4 and 7 times), which
     this avoids. Everything it allocates besides the gradients stays within SCRATCH_BUDGET bytes
-    (`tiled_scratch_bytes`); `rows` (tests) overrides the chunk."""
+    (`tiled_scratch_bytes`); `cols` (tests) overrides the chunk."""
     q, k, v, q_prune, k_prune, warp_values = inputs
     dims = _dims(inputs, 0)
     b, nq, nk = dims["B"], dims["Nq"], dims["Nk"]
     dtype, dev = q.dtype, q.device
     work = _work_dtype(dtype)
-    if rows is None:
+    if cols is None:
         channels = {name: dims[name] for name in ("Cqk", "Cp", "Cv", "Cw")}
-        rows = _chunk_rows(b, nq, nk, channels, dtype)
-    chunked = rows < nq
-    # Several chunks' products are summed in fp32; one chunk's is the gradient itself.
-    acc_dtype = torch.float32 if chunked else dtype
+        cols = _chunk_keys(b, nq, nk, channels, dtype, summed_in_product=q.is_cuda)
+    chunked = cols < nk
     result: dict[str, Tensor | None] = {name: None for name in GRADIENT_NAMES}
-    for name, x in (("dq", q), ("dq_prune", q_prune)):
-        if wanted[name]:
-            result[name] = _empty(x.shape, dtype, dev)
-    key_side = {"dk": k, "dk_prune": k_prune, "dv": v, "dwarp_values": warp_values}
-    for name, x in key_side.items():
-        if wanted[name] and x is not None:
-            result[name] = torch.zeros(x.shape, dtype=acc_dtype, device=dev) if chunked else None
     if all(not wanted[name] for name in GRADIENT_NAMES):
         return result
+    query_side = {"dq": q, "dq_prune": q_prune}
+    key_side = {"dk": k, "dk_prune": k_prune, "dv": v, "dwarp_values": warp_values}
+    for name, x in query_side.items():
+        if wanted[name]:
+            # Several chunks' products are summed in fp32; one chunk's is the gradient itself.
+            result[name] = torch.zeros(x.shape, dtype=torch.float32, device=dev) if chunked else (
+                _empty(x.shape, dtype, dev)
+            )  # fmt: skip
+    if chunked:
+        for name, x in key_side.items():
+            if wanted[name] and x is not None:
+                result[name] = _empty(x.shape, dtype, dev)
 
     warp = warp_mode != 0
-    scratch = [_empty((b * rows * nk,), work, dev) for _ in range(3 + warp)]
+    scratch = [_empty((b * nq * cols,), work, dev) for _ in range(3 + warp)]
     lse = stats["lse"]
     warp_all = stats["warp_all"]
     if warp_all is None:
@@ -1199,10 +1253,10 @@ def _tiled_backward(
     k_w, kp_w, q_w, qp_w, dout_w, dwarp_w = map(op, (k, k_prune, q, q_prune, dout, dwarp))
     meta = _meta("dense_bwd_tile", dims, config)
     args = _input_args(inputs)
-    for row0 in range(0, nq, rows):
-        n = min(rows, nq - row0)
-        dz, ds, pm, *pw = (buf[: b * n * nk].view(b, n, nk) for buf in scratch)
-        grid = (triton.cdiv(n, meta["BLOCK_M"]), triton.cdiv(nk, meta["BLOCK_N"]), b)
+    for col0 in range(0, nk, cols):
+        n = min(cols, nk - col0)
+        dz, ds, pm, *pw = (buf[: b * nq * n].view(b, nq, n) for buf in scratch)
+        grid = (triton.cdiv(nq, meta["BLOCK_M"]), triton.cdiv(n, meta["BLOCK_N"]), b)
         _dense_bwd_tile_kernel[grid](
             *args[:6],
             dout, grads["dconf"], dout if dwarp is None else dwarp,
@@ -1210,7 +1264,7 @@ def _tiled_backward(
             grads["delta"], lse if grads["delta_w"] is None else grads["delta_w"],
             dz, ds, pm, pw[0] if warp else pm,
             *args[6:],
-            row0, n, nq, nk, dims["Cqk"], dims["Cp"], dims["Cv"], dims["Cw"],
+            0, nq, col0, n, nq, nk, dims["Cqk"], dims["Cp"], dims["Cv"], dims["Cw"],
             scale, prune_scale,
             **meta,
             WARP_MODE=warp_mode,
@@ -1218,11 +1272,14 @@ def _tiled_backward(
             num_warps=config["num_warps"],
             num_stages=config["num_stages"],
         )  # fmt: skip
-        span = slice(row0, row0 + n)
-        if result["dq"] is not None:
-            result["dq"][:, span] = torch.bmm(dz, k_w)
-        if result["dq_prune"] is not None:
-            result["dq_prune"][:, span] = torch.bmm(ds, kp_w)
+        span = slice(col0, col0 + n)
+        for name, (tile, x) in {"dq": (dz, k_w), "dq_prune": (ds, kp_w)}.items():
+            if result[name] is None:
+                continue
+            if chunked:
+                _sum_product(result[name], tile, x[:, span])
+            else:
+                result[name][:] = torch.bmm(tile, x)
         key_terms = {
             "dk": (dz, q_w), "dk_prune": (ds, qp_w), "dv": (pm, dout_w),
             "dwarp_values": (pw[0] if warp else None, dwarp_w),
@@ -1230,12 +1287,12 @@ def _tiled_backward(
         for name, (tile, x) in key_terms.items():
             if not wanted[name] or key_side[name] is None:
                 continue
-            product = torch.bmm(tile.transpose(1, 2), x[:, span])
+            product = torch.bmm(tile.transpose(1, 2), x)
             if chunked:
-                result[name].add_(product)
+                result[name][:, span] = product
             else:
                 result[name] = product.to(dtype)
-    for name in key_side:
+    for name in query_side:
         if chunked and result[name] is not None:
             result[name] = result[name].to(dtype)
     return result
@@ -1407,7 +1464,8 @@ def _aligned_arguments(fn: triton.JITFunction, dims: dict[str, int], meta: dict[
     channels = {"q": dims["Cqk"], "k": dims["Cqk"], "v": dims["Cv"], "qp": dims["Cp"]}
     channels |= {"kp": dims["Cp"], "wv": dims["Cw"]}
     values = {"n_q": nq, "n_k": nk, "c_qk": dims["Cqk"], "c_p": dims["Cp"], "c_v": dims["Cv"]}
-    values |= {"c_w": dims["Cw"], "top_k": dims["k"], "row0": 0, "n_rows": nq}
+    values |= {"c_w": dims["Cw"], "top_k": dims["k"], "row0": 0, "n_rows": nq, "col0": 0}
+    values["n_cols"] = nk
     for name, c in channels.items():
         tokens = nq if name in ("q", "qp") else nk
         values[f"stride_{name}b"], values[f"stride_{name}n"] = tokens * c, c
@@ -1546,8 +1604,11 @@ class _DenseAttention(torch.autograd.Function):
         wanted = dict(zip(order, ctx.needs_input_grad[:6], strict=True))
         dims = _dims(inputs, 0)
         channels = {name: dims[name] for name in ("Cqk", "Cp", "Cv", "Cw")}
-        rows = _chunk_rows(dims["B"], dims["Nq"], dims["Nk"], channels, inputs[0].dtype)
-        if backward_strategy() == "tiled" and rows > 0:
+        cols = _chunk_keys(
+            dims["B"], dims["Nq"], dims["Nk"], channels, inputs[0].dtype,
+            summed_in_product=inputs[0].is_cuda,
+        )  # fmt: skip
+        if backward_strategy() == "tiled" and cols > 0:
             config = _config(BACKWARD_TILE, dims, inputs[0].device)
             result = _tiled_backward(
                 inputs, stats, grads, wanted, ctx.scale, ctx.prune_scale, ctx.warp_mode, config

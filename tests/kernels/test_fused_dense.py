@@ -245,15 +245,28 @@ def test_matches_reference_with_small_tiles(
 CHANNELS = {"Cqk": 80, "Cp": 48, "Cv": 40, "Cw": CW}  # make_inputs' defaults
 
 
-def test_tiled_backward_in_chunks_of_query_rows(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A scratch budget that fits 64 query rows: 150 queries in passes of 64, 64 and 22 rows,
-    their key-side gradients summed in fp32; every buffer NaN-filled (the fixture), and all of
-    them together within the budget."""
-    budget = fused_dense.tiled_scratch_bytes(2, 150, 20, CHANNELS, torch.float16, 64)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
+def test_tiled_backward_in_chunks_of_keys(
+    dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A scratch budget that fits 48 keys: 130 keys in passes of 48, 48 and 34, each pass's
+    key-side gradients written into their rows and the query side's summed in fp32; every buffer
+    NaN-filled (the fixture), so a row of a key-side gradient that no pass writes shows."""
+    budget = fused_dense.tiled_scratch_bytes(2, 40, 130, CHANNELS, dtype, 48, False)
     monkeypatch.setattr(fused_dense, "SCRATCH_BUDGET", budget)
-    assert fused_dense._chunk_rows(2, 150, 20, CHANNELS, torch.float16) == 64
-    inputs = make_inputs(torch.float16, nq=150, nk=20)
+    assert fused_dense._chunk_keys(2, 40, 130, CHANNELS, dtype, False) == 48
+    inputs = make_inputs(dtype, nq=40, nk=130)
     check_against_reference(inputs, **_scales(inputs), topk=3, warp_over="pruned")
+
+
+def test_key_chunks_are_balanced() -> None:
+    """As few passes as the budget allows, each of the same multiple of 16 keys."""
+    model = {"Cqk": 640, "Cp": 128, "Cv": 512, "Cw": 3}
+    cols = fused_dense._chunk_keys(8, 4096, 4096, model, torch.bfloat16)
+    most = fused_dense.tiled_scratch_bytes(8, 4096, 4096, model, torch.bfloat16, cols + 16)
+    assert cols % 16 == 0 and 4096 % cols < cols
+    passes = -(-4096 // cols)
+    assert passes == -(-4096 // (cols + 16)) or most > fused_dense.SCRATCH_BUDGET
 
 
 def test_scratch_budget_holds_at_every_size() -> None:
@@ -261,16 +274,17 @@ def test_scratch_budget_holds_at_every_size() -> None:
     channels and beyond B * Nk = 2^19: either a chunk that fits, or the streamed backward."""
     model = {"Cqk": 640, "Cp": 128, "Cv": 512, "Cw": 3}
     for dtype in (torch.bfloat16, torch.float16, torch.float32):
-        for b, n in ((8, 1024), (8, 4096), (1, 16384), (64, 16384), (8, 65536), (2, 1 << 20)):
-            rows = fused_dense._chunk_rows(b, n, n, model, dtype)
-            assert 0 <= rows <= n
-            if rows:
-                used = fused_dense.tiled_scratch_bytes(b, n, n, model, dtype, rows)
-                assert used <= fused_dense.SCRATCH_BUDGET, (dtype, b, n, rows, used)
-            else:  # not one row fits: the streamed backward needs no scratch
-                one = fused_dense.tiled_scratch_bytes(b, n, n, model, dtype, 1)
-                assert one > fused_dense.SCRATCH_BUDGET
-    assert fused_dense._chunk_rows(8, 1024, 1024, model, torch.bfloat16) == 1024  # one pass
+        for summed in (True, False):
+            for b, n in ((8, 1024), (8, 4096), (1, 16384), (64, 16384), (8, 65536), (2, 1 << 20)):
+                cols = fused_dense._chunk_keys(b, n, n, model, dtype, summed)
+                assert 0 <= cols <= n
+                if cols:
+                    used = fused_dense.tiled_scratch_bytes(b, n, n, model, dtype, cols, summed)
+                    assert used <= fused_dense.SCRATCH_BUDGET, (dtype, b, n, cols, used)
+                else:  # not one key fits: the streamed backward needs no scratch
+                    one = fused_dense.tiled_scratch_bytes(b, n, n, model, dtype, 1, summed)
+                    assert one > fused_dense.SCRATCH_BUDGET
+    assert fused_dense._chunk_keys(8, 1024, 1024, model, torch.bfloat16) == 1024  # one pass
 
 
 def test_tiled_backward_allocates_what_the_budget_counts(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -284,17 +298,18 @@ def test_tiled_backward_allocates_what_the_budget_counts(monkeypatch: pytest.Mon
         return empty(shape, dtype, device).fill_(float("nan") if dtype.is_floating_point else -1)
 
     monkeypatch.setattr(fused_dense, "_empty", spy)
-    budget = fused_dense.tiled_scratch_bytes(2, 150, 20, CHANNELS, torch.float32, 32)
+    budget = fused_dense.tiled_scratch_bytes(2, 20, 150, CHANNELS, torch.float32, 32, False)
     monkeypatch.setattr(fused_dense, "SCRATCH_BUDGET", budget)
-    inputs = make_inputs(torch.float32, nq=150, nk=20)
+    inputs = make_inputs(torch.float32, nq=20, nk=150)
     out = kernels.dynamic_attention(
         *(inputs[n] for n in GRAD_NAMES[:5]), warp_values=inputs["warp_values"],
         backend="triton", **_scales(inputs),
     )  # fmt: skip
     taken.clear()
     (out.out.sum() + out.conf.sum() + out.warp.sum()).backward()
-    tiles = 4 * 2 * 32 * 20 * 4  # dz, ds, p m, w for 32 rows in fp32
-    gradients = sum(inputs[n].numel() * 4 for n in ("q", "q_prune"))  # dq, dq_prune
+    tiles = 4 * 2 * 20 * 32 * 4  # dz, ds, p m, w for 32 keys in fp32
+    key_side = ("k", "k_prune", "v", "warp_values")  # dk, dk_prune, dv, dwarp_values
+    gradients = sum(inputs[n].numel() * 4 for n in key_side)
     assert sum(taken) == tiles + gradients
     assert tiles <= budget
 
@@ -320,8 +335,8 @@ def dense_peak_bytes(b: int, n: int, channels: dict[str, int], dtype, k: int = 4
     outputs = b * n * (channels["Cv"] + 1 + channels["Cw"]) * e + b * n * (k * 8 + 3 * 4)
     upstream = b * n * (channels["Cv"] + 1 + channels["Cw"]) * e + b * n * 2 * 4
     gradients = inputs
-    rows = fused_dense._chunk_rows(b, n, n, channels, dtype)
-    scratch = fused_dense.tiled_scratch_bytes(b, n, n, channels, dtype, rows) if rows else 0
+    cols = fused_dense._chunk_keys(b, n, n, channels, dtype)
+    scratch = fused_dense.tiled_scratch_bytes(b, n, n, channels, dtype, cols) if cols else 0
     return inputs + outputs + upstream + gradients + scratch
 
 
@@ -518,6 +533,24 @@ def test_bf16_matches_reference_on_gpu(warp_over: str) -> None:
     for name, want in ref_grads.items():
         scale = want.abs().max().item()
         assert_close(grads[name], want, name=f"d{name}", atol=2e-2 * scale, rtol=0)
+
+
+@pytest.mark.gpu
+def test_bf16_backward_in_chunks_of_keys_on_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """bf16 in chunks of keys: cuBLAS adds the query side's products into the fp32 sums itself
+    (`out_dtype`), which only runs on a GPU. The chunked gradients match the reference as closely
+    as the one-pass test above requires."""
+    inputs = make_inputs(torch.bfloat16, cqk=160, cp=32, cv=128, nq=256, nk=200)
+    options = {**_scales(inputs), "topk": 4, "warp_over": "kept"}
+    _, ref_grads = run_op(inputs, "torch", _upstream_for(inputs), **options)
+    channels = {"Cqk": 160, "Cp": 32, "Cv": 128, "Cw": CW}
+    budget = fused_dense.tiled_scratch_bytes(B, 256, 200, channels, torch.bfloat16, 64)
+    monkeypatch.setattr(fused_dense, "SCRATCH_BUDGET", budget)
+    assert fused_dense._chunk_keys(B, 256, 200, channels, torch.bfloat16) == 64
+    _, chunked = run_op(inputs, "triton", _upstream_for(inputs), **options)
+    for name, want in ref_grads.items():
+        scale = want.abs().max().item()
+        assert_close(chunked[name], want, name=f"d{name}", atol=2e-2 * scale, rtol=0)
 
 
 @pytest.mark.gpu
