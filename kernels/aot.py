@@ -24,7 +24,7 @@ import subprocess
 import sys
 import tempfile
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,7 @@ from .runtime import interpreting
 
 # Shared memory a block may use, per compute capability (bytes).
 SHARED_LIMIT = {80: 163 * 1024, 86: 99 * 1024, 89: 99 * 1024, 90: 227 * 1024}
-CASE_MODULES = ("kernels.fused_dense", "kernels.aot_candidates")
+CASE_MODULES = ("kernels.aot_dense", "kernels.aot_candidates")
 # Scalar arguments of every kernel that are fp32 (all other lower-case arguments are i32).
 FLOAT_ARGUMENTS = ("scale", "prune_scale")
 
@@ -40,7 +40,8 @@ FLOAT_ARGUMENTS = ("scale", "prune_scale")
 @dataclass(frozen=True)
 class AotCase:
     """One kernel specialisation to compile: the jit function (by module and attribute name, so
-    cases can cross process boundaries), its signature, constexprs and launch options."""
+    cases can cross process boundaries), its signature, constexprs and launch options, and the
+    arguments Triton would specialise as multiples of 16 at launch (`aligned_arguments`)."""
 
     label: str  # e.g. "dense_fwd Cqk=640 Cp=128 Cv=512"
     module: str
@@ -50,7 +51,7 @@ class AotCase:
     num_warps: int
     num_stages: int
     is_default: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
+    divisible_by_16: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -114,8 +115,9 @@ def compile_case(case: AotCase, arch: int) -> AotReport:
         fn = getattr(importlib.import_module(case.module), case.function)
         # Triton specialises pointers and integers divisible by 16 at launch; compile the same, or
         # the report overstates registers for code that never runs.
-        aligned = case.extra.get("divisible_by_16", ())
-        attrs = {(fn.arg_names.index(name),): [["tt.divisibility", 16]] for name in aligned}
+        attrs = {
+            (fn.arg_names.index(name),): [["tt.divisibility", 16]] for name in case.divisible_by_16
+        }
         src = ASTSource(fn=fn, signature=case.signature, constexprs=case.constexprs, attrs=attrs)
         compiled = triton.compile(
             src,

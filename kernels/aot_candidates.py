@@ -102,7 +102,7 @@ def aot_cases() -> list[AotCase]:
                 num_warps=config["num_warps"],
                 num_stages=config["num_stages"],
                 is_default=entry["default"],
-                extra={"divisible_by_16": entry["aligned"]},
+                divisible_by_16=entry["aligned"],
             )
         )
     return cases

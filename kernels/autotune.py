@@ -5,9 +5,9 @@
     python -m kernels.autotune --shape inner:H=256,W=256,Cqk=80,Cp=16,Cv=64 --dry-run
 
 For each attention block of the chosen shapes and each kernel that runs it (the `TUNABLE` lists of
-`kernels.fused_dense` and `kernels.tuning_candidates`), every config of the kernel's search space is
-timed with `triton.testing.do_bench` (median), a table is printed and the fastest config is merged
-into the tuning file (`kernels.tuning`: `$DYNAST_TUNING_FILE`, default
+`kernels.tuning_dense` and `kernels.tuning_candidates`), every config of the kernel's search space
+is timed with `triton.testing.do_bench` (median), a table is printed and the fastest config is
+merged into the tuning file (`kernels.tuning`: `$DYNAST_TUNING_FILE`, default
 `~/.cache/dynast/kernel_tuning.json`), keyed by GPU name, Triton version, dtype (`--dtype`), kernel
 and bucketed shape.
 
@@ -45,7 +45,7 @@ from .tuning import (
 
 # Which module's `TUNABLE` kernels (launch spaces and runners) run which block.
 KERNEL_MODULES = {
-    "dense": "kernels.fused_dense",
+    "dense": "kernels.tuning_dense",
     "inter": "kernels.tuning_candidates",
     "inner": "kernels.tuning_candidates",
 }

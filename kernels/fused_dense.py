@@ -14,28 +14,38 @@ and batched matrix products finish the gradients. The streamed backward
 (`DYNAST_DENSE_BACKWARD=streamed`, no scratch) has one kernel per side: the query side writes dq
 and dq_prune, the key side dk, dk_prune, dv and dwarp_values; each program owns a tile of rows and
 one chunk of one gradient's channels, so no two programs write the same element (no atomics).
+
+Sizes and block names: the `kernels` package docstring. File order: jit kernels, launchers (launch
+configs first), the autograd.Function, the public `attention`. The autotuner's runners are in
+`kernels.tuning_dense`, the ahead-of-time cases in `kernels.aot_dense`.
 """
 
 from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable
 
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
-from .aot import AotCase
+from . import runtime
 from .reference import WARP_MODE_IDS
 from .runtime import interpreting
-from .tuning import LaunchConfig, TunableKernel, tuned_config
+from .tuning import LaunchConfig, LaunchSpace, tuned_config
 
 # Softmax runs on exp2: z2 = z * log2(e).
 _LOG2E = tl.constexpr(math.log2(math.e))
 _LOWEST = tl.constexpr(-3.4028234663852886e38)  # -FLT_MAX: the rank of NaN and -inf scores
-# Warp modes as the kernels see them: 0 = no warp requested.
+# The largest top-k the fused dense forward takes. Its running list is BLOCK_K = next_pow2(k)
+# wide, merged by k serial rounds per key tile; k = 8, 16 and 32 are in the AOT report at the
+# model's dense size (`kernels.aot_dense`); some combinations spill a few bytes
+# (docs/kernels-dense.md).
+TOPK_MAX = 32
+# The input gradients, in the order of the inputs (q, k, v, q_prune, k_prune, warp_values).
+GRADIENT_NAMES = ("dq", "dk", "dv", "dq_prune", "dk_prune", "dwarp_values")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -758,7 +768,8 @@ def _dense_bwd_tile_kernel(
 
 
 # --------------------------------------------------------------------------------------------------
-# Launch configurations: the search space, defaults, and block sizes derived from the problem
+# Launchers: the launch configurations (search space, defaults, block sizes derived from the
+# problem), then the launches
 # --------------------------------------------------------------------------------------------------
 
 # The search space, declared once, in order of preference: the default is the first candidate
@@ -915,23 +926,27 @@ def _default(kernel: str, dims: dict[str, int]) -> LaunchConfig:
     return _space(kernel, dims)[0]
 
 
-def _config(kernel: TunableKernel, dims: dict[str, int], device: torch.device) -> LaunchConfig:
+def _launch_space(kernel: str) -> LaunchSpace:
+    return LaunchSpace(
+        name=kernel,
+        space=lambda dims: _space(kernel, dims),
+        default=lambda dims: _default(kernel, dims),
+    )
+
+
+FORWARD = _launch_space("dense_fwd")
+BACKWARD_QUERY = _launch_space("dense_bwd_query")
+BACKWARD_KEY = _launch_space("dense_bwd_key")
+BACKWARD_TILE = _launch_space("dense_bwd_tile")
+
+
+def _config(kernel: LaunchSpace, dims: dict[str, int], device: torch.device) -> LaunchConfig:
     if interpreting():
         return kernel.default(dims)  # no tuning table applies to the CPU interpreter
     return tuned_config(kernel, dims, device)
 
 
-# --------------------------------------------------------------------------------------------------
-# Launchers
-# --------------------------------------------------------------------------------------------------
-
 Inputs = tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor | None]
-
-
-def _empty(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> Tensor:
-    """Every buffer a kernel writes comes from here, so that tests can swap in NaN-filled ones
-    and catch an element no program writes."""
-    return torch.empty(shape, dtype=dtype, device=device)
 
 
 def _channels_contiguous(x: Tensor | None) -> Tensor | None:
@@ -987,13 +1002,13 @@ def _launch_forward(
     out_dtype = _work_dtype(dtype)
     warp = warp_mode != 0
     res: dict[str, Tensor | None] = {
-        "out": _empty((b, nq, cv), out_dtype, dev),
-        "conf": _empty((b, nq), out_dtype, dev),
-        "topk": _empty((b, nq, topk), torch.int64, dev) if topk else None,
-        "warp": _empty((b, nq, cw), out_dtype, dev) if warp else None,
-        "lse": _empty((b, nq), torch.float32, dev),
-        "lse_w": _empty((b, nq), torch.float32, dev) if warp else None,
-        "warp_all": _empty((b, nq), torch.int32, dev) if warp else None,
+        "out": runtime.empty((b, nq, cv), out_dtype, dev),
+        "conf": runtime.empty((b, nq), out_dtype, dev),
+        "topk": runtime.empty((b, nq, topk), torch.int64, dev) if topk else None,
+        "warp": runtime.empty((b, nq, cw), out_dtype, dev) if warp else None,
+        "lse": runtime.empty((b, nq), torch.float32, dev),
+        "lse_w": runtime.empty((b, nq), torch.float32, dev) if warp else None,
+        "warp_all": runtime.empty((b, nq), torch.int32, dev) if warp else None,
     }
     # Outputs not asked for: stand-ins of the right type that the constexpr flags leave alone.
     stand_in = {
@@ -1066,7 +1081,7 @@ def _launch_backward(
         "dk": k, "dk_prune": k_prune, "dv": v, "dwarp_values": warp_values,
     }  # fmt: skip
     result = {
-        name: _empty(x.shape, x.dtype, x.device) if wanted[name] and x is not None else None
+        name: runtime.empty(x.shape, x.dtype, x.device) if wanted[name] and x is not None else None
         for name, x in targets.items()
     }
     chunks = [
@@ -1232,15 +1247,15 @@ def _tiled_backward(
         if wanted[name]:
             # Several chunks' products are summed in fp32; one chunk's is the gradient itself.
             result[name] = torch.zeros(x.shape, dtype=torch.float32, device=dev) if chunked else (
-                _empty(x.shape, dtype, dev)
+                runtime.empty(x.shape, dtype, dev)
             )  # fmt: skip
     if chunked:
         for name, x in key_side.items():
             if wanted[name] and x is not None:
-                result[name] = _empty(x.shape, dtype, dev)
+                result[name] = runtime.empty(x.shape, dtype, dev)
 
     warp = warp_mode != 0
-    scratch = [_empty((b * nq * cols,), work, dev) for _ in range(3 + warp)]
+    scratch = [runtime.empty((b * nq * cols,), work, dev) for _ in range(3 + warp)]
     lse = stats["lse"]
     warp_all = stats["warp_all"]
     if warp_all is None:
@@ -1299,256 +1314,6 @@ def _tiled_backward(
 
 
 # --------------------------------------------------------------------------------------------------
-# Tunable kernels (what the autotuner sweeps) and ahead-of-time compile cases
-# --------------------------------------------------------------------------------------------------
-
-
-def _random_inputs(
-    dims: dict[str, int], device: torch.device, dtype: torch.dtype, seed: int = 0
-) -> Inputs:
-    """q, k, v, q_prune, k_prune, warp_values (None when Cw = 0) with normal entries."""
-    gen = torch.Generator().manual_seed(seed)
-
-    def draw(tokens: int, channels: int) -> Tensor:
-        x = torch.randn(dims["B"], tokens, channels, generator=gen)
-        return x.to(device=device, dtype=dtype)
-
-    nq, nk = dims["Nq"], dims["Nk"]
-    warp_values = draw(nk, dims["Cw"]) if dims["Cw"] else None
-    qk = draw(nq, dims["Cqk"]), draw(nk, dims["Cqk"])
-    return (*qk, draw(nk, dims["Cv"]), draw(nq, dims["Cp"]), draw(nk, dims["Cp"]), warp_values)
-
-
-def _release_scales(dims: dict[str, int]) -> tuple[float, float]:
-    """The release's dense scales (docs/method.md section 4): 1/sqrt(Cqk) and 1/Cp."""
-    return 1.0 / math.sqrt(dims["Cqk"]), 1.0 / dims["Cp"]
-
-
-def _forward_runner(
-    dims: dict[str, int], config: LaunchConfig, device: torch.device, dtype: torch.dtype
-) -> Callable[[], dict[str, Tensor | None]]:
-    """Fresh inputs for `dims`, and a callable launching the forward once with `config`."""
-    inputs = _random_inputs(dims, device, dtype)
-    scale, prune_scale = _release_scales(dims)
-    warp_mode = WARP_MODE_IDS["kept"] if dims["Cw"] else 0
-    return lambda: _launch_forward(inputs, scale, prune_scale, dims["k"], warp_mode, config)
-
-
-def _random_upstream(
-    dims: dict[str, int], device: torch.device, dtype: torch.dtype, seed: int = 1
-) -> tuple[Tensor, Tensor, Tensor | None]:
-    """Upstream gradients of out, conf and warp (None when Cw = 0) with normal entries."""
-    gen = torch.Generator().manual_seed(seed)
-    b, nq = dims["B"], dims["Nq"]
-    shapes = [(b, nq, dims["Cv"]), (b, nq), (b, nq, dims["Cw"]) if dims["Cw"] else None]
-    return tuple(
-        None if shape is None else torch.randn(shape, generator=gen).to(device, dtype)
-        for shape in shapes
-    )
-
-
-def _backward_problem(dims: dict[str, int], device: torch.device, dtype: torch.dtype) -> dict:
-    """What a backward runner needs: fresh inputs and upstream gradients, the release's scales,
-    the forward's statistics (default config) and every gradient wanted."""
-    inputs = _random_inputs(dims, device, dtype)
-    scale, prune_scale = _release_scales(dims)
-    warp_mode = WARP_MODE_IDS["kept"] if dims["Cw"] else 0
-    fwd = _launch_forward(inputs, scale, prune_scale, 0, warp_mode, FORWARD.default(dims))
-    upstream = _random_upstream(dims, device, dtype)
-    return {
-        "inputs": inputs,
-        "stats": fwd,
-        "grads": _backward_grads(fwd["out"], fwd["conf"], fwd["warp"], *upstream),
-        "wanted": dict.fromkeys(GRADIENT_NAMES, True),
-        "scale": scale,
-        "prune_scale": prune_scale,
-        "warp_mode": warp_mode,
-    }
-
-
-def _backward_runner(side: str):
-    """make_runner of one streamed backward kernel: the callable launches that side's kernel once,
-    for every gradient it writes."""
-
-    def make(
-        dims: dict[str, int], config: LaunchConfig, device: torch.device, dtype: torch.dtype
-    ) -> Callable[[], dict[str, Tensor | None]]:
-        problem = _backward_problem(dims, device, dtype)
-        return lambda: _launch_backward(side, **problem, config=config)
-
-    return make
-
-
-def _tile_runner(
-    dims: dict[str, int], config: LaunchConfig, device: torch.device, dtype: torch.dtype
-) -> Callable[[], dict[str, Tensor | None]]:
-    """make_runner of the tiled backward: the callable computes every gradient (the kernel and
-    the matrix products after it, which the config does not change)."""
-    problem = _backward_problem(dims, device, dtype)
-    return lambda: _tiled_backward(**problem, config=config)
-
-
-def _tunable(kernel: str, make_runner) -> TunableKernel:
-    return TunableKernel(
-        name=kernel,
-        space=lambda dims: _space(kernel, dims),
-        default=lambda dims: _default(kernel, dims),
-        make_runner=make_runner,
-    )
-
-
-GRADIENT_NAMES = ("dq", "dk", "dv", "dq_prune", "dk_prune", "dwarp_values")
-FORWARD = _tunable("dense_fwd", _forward_runner)
-BACKWARD_QUERY = _tunable("dense_bwd_query", _backward_runner("query"))
-BACKWARD_KEY = _tunable("dense_bwd_key", _backward_runner("key"))
-BACKWARD_TILE = _tunable("dense_bwd_tile", _tile_runner)
-TUNABLE: list[TunableKernel] = [FORWARD, BACKWARD_TILE, BACKWARD_QUERY, BACKWARD_KEY]
-_KERNEL_FUNCTIONS = {
-    "dense_fwd": _dense_fwd_kernel,
-    "dense_bwd_tile": _dense_bwd_tile_kernel,
-    "dense_bwd_query": _dense_bwd_query_kernel,
-    "dense_bwd_key": _dense_bwd_key_kernel,
-}
-
-# The dense problems of the models we expect: deepfashion at 256 px (its 512 px model, celebahq
-# and ade20k have the same channels: the same compiled kernels), a small preset with the channels
-# of deepfashion's finest scale, and the coarsest scale of synthetic-64 with ngf 8 (the model
-# preset) and ngf 16 (the training preset), 8x8 tokens. Each compiles to different kernels.
-AOT_DIMS = (
-    {"B": 8, "Nq": 1024, "Nk": 1024, "Cqk": 640, "Cp": 128, "Cv": 512, "Cw": 3, "k": 4},
-    {"B": 8, "Nq": 1024, "Nk": 1024, "Cqk": 80, "Cp": 16, "Cv": 64, "Cw": 3, "k": 4},
-    {"B": 4, "Nq": 64, "Nk": 64, "Cqk": 96, "Cp": 32, "Cv": 64, "Cw": 3, "k": 4},
-    {"B": 4, "Nq": 64, "Nk": 64, "Cqk": 160, "Cp": 32, "Cv": 128, "Cw": 3, "k": 4},
-)
-# The training presets run in fp32 (mixed precision "no"): their dense problems (deepfashion's and
-# synthetic-64's with ngf 16) also compile the default configs with fp32 inputs.
-_AOT_FP32_DIMS = (AOT_DIMS[0], AOT_DIMS[3])
-# The largest top-k the fused dense forward takes. Its running list is BLOCK_K = next_pow2(k)
-# wide, merged by k serial rounds per key tile; k = 8, 16 and 32 are in the AOT report at the
-# model's dense size (`_LARGE_K`); some combinations spill a few bytes (docs/kernels-dense.md).
-TOPK_MAX = 32
-_LARGE_K = (8, 16, 32)
-# Pointer arguments whose type is not the input dtype.
-_POINTER_TYPES = {
-    "TOPK": "i64",
-    "LSE": "fp32",
-    "LSE_W": "fp32",
-    "DELTA": "fp32",
-    "DELTA_W": "fp32",
-    "WARP_ALL": "i32",
-}
-
-
-def _signature(fn: triton.JITFunction, dtype: str) -> dict[str, str]:
-    """Upper-case parameters are pointers (or constexprs, by annotation); lower-case ones are i32
-    sizes and strides, or fp32 scales."""
-    sig = {}
-    for param in fn.params:
-        name = param.name
-        if param.is_constexpr:
-            sig[name] = "constexpr"
-        elif name.isupper():
-            sig[name] = "*" + _POINTER_TYPES.get(name, dtype)
-        else:
-            sig[name] = "fp32" if name in ("scale", "prune_scale") else "i32"
-    return sig
-
-
-def _aligned_arguments(fn: triton.JITFunction, dims: dict[str, int], meta: dict[str, int]):
-    """The arguments Triton specialises as multiples of 16 when it launches `fn` on contiguous
-    inputs of these sizes: every pointer (the caching allocator aligns them) and every size or
-    stride divisible by 16. An ahead-of-time compile needs them to build the code that runs
-    (vectorised channel loads); `kernels.aot` may pass them on as `tt.divisibility` attributes.
-    """
-    nq, nk = dims["Nq"], dims["Nk"]
-    channels = {"q": dims["Cqk"], "k": dims["Cqk"], "v": dims["Cv"], "qp": dims["Cp"]}
-    channels |= {"kp": dims["Cp"], "wv": dims["Cw"]}
-    values = {"n_q": nq, "n_k": nk, "c_qk": dims["Cqk"], "c_p": dims["Cp"], "c_v": dims["Cv"]}
-    values |= {"c_w": dims["Cw"], "top_k": dims["k"], "row0": 0, "n_rows": nq, "col0": 0}
-    values["n_cols"] = nk
-    for name, c in channels.items():
-        tokens = nq if name in ("q", "qp") else nk
-        values[f"stride_{name}b"], values[f"stride_{name}n"] = tokens * c, c
-    if "BLOCK_C" in meta:
-        for name, c in (("dq", "Cqk"), ("dk", "Cqk"), ("dkp", "Cp"), ("dv", "Cv")):
-            values[f"chunks_{name}"] = triton.cdiv(dims[c], meta["BLOCK_C"])
-    return [
-        p.name
-        for p in fn.params
-        if not p.is_constexpr and (p.name.isupper() or values.get(p.name, 1) % 16 == 0)
-    ]
-
-
-def _large_k_cases() -> list[AotCase]:
-    """The default forward at the model's dense size (bf16 and fp32) with k = 8, 16, 32: in the
-    report for their registers and spills, not held to the defaults' no-spill rule."""
-    dims0 = AOT_DIMS[0]
-    cases = []
-    for dtype, dtype_name in ((torch.bfloat16, "bf16"), (torch.float32, "fp32")):
-        for k in _LARGE_K:
-            dims = {**dims0, "k": k}
-            config = FORWARD.default(dims)
-            meta = _meta(FORWARD.name, dims, config)
-            flags = {"WARP_MODE": WARP_MODE_IDS["kept"], "PRECISION": _precision(dtype)}
-            cases.append(
-                AotCase(
-                    label=f"dense_fwd {dtype_name} Cqk={dims['Cqk']} Cp={dims['Cp']} "
-                    f"Cv={dims['Cv']} k={k} (BLOCK_K {meta['BLOCK_K']})",
-                    module=__name__,
-                    function=_dense_fwd_kernel.__name__,
-                    signature=_signature(_dense_fwd_kernel, dtype_name),
-                    constexprs={**meta, **flags, "HAS_TOPK": True},
-                    num_warps=config["num_warps"],
-                    num_stages=config["num_stages"],
-                    is_default=False,
-                    extra={"divisible_by_16": _aligned_arguments(_dense_fwd_kernel, dims, meta)},
-                )
-            )
-    return cases
-
-
-def aot_cases() -> list[AotCase]:
-    """Every kernel x every config of its space x AOT_DIMS with bf16 inputs (mixed-precision
-    training, and the autotuner's default dtype), plus the default configs with fp32 inputs at
-    _AOT_FP32_DIMS; the warp over the kept keys, top-k 4."""
-    problems = [(dims, torch.bfloat16, False) for dims in AOT_DIMS]
-    problems += [(dims, torch.float32, True) for dims in _AOT_FP32_DIMS]
-    cases = _large_k_cases()
-    for dims, dtype, defaults_only in problems:
-        dtype_name = {torch.bfloat16: "bf16", torch.float32: "fp32"}[dtype]
-        flags = {"WARP_MODE": WARP_MODE_IDS["kept"], "PRECISION": _precision(dtype)}
-        sizes = f"Cqk={dims['Cqk']} Cp={dims['Cp']} Cv={dims['Cv']}"
-        if dtype != torch.bfloat16:
-            sizes = f"{dtype_name} {sizes}"
-        for kernel in TUNABLE:
-            fn = _KERNEL_FUNCTIONS[kernel.name]
-            extra = {"HAS_TOPK": True} if kernel is FORWARD else {}
-            kernel_dims = dims if kernel is FORWARD else {**dims, "k": 0}
-            default = kernel.default(kernel_dims)
-            space = [default] if defaults_only else kernel.space(kernel_dims)
-            for config in space:
-                meta = _meta(kernel.name, kernel_dims, config)
-                out = {"BLOCK_V": "V", "BLOCK_C": "C"}
-                blocks = f"M{meta['BLOCK_M']} N{meta['BLOCK_N']} D{meta['BLOCK_D']}" + "".join(
-                    f" {letter}{meta[name]}" for name, letter in out.items() if name in meta
-                )
-                cases.append(
-                    AotCase(
-                        label=f"{kernel.name} {sizes} {blocks}",
-                        module=__name__,
-                        function=fn.__name__,
-                        signature=_signature(fn, dtype_name),
-                        constexprs={**meta, **flags, **extra},
-                        num_warps=config["num_warps"],
-                        num_stages=config["num_stages"],
-                        is_default=config == default,
-                        extra={"divisible_by_16": _aligned_arguments(fn, kernel_dims, meta)},
-                    )
-                )
-    return cases
-
-
-# --------------------------------------------------------------------------------------------------
 # Autograd and the public operator
 # --------------------------------------------------------------------------------------------------
 
@@ -1594,14 +1359,14 @@ class _DenseAttention(torch.autograd.Function):
 
     @staticmethod
     @torch.amp.custom_bwd(device_type="cuda")
+    @once_differentiable  # the kernels are not themselves differentiable: say so, not silently 0
     def backward(ctx, dout: Tensor, dconf: Tensor, _dtopk: Tensor | None, dwarp: Tensor | None):
         *inputs, out, conf, warp, lse, lse_w, warp_all = ctx.saved_tensors
         inputs = tuple(inputs)
         stats = {"lse": lse, "lse_w": lse_w, "warp_all": warp_all}
         grads = _backward_grads(out, conf, warp, dout, dconf, dwarp)
         # needs_input_grad follows forward's arguments: q, k, v, q_prune, k_prune, warp_values.
-        order = ("dq", "dk", "dv", "dq_prune", "dk_prune", "dwarp_values")
-        wanted = dict(zip(order, ctx.needs_input_grad[:6], strict=True))
+        wanted = dict(zip(GRADIENT_NAMES, ctx.needs_input_grad[:6], strict=True))
         dims = _dims(inputs, 0)
         channels = {name: dims[name] for name in ("Cqk", "Cp", "Cv", "Cw")}
         cols = _chunk_keys(
@@ -1613,7 +1378,7 @@ class _DenseAttention(torch.autograd.Function):
             result = _tiled_backward(
                 inputs, stats, grads, wanted, ctx.scale, ctx.prune_scale, ctx.warp_mode, config
             )
-            return *(result[name] for name in order), None, None, None, None
+            return *(result[name] for name in GRADIENT_NAMES), None, None, None, None
         result: dict[str, Tensor | None] = {}
         for side, kernel in (("query", BACKWARD_QUERY), ("key", BACKWARD_KEY)):
             config = _config(kernel, dims, inputs[0].device)
@@ -1621,7 +1386,7 @@ class _DenseAttention(torch.autograd.Function):
                 side, inputs, stats, grads, wanted,
                 ctx.scale, ctx.prune_scale, ctx.warp_mode, config,
             )  # fmt: skip
-        return *(result[name] for name in order), None, None, None, None
+        return *(result[name] for name in GRADIENT_NAMES), None, None, None, None
 
 
 def attention(

@@ -252,7 +252,7 @@ def test_dry_run_lists_the_space_of_every_kernel_for_a_preset() -> None:
     proc = run_cli("--dry-run", "--preset", "deepfashion-256")
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
-    names = tunable_names("kernels.fused_dense") + tunable_names("kernels.tuning_candidates")
+    names = tunable_names("kernels.tuning_dense") + tunable_names("kernels.tuning_candidates")
     for name in names:
         assert f"\n{name}  [" in "\n" + out, f"{name} missing from the dry run"
     for shape in preset_shapes("deepfashion-256"):
@@ -274,7 +274,7 @@ def test_dry_run_takes_explicit_shapes() -> None:
     assert f"key {shape_key(sparse.dims(8))}" in proc.stdout
     assert f"key {shape_key(dense.dims(8))}" in proc.stdout
     assert f"key {shape_key(dense.dims(8, backward=True))}" in proc.stdout
-    for name in tunable_names("kernels.tuning_candidates") + tunable_names("kernels.fused_dense"):
+    for name in tunable_names("kernels.tuning_candidates") + tunable_names("kernels.tuning_dense"):
         assert f"{name}  [shape/" in proc.stdout
 
 
@@ -332,12 +332,12 @@ def test_shipped_table_names_real_kernels_and_parameters() -> None:
     """The table shipped with the package (winners measured on real GPUs) must name kernels that
     exist, with the launch parameters their defaults have: a renamed kernel or parameter would
     otherwise be silently ignored, or crash the launch."""
-    from kernels import aot_candidates, fused_dense, tuning_candidates
+    from kernels import aot_candidates, aot_dense, tuning_candidates, tuning_dense
     from kernels.tuning import DTYPE_NAMES, SHIPPED_TABLE, load_table
 
-    kernels = {k.name: k for k in (*fused_dense.TUNABLE, *tuning_candidates.TUNABLE)}
+    kernels = {k.name: k for k in (*tuning_dense.TUNABLE, *tuning_candidates.TUNABLE)}
     samples = {
-        **dict.fromkeys((k.name for k in fused_dense.TUNABLE), fused_dense.AOT_DIMS[0]),
+        **dict.fromkeys((k.name for k in tuning_dense.TUNABLE), aot_dense.AOT_DIMS[0]),
         **dict.fromkeys(
             (k.name for k in tuning_candidates.TUNABLE), aot_candidates.tuning_dims()[0]
         ),

@@ -5,9 +5,10 @@ Forward outputs and every input gradient, through the public operator (`backend=
 that are no powers of two, k = 3. On CPU the kernels run on Triton's interpreter (conftest sets
 TRITON_INTERPRET); bf16 needs a GPU there (the interpreter's bf16 `tl.dot` is wrong).
 
-Every buffer the kernels write is allocated NaN-filled (int buffers -1), so an element no program
-writes fails the comparison. Prune logits keep a margin from 0 (the mask is a step) and the
-queries include rows that keep every key and rows that keep none.
+Every buffer the kernels write is allocated NaN-filled (int buffers -1; `nan_filled_outputs`,
+tests/kernels/conftest.py), so an element no program writes fails the comparison. Prune logits
+keep a margin from 0 (the mask is a step) and the queries include rows that keep every key and
+rows that keep none.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import torch
 from _assert import assert_close, assert_error_within, sum_magnitude, sum_tolerance
 
 import kernels
-from kernels import fused_dense
+from kernels import fused_dense, runtime, tuning_dense
 from kernels.reference import WARP_MODES
 from kernels.runtime import interpreting
 
@@ -30,13 +31,7 @@ CW = 3
 GRAD_NAMES = ("q", "k", "v", "q_prune", "k_prune", "warp_values")
 
 
-@pytest.fixture(autouse=True)
-def nan_filled_outputs(monkeypatch: pytest.MonkeyPatch) -> None:
-    def poisoned(shape, dtype, device):
-        fill = float("nan") if dtype.is_floating_point else -1
-        return torch.full(shape, fill, dtype=dtype, device=device)
-
-    monkeypatch.setattr(fused_dense, "_empty", poisoned)
+pytestmark = pytest.mark.usefixtures("nan_filled_outputs")  # tests/kernels/conftest.py
 
 
 def _device() -> torch.device:
@@ -288,16 +283,16 @@ def test_scratch_budget_holds_at_every_size() -> None:
 
 
 def test_tiled_backward_allocates_what_the_budget_counts(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The buffers the tiled backward takes from `_empty` beyond the gradients (its tiles) are
-    within the model `tiled_scratch_bytes` charges against the budget."""
+    """The buffers the tiled backward takes from `runtime.empty` beyond the gradients (its tiles)
+    are within the model `tiled_scratch_bytes` charges against the budget."""
     taken = []
-    empty = fused_dense._empty
+    empty = runtime.empty  # NaN-filled (`nan_filled_outputs`)
 
     def spy(shape, dtype, device):
         taken.append(math.prod(shape) * dtype.itemsize)
-        return empty(shape, dtype, device).fill_(float("nan") if dtype.is_floating_point else -1)
+        return empty(shape, dtype, device)
 
-    monkeypatch.setattr(fused_dense, "_empty", spy)
+    monkeypatch.setattr(runtime, "empty", spy)
     budget = fused_dense.tiled_scratch_bytes(2, 20, 150, CHANNELS, torch.float32, 32, False)
     monkeypatch.setattr(fused_dense, "SCRATCH_BUDGET", budget)
     inputs = make_inputs(torch.float32, nq=20, nk=150)
@@ -480,7 +475,7 @@ def test_topk_ties_go_to_the_lower_key_index() -> None:
     assert torch.equal(res.topk, ref.topk)
 
 
-@pytest.mark.parametrize("kernel", fused_dense.TUNABLE, ids=lambda kernel: kernel.name)
+@pytest.mark.parametrize("kernel", tuning_dense.TUNABLE, ids=lambda kernel: kernel.name)
 def test_every_config_of_the_space_runs_and_agrees(kernel) -> None:
     """The autotuner's runners, for every config the space offers on a small problem, compute
     what the reference computes (forward outputs, or that kernel's gradients). The interpreter
@@ -491,11 +486,11 @@ def test_every_config_of_the_space_runs_and_agrees(kernel) -> None:
     space = kernel.space(dims)
     assert kernel.default(dims) in space
     device = _device()
-    raw = fused_dense._random_inputs(dims, device, torch.float32)
+    raw = tuning_dense._random_inputs(dims, device, torch.float32)
     inputs = dict(zip(GRAD_NAMES, (x.clone().requires_grad_() for x in raw), strict=True))
-    scale, prune_scale = fused_dense._release_scales(dims)
+    scale, prune_scale = tuning_dense._release_scales(dims)
     options = {"scale": scale, "prune_scale": prune_scale, "topk": dims["k"], "warp_over": "kept"}
-    upstream = list(fused_dense._random_upstream(dims, device, torch.float32))
+    upstream = list(tuning_dense._random_upstream(dims, device, torch.float32))
     ref, ref_grads = run_op(inputs, "torch", upstream, **options)
     if interpreting():
         blocks = [{k: v for k, v in c.items() if k.startswith("BLOCK_")} for c in space]
@@ -503,7 +498,7 @@ def test_every_config_of_the_space_runs_and_agrees(kernel) -> None:
     for config in space:
         got = kernel.make_runner(dims, config, device, torch.float32)()
         label = f"{kernel.name} {config}"
-        if kernel is fused_dense.FORWARD:
+        if kernel.name == fused_dense.FORWARD.name:
             assert_close(got["out"], ref.out, name=f"out, {label}")
             assert_close(got["conf"], ref.conf, name=f"conf, {label}")
             assert_close(got["warp"], ref.warp, name=f"warp, {label}")
