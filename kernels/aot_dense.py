@@ -50,9 +50,8 @@ def _argument_values(dims: dict[str, int], meta: dict[str, int]) -> dict[str, in
     nq, nk = dims["Nq"], dims["Nk"]
     channels = {"q": dims["Cqk"], "k": dims["Cqk"], "v": dims["Cv"], "qp": dims["Cp"]}
     channels |= {"kp": dims["Cp"], "wv": dims["Cw"]}
-    values = {"n_q": nq, "n_k": nk, "c_qk": dims["Cqk"], "c_p": dims["Cp"], "c_v": dims["Cv"]}
-    values |= {"c_w": dims["Cw"], "top_k": dims["k"], "row0": 0, "n_rows": nq, "col0": 0}
-    values["n_cols"] = nk
+    values = {"Nq": nq, "Nk": nk, **{c: dims[c] for c in ("Cqk", "Cp", "Cv", "Cw")}}
+    values |= {"top_k": dims["k"], "row0": 0, "n_rows": nq, "col0": 0, "n_cols": nk}
     for name, c in channels.items():
         tokens = nq if name in ("q", "qp") else nk
         values[f"stride_{name}b"], values[f"stride_{name}n"] = tokens * c, c

@@ -84,6 +84,59 @@ def _row_dots(
 
 
 @triton.jit
+def _sample_inputs(
+    Q, K, V, QP, KP, WV, pid_b, stride_qb, stride_kb, stride_vb, stride_qpb, stride_kpb, stride_wvb
+):
+    """The six input pointers moved to sample pid_b, by their batch strides."""
+    return (
+        Q + pid_b * stride_qb,
+        K + pid_b * stride_kb,
+        V + pid_b * stride_vb,
+        QP + pid_b * stride_qpb,
+        KP + pid_b * stride_kpb,
+        WV + pid_b * stride_wvb,
+    )
+
+
+@triton.jit
+def _scores(
+    X,
+    XP,
+    x_rows,
+    x_ok,
+    stride_xn,
+    stride_xpn,
+    Y,
+    YP,
+    y_rows,
+    y_ok,
+    stride_yn,
+    stride_ypn,
+    Cqk,
+    Cp,
+    scale,
+    prune_scale,
+    BLOCK_R: tl.constexpr,
+    BLOCK_S: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_DP: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    """The fp32 score tiles [BLOCK_R, BLOCK_S] of rows x_rows against rows y_rows: the base-2
+    softmax scores z2 = scale log2(e) X . Y and the prune logits s = prune_scale XP . YP. The
+    queries are the x side and the keys the y side, but for the key kernel's transposed tiles."""
+    z2 = (scale * _LOG2E) * _row_dots(
+        X, x_rows, x_ok, stride_xn, Y, y_rows, y_ok, stride_yn, Cqk,
+        BLOCK_R, BLOCK_S, BLOCK_D, PRECISION,
+    )  # fmt: skip
+    s = prune_scale * _row_dots(
+        XP, x_rows, x_ok, stride_xpn, YP, y_rows, y_ok, stride_ypn, Cp,
+        BLOCK_R, BLOCK_S, BLOCK_DP, PRECISION,
+    )  # fmt: skip
+    return z2, s
+
+
+@triton.jit
 def _few_channel_dots(
     X,
     x_rows,
@@ -192,12 +245,12 @@ def _dense_fwd_kernel(
     stride_kpn,
     stride_wvb,
     stride_wvn,
-    n_q,
-    n_k,
-    c_qk,
-    c_p,
-    c_v,
-    c_w,
+    Nq,
+    Nk,
+    Cqk,
+    Cp,
+    Cv,
+    Cw,
     top_k,
     scale,
     prune_scale,
@@ -217,19 +270,17 @@ def _dense_fwd_kernel(
     pid_m = tl.program_id(0).to(tl.int64)
     pid_v = tl.program_id(1).to(tl.int64)
     pid_b = tl.program_id(2).to(tl.int64)
-    Q += pid_b * stride_qb
-    K += pid_b * stride_kb
-    V += pid_b * stride_vb
-    QP += pid_b * stride_qpb
-    KP += pid_b * stride_kpb
-    WV += pid_b * stride_wvb
+    Q, K, V, QP, KP, WV = _sample_inputs(
+        Q, K, V, QP, KP, WV, pid_b, stride_qb, stride_kb, stride_vb, stride_qpb, stride_kpb,
+        stride_wvb,
+    )  # fmt: skip
 
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    row_ok = rows < n_q
+    row_ok = rows < Nq
     vcols = pid_v * BLOCK_V + tl.arange(0, BLOCK_V)
-    vcol_ok = vcols < c_v
+    vcol_ok = vcols < Cv
     wcols = tl.arange(0, BLOCK_W)
-    wcol_ok = wcols < c_w
+    wcol_ok = wcols < Cw
     slots = tl.arange(0, BLOCK_K)
 
     neg_inf = float("-inf")
@@ -246,16 +297,18 @@ def _dense_fwd_kernel(
     best_z = tl.full((BLOCK_M, BLOCK_K), neg_inf, tl.float32)
     best_i = tl.full((BLOCK_M, BLOCK_K), 2147483647, tl.int32)
 
-    for n0 in range(0, n_k, BLOCK_N):
+    for n0 in range(0, Nk, BLOCK_N):
         keys = n0 + tl.arange(0, BLOCK_N)
-        key_ok = keys < n_k
+        key_ok = keys < Nk
+        # `_scores` written out: through it the forward compiles to other register counts (up
+        # to 5 apart at sm_80 and sm_90, `python -m kernels.aot`), so this copy stays.
         dots = _row_dots(
-            Q, rows, row_ok, stride_qn, K, keys, key_ok, stride_kn, c_qk,
+            Q, rows, row_ok, stride_qn, K, keys, key_ok, stride_kn, Cqk,
             BLOCK_M, BLOCK_N, BLOCK_D, PRECISION,
         )  # fmt: skip
         z2 = tl.where(key_ok[None, :], dots * (scale * _LOG2E), neg_inf)
         s = prune_scale * _row_dots(
-            QP, rows, row_ok, stride_qpn, KP, keys, key_ok, stride_kpn, c_p,
+            QP, rows, row_ok, stride_qpn, KP, keys, key_ok, stride_kpn, Cp,
             BLOCK_M, BLOCK_N, BLOCK_DP, PRECISION,
         )  # fmt: skip
         kept = (s > 0) & key_ok[None, :]
@@ -276,11 +329,11 @@ def _dense_fwd_kernel(
                 # The release's all-kept row: a plain sum of W, the uniform mean at the end.
                 ones = tl.where(key_ok[None, :], 1.0, tl.zeros_like(p))
                 acc_wall += _times_few_columns(
-                    ones, WV, keys, key_ok, stride_wvn, c_w, BLOCK_M, BLOCK_W
+                    ones, WV, keys, key_ok, stride_wvn, Cw, BLOCK_M, BLOCK_W
                 )
             else:
                 acc_wall = acc_wall * alpha[:, None] + _times_few_columns(
-                    p, WV, keys, key_ok, stride_wvn, c_w, BLOCK_M, BLOCK_W
+                    p, WV, keys, key_ok, stride_wvn, Cw, BLOCK_M, BLOCK_W
                 )
             if WARP_MODE != 3:
                 if WARP_MODE == 1:
@@ -295,7 +348,7 @@ def _dense_fwd_kernel(
                 pw = tl.exp2(zw - m_w_safe[:, None])
                 l_w = l_w * alpha_w + tl.sum(pw, 1)
                 acc_w = acc_w * alpha_w[:, None] + _times_few_columns(
-                    pw, WV, keys, key_ok, stride_wvn, c_w, BLOCK_M, BLOCK_W
+                    pw, WV, keys, key_ok, stride_wvn, Cw, BLOCK_M, BLOCK_W
                 )
                 m_w = m_w_new
 
@@ -323,11 +376,11 @@ def _dense_fwd_kernel(
             best_i = merged_i
 
     inv_l = 1.0 / l_i
-    out_ptrs = OUT + (pid_b * n_q + rows)[:, None] * c_v + vcols[None, :]
+    out_ptrs = OUT + (pid_b * Nq + rows)[:, None] * Cv + vcols[None, :]
     out = acc * inv_l[:, None]
     tl.store(out_ptrs, out.to(OUT.dtype.element_ty), mask=row_ok[:, None] & vcol_ok[None, :])
     if pid_v == 0:
-        stat = pid_b * n_q + rows
+        stat = pid_b * Nq + rows
         tl.store(CONF + stat, (conf_acc * inv_l).to(CONF.dtype.element_ty), mask=row_ok)
         lse = m_i + tl.log2(l_i)
         tl.store(LSE + stat, lse, mask=row_ok)
@@ -341,14 +394,14 @@ def _dense_fwd_kernel(
                 l_w_safe = tl.where(empty, 1.0, l_w)
                 if WARP_MODE == 2:
                     # No key pruned: every score filled alike, the uniform mean (z2 read as 0).
-                    fallback = acc_wall / n_k
-                    lse_fallback = tl.log2(tl.zeros_like(lse) + n_k)
+                    fallback = acc_wall / Nk
+                    lse_fallback = tl.log2(tl.zeros_like(lse) + Nk)
                 else:
                     fallback = acc_wall * inv_l[:, None]
                     lse_fallback = lse
                 warp = tl.where(empty[:, None], fallback, acc_w / l_w_safe[:, None])
                 lse_w = tl.where(empty, lse_fallback, m_w + tl.log2(l_w_safe))
-            warp_ptrs = WARP + stat[:, None] * c_w + wcols[None, :]
+            warp_ptrs = WARP + stat[:, None] * Cw + wcols[None, :]
             warp_mask = row_ok[:, None] & wcol_ok[None, :]
             tl.store(warp_ptrs, warp.to(WARP.dtype.element_ty), mask=warp_mask)
             tl.store(LSE_W + stat, lse_w, mask=row_ok)
@@ -388,12 +441,12 @@ def _dense_bwd_query_kernel(
     stride_kpn,
     stride_wvb,
     stride_wvn,
-    n_q,
-    n_k,
-    c_qk,
-    c_p,
-    c_v,
-    c_w,
+    Nq,
+    Nk,
+    Cqk,
+    Cp,
+    Cv,
+    Cw,
     chunks_dq,
     scale,
     prune_scale,
@@ -413,31 +466,29 @@ def _dense_bwd_query_kernel(
     pid_m = tl.program_id(0).to(tl.int64)
     pid_c = tl.program_id(1)
     pid_b = tl.program_id(2).to(tl.int64)
-    Q += pid_b * stride_qb
-    K += pid_b * stride_kb
-    V += pid_b * stride_vb
-    QP += pid_b * stride_qpb
-    KP += pid_b * stride_kpb
-    WV += pid_b * stride_wvb
-    DOUT += pid_b * n_q * c_v
-    DWARP += pid_b * n_q * c_w
+    Q, K, V, QP, KP, WV = _sample_inputs(
+        Q, K, V, QP, KP, WV, pid_b, stride_qb, stride_kb, stride_vb, stride_qpb, stride_kpb,
+        stride_wvb,
+    )  # fmt: skip
+    DOUT += pid_b * Nq * Cv
+    DWARP += pid_b * Nq * Cw
 
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    row_ok = rows < n_q
-    stat = pid_b * n_q + rows
+    row_ok = rows < Nq
+    stat = pid_b * Nq + rows
     lse = tl.load(LSE + stat, mask=row_ok, other=0.0)
     delta = tl.load(DELTA + stat, mask=row_ok, other=0.0)
     dconf = tl.load(DCONF + stat, mask=row_ok, other=0.0).to(tl.float32)
     want_dq = pid_c < chunks_dq
     if want_dq:
         chunk = pid_c
-        c_out = c_qk
+        c_out = Cqk
         X = K
         stride_xn = stride_kn
         DX = DQ
     else:
         chunk = pid_c - chunks_dq
-        c_out = c_p
+        c_out = Cp
         X = KP
         stride_xn = stride_kpn
         DX = DQP
@@ -445,21 +496,17 @@ def _dense_bwd_query_kernel(
     col_ok = cols < c_out
     acc = tl.zeros((BLOCK_M, BLOCK_C), tl.float32)
 
-    for n0 in range(0, n_k, BLOCK_N):
+    for n0 in range(0, Nk, BLOCK_N):
         keys = n0 + tl.arange(0, BLOCK_N)
-        key_ok = keys < n_k
+        key_ok = keys < Nk
         valid = row_ok[:, None] & key_ok[None, :]
-        z2 = (scale * _LOG2E) * _row_dots(
-            Q, rows, row_ok, stride_qn, K, keys, key_ok, stride_kn, c_qk,
-            BLOCK_M, BLOCK_N, BLOCK_D, PRECISION,
-        )  # fmt: skip
-        s = prune_scale * _row_dots(
-            QP, rows, row_ok, stride_qpn, KP, keys, key_ok, stride_kpn, c_p,
-            BLOCK_M, BLOCK_N, BLOCK_DP, PRECISION,
+        z2, s = _scores(
+            Q, QP, rows, row_ok, stride_qn, stride_qpn, K, KP, keys, key_ok, stride_kn, stride_kpn,
+            Cqk, Cp, scale, prune_scale, BLOCK_M, BLOCK_N, BLOCK_D, BLOCK_DP, PRECISION,
         )  # fmt: skip
         p = tl.where(valid, tl.exp2(z2 - lse[:, None]), 0.0)
         g = dconf[:, None] + _row_dots(
-            DOUT, rows, row_ok, c_v, V, keys, key_ok, stride_vn, c_v,
+            DOUT, rows, row_ok, Cv, V, keys, key_ok, stride_vn, Cv,
             BLOCK_M, BLOCK_N, BLOCK_DV, PRECISION,
         )  # fmt: skip
         if want_dq:
@@ -470,7 +517,7 @@ def _dense_bwd_query_kernel(
                 warp_all = tl.load(WARP_ALL + stat, mask=row_ok, other=0) != 0
                 w = _warp_weights(z2, s, valid, lse_w[:, None], warp_all[:, None], WARP_MODE)
                 gw = _few_channel_dots(
-                    DWARP, rows, row_ok, c_w, WV, keys, key_ok, stride_wvn, c_w,
+                    DWARP, rows, row_ok, Cw, WV, keys, key_ok, stride_wvn, Cw,
                     BLOCK_M, BLOCK_N, BLOCK_W,
                 )  # fmt: skip
                 dz += _warp_z_part(w * (gw - delta_w[:, None]), s, WARP_MODE)
@@ -518,12 +565,12 @@ def _dense_bwd_key_kernel(
     stride_kpn,
     stride_wvb,
     stride_wvn,
-    n_q,
-    n_k,
-    c_qk,
-    c_p,
-    c_v,
-    c_w,
+    Nq,
+    Nk,
+    Cqk,
+    Cp,
+    Cv,
+    Cw,
     chunks_dk,
     chunks_dkp,
     chunks_dv,
@@ -546,17 +593,15 @@ def _dense_bwd_key_kernel(
     pid_n = tl.program_id(0).to(tl.int64)
     pid_c = tl.program_id(1)
     pid_b = tl.program_id(2).to(tl.int64)
-    Q += pid_b * stride_qb
-    K += pid_b * stride_kb
-    V += pid_b * stride_vb
-    QP += pid_b * stride_qpb
-    KP += pid_b * stride_kpb
-    WV += pid_b * stride_wvb
-    DOUT += pid_b * n_q * c_v
-    DWARP += pid_b * n_q * c_w
+    Q, K, V, QP, KP, WV = _sample_inputs(
+        Q, K, V, QP, KP, WV, pid_b, stride_qb, stride_kb, stride_vb, stride_qpb, stride_kpb,
+        stride_wvb,
+    )  # fmt: skip
+    DOUT += pid_b * Nq * Cv
+    DWARP += pid_b * Nq * Cw
 
     keys = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    key_ok = keys < n_k
+    key_ok = keys < Nk
     # Which gradient this program writes: 0 dk (= scale dz^T Q), 1 dk_prune (= prune_scale ds^T
     # Q_prune), 2 dv (= (p m)^T dout), 3 dwarp_values (= w^T dwarp).
     ends_dkp = chunks_dk + chunks_dkp
@@ -564,48 +609,44 @@ def _dense_bwd_key_kernel(
     if pid_c < chunks_dk:
         role = 0
         chunk = pid_c
-        c_out = c_qk
+        c_out = Cqk
         X = Q
         stride_xn = stride_qn
         DX = DK
     elif pid_c < ends_dkp:
         role = 1
         chunk = pid_c - chunks_dk
-        c_out = c_p
+        c_out = Cp
         X = QP
         stride_xn = stride_qpn
         DX = DKP
     elif pid_c < ends_dv:
         role = 2
         chunk = pid_c - ends_dkp
-        c_out = c_v
+        c_out = Cv
         X = DOUT
-        stride_xn = c_v
+        stride_xn = Cv
         DX = DV
     else:
         role = 3
         chunk = pid_c - ends_dv
-        c_out = c_w
+        c_out = Cw
         X = DWARP
-        stride_xn = c_w
+        stride_xn = Cw
         DX = DWV
     cols = chunk * BLOCK_C + tl.arange(0, BLOCK_C)
     col_ok = cols < c_out
     acc = tl.zeros((BLOCK_N, BLOCK_C), tl.float32)
 
-    for m0 in range(0, n_q, BLOCK_M):
+    for m0 in range(0, Nq, BLOCK_M):
         rows = m0 + tl.arange(0, BLOCK_M)
-        row_ok = rows < n_q
-        stat = pid_b * n_q + rows
+        row_ok = rows < Nq
+        stat = pid_b * Nq + rows
         valid = key_ok[:, None] & row_ok[None, :]
         lse = tl.load(LSE + stat, mask=row_ok, other=0.0)
-        z2 = (scale * _LOG2E) * _row_dots(
-            K, keys, key_ok, stride_kn, Q, rows, row_ok, stride_qn, c_qk,
-            BLOCK_N, BLOCK_M, BLOCK_D, PRECISION,
-        )  # fmt: skip
-        s = prune_scale * _row_dots(
-            KP, keys, key_ok, stride_kpn, QP, rows, row_ok, stride_qpn, c_p,
-            BLOCK_N, BLOCK_M, BLOCK_DP, PRECISION,
+        z2, s = _scores(
+            K, KP, keys, key_ok, stride_kn, stride_kpn, Q, QP, rows, row_ok, stride_qn, stride_qpn,
+            Cqk, Cp, scale, prune_scale, BLOCK_N, BLOCK_M, BLOCK_D, BLOCK_DP, PRECISION,
         )  # fmt: skip
         p = tl.where(valid, tl.exp2(z2 - lse[None, :]), 0.0)
         if role == 2:
@@ -620,7 +661,7 @@ def _dense_bwd_key_kernel(
             # Both need g = dout . V + dconf, the gradient reaching p m.
             dconf = tl.load(DCONF + stat, mask=row_ok, other=0.0).to(tl.float32)
             g = dconf[None, :] + _row_dots(
-                V, keys, key_ok, stride_vn, DOUT, rows, row_ok, c_v, c_v,
+                V, keys, key_ok, stride_vn, DOUT, rows, row_ok, Cv, Cv,
                 BLOCK_N, BLOCK_M, BLOCK_DV, PRECISION,
             )  # fmt: skip
             if role == 0:
@@ -632,7 +673,7 @@ def _dense_bwd_key_kernel(
                     delta_w = tl.load(DELTA_W + stat, mask=row_ok, other=0.0)
                     w = _warp_weights(z2, s, valid, lse_w[None, :], warp_all[None, :], WARP_MODE)
                     gw = _few_channel_dots(
-                        WV, keys, key_ok, stride_wvn, DWARP, rows, row_ok, c_w, c_w,
+                        WV, keys, key_ok, stride_wvn, DWARP, rows, row_ok, Cw, Cw,
                         BLOCK_N, BLOCK_M, BLOCK_W,
                     )  # fmt: skip
                     dz += _warp_z_part(w * (gw - delta_w[None, :]), s, WARP_MODE)
@@ -644,7 +685,7 @@ def _dense_bwd_key_kernel(
         x = tl.load(x_ptrs, mask=row_ok[:, None] & col_ok[None, :], other=0.0)
         acc = _dot_scaled(a, x, acc, PRECISION)
 
-    dx_ptrs = DX + (pid_b * n_k + keys)[:, None] * c_out + cols[None, :]
+    dx_ptrs = DX + (pid_b * Nk + keys)[:, None] * c_out + cols[None, :]
     tl.store(dx_ptrs, acc.to(DX.dtype.element_ty), mask=key_ok[:, None] & col_ok[None, :])
 
 
@@ -684,12 +725,12 @@ def _dense_bwd_tile_kernel(
     n_rows,
     col0,
     n_cols,
-    n_q,
-    n_k,
-    c_qk,
-    c_p,
-    c_v,
-    c_w,
+    Nq,
+    Nk,
+    Cqk,
+    Cp,
+    Cv,
+    Cw,
     scale,
     prune_scale,
     BLOCK_M: tl.constexpr,
@@ -711,37 +752,31 @@ def _dense_bwd_tile_kernel(
     pid_m = tl.program_id(0).to(tl.int64)
     pid_n = tl.program_id(1).to(tl.int64)
     pid_b = tl.program_id(2).to(tl.int64)
-    Q += pid_b * stride_qb
-    K += pid_b * stride_kb
-    V += pid_b * stride_vb
-    QP += pid_b * stride_qpb
-    KP += pid_b * stride_kpb
-    WV += pid_b * stride_wvb
-    DOUT += pid_b * n_q * c_v
-    DWARP += pid_b * n_q * c_w
+    Q, K, V, QP, KP, WV = _sample_inputs(
+        Q, K, V, QP, KP, WV, pid_b, stride_qb, stride_kb, stride_vb, stride_qpb, stride_kpb,
+        stride_wvb,
+    )  # fmt: skip
+    DOUT += pid_b * Nq * Cv
+    DWARP += pid_b * Nq * Cw
 
     local = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     rows = row0 + local
-    row_ok = (local < n_rows) & (rows < n_q)
+    row_ok = (local < n_rows) & (rows < Nq)
     local_keys = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     keys = col0 + local_keys
-    key_ok = (local_keys < n_cols) & (keys < n_k)
+    key_ok = (local_keys < n_cols) & (keys < Nk)
     valid = row_ok[:, None] & key_ok[None, :]
-    stat = pid_b * n_q + rows
+    stat = pid_b * Nq + rows
     lse = tl.load(LSE + stat, mask=row_ok, other=0.0)
     delta = tl.load(DELTA + stat, mask=row_ok, other=0.0)
     dconf = tl.load(DCONF + stat, mask=row_ok, other=0.0).to(tl.float32)
 
-    z2 = (scale * _LOG2E) * _row_dots(
-        Q, rows, row_ok, stride_qn, K, keys, key_ok, stride_kn, c_qk,
-        BLOCK_M, BLOCK_N, BLOCK_D, PRECISION,
-    )  # fmt: skip
-    s = prune_scale * _row_dots(
-        QP, rows, row_ok, stride_qpn, KP, keys, key_ok, stride_kpn, c_p,
-        BLOCK_M, BLOCK_N, BLOCK_DP, PRECISION,
+    z2, s = _scores(
+        Q, QP, rows, row_ok, stride_qn, stride_qpn, K, KP, keys, key_ok, stride_kn, stride_kpn,
+        Cqk, Cp, scale, prune_scale, BLOCK_M, BLOCK_N, BLOCK_D, BLOCK_DP, PRECISION,
     )  # fmt: skip
     g = dconf[:, None] + _row_dots(
-        DOUT, rows, row_ok, c_v, V, keys, key_ok, stride_vn, c_v,
+        DOUT, rows, row_ok, Cv, V, keys, key_ok, stride_vn, Cv,
         BLOCK_M, BLOCK_N, BLOCK_DV, PRECISION,
     )  # fmt: skip
     p = tl.where(valid, tl.exp2(z2 - lse[:, None]), 0.0)
@@ -757,7 +792,7 @@ def _dense_bwd_tile_kernel(
         warp_all = tl.load(WARP_ALL + stat, mask=row_ok, other=0) != 0
         w = _warp_weights(z2, s, valid, lse_w[:, None], warp_all[:, None], WARP_MODE)
         gw = _few_channel_dots(
-            DWARP, rows, row_ok, c_w, WV, keys, key_ok, stride_wvn, c_w,
+            DWARP, rows, row_ok, Cw, WV, keys, key_ok, stride_wvn, Cw,
             BLOCK_M, BLOCK_N, BLOCK_W,
         )  # fmt: skip
         dz += _warp_z_part(w * (gw - delta_w[:, None]), s, WARP_MODE)
