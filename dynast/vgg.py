@@ -20,7 +20,7 @@ VGG19_WEIGHTS_FILE = "vgg19-dcbb9e9d.pth"
 # torchvision's `cfgs["E"]`: conv widths, "M" = 2x2 max pool.
 _LAYOUT = (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M")
 _LAYOUT = (*_LAYOUT, 512, 512, 512, 512, "M")
-# Indices in `features` of the ReLUs the losses read: relu1_2, relu2_2, relu3_2, relu4_2, relu5_2.
+# Indices in `features` of the ReLUs the losses read, and their names.
 FEATURE_LAYERS = (3, 8, 13, 22, 31)
 FEATURE_NAMES = ("relu1_2", "relu2_2", "relu3_2", "relu4_2", "relu5_2")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

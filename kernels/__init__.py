@@ -1,6 +1,42 @@
 """Dynamic sparse attention of DynaST: fused Triton kernels with PyTorch references.
 
 Tensors are token-major, tokens row-major (`y * W + x`). See docs/method.md section 4.
+
+Sizes, named alike in the kernels, their launchers, the tuning keys and the docs:
+
+    B         batch
+    Nq, Nk    query and key tokens per sample
+    Cqk       channels of q and k
+    Cp        channels of q_prune and k_prune
+    Cv        channels of v and out
+    Cw        channels of warp_values and warp (3 in the model; 0: no warp output)
+    k         top-k indices per query (`topk` in the operators and launchers, `top_k` in kernels)
+    n_cand    candidates per list: 4k inter-scale, 5k inner-scale (M in the docs and in the
+              candidate kernels' tuning keys)
+    G         queries sharing one candidate list: 4 (a 2x2 window, inter-scale lists) or 1
+
+Block sizes (`tl.constexpr`) of the fused kernels:
+
+    BLOCK_M            queries per program. The candidate kernels count them in lists:
+                       BLOCK_G groups of GROUP = G queries (BLOCK_Q in their launch configs)
+    BLOCK_N            keys per tile: the dense kernels stream the Nk keys in tiles of BLOCK_N,
+                       a candidate program holds a list's n_cand keys in one (padded) tile
+    BLOCK_D, BLOCK_DP  channels per step of the loops over Cqk, Cp, Cv and Cw
+    BLOCK_DV, BLOCK_W
+    BLOCK_V, BLOCK_C   output channels per program: of out (dense forward), of one gradient
+                       (dense streamed backward)
+    BLOCK_K            the dense forward's running top-k list: next_pow2(k)
+
+Launch configs keep the keys the tuning tables were written with: dense BLOCK_M, BLOCK_N, BLOCK_D
+and BLOCK_V or BLOCK_C; candidates BLOCK_Q and BLOCK_C (one channel step, clipped per tensor into
+BLOCK_D, BLOCK_DP, BLOCK_DV and BLOCK_W).
+
+Modules: `ops` (the operators, validation, backends), `reference` (the specification),
+`candidate_lists` (the list builders), `fused_dense` and `fused_candidates` (Triton kernels),
+`candidates_cpu` (candidate attention on the CPU), `custom_ops` (torch.compile), `shapes` (model
+sizes); the autotuner `autotune` with the tuning table `tuning` and the runners `tuning_dense`,
+`tuning_candidates`; the ahead-of-time compile report `aot` with its cases `aot_dense`,
+`aot_candidates`.
 """
 
 from .candidate_lists import (

@@ -819,8 +819,8 @@ def _dense_bwd_tile_kernel(
 # - with 8 warps, a score tile of fewer than 8 tensor-core tiles (16 x 8) is computed twice over
 #   (32 x 16) or four times (16 x 16) by warps holding copies;
 # - registers: each default compiles without spills for sm_80 and sm_90 at every model size of
-#   `AOT_DIMS`, with bf16 and with fp32 inputs (`python -m kernels.aot`; docs/kernels-dense.md
-#   has the table). Few warps, or two pipeline stages, often cost registers.
+#   `kernels.aot_dense.AOT_DIMS`, with bf16 and with fp32 inputs (`python -m kernels.aot`;
+#   docs/kernels-dense.md has the table). Few warps, or two pipeline stages, often cost registers.
 # Four or five a kernel: `kernels.aot` compiles each for two GPUs and four model sizes, and the
 # autotuner times each per shape.
 _CANDIDATES: dict[str, tuple[tuple[int, int, int, int, int], ...]] = {
