@@ -672,8 +672,6 @@ def _dense_bwd_tile_kernel(
     stride_wvn,
     row0,
     n_rows,
-    col0,
-    n_cols,
     n_q,
     n_k,
     c_qk,
@@ -691,13 +689,13 @@ def _dense_bwd_tile_kernel(
     WARP_MODE: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
-    """The tiled backward's one kernel, over the window of queries row0 .. row0 + n_rows and keys
-    col0 .. col0 + n_cols. Grid (query tiles, key tiles, batch). A program recomputes its
-    (queries x keys) tile of z, s and g once, from the saved statistics, and writes the four
-    tiles every gradient is a product of: dz * scale (for dq, dk), ds (for dq_prune, dk_prune),
-    p m (for dv) and the warp weights (for dwarp_values), into [B, n_rows, n_cols] buffers of
-    the work dtype; matrix products over those (cuBLAS) finish the gradients. Unlike the
-    streamed kernels, no tile is computed twice."""
+    """The tiled backward's one kernel. Grid (query tiles of rows row0 .. row0 + n_rows, key
+    tiles, batch). A program recomputes its (queries x keys) tile of z, s and g once, from the
+    saved statistics, and writes the four tiles every gradient is a product of: dz * scale (for
+    dq, dk), ds (for dq_prune, dk_prune), p m (for dv) and the warp weights (for dwarp_values),
+    into [B, n_rows, n_k] buffers of the work dtype; matrix products over those (cuBLAS) finish
+    the gradients. Unlike the streamed kernels, no tile is computed twice. A chunk of keys is a
+    launch on K, V, KP and WV views starting at the chunk, with n_k its length."""
     pid_m = tl.program_id(0).to(tl.int64)
     pid_n = tl.program_id(1).to(tl.int64)
     pid_b = tl.program_id(2).to(tl.int64)
@@ -713,9 +711,8 @@ def _dense_bwd_tile_kernel(
     local = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     rows = row0 + local
     row_ok = (local < n_rows) & (rows < n_q)
-    local_keys = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    keys = col0 + local_keys
-    key_ok = (local_keys < n_cols) & (keys < n_k)
+    keys = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    key_ok = keys < n_k
     valid = row_ok[:, None] & key_ok[None, :]
     stat = pid_b * n_q + rows
     lse = tl.load(LSE + stat, mask=row_ok, other=0.0)
@@ -740,7 +737,7 @@ def _dense_bwd_tile_kernel(
     sig = tl.sigmoid(s)
     ds = (g * p * sig * (1.0 - sig)) * prune_scale
 
-    out = (pid_b * n_rows + local).to(tl.int64)[:, None] * n_cols + local_keys[None, :]
+    out = (pid_b * n_rows + local).to(tl.int64)[:, None] * n_k + keys[None, :]
     if WARP_MODE != 0:
         lse_w = tl.load(LSE_W + stat, mask=row_ok, other=0.0)
         delta_w = tl.load(DELTA_W + stat, mask=row_ok, other=0.0)
@@ -1252,9 +1249,12 @@ def _tiled_backward(
 
     k_w, kp_w, q_w, qp_w, dout_w, dwarp_w = map(op, (k, k_prune, q, q_prune, dout, dwarp))
     meta = _meta("dense_bwd_tile", dims, config)
-    args = _input_args(inputs)
     for col0 in range(0, nk, cols):
         n = min(cols, nk - col0)
+        span = slice(col0, col0 + n)
+        # The chunk's keys as views (same strides): the kernel sees n keys from the chunk's first.
+        chunk = [x if x is None or i in (0, 3) else x[:, span] for i, x in enumerate(inputs)]
+        args = _input_args(tuple(chunk))
         dz, ds, pm, *pw = (buf[: b * nq * n].view(b, nq, n) for buf in scratch)
         grid = (triton.cdiv(nq, meta["BLOCK_M"]), triton.cdiv(n, meta["BLOCK_N"]), b)
         _dense_bwd_tile_kernel[grid](
@@ -1264,7 +1264,7 @@ def _tiled_backward(
             grads["delta"], lse if grads["delta_w"] is None else grads["delta_w"],
             dz, ds, pm, pw[0] if warp else pm,
             *args[6:],
-            0, nq, col0, n, nq, nk, dims["Cqk"], dims["Cp"], dims["Cv"], dims["Cw"],
+            0, nq, nq, n, dims["Cqk"], dims["Cp"], dims["Cv"], dims["Cw"],
             scale, prune_scale,
             **meta,
             WARP_MODE=warp_mode,
@@ -1272,7 +1272,6 @@ def _tiled_backward(
             num_warps=config["num_warps"],
             num_stages=config["num_stages"],
         )  # fmt: skip
-        span = slice(col0, col0 + n)
         for name, (tile, x) in {"dq": (dz, k_w), "dq_prune": (ds, kp_w)}.items():
             if result[name] is None:
                 continue
@@ -1464,8 +1463,7 @@ def _aligned_arguments(fn: triton.JITFunction, dims: dict[str, int], meta: dict[
     channels = {"q": dims["Cqk"], "k": dims["Cqk"], "v": dims["Cv"], "qp": dims["Cp"]}
     channels |= {"kp": dims["Cp"], "wv": dims["Cw"]}
     values = {"n_q": nq, "n_k": nk, "c_qk": dims["Cqk"], "c_p": dims["Cp"], "c_v": dims["Cv"]}
-    values |= {"c_w": dims["Cw"], "top_k": dims["k"], "row0": 0, "n_rows": nq, "col0": 0}
-    values["n_cols"] = nk
+    values |= {"c_w": dims["Cw"], "top_k": dims["k"], "row0": 0, "n_rows": nq}
     for name, c in channels.items():
         tokens = nq if name in ("q", "qp") else nk
         values[f"stride_{name}b"], values[f"stride_{name}n"] = tokens * c, c
