@@ -1286,11 +1286,13 @@ def _tiled_backward(
         for name, (tile, x) in key_terms.items():
             if not wanted[name] or key_side[name] is None:
                 continue
-            product = torch.bmm(tile.transpose(1, 2), x)
             if chunked:
-                result[name][:, span] = product
+                result[name][:, span] = torch.bmm(tile.transpose(1, 2), x)
             else:
-                result[name] = product.to(dtype)
+                result[name] = torch.bmm(tile.transpose(1, 2), x).to(dtype)
+    # The tiles go before the fp32 sums are rounded, so that the sums' rounded copies never
+    # share memory with them (the peak stays that of the passes).
+    del scratch, dz, ds, pm, pw
     for name in query_side:
         if chunked and result[name] is not None:
             result[name] = result[name].to(dtype)
