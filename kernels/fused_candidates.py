@@ -483,7 +483,7 @@ def _launch_forward(
     cw = warp_values.shape[2] if warp_values is not None else 0
     group, n_groups, grid_w = _geometry(nq, window)
     dims = _dims(q, k_prune, v, cand, cw, group)
-    config = config or _config(FORWARD, dims, q.device)
+    config = config or _config(FORWARD, dims, q.device, q.dtype)
     blocks = _constexprs(dims, config)
 
     out = torch.empty(b, nq, cv, device=q.device, dtype=q.dtype)
@@ -558,7 +558,7 @@ def _launch_backward(
     cw = warp_values.shape[2] if warp_values is not None else 0
     group, n_groups, grid_w = _geometry(nq, window)
     dims = _dims(q, k_prune, v, cand, cw, group)
-    config = config or _config(BACKWARD, dims, q.device)
+    config = config or _config(BACKWARD, dims, q.device, q.dtype)
     blocks = _constexprs(dims, config)
 
     dq = torch.empty_like(q)
@@ -652,10 +652,12 @@ def _default(dims: dict[str, int]) -> LaunchConfig:
     return {"BLOCK_Q": min(block_q, 16), "BLOCK_C": 16, "num_warps": 4, "num_stages": 1}
 
 
-def _config(kernel: TunableKernel, dims: dict[str, int], device: torch.device) -> LaunchConfig:
+def _config(
+    kernel: TunableKernel, dims: dict[str, int], device: torch.device, dtype: torch.dtype
+) -> LaunchConfig:
     if interpreting():
         return kernel.default(dims)  # no tuning table applies to the CPU interpreter
-    return tuned_config(kernel, dims, device)
+    return tuned_config(kernel, dims, device, dtype)  # winners timed in this dtype only
 
 
 def _random_problem(dims: dict[str, int], device: torch.device, dtype: torch.dtype):

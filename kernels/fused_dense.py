@@ -912,10 +912,12 @@ def _default(kernel: str, dims: dict[str, int]) -> LaunchConfig:
     return _space(kernel, dims)[0]
 
 
-def _config(kernel: TunableKernel, dims: dict[str, int], device: torch.device) -> LaunchConfig:
+def _config(
+    kernel: TunableKernel, dims: dict[str, int], device: torch.device, dtype: torch.dtype
+) -> LaunchConfig:
     if interpreting():
         return kernel.default(dims)  # no tuning table applies to the CPU interpreter
-    return tuned_config(kernel, dims, device)
+    return tuned_config(kernel, dims, device, dtype)  # winners timed in this dtype only
 
 
 # --------------------------------------------------------------------------------------------------
@@ -1581,7 +1583,7 @@ class _DenseAttention(torch.autograd.Function):
     ):
         inputs = tuple(_channels_contiguous(x) for x in (q, k, v, q_prune, k_prune, warp_values))
         warp_mode = 0 if warp_values is None else WARP_MODE_IDS[warp_over]
-        config = _config(FORWARD, _dims(inputs, topk), q.device)
+        config = _config(FORWARD, _dims(inputs, topk), q.device, q.dtype)
         res = _launch_forward(inputs, scale, prune_scale, topk, warp_mode, config)
         ctx.save_for_backward(
             *inputs, res["out"], res["conf"], res["warp"], res["lse"], res["lse_w"], res["warp_all"]
@@ -1609,14 +1611,14 @@ class _DenseAttention(torch.autograd.Function):
             summed_in_product=inputs[0].is_cuda,
         )  # fmt: skip
         if backward_strategy() == "tiled" and cols > 0:
-            config = _config(BACKWARD_TILE, dims, inputs[0].device)
+            config = _config(BACKWARD_TILE, dims, inputs[0].device, inputs[0].dtype)
             result = _tiled_backward(
                 inputs, stats, grads, wanted, ctx.scale, ctx.prune_scale, ctx.warp_mode, config
             )
             return *(result[name] for name in order), None, None, None, None
         result: dict[str, Tensor | None] = {}
         for side, kernel in (("query", BACKWARD_QUERY), ("key", BACKWARD_KEY)):
-            config = _config(kernel, dims, inputs[0].device)
+            config = _config(kernel, dims, inputs[0].device, inputs[0].dtype)
             result |= _launch_backward(
                 side, inputs, stats, grads, wanted,
                 ctx.scale, ctx.prune_scale, ctx.warp_mode, config,
