@@ -73,6 +73,15 @@ for name in $STAGES; do
     autotune) stage autotune ${T_TUNE:-150} $PY -m kernels.autotune $P256 --dtype "${DTYPE:-bf16}" \
       --kernel dense_fwd --kernel dense_bwd_tile --kernel candidate_fwd --kernel candidate_bwd \
       --out "$OUT/kernel_tuning.json" ;;
+    # Issue 8: the dense block alone at 1,024 tokens, the dense GPU tests, and the tiled backward
+    # with an unbounded scratch budget (one pass, the backward before the budget) for comparison.
+    dense256) stage dense256 ${T_DENSE256:-40} $PY benchmarks/bench_attention.py $P256 \
+      --blocks dense --impls fused,reference --passes fwd,both --warmup 10 --rep 60 \
+      --csv "$OUT/attention.csv" ;;
+    pytest_dense) stage pytest_dense ${T_PYTEST_DENSE:-90} $PY -m pytest -q -p no:cacheprovider \
+      -m gpu tests/kernels/test_fused_dense.py ;;
+    unbounded) stage unbounded ${T_UNBOUNDED:-80} env OUT="$OUT" BUDGETS="${BUDGETS:-4096}" \
+      bash benchmarks/dense_budget_sweep.sh ;;
     *) echo "unknown stage $name" ;;
   esac
 done

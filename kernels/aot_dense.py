@@ -51,7 +51,7 @@ def _argument_values(dims: dict[str, int], meta: dict[str, int]) -> dict[str, in
     channels = {"q": dims["Cqk"], "k": dims["Cqk"], "v": dims["Cv"], "qp": dims["Cp"]}
     channels |= {"kp": dims["Cp"], "wv": dims["Cw"]}
     values = {"Nq": nq, "Nk": nk, **{c: dims[c] for c in ("Cqk", "Cp", "Cv", "Cw")}}
-    values |= {"top_k": dims["k"], "row0": 0, "n_rows": nq, "col0": 0, "n_cols": nk}
+    values |= {"top_k": dims["k"], "row0": 0, "n_rows": nq}
     for name, c in channels.items():
         tokens = nq if name in ("q", "qp") else nk
         values[f"stride_{name}b"], values[f"stride_{name}n"] = tokens * c, c

@@ -502,10 +502,12 @@ FORWARD = LaunchSpace("candidate_fwd", _space, _default)
 BACKWARD = LaunchSpace("candidate_bwd", _space, _default)
 
 
-def _config(kernel: LaunchSpace, dims: dict[str, int], device: torch.device) -> LaunchConfig:
+def _config(
+    kernel: LaunchSpace, dims: dict[str, int], device: torch.device, dtype: torch.dtype
+) -> LaunchConfig:
     if interpreting():
         return kernel.default(dims)  # no tuning table applies to the CPU interpreter
-    return tuned_config(kernel, dims, device)
+    return tuned_config(kernel, dims, device, dtype)  # winners timed in this dtype only
 
 
 def _geometry(nq: int, window: tuple[int, int] | None) -> tuple[int, int, int]:
@@ -540,7 +542,7 @@ def _launch_forward(
     cw = warp_values.shape[2] if warp_values is not None else 0
     group, n_groups, grid_w = _geometry(nq, window)
     dims = _dims(q, k_prune, v, cand, cw, group)
-    config = config or _config(FORWARD, dims, q.device)
+    config = config or _config(FORWARD, dims, q.device, q.dtype)
     blocks = _constexprs(dims, config)
 
     dev, dtype = q.device, q.dtype
@@ -616,7 +618,7 @@ def _launch_backward(
     cw = warp_values.shape[2] if warp_values is not None else 0
     group, n_groups, grid_w = _geometry(nq, window)
     dims = _dims(q, k_prune, v, cand, cw, group)
-    config = config or _config(BACKWARD, dims, q.device)
+    config = config or _config(BACKWARD, dims, q.device, q.dtype)
     blocks = _constexprs(dims, config)
 
     dq = runtime.empty(q.shape, q.dtype, q.device)

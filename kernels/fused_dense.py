@@ -723,8 +723,6 @@ def _dense_bwd_tile_kernel(
     stride_wvn,
     row0,
     n_rows,
-    col0,
-    n_cols,
     Nq,
     Nk,
     Cqk,
@@ -742,29 +740,32 @@ def _dense_bwd_tile_kernel(
     WARP_MODE: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
-    """The tiled backward's one kernel, over the window of queries row0 .. row0 + n_rows and keys
-    col0 .. col0 + n_cols. Grid (query tiles, key tiles, batch). A program recomputes its
-    (queries x keys) tile of z, s and g once, from the saved statistics, and writes the four
-    tiles every gradient is a product of: dz * scale (for dq, dk), ds (for dq_prune, dk_prune),
-    p m (for dv) and the warp weights (for dwarp_values), into [B, n_rows, n_cols] buffers of
-    the work dtype; matrix products over those (cuBLAS) finish the gradients. Unlike the
-    streamed kernels, no tile is computed twice."""
+    """The tiled backward's one kernel. Grid (query tiles of rows row0 .. row0 + n_rows, key
+    tiles, batch). A program recomputes its (queries x keys) tile of z, s and g once, from the
+    saved statistics, and writes the four tiles every gradient is a product of: dz * scale (for
+    dq, dk), ds (for dq_prune, dk_prune), p m (for dv) and the warp weights (for dwarp_values),
+    into [B, n_rows, Nk] buffers of the work dtype; matrix products over those (cuBLAS) finish
+    the gradients. Unlike the streamed kernels, no tile is computed twice. A chunk of keys is a
+    launch on K, V, KP and WV views starting at the chunk, with Nk its length."""
     pid_m = tl.program_id(0).to(tl.int64)
     pid_n = tl.program_id(1).to(tl.int64)
     pid_b = tl.program_id(2).to(tl.int64)
-    Q, K, V, QP, KP, WV = _sample_inputs(
-        Q, K, V, QP, KP, WV, pid_b, stride_qb, stride_kb, stride_vb, stride_qpb, stride_kpb,
-        stride_wvb,
-    )  # fmt: skip
+    # `_sample_inputs` written out: through it this kernel compiles to other register counts
+    # (153 for 155 at sm_80 with 64 x 64 tiles, `python -m kernels.aot`), so this copy stays.
+    Q += pid_b * stride_qb
+    K += pid_b * stride_kb
+    V += pid_b * stride_vb
+    QP += pid_b * stride_qpb
+    KP += pid_b * stride_kpb
+    WV += pid_b * stride_wvb
     DOUT += pid_b * Nq * Cv
     DWARP += pid_b * Nq * Cw
 
     local = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     rows = row0 + local
     row_ok = (local < n_rows) & (rows < Nq)
-    local_keys = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    keys = col0 + local_keys
-    key_ok = (local_keys < n_cols) & (keys < Nk)
+    keys = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    key_ok = keys < Nk
     valid = row_ok[:, None] & key_ok[None, :]
     stat = pid_b * Nq + rows
     lse = tl.load(LSE + stat, mask=row_ok, other=0.0)
@@ -785,7 +786,7 @@ def _dense_bwd_tile_kernel(
     sig = tl.sigmoid(s)
     ds = (g * p * sig * (1.0 - sig)) * prune_scale
 
-    out = (pid_b * n_rows + local).to(tl.int64)[:, None] * n_cols + local_keys[None, :]
+    out = (pid_b * n_rows + local).to(tl.int64)[:, None] * Nk + keys[None, :]
     if WARP_MODE != 0:
         lse_w = tl.load(LSE_W + stat, mask=row_ok, other=0.0)
         delta_w = tl.load(DELTA_W + stat, mask=row_ok, other=0.0)
@@ -975,10 +976,12 @@ BACKWARD_KEY = _launch_space("dense_bwd_key")
 BACKWARD_TILE = _launch_space("dense_bwd_tile")
 
 
-def _config(kernel: LaunchSpace, dims: dict[str, int], device: torch.device) -> LaunchConfig:
+def _config(
+    kernel: LaunchSpace, dims: dict[str, int], device: torch.device, dtype: torch.dtype
+) -> LaunchConfig:
     if interpreting():
         return kernel.default(dims)  # no tuning table applies to the CPU interpreter
-    return tuned_config(kernel, dims, device)
+    return tuned_config(kernel, dims, device, dtype)  # winners timed in this dtype only
 
 
 Inputs = tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor | None]
@@ -1302,9 +1305,12 @@ def _tiled_backward(
 
     k_w, kp_w, q_w, qp_w, dout_w, dwarp_w = map(op, (k, k_prune, q, q_prune, dout, dwarp))
     meta = _meta("dense_bwd_tile", dims, config)
-    args = _input_args(inputs)
     for col0 in range(0, nk, cols):
         n = min(cols, nk - col0)
+        span = slice(col0, col0 + n)
+        # The chunk's keys as views (same strides): the kernel sees n keys from the chunk's first.
+        chunk = [x if x is None or i in (0, 3) else x[:, span] for i, x in enumerate(inputs)]
+        args = _input_args(tuple(chunk))
         dz, ds, pm, *pw = (buf[: b * nq * n].view(b, nq, n) for buf in scratch)
         grid = (triton.cdiv(nq, meta["BLOCK_M"]), triton.cdiv(n, meta["BLOCK_N"]), b)
         _dense_bwd_tile_kernel[grid](
@@ -1314,7 +1320,7 @@ def _tiled_backward(
             grads["delta"], lse if grads["delta_w"] is None else grads["delta_w"],
             dz, ds, pm, pw[0] if warp else pm,
             *args[6:],
-            0, nq, col0, n, nq, nk, dims["Cqk"], dims["Cp"], dims["Cv"], dims["Cw"],
+            0, nq, nq, n, dims["Cqk"], dims["Cp"], dims["Cv"], dims["Cw"],
             scale, prune_scale,
             **meta,
             WARP_MODE=warp_mode,
@@ -1322,7 +1328,6 @@ def _tiled_backward(
             num_warps=config["num_warps"],
             num_stages=config["num_stages"],
         )  # fmt: skip
-        span = slice(col0, col0 + n)
         for name, (tile, x) in {"dq": (dz, k_w), "dq_prune": (ds, kp_w)}.items():
             if result[name] is None:
                 continue
@@ -1337,11 +1342,13 @@ def _tiled_backward(
         for name, (tile, x) in key_terms.items():
             if not wanted[name] or key_side[name] is None:
                 continue
-            product = torch.bmm(tile.transpose(1, 2), x)
             if chunked:
-                result[name][:, span] = product
+                result[name][:, span] = torch.bmm(tile.transpose(1, 2), x)
             else:
-                result[name] = product.to(dtype)
+                result[name] = torch.bmm(tile.transpose(1, 2), x).to(dtype)
+    # The tiles go before the fp32 sums are rounded, so that the sums' rounded copies never
+    # share memory with them (the peak stays that of the passes).
+    del scratch, dz, ds, pm, pw
     for name in query_side:
         if chunked and result[name] is not None:
             result[name] = result[name].to(dtype)
@@ -1381,7 +1388,7 @@ class _DenseAttention(torch.autograd.Function):
     ):
         inputs = tuple(_channels_contiguous(x) for x in (q, k, v, q_prune, k_prune, warp_values))
         warp_mode = 0 if warp_values is None else WARP_MODE_IDS[warp_over]
-        config = _config(FORWARD, _dims(inputs, topk), q.device)
+        config = _config(FORWARD, _dims(inputs, topk), q.device, q.dtype)
         res = _launch_forward(inputs, scale, prune_scale, topk, warp_mode, config)
         ctx.save_for_backward(
             *inputs, res["out"], res["conf"], res["warp"], res["lse"], res["lse_w"], res["warp_all"]
@@ -1409,14 +1416,14 @@ class _DenseAttention(torch.autograd.Function):
             summed_in_product=inputs[0].is_cuda,
         )  # fmt: skip
         if backward_strategy() == "tiled" and cols > 0:
-            config = _config(BACKWARD_TILE, dims, inputs[0].device)
+            config = _config(BACKWARD_TILE, dims, inputs[0].device, inputs[0].dtype)
             result = _tiled_backward(
                 inputs, stats, grads, wanted, ctx.scale, ctx.prune_scale, ctx.warp_mode, config
             )
             return *(result[name] for name in GRADIENT_NAMES), None, None, None, None
         result: dict[str, Tensor | None] = {}
         for side, kernel in (("query", BACKWARD_QUERY), ("key", BACKWARD_KEY)):
-            config = _config(kernel, dims, inputs[0].device)
+            config = _config(kernel, dims, inputs[0].device, inputs[0].dtype)
             result |= _launch_backward(
                 side, inputs, stats, grads, wanted,
                 ctx.scale, ctx.prune_scale, ctx.warp_mode, config,

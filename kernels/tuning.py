@@ -157,8 +157,8 @@ def tuned_config(
 ) -> LaunchConfig:
     """The autotuner's winner for this GPU, Triton version, dtype and shape bucket (from the
     user's table, else the shipped one), else the default. Only winners timed in `dtype` count:
-    an fp32 problem never gets a bf16 winner. `dtype` None is read as bf16, for launchers that do
-    not pass their dtype yet (what every lookup returned before the table had a dtype level)."""
+    an fp32 problem never gets a bf16 winner (the launchers pass their inputs' dtype). `dtype`
+    None reads bf16, what every lookup returned before the table had a dtype level."""
     name = LEGACY_DTYPE if dtype is None else dtype_name(dtype)
     for table in (load_table(), load_table(SHIPPED_TABLE)):
         slot = table.get(device_name(device), {}).get(triton_version(), {})

@@ -304,9 +304,11 @@ def test_winners_are_recorded_under_the_keys_the_kernels_look_up(
     fused = "kernels.fused_dense" if shape.block == "dense" else "kernels.fused_candidates"
     module = importlib.import_module(fused)  # where the launchers look their configs up
     asked: list[tuple[str, dict]] = []
+    dtypes: set[torch.dtype] = set()
 
-    def spy(kernel, dims, device):
+    def spy(kernel, dims, device, dtype):
         asked.append((kernel.name, dict(dims)))
+        dtypes.add(dtype)
         return kernel.default(dims)
 
     monkeypatch.setattr(module, "interpreting", lambda: False)
@@ -323,6 +325,7 @@ def test_winners_are_recorded_under_the_keys_the_kernels_look_up(
         (result.out.sum() + result.conf.sum() + result.warp.sum()).backward()
     names = {name for name, _ in asked}
     assert names == set(tunable_names(module_name))  # forward and every backward kernel looked up
+    assert dtypes == {p.positional()[0].dtype}  # winners of the problem's own dtype
     for name, dims in asked:
         kernel = next(k for k in autotune.load_kernels(module_name) if k.name == name)
         assert dims == shape.dims(batch, backward=autotune.is_backward(kernel)), name
