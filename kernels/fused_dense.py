@@ -1303,10 +1303,13 @@ def _tiled_backward(
     def op(x: Tensor | None) -> Tensor | None:  # a product's operand in the work dtype
         return None if x is None else x.to(work)
 
-    k_w, kp_w, q_w, qp_w, dout_w, dwarp_w = map(op, (k, k_prune, q, q_prune, dout, dwarp))
+    names = ("k", "k_prune", "q", "q_prune", "dout", "dwarp")
+    w = dict(zip(names, map(op, (k, k_prune, q, q_prune, dout, dwarp)), strict=True))
     meta = _meta("dense_bwd_tile", dims, config)
-    for col0 in range(0, nk, cols):
-        n = min(cols, nk - col0)
+
+    def one_pass(col0: int, n: int) -> None:
+        """Tiles for keys col0 .. col0 + n, then their products. The tiles' views live only
+        here, so that emptying `scratch` below frees them."""
         span = slice(col0, col0 + n)
         # The chunk's keys as views (same strides): the kernel sees n keys from the chunk's first.
         chunk = [x if x is None or i in (0, 3) else x[:, span] for i, x in enumerate(inputs)]
@@ -1328,7 +1331,7 @@ def _tiled_backward(
             num_warps=config["num_warps"],
             num_stages=config["num_stages"],
         )  # fmt: skip
-        for name, (tile, x) in {"dq": (dz, k_w), "dq_prune": (ds, kp_w)}.items():
+        for name, (tile, x) in {"dq": (dz, w["k"]), "dq_prune": (ds, w["k_prune"])}.items():
             if result[name] is None:
                 continue
             if chunked:
@@ -1336,8 +1339,8 @@ def _tiled_backward(
             else:
                 result[name][:] = torch.bmm(tile, x)
         key_terms = {
-            "dk": (dz, q_w), "dk_prune": (ds, qp_w), "dv": (pm, dout_w),
-            "dwarp_values": (pw[0] if warp else None, dwarp_w),
+            "dk": (dz, w["q"]), "dk_prune": (ds, w["q_prune"]), "dv": (pm, w["dout"]),
+            "dwarp_values": (pw[0] if warp else None, w["dwarp"]),
         }  # fmt: skip
         for name, (tile, x) in key_terms.items():
             if not wanted[name] or key_side[name] is None:
@@ -1346,9 +1349,13 @@ def _tiled_backward(
                 result[name][:, span] = torch.bmm(tile.transpose(1, 2), x)
             else:
                 result[name] = torch.bmm(tile.transpose(1, 2), x).to(dtype)
-    # The tiles go before the fp32 sums are rounded, so that the sums' rounded copies never
-    # share memory with them (the peak stays that of the passes).
-    del scratch, dz, ds, pm, pw
+
+    for col0 in range(0, nk, cols):
+        one_pass(col0, min(cols, nk - col0))
+    # The tiles and operand copies go before the fp32 sums are rounded, so that the rounded
+    # copies never share memory with them: the peak stays that of the passes.
+    scratch.clear()
+    w.clear()
     for name in query_side:
         if chunked and result[name] is not None:
             result[name] = result[name].to(dtype)

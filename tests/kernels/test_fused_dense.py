@@ -18,6 +18,7 @@ import math
 import pytest
 import torch
 from _assert import assert_close, assert_error_within, sum_magnitude, sum_tolerance
+from _live_bytes import LiveBytes
 
 import kernels
 from kernels import fused_dense, runtime, tuning_dense
@@ -307,6 +308,48 @@ def test_tiled_backward_allocates_what_the_budget_counts(monkeypatch: pytest.Mon
     gradients = sum(inputs[n].numel() * 4 for n in key_side)
     assert sum(taken) == tiles + gradients
     assert tiles <= budget
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_tiled_backward_live_memory_is_what_the_model_counts(
+    dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every tensor the backward allocates, measured at each allocation (`LiveBytes`), in chunks
+    of keys as on a GPU (where cuBLAS adds the bf16 products into the fp32 sums itself: here the
+    CPU's product buffer is hidden from the count): the peak is at most the key-side gradients,
+    the upstream gradients' contiguous copies and per-query sums, and the scratch
+    `tiled_scratch_bytes` counts (plus the scalar seed of the backward). The query side's
+    gradients take no room of their own: for fp32 they are the sums, otherwise their rounded
+    copies are made once the tiles, which outweigh them, are freed. (bf16 values are wrong
+    under the interpreter, its memory is not: only memory is checked here.)"""
+    # Many queries and few keys per pass, as at 4,096 tokens: dq outweighs a pass's key-side
+    # product, and (as there) the tiles outweigh dq's rounded copy.
+    nq, nk, cols = 150, 72, 32
+    budget = fused_dense.tiled_scratch_bytes(B, nq, nk, CHANNELS, dtype, cols)
+    monkeypatch.setattr(fused_dense, "SCRATCH_BUDGET", budget)
+    monkeypatch.setattr(fused_dense, "_chunk_keys", lambda *args, **kw: cols)
+    sum_product = fused_dense._sum_product
+
+    def as_on_a_gpu(total, a, x):
+        with torch.utils._python_dispatch._disable_current_modes():
+            sum_product(total, a, x)
+
+    monkeypatch.setattr(fused_dense, "_sum_product", as_on_a_gpu)
+    inputs = make_inputs(dtype, nq=nq, nk=nk)
+    out = kernels.dynamic_attention(
+        *(inputs[n] for n in GRAD_NAMES[:5]), warp_values=inputs["warp_values"],
+        backend="triton", **_scales(inputs),
+    )  # fmt: skip
+    loss = out.out.sum() + out.conf.sum() + out.warp.sum()
+    leaves = [inputs[n] for n in GRAD_NAMES if inputs[n] is not None]
+    with LiveBytes() as live:
+        torch.autograd.grad(loss, leaves)
+    e = dtype.itemsize
+    key_side = sum(inputs[n].numel() * e for n in ("k", "k_prune", "v", "warp_values"))
+    query_side = sum(inputs[n].numel() * e for n in ("q", "q_prune")) if e == 4 else 0
+    upstream = B * nq * (CHANNELS["Cv"] + 1 + CHANNELS["Cw"]) * e + 2 * B * nq * 4
+    bound = key_side + query_side + upstream + budget + 8
+    assert live.peak <= bound, "\n".join([f"peak {live.peak} > {bound}", *live.at_peak])
 
 
 def test_streamed_backward_runs_where_not_one_row_fits(monkeypatch: pytest.MonkeyPatch) -> None:
