@@ -3,6 +3,15 @@
 Both builders are cheap integer index arithmetic on [B, N, k] tensors, so plain PyTorch is enough on
 every device; the kernels only consume their output, an immutable `CandidateList`. The attention
 over these lists is `kernels.fused_candidates` (Triton) and `kernels.reference` (PyTorch).
+
+A CandidateList knows its provenance: the kind of list ("inner" or "inter"), the grid and a private
+copy of the top-k it derives from. The list itself is built only when something reads it (the
+reference, the CPU path, the fused kernels' list path); the fused kernels' default path derives
+each query's candidates in registers from that top-k, so no list is written or read
+(docs/kernels-candidates.md, "Candidates derived in the kernel").
+
+Index dtype: int32 wherever every flattened key row fits (B * Nk < 2^31, `index_dtype`), else
+int64; both are accepted everywhere.
 """
 
 from __future__ import annotations
@@ -11,11 +20,21 @@ import torch
 from einops import rearrange, repeat
 from torch import Tensor
 
+KINDS = ("inner", "inter")  # the two builders below
+# Candidates per previous match: the match and its 4 neighbours' (inner), its 4 children (inter).
+PER_MATCH = {"inner": 5, "inter": 4}
 
-def _check_index_map(name: str, index: Tensor, tokens: int, upper: int) -> Tensor:
-    """Validates a [B, N, k] index map and returns it as int64 with values clamped to [0, upper):
-    an out-of-range value is an error (raised now, or at the next check of deferred errors on a
-    GPU), and the clamp makes sure nothing built from it can read outside the keys meanwhile."""
+
+def index_dtype(batch: int, bound: int) -> torch.dtype:
+    """int32 when every key row of the batch, b * bound + index, fits in 31 bits; else int64."""
+    return torch.int32 if batch * bound < 2**31 else torch.int64
+
+
+def _check_index_map(name: str, index: Tensor, tokens: int, upper: int, bound: int) -> Tensor:
+    """Validates a [B, N, k] index map and returns a private contiguous copy, clamped to
+    [0, upper), in `index_dtype(B, bound)`: an out-of-range value is an error (raised now, or at
+    the next check of deferred errors on a GPU), and the clamp makes sure nothing built from it
+    can read outside the keys meanwhile."""
     if isinstance(index, CandidateList):
         raise ValueError(f"{name} must be a top-k index tensor, got a CandidateList")
     if not isinstance(index, Tensor):
@@ -31,7 +50,9 @@ def _check_index_map(name: str, index: Tensor, tokens: int, upper: int) -> Tenso
     if index.shape[2] < 1:
         raise ValueError(f"{name} must hold at least one index per token (k >= 1)")
     check_index_range(name, index, upper)
-    return index.long().clamp(0, upper - 1)
+    # One pass: the narrowing copy is also the private one (the caller's tensor may change).
+    dtype = index_dtype(index.shape[0], bound)
+    return index.to(dtype, copy=True, memory_format=torch.contiguous_format).clamp_(0, upper - 1)
 
 
 # Range checks. On the CPU a check is free: it runs at once. On a GPU reading its result would
@@ -109,84 +130,116 @@ _BUILDER = object()  # the key only this module's builders hold
 
 
 class CandidateList:
-    """Candidate key indices [B, N, M] int64 as the builders made them, immutable.
+    """Candidate key indices [B, N, M] as the builders made them, immutable.
 
-    Only `inter_scale_candidates` and `inner_scale_candidates` construct one. It holds the
-    indices privately, with two facts true by construction: every value lies in [0, bound), and
-    (`window` not None) the four queries of each 2x2 window of that grid share one list. Nothing
-    outside can change its indices in place: every way to look at them (`indices`, attribute
+    Only `inter_scale_candidates` and `inner_scale_candidates` construct one. It holds a private
+    copy of the top-k it derives from (`kind`, `grid`), with facts true by construction: every
+    index lies in [0, bound), and (`window` not None) the four queries of each 2x2 window of that
+    grid share one list. The list itself [B, N, M] (int32 where `index_dtype` allows, else int64)
+    is built from the private top-k the first time something reads it, and kept.
+
+    Nothing outside can change it: every way to look at the indices (`indices`, attribute
     access, indexing, operators, torch functions) works on a copy, so the facts cannot go stale.
-    The operators read the private tensor directly, without a range check or a copy."""
+    The operators read the private tensors directly, without a range check or a copy, and the
+    fused kernels by default never build the list (they derive it from the top-k)."""
 
-    __slots__ = ("_bound", "_indices", "_window")
+    __slots__ = ("_built", "_grid", "_kind", "_source")
 
-    def __init__(
-        self, key: object, indices: Tensor, bound: int, window: tuple[int, int] | None
-    ) -> None:
+    def __init__(self, key: object, kind: str, source: Tensor, height: int, width: int) -> None:
         if key is not _BUILDER:
             raise ValueError(
                 "CandidateList is built only by inter_scale_candidates and inner_scale_candidates; "
                 "pass a plain index tensor to candidate_attention instead"
             )
-        for name, value in (("_indices", indices), ("_bound", bound), ("_window", window)):
+        grid = (height, width)
+        for name, value in (
+            ("_kind", kind),
+            ("_source", source),
+            ("_grid", grid),
+            ("_built", None),
+        ):
             object.__setattr__(self, name, value)
 
     def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError(f"CandidateList is immutable: cannot set {name!r}")
 
+    def _list(self) -> Tensor:
+        """The private list [B, N, M], built on first use (never handed out: copies only)."""
+        if self._built is None:
+            build = _inner_list if self._kind == "inner" else _inter_list
+            object.__setattr__(self, "_built", build(self._source, *self._grid))
+        return self._built
+
     @property
     def indices(self) -> Tensor:
-        """A copy of the indices [B, N, M] int64 (changing it changes nothing here)."""
-        return self._indices.clone()
+        """A copy of the indices [B, N, M] (changing it changes nothing here)."""
+        return self._list().clone()
+
+    @property
+    def kind(self) -> str:
+        """The builder that made the list: "inner" or "inter"."""
+        return self._kind
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        """(height, width) of the query grid (and of the key grid, whose tokens the list names)."""
+        return self._grid
+
+    @property
+    def topk(self) -> Tensor:
+        """A copy of the (clamped) top-k the list derives from: [B, height*width, k] inner,
+        [B, (height/2)*(width/2), k] inter."""
+        return self._source.clone()
 
     @property
     def bound(self) -> int:
         """Every index lies in [0, bound)."""
-        return self._bound
+        return self._grid[0] * self._grid[1]
 
     @property
     def window(self) -> tuple[int, int] | None:
         """(height, width) of the query grid whose 2x2 windows share one list, or None."""
-        return self._window
+        return self._grid if self._kind == "inter" else None
 
     @property
     def shape(self) -> torch.Size:
-        return self._indices.shape
+        b, _, k = self._source.shape
+        return torch.Size((b, self.bound, PER_MATCH[self._kind] * k))
 
     @property
     def dtype(self) -> torch.dtype:
-        return self._indices.dtype
+        return self._source.dtype
 
     @property
     def device(self) -> torch.device:
-        return self._indices.device
+        return self._source.device
 
     def dim(self) -> int:
-        return self._indices.dim()
+        return 3
 
     def size(self, dim: int | None = None):
-        return self._indices.size() if dim is None else self._indices.size(dim)
+        return self.shape if dim is None else self.shape[dim]
 
     def __len__(self) -> int:
-        return len(self._indices)
+        return self.shape[0]
 
     def __repr__(self) -> str:
         return (
-            f"CandidateList(shape={tuple(self.shape)}, bound={self._bound}, "
-            f"window={self._window}, device={self.device})"
+            f"CandidateList(kind={self._kind!r}, shape={tuple(self.shape)}, dtype={self.dtype}, "
+            f"bound={self.bound}, window={self.window}, device={self.device})"
         )
 
     def __getattr__(self, name: str):
         # Tensor methods (long, to, numpy, tolist, ...) act on a copy.
         if name.startswith("_"):
             raise AttributeError(name)
-        return getattr(self._indices.clone(), name)
+        return getattr(self._list().clone(), name)
 
     @classmethod
     def __torch_function__(cls, func, types, args=(), kwargs=None):
         def plain(x):
             if isinstance(x, CandidateList):
-                return x._indices.clone()
+                return x._list().clone()
             if isinstance(x, (list, tuple)):
                 return type(x)(plain(y) for y in x)
             return x
@@ -195,13 +248,13 @@ class CandidateList:
         return func(*plain(args), **kwargs)
 
     def __getitem__(self, item):
-        return self._indices.clone()[item]
+        return self._list().clone()[item]
 
     def __iter__(self):
-        return iter(self._indices.clone())
+        return iter(self._list().clone())
 
     def __array__(self, dtype=None, copy=None):
-        array = self._indices.cpu().numpy().copy()
+        array = self._list().cpu().numpy().copy()
         return array if dtype is None else array.astype(dtype)
 
     __hash__ = None  # type: ignore[assignment]
@@ -209,7 +262,7 @@ class CandidateList:
 
 def _binary(op: str):
     def method(self, other):
-        return getattr(self._indices.clone(), op)(other)
+        return getattr(self._list().clone(), op)(other)
 
     method.__name__ = op
     return method
@@ -223,9 +276,17 @@ for _op in (
 
 
 def candidate_indices(candidates: Tensor | CandidateList) -> Tensor:
-    """The indices the operators read: a CandidateList's own tensor (no copy; the operators do
-    not write it), or the plain tensor given."""
-    return candidates._indices if isinstance(candidates, CandidateList) else candidates
+    """The indices the operators read: a CandidateList's own list (built now if it was not; no
+    copy, the operators do not write it), or the plain tensor given."""
+    return candidates._list() if isinstance(candidates, CandidateList) else candidates
+
+
+def candidate_source(candidates: Tensor | CandidateList) -> tuple[str, Tensor] | None:
+    """(kind, top-k) a CandidateList derives from (its private tensors: read, never write), for
+    kernels that derive the candidates themselves; None for a plain tensor."""
+    if isinstance(candidates, CandidateList):
+        return candidates._kind, candidates._source
+    return None
 
 
 def window_shared_grid(candidates: Tensor | CandidateList) -> tuple[int, int] | None:
@@ -253,16 +314,9 @@ def inter_scale_candidates(coarse_topk: Tensor, height: int, width: int) -> Cand
         raise ValueError(
             f"height and width must be even for inter-scale candidates, got {height}x{width}"
         )
-    ch, cw = height // 2, width // 2
-    top = _check_index_map("coarse_topk", coarse_topk, ch * cw, ch * cw)
-    u, v = top // cw, top % cw  # coarse key coordinates, [B, ch*cw, k]
-    dy = torch.tensor([0, 0, 1, 1], device=top.device)
-    dx = torch.tensor([0, 1, 0, 1], device=top.device)
-    children = (2 * u[..., None] + dy) * width + (2 * v[..., None] + dx)  # [B, ch*cw, k, 4]
-    per_cell = rearrange(children, "b (h w) k c -> b h w (k c)", h=ch, w=cw)
-    per_query = repeat(per_cell, "b h w m -> b (h sy) (w sx) m", sy=2, sx=2)
-    out = rearrange(per_query, "b h w m -> b (h w) m").contiguous()
-    return CandidateList(_BUILDER, out, height * width, (height, width))
+    cells = (height // 2) * (width // 2)
+    top = _check_index_map("coarse_topk", coarse_topk, cells, cells, height * width)
+    return CandidateList(_BUILDER, "inter", top, height, width)
 
 
 def inner_scale_candidates(topk: Tensor, height: int, width: int) -> CandidateList:
@@ -275,7 +329,25 @@ def inner_scale_candidates(topk: Tensor, height: int, width: int) -> CandidateLi
     index map by replication). Duplicates are kept.
     """
     _check_grid(height, width)
-    top = _check_index_map("topk", topk, height * width, height * width)
+    tokens = height * width
+    top = _check_index_map("topk", topk, tokens, tokens, tokens)
+    return CandidateList(_BUILDER, "inner", top, height, width)
+
+
+def _inter_list(top: Tensor, height: int, width: int) -> Tensor:
+    """The inter-scale list [B, height*width, 4k] of a checked coarse top-k (its dtype)."""
+    ch, cw = height // 2, width // 2
+    u, v = top // cw, top % cw  # coarse key coordinates, [B, ch*cw, k]
+    dy = torch.tensor([0, 0, 1, 1], device=top.device, dtype=top.dtype)
+    dx = torch.tensor([0, 1, 0, 1], device=top.device, dtype=top.dtype)
+    children = (2 * u[..., None] + dy) * width + (2 * v[..., None] + dx)  # [B, ch*cw, k, 4]
+    per_cell = rearrange(children, "b (h w) k c -> b h w (k c)", h=ch, w=cw)
+    per_query = repeat(per_cell, "b h w m -> b (h sy) (w sx) m", sy=2, sx=2)
+    return rearrange(per_query, "b h w m -> b (h w) m").contiguous()
+
+
+def _inner_list(top: Tensor, height: int, width: int) -> Tensor:
+    """The inner-scale list [B, height*width, 5k] of a checked top-k (its dtype)."""
     grid = rearrange(top, "b (h w) k -> b h w k", h=height, w=width)
     # Replicate-pad by one cell on each side of the query grid.
     padded = torch.cat([grid[:, :1], grid, grid[:, -1:]], dim=1)
@@ -295,5 +367,4 @@ def inner_scale_candidates(topk: Tensor, height: int, width: int) -> CandidateLi
         shifted(inner, top_row, 0, 1),
         shifted(inner, bottom_row, 0, -1),
     ]
-    out = rearrange(torch.cat(parts, dim=-1), "b h w m -> b (h w) m").contiguous()
-    return CandidateList(_BUILDER, out, height * width, None)
+    return rearrange(torch.cat(parts, dim=-1), "b h w m -> b (h w) m").contiguous()

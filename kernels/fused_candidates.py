@@ -29,6 +29,9 @@ in `kernels.aot_candidates`.
 
 from __future__ import annotations
 
+import os
+from dataclasses import dataclass
+
 import torch
 import triton
 import triton.language as tl
@@ -36,7 +39,13 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from . import runtime
-from .candidate_lists import CandidateList, candidate_indices, window_shared_grid
+from .candidate_lists import (
+    PER_MATCH,
+    CandidateList,
+    candidate_indices,
+    candidate_source,
+    window_shared_grid,
+)
 from .reference import WARP_MODE_IDS
 from .runtime import interpreting
 from .tuning import LaunchConfig, LaunchSpace, tuned_config
@@ -67,6 +76,54 @@ def _group_tokens(pid_t, n_groups, grid_w, BLOCK_G: tl.constexpr, GROUP: tl.cons
 
 
 @triton.jit
+def _clamp(x, hi):
+    return tl.minimum(tl.maximum(x, 0), hi)
+
+
+@triton.jit
+def _derived_candidates(SRC, b, lead, c_ok, j, n_src, src_k, grid_h, grid_w, DERIVE: tl.constexpr):
+    """Candidate key tokens [G, N] (int32) of the groups whose list belongs to token `lead` [G],
+    computed from the previous top-k SRC [B, n_src, src_k] in the order of the builders
+    (`kernels.candidate_lists`), on the grid_h x grid_w grid:
+
+    - inner (DERIVE 1): slot j = part * k + r. Part 0 is the query's own match r; parts 1-4 the
+      match r of its upper, lower, left, right neighbour (the query itself where that neighbour
+      is off the grid: replicate padding) shifted one cell back towards the query, each
+      coordinate clamped to the grid. Duplicates stay.
+    - inter (DERIVE 2): slot j = t * 4 + c, child c (row-major in its 2x2 block) of the coarse
+      match t of the query's coarse cell (y // 2, x // 2); the coarse grid is grid_w / 2 wide.
+
+    SRC holds a builder's private clamped copy, so every value is a token of its grid. Token
+    arithmetic is int32 (every grid's tokens fit), the row offsets int64."""
+    lead = lead.to(tl.int32)
+    y = lead // grid_w
+    x = lead % grid_w
+    if DERIVE == 1:
+        part = j // src_k
+        r = j % src_k
+        off_y = tl.where(part == 1, -1, tl.where(part == 2, 1, 0))  # [N]: which neighbour
+        off_x = tl.where(part == 3, -1, tl.where(part == 4, 1, 0))
+        ny = _clamp(y[:, None] + off_y[None, :], grid_h - 1)  # [G, N]
+        nx = _clamp(x[:, None] + off_x[None, :], grid_w - 1)
+        row = b * n_src + (ny * grid_w + nx).to(tl.int64)
+        match = tl.load(SRC + row * src_k + r[None, :], mask=c_ok, other=0).to(tl.int32)
+        cy = _clamp(match // grid_w - off_y[None, :], grid_h - 1)
+        cx = _clamp(match % grid_w - off_x[None, :], grid_w - 1)
+        cand = cy * grid_w + cx
+    else:
+        half_w = grid_w // 2
+        cell = (y // 2) * half_w + x // 2  # [G]
+        t = j // 4
+        c = j % 4
+        row = b * n_src + cell.to(tl.int64)
+        match = tl.load(SRC + row[:, None] * src_k + t[None, :], mask=c_ok, other=0).to(tl.int32)
+        cy = 2 * (match // half_w) + (c // 2)[None, :]
+        cx = 2 * (match % half_w) + (c % 2)[None, :]
+        cand = cy * grid_w + cx
+    return cand
+
+
+@triton.jit
 def _tile_rows(
     CAND,
     Nq,
@@ -74,15 +131,21 @@ def _tile_rows(
     n_cand,
     n_groups,
     grid_w,
+    grid_h,
+    n_src,
+    src_k,
     BLOCK_G: tl.constexpr,
     GROUP: tl.constexpr,
     BLOCK_N: tl.constexpr,
+    DERIVE: tl.constexpr,
 ):
     """What a program of grid (query tiles, batch) works on: its queries' rows q_row [G, A]
     (q_ok: the query exists), each group's candidate list cand [G, N] (slots j [N]; c_ok: the
     slot exists), the candidates' key rows k_row [G, N], and valid [G, A, N], the real (query,
     candidate) pairs. Rows count from the batch's first token: sample b's start at b * Nq
-    (queries) and b * Nk (keys)."""
+    (queries) and b * Nk (keys). DERIVE 0: CAND is the list [B, Nq, n_cand] (int32 or int64);
+    1 / 2: CAND is the previous top-k [B, n_src, src_k] the inner / inter list derives from
+    (`_derived_candidates`; grid_h x grid_w is the query grid)."""
     pid_t = tl.program_id(0).to(tl.int64)
     b = tl.program_id(1).to(tl.int64)
     tok, lead, g_ok = _group_tokens(pid_t, n_groups, grid_w, BLOCK_G, GROUP)
@@ -90,7 +153,10 @@ def _tile_rows(
     q_row = b * Nq + tok
     j = tl.arange(0, BLOCK_N)
     c_ok = g_ok[:, None] & (j < n_cand)[None, :]
-    cand = tl.load(CAND + (b * Nq + lead)[:, None] * n_cand + j[None, :], mask=c_ok, other=0)
+    if DERIVE == 0:
+        cand = tl.load(CAND + (b * Nq + lead)[:, None] * n_cand + j[None, :], mask=c_ok, other=0)
+    else:
+        cand = _derived_candidates(CAND, b, lead, c_ok, j, n_src, src_k, grid_h, grid_w, DERIVE)
     k_row = b * Nk + cand.to(tl.int64)
     valid = c_ok[:, None, :] & q_ok[:, :, None]
     return q_row, q_ok, j, cand, k_row, c_ok, valid
@@ -228,6 +294,9 @@ def _candidate_fwd_kernel(
     Cw,
     n_groups,
     grid_w,
+    grid_h,
+    n_src,
+    src_k,
     top_k,
     scale,
     prune_scale,
@@ -240,10 +309,12 @@ def _candidate_fwd_kernel(
     BLOCK_W: tl.constexpr,
     WARP_MODE: tl.constexpr,
     SAVE_SCORES: tl.constexpr,
+    DERIVE: tl.constexpr,
 ):
     q_row, q_ok, j, cand, k_row, c_ok, valid = _tile_rows(
-        CAND, Nq, Nk, n_cand, n_groups, grid_w, BLOCK_G, GROUP, BLOCK_N
-    )
+        CAND, Nq, Nk, n_cand, n_groups, grid_w, grid_h, n_src, src_k,
+        BLOCK_G, GROUP, BLOCK_N, DERIVE,
+    )  # fmt: skip
 
     # Scores in fp32: the sparse scales multiply them by 100.
     z = scale * _row_scores(Q, K, q_row, k_row, q_ok, c_ok, Cqk, BLOCK_G, GROUP, BLOCK_N, BLOCK_D)
@@ -348,6 +419,9 @@ def _candidate_bwd_kernel(
     Cw,
     n_groups,
     grid_w,
+    grid_h,
+    n_src,
+    src_k,
     scale,
     prune_scale,
     BLOCK_G: tl.constexpr,
@@ -358,14 +432,16 @@ def _candidate_bwd_kernel(
     BLOCK_DV: tl.constexpr,
     BLOCK_W: tl.constexpr,
     WARP_MODE: tl.constexpr,
+    DERIVE: tl.constexpr,
 ):
     """With g_j = dout . V_j + dconf and D = sum_j p_j m_j g_j (= dout . out + dconf * conf):
     dz_j = p_j (m_j g_j - D) + w_j (dwarp . W_j - dwarp . warp), ds_j = g_j p_j sig'(s_j);
     dq = scale sum_j dz_j K_j, dk_j += scale dz_j q, dq_p and dk_p alike with ds and prune_scale,
     dv_j += p_j m_j dout, dW_j += w_j dwarp."""
     q_row, q_ok, j, _, k_row, c_ok, valid = _tile_rows(
-        CAND, Nq, Nk, n_cand, n_groups, grid_w, BLOCK_G, GROUP, BLOCK_N
-    )
+        CAND, Nq, Nk, n_cand, n_groups, grid_w, grid_h, n_src, src_k,
+        BLOCK_G, GROUP, BLOCK_N, DERIVE,
+    )  # fmt: skip
 
     at = q_row[:, :, None] * n_cand + j[None, None, :]
     z = tl.load(Z + at, mask=valid, other=0.0)
@@ -437,15 +513,16 @@ def _candidate_bwd_kernel(
 _PER_THREAD = 16
 
 
-def _dims(q: Tensor, k_prune: Tensor, v: Tensor, cand: Tensor, cw: int, group: int) -> dict:
-    """The shape key of a problem (bucketed by `kernels.tuning`; M is n_cand)."""
+def _dims(q: Tensor, k_prune: Tensor, v: Tensor, n_cand: int, cw: int, group: int) -> dict:
+    """The shape key of a problem (bucketed by `kernels.tuning`; M is n_cand). A derived list has
+    the key of the materialised one: both launch from the same space and share winners."""
     return {
         "Nq": q.shape[1],
         "Cqk": q.shape[2],
         "Cp": k_prune.shape[2],
         "Cv": v.shape[2],
         "Cw": cw,
-        "M": cand.shape[2],
+        "M": n_cand,
         "G": group,
     }
 
@@ -510,13 +587,50 @@ def _config(
     return tuned_config(kernel, dims, device, dtype)  # winners timed in this dtype only
 
 
-def _geometry(nq: int, window: tuple[int, int] | None) -> tuple[int, int, int]:
-    """(group size, groups per sample, grid width): windows of 4 queries when the candidates are
-    window-shared, else single queries."""
+@dataclass(frozen=True)
+class Derivation:
+    """Candidates derived in the kernel: `kind` "inner" or "inter" (the builders of
+    `kernels.candidate_lists`) on the height x width query grid; the launch's `cand` is then
+    the previous top-k [B, n_src, k] instead of the list."""
+
+    kind: str
+    height: int
+    width: int
+
+    @property
+    def code(self) -> int:
+        """The kernels' DERIVE flag."""
+        return DERIVE_CODES[self.kind]
+
+    def n_cand(self, src_k: int) -> int:
+        return PER_MATCH[self.kind] * src_k
+
+
+DERIVE_CODES = {"inner": 1, "inter": 2}  # 0: the list is read
+
+
+def _geometry(
+    nq: int, window: tuple[int, int] | None, derive: Derivation | None
+) -> tuple[int, int, int, int]:
+    """(group size, groups per sample, grid width, grid height): windows of 4 queries when the
+    candidates are window-shared, else single queries. The grid is the query grid where the
+    kernel needs it (windows, derivation); 1 x 1 otherwise."""
+    if derive is not None:
+        height, width = derive.height, derive.width
+    elif window is not None:
+        height, width = window
+    else:
+        height = width = 1
     if window is None:
-        return 1, nq, 1
-    height, width = window
-    return WINDOW, (height // 2) * (width // 2), width
+        return 1, nq, width, height
+    return WINDOW, (height // 2) * (width // 2), width, height
+
+
+def _index_args(cand: Tensor, derive: Derivation | None) -> tuple[int, int, int, int]:
+    """(n_cand, n_src, src_k, DERIVE) of a launch whose `cand` is a list or a derivation's top-k."""
+    if derive is None:
+        return cand.shape[2], 1, 1, 0
+    return derive.n_cand(cand.shape[2]), cand.shape[1], cand.shape[2], derive.code
 
 
 def _launch_forward(
@@ -534,14 +648,17 @@ def _launch_forward(
     topk: int,
     warp_mode: int,
     save_scores: bool,
+    derive: Derivation | None = None,
     config: LaunchConfig | None = None,
 ) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None, Tensor | None, Tensor | None]:
-    """Runs the forward kernel on contiguous inputs; returns (out, conf, topk, warp, z, s)."""
+    """Runs the forward kernel on contiguous inputs; returns (out, conf, topk, warp, z, s).
+    `cand`: the list [B, Nq, M], or with `derive` the previous top-k it derives from."""
     b, nq, _ = q.shape
-    nk, cv, n_cand = k.shape[1], v.shape[2], cand.shape[2]
+    nk, cv = k.shape[1], v.shape[2]
+    n_cand, n_src, src_k, derive_code = _index_args(cand, derive)
     cw = warp_values.shape[2] if warp_values is not None else 0
-    group, n_groups, grid_w = _geometry(nq, window)
-    dims = _dims(q, k_prune, v, cand, cw, group)
+    group, n_groups, grid_w, grid_h = _geometry(nq, window, derive)
+    dims = _dims(q, k_prune, v, n_cand, cw, group)
     config = config or _config(FORWARD, dims, q.device, q.dtype)
     blocks = _constexprs(dims, config)
 
@@ -579,12 +696,16 @@ def _launch_forward(
         cw,
         n_groups,
         grid_w,
+        grid_h,
+        n_src,
+        src_k,
         topk,
         scale,
         prune_scale,
         **blocks,
         WARP_MODE=warp_mode,
         SAVE_SCORES=save_scores,
+        DERIVE=derive_code,
         num_warps=config["num_warps"],
         num_stages=config["num_stages"],
     )
@@ -609,15 +730,17 @@ def _launch_backward(
     scale: float,
     prune_scale: float,
     warp_mode: int,
+    derive: Derivation | None = None,
     config: LaunchConfig | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor | None]:
     """Runs the backward kernel; returns (dq, dk, dv, dq_prune, dk_prune, dwarp_values), the
-    scattered ones still in their fp32 accumulation buffers."""
+    scattered ones still in their fp32 accumulation buffers. `cand` as in `_launch_forward`."""
     b, nq, _ = q.shape
-    nk, n_cand = k.shape[1], cand.shape[2]
+    nk = k.shape[1]
+    n_cand, n_src, src_k, derive_code = _index_args(cand, derive)
     cw = warp_values.shape[2] if warp_values is not None else 0
-    group, n_groups, grid_w = _geometry(nq, window)
-    dims = _dims(q, k_prune, v, cand, cw, group)
+    group, n_groups, grid_w, grid_h = _geometry(nq, window, derive)
+    dims = _dims(q, k_prune, v, n_cand, cw, group)
     config = config or _config(BACKWARD, dims, q.device, q.dtype)
     blocks = _constexprs(dims, config)
 
@@ -659,10 +782,14 @@ def _launch_backward(
         cw,
         n_groups,
         grid_w,
+        grid_h,
+        n_src,
+        src_k,
         scale,
         prune_scale,
         **blocks,
         WARP_MODE=warp_mode if dwarp is not None else 0,
+        DERIVE=derive_code,
         num_warps=config["num_warps"],
         num_stages=config["num_stages"],
     )
@@ -687,6 +814,7 @@ class _CandidateAttention(torch.autograd.Function):
         warp_values: Tensor | None,
         candidates: Tensor,
         window: tuple[int, int] | None,
+        derive: Derivation | None,
         scale: float,
         prune_scale: float,
         topk: int,
@@ -707,12 +835,13 @@ class _CandidateAttention(torch.autograd.Function):
             topk=topk,
             warp_mode=warp_mode,
             save_scores=save,
+            derive=derive,
         )
         if top is not None:
             ctx.mark_non_differentiable(top)
         if save:
             ctx.save_for_backward(q, k, v, q_prune, k_prune, warp_values, candidates, z, s)
-        ctx.window, ctx.warp_mode = window, warp_mode
+        ctx.window, ctx.derive, ctx.warp_mode = window, derive, warp_mode
         ctx.scale, ctx.prune_scale = scale, prune_scale
         return out, conf, top, warp
 
@@ -740,13 +869,30 @@ class _CandidateAttention(torch.autograd.Function):
             scale=ctx.scale,
             prune_scale=ctx.prune_scale,
             warp_mode=ctx.warp_mode,
+            derive=ctx.derive,
         )
         dtype = q.dtype
         need = ctx.needs_input_grad
         grads = (dq, dk.to(dtype), dv.to(dtype), dq_prune, dk_prune.to(dtype))
         grads = tuple(g if n else None for g, n in zip(grads, need[:5], strict=True))
         dwv = dwv.to(dtype) if dwv is not None and need[5] else None
-        return (*grads, dwv, None, None, None, None, None, None)
+        return (*grads, dwv, None, None, None, None, None, None, None)
+
+
+CANDIDATES_ENV = "DYNAST_CANDIDATES"
+CANDIDATE_MODES = ("derived", "list")
+
+
+def candidate_mode() -> str:
+    """How the fused kernels take a builder's CandidateList, `$DYNAST_CANDIDATES`: "derived"
+    (the default: candidates computed in the kernel from the top-k the list holds, no list
+    written or read) or "list" (the list is built and read, as for a plain tensor)."""
+    value = os.environ.get(CANDIDATES_ENV, "derived").strip().lower() or "derived"
+    if value not in CANDIDATE_MODES:
+        raise ValueError(
+            f"${CANDIDATES_ENV}={value!r}: expected one of {', '.join(CANDIDATE_MODES)}"
+        )
+    return value
 
 
 def attention(
@@ -763,20 +909,39 @@ def attention(
     warp_values: Tensor | None,
     warp_over: str,
     window: tuple[int, int] | None = None,
+    derive: bool | None = None,
 ) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
     """Candidate dynamic attention with the fused kernels: (out, conf, topk or None, warp or None),
     the semantics of `kernels.reference.reference_candidate_attention`. Inputs arrive validated by
     `kernels.ops` (one float dtype, candidates in range, CUDA or the interpreter). `window` is
     the grid of a window-shared inter-scale CandidateList (`kernels.candidate_lists`), else None; a
-    CandidateList given directly (benchmarks call this function) brings its own."""
+    CandidateList given directly (benchmarks call this function) brings its own.
+
+    A CandidateList's candidates are derived in the kernel from the top-k it holds when `derive`
+    is True, or when it is None and `candidate_mode()` says "derived" (the default); otherwise
+    its list is built (once) and read. A plain tensor is always read. Indices are read as given,
+    int32 or int64."""
+    source = candidate_source(candidates)
+    if derive is None:
+        derive = candidate_mode() == "derived"
+    derivation = None
     if isinstance(candidates, CandidateList):
         window = window or window_shared_grid(candidates)
-        candidates = candidate_indices(candidates)
+        if derive and source is not None:
+            derivation = Derivation(source[0], *candidates.grid)
+            candidates = source[1]
+        else:
+            candidates = candidate_indices(candidates)
     nq = q.shape[1]
     if window is not None:
         height, width = window
         if height % 2 or width % 2 or height * width != nq:
             window = None  # a mark that does not describe these queries: treat lists as own
+    if derivation is not None and derivation.height * derivation.width != nq:
+        raise ValueError(
+            f"candidates were built for a {derivation.height}x{derivation.width} grid, "
+            f"but q holds Nq = {nq} queries"
+        )
     warp_mode = WARP_MODE_IDS[warp_over] if warp_values is not None else 0
     out, conf, top, warp = _CandidateAttention.apply(
         q.contiguous(),
@@ -785,10 +950,9 @@ def attention(
         q_prune.contiguous(),
         k_prune.contiguous(),
         warp_values.contiguous() if warp_values is not None else None,
-        # int64 whatever was given: Triton 3.6 (PyTorch 2.11's) fails to compile these kernels
-        # with int32 indices (a layout pass crashes), 3.9 does not; an int32 list is small.
-        candidates.to(torch.int64).contiguous(),
+        candidates.contiguous(),
         window,
+        derivation,
         scale,
         prune_scale,
         topk,

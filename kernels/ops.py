@@ -104,11 +104,14 @@ def _validate(
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
 
 
-def _validate_candidates(candidates: object, q: Tensor, nk: int, topk: int) -> Tensor:
-    """Checks `candidates` and returns the index tensor the backends read: a CandidateList's own
-    (in range by construction), or a plain tensor range-checked (at once on the CPU, deferred on
-    a GPU; see `kernels.candidate_lists`) and, where the check is deferred, clamped so no read can
-    leave the keys before the error is raised."""
+def _validate_candidates(
+    candidates: object, q: Tensor, nk: int, topk: int
+) -> Tensor | CandidateList:
+    """Checks `candidates` and returns what the backends read: a CandidateList whole (in range by
+    construction; the fused kernels may derive it rather than read it), or a plain tensor
+    range-checked (at once on the CPU, deferred on a GPU; see `kernels.candidate_lists`) and,
+    where the check is deferred, clamped so no read can leave the keys before the error is
+    raised."""
     if not isinstance(candidates, (Tensor, CandidateList)):
         raise ValueError(
             f"candidates must be a torch.Tensor or a CandidateList, got {type(candidates).__name__}"
@@ -132,7 +135,7 @@ def _validate_candidates(candidates: object, q: Tensor, nk: int, topk: int) -> T
             raise ValueError(
                 f"candidates were built for {candidates.bound} keys, but k holds Nk = {nk}"
             )
-        return candidate_indices(candidates)
+        return candidates
     check_index_range("candidates", candidates, nk)
     return candidates.clamp(0, nk - 1) if candidates.is_cuda else candidates
 
@@ -249,7 +252,7 @@ def candidate_attention(
     position; a NaN score ranks below every number (see `kernels.reference`).
     """
     _validate(q, k, v, q_prune, k_prune, warp_values, scale, prune_scale, topk, warp_over, backend)
-    indices = _validate_candidates(candidates, q, k.shape[1], topk)
+    checked = _validate_candidates(candidates, q, k.shape[1], topk)
     tensors = {
         "q": q,
         "k": k,
@@ -267,12 +270,15 @@ def candidate_attention(
     ref_fn = reference.reference_candidate_attention
     if backend == "auto" and q.device.type == "cpu":
         ref_fn = candidates_cpu.cpu_candidate_attention  # same results without the gathers
+    # The fused kernels take a CandidateList whole (by default they derive its candidates from
+    # the top-k it holds, and never build the list); the reference reads the list.
+    fused = _use_triton(backend, q)
     return _run(
         "candidates",
         ref_fn,
         tensors,
-        (indices,),
+        (checked if fused else candidate_indices(checked),),
         kwargs,
-        backend,
+        "triton" if fused else "torch",
         fused_kwargs={"window": window_shared_grid(candidates)},
     )

@@ -12,7 +12,7 @@ from collections.abc import Callable
 import torch
 
 from . import fused_candidates as fused
-from .candidate_lists import candidate_indices, window_shared_grid
+from .candidate_lists import candidate_indices, candidate_source, window_shared_grid
 from .reference import WARP_MODE_IDS
 from .shapes import AttentionShape, make_problem
 from .tuning import LaunchConfig, TunableKernel
@@ -42,9 +42,16 @@ def _random_problem(dims: dict[str, int], device: torch.device, dtype: torch.dty
 
 
 def _launch_args(problem) -> dict:
+    """The launch the operator would make: candidates derived in the kernel from the top-k the
+    problem's CandidateList holds, or its list read (`$DYNAST_CANDIDATES=list`)."""
     head = problem.positional()[:5]
+    cand, derive = candidate_indices(problem.candidates), None
+    if fused.candidate_mode() == "derived":
+        kind, cand = candidate_source(problem.candidates)
+        derive = fused.Derivation(kind, *problem.candidates.grid)
     return {
-        "args": (*head, problem.warp_values, candidate_indices(problem.candidates)),
+        "args": (*head, problem.warp_values, cand),
+        "derive": derive,
         "window": window_shared_grid(problem.candidates),  # a CandidateList's own fact
         "scale": problem.shape.scale,
         "prune_scale": problem.shape.prune_scale,
@@ -62,6 +69,7 @@ def _forward_runner(
         return fused._launch_forward(
             *x["args"],
             window=x["window"],
+            derive=x["derive"],
             scale=x["scale"],
             prune_scale=x["prune_scale"],
             topk=problem.shape.k,
@@ -78,7 +86,7 @@ def _backward_runner(
 ) -> Callable[[], object]:
     problem = _random_problem(dims, device, dtype)
     x = _launch_args(problem)
-    common = {k: x[k] for k in ("window", "scale", "prune_scale", "warp_mode")}
+    common = {k: x[k] for k in ("window", "derive", "scale", "prune_scale", "warp_mode")}
     out, conf, _, warp, z, s = fused._launch_forward(
         *x["args"], topk=0, save_scores=True, config=fused.FORWARD.default(dims), **common
     )

@@ -23,7 +23,7 @@ from kernels import (
     tuning_candidates,
 )
 from kernels import fused_candidates as fused
-from kernels.candidate_lists import candidate_indices, window_shared_grid
+from kernels.candidate_lists import PER_MATCH, candidate_indices, window_shared_grid
 from kernels.reference import WARP_MODE_IDS, reference_candidate_attention
 
 B, H, W, K = 2, 6, 10, 3
@@ -280,6 +280,183 @@ def test_window_path_is_taken(monkeypatch: pytest.MonkeyPatch) -> None:
     assert seen == [(H, W), None]
 
 
+# --------------------------------------------------------------------------------------------------
+# Candidates derived in the kernel from the previous top-k, against the materialised list
+# --------------------------------------------------------------------------------------------------
+
+
+def derived_problem(kind: str, height: int, width: int, batch: int, k: int, seed: int):
+    """Features of a height x width grid and a CandidateList of that kind, whose top-k puts
+    matches on the grid's corners and edges (the shifts clamp there) and repeats one (the
+    duplicates count)."""
+    gen = torch.Generator().manual_seed(seed)
+    n = height * width
+    tokens = n if kind == "inner" else n // 4
+    top = torch.randint(0, tokens, (batch, tokens, k), generator=gen)
+    corners = torch.tensor([0, width - 1, n - 1, n - width])
+    if kind == "inner":
+        top[:, : min(4, tokens), 0] = corners[: min(4, tokens)]
+    if k > 1:
+        top[:, ::2, 1] = top[:, ::2, 0]
+    builder = inner_scale_candidates if kind == "inner" else inter_scale_candidates
+    cand = builder(top.to(DEVICE), height, width)
+    sizes = {"q": 24, "k": 24, "v": 20, "q_prune": 8, "k_prune": 8, "warp_values": 3}
+    x = {
+        name: torch.randn(batch, n, c, generator=gen).to(DEVICE).requires_grad_()
+        for name, c in sizes.items()
+    }
+    return x, cand
+
+
+def fused_run(x: dict[str, Tensor], cand, derive: bool, upstream: dict[str, Tensor], topk: int):
+    res = fused.attention(
+        *[x[n] for n in NAMES[:5]],
+        cand,
+        scale=0.3,
+        prune_scale=0.7,
+        topk=topk,
+        warp_values=x["warp_values"],
+        warp_over="kept",
+        derive=derive,
+    )
+    loss = sum((t * upstream[name]).sum() for name, t in zip(("out", "conf"), res[:2], strict=True))
+    loss = loss + (res[3] * upstream["warp"]).sum()
+    return res, torch.autograd.grad(loss, [x[n] for n in NAMES])
+
+
+@pytest.mark.parametrize(
+    ("kind", "height", "width", "batch", "k"),
+    [
+        pytest.param("inner", 5, 7, 2, 3, id="inner-B2-5x7-k3"),  # odd sides; borders clamp
+        pytest.param("inner", 1, 5, 2, 2, id="inner-B2-1x5-k2"),  # one row: no upper, no lower
+        pytest.param("inner", 7, 3, 3, 1, id="inner-B3-7x3-k1"),  # k = 1 (Triton specialises 1)
+        pytest.param("inter", 6, 10, 2, 3, id="inter-B2-6x10-k3"),  # coarse grid 3x5
+        pytest.param("inter", 2, 2, 3, 2, id="inter-B3-2x2-k2"),  # one window, one coarse cell
+        pytest.param("inter", 4, 14, 2, 4, id="inter-B2-4x14-k4"),  # coarse width 7
+    ],
+)
+def test_derived_candidates_match_the_list(kind: str, height: int, width: int, batch: int, k: int):
+    """The kernels deriving each query's candidates from the top-k compute exactly what they
+    compute from the builder's materialised list: forward outputs, top-k and every gradient
+    (bit for bit on the interpreter; the key-side gradients of a GPU run differ by the order of
+    their atomics), and match the reference on that list."""
+    seed = height * 100 + width * 10 + k
+    x, cand = derived_problem(kind, height, width, batch, k, seed)
+    gen = torch.Generator().manual_seed(seed + 1)
+    n = height * width
+    upstream = {
+        "out": torch.randn(batch, n, 20, generator=gen).to(DEVICE),
+        "conf": torch.randn(batch, n, generator=gen).to(DEVICE),
+        "warp": torch.randn(batch, n, 3, generator=gen).to(DEVICE),
+    }
+    topk = min(k + 1, PER_MATCH[kind] * k)
+    derived, derived_grads = fused_run(x, cand, True, upstream, topk)
+    assert cand._built is None, "the derived path built the list"
+    listed, listed_grads = fused_run(x, cand, False, upstream, topk)
+    assert cand._built is not None
+    for name, got, want in zip(("out", "conf", "topk", "warp"), derived, listed, strict=True):
+        assert torch.equal(got, want), f"{name}: derived and listed candidates differ"
+    for name, got, want in zip(NAMES, derived_grads, listed_grads, strict=True):
+        if DEVICE.type == "cpu" or name in ("q", "q_prune"):  # no atomics: bit for bit
+            assert torch.equal(got, want), f"d{name}: derived and listed candidates differ"
+        else:
+            assert_close(got, want, name=f"d{name}")
+    ref = reference_candidate_attention(
+        *[x[n] for n in NAMES[:5]], cand, scale=0.3, prune_scale=0.7, topk=topk,
+        warp_values=x["warp_values"],
+    )  # fmt: skip
+    for i, name in ((0, "out"), (1, "conf"), (3, "warp")):
+        assert_close(derived[i], ref[i], name=name)
+    assert torch.equal(derived[2], ref[2])
+
+
+def test_the_operator_derives_by_default_and_the_switch_reads_the_list(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`candidate_attention(backend="triton")` on a builder's list derives its candidates (the
+    list is never built, forward or backward); `$DYNAST_CANDIDATES=list` builds and reads it,
+    with the same results; a plain tensor (no provenance) is read whatever the switch says."""
+    x, cand = derived_problem("inner", 5, 7, 2, 2, 4)
+    args = [x[n] for n in NAMES[:5]]
+    common = dict(scale=0.3, prune_scale=0.7, topk=2, warp_values=x["warp_values"])
+    seen = []
+    launch = fused._launch_forward
+
+    def spy(*a, **kw):
+        seen.append(kw["derive"])
+        return launch(*a, **kw)
+
+    monkeypatch.setattr(fused, "_launch_forward", spy)
+    derived = candidate_attention(*args, cand, **common, backend="triton")
+    derived.out.sum().backward()
+    assert cand._built is None and seen[-1] == fused.Derivation("inner", 5, 7)
+    monkeypatch.setenv(fused.CANDIDATES_ENV, "list")
+    listed = candidate_attention(*args, cand, **common, backend="triton")
+    assert cand._built is not None and seen[-1] is None
+    for got, want in zip((derived.out, derived.conf, derived.topk), (listed.out, listed.conf,
+                         listed.topk), strict=True):  # fmt: skip
+        assert torch.equal(got, want)
+    monkeypatch.setenv(fused.CANDIDATES_ENV, "derived")
+    candidate_attention(*args, cand.indices, **common, backend="triton")
+    assert seen[-1] is None
+    monkeypatch.setenv(fused.CANDIDATES_ENV, "guessed")
+    with pytest.raises(ValueError, match="DYNAST_CANDIDATES"):
+        candidate_attention(*args, cand, **common, backend="triton")
+
+
+@pytest.mark.parametrize("kind", ["inner", "inter", "random"])
+def test_int32_and_int64_lists_give_identical_results(kind: str) -> None:
+    """A list is read in the dtype it comes in: int32 (what the builders make wherever
+    B * Nk < 2^31) and int64 give the same outputs, top-k and gradients, on the fused kernels
+    (bit for bit on the interpreter) and on the reference."""
+    x = make_inputs(24, 8, 20, torch.float32, 9)
+    narrow = make_candidates(kind, 9)
+    narrow = narrow.indices if not isinstance(narrow, Tensor) else narrow
+    assert narrow.dtype == torch.int32
+    gen = torch.Generator().manual_seed(10)
+    grads = {
+        "out": torch.randn(B, N, 20, generator=gen).to(DEVICE),
+        "conf": torch.randn(B, N, generator=gen).to(DEVICE),
+        "warp": torch.randn(B, N, 3, generator=gen).to(DEVICE),
+    }
+    for backend in ("triton", "torch"):
+        kw = dict(scale=0.3, topk=K, warp_over="kept")
+        res32, grads32 = run(backend, x, narrow, grads, **kw)
+        res64, grads64 = run(backend, x, narrow.long(), grads, **kw)
+        for name in ("out", "conf", "topk", "warp"):
+            assert torch.equal(getattr(res32, name), getattr(res64, name)), f"{backend} {name}"
+        assert res32.topk.dtype == torch.int64
+        for name, a, b in zip(NAMES, grads32, grads64, strict=True):
+            if DEVICE.type == "cpu" or backend == "torch" or name in ("q", "q_prune"):
+                assert torch.equal(a, b), f"{backend} d{name}"
+            else:
+                assert_close(a, b, name=f"{backend} d{name}")
+
+
+def test_derived_candidates_under_a_deferred_range_check(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A top-k out of range on a GPU is reported later (`kernels.check_index_errors()`); until
+    then the derived kernels read the builder's clamped copy, exactly like the list built from
+    it. Forced here on the CPU."""
+    from kernels import candidate_lists, check_index_errors
+
+    monkeypatch.setattr(candidate_lists, "_defers", lambda index: True)
+    monkeypatch.setattr(candidate_lists, "_pending", [])
+    x, _ = derived_problem("inner", 5, 7, 2, 2, 6)
+    bad = torch.randint(0, 35, (2, 35, 2))
+    bad[1, 7, 1], bad[0, 34, 0] = 35, -3
+    clamped = inner_scale_candidates(bad.clamp(0, 34).to(DEVICE), 5, 7)
+    cand = inner_scale_candidates(bad.to(DEVICE), 5, 7)  # no error yet
+    args = [x[n].detach() for n in NAMES[:5]]
+    common = dict(scale=0.3, prune_scale=0.7, topk=2, warp_values=x["warp_values"].detach(),
+                  warp_over="kept")  # fmt: skip
+    got = fused.attention(*args, cand, **common, derive=True)
+    want = fused.attention(*args, clamped, **common, derive=False)
+    for a, b in zip(got, want, strict=True):
+        assert torch.equal(a, b)
+    with pytest.raises(ValueError, match=r"topk values must lie in \[0, 35\) \(a deferred"):
+        check_index_errors()
+
+
 def space_cases() -> list:
     cases = []
     for kind, m, group in (("inter", 16, 4), ("inner", 20, 1)):
@@ -369,9 +546,16 @@ def test_tuning_runners_launch(kernel, monkeypatch: pytest.MonkeyPatch) -> None:
     args, kwargs, _ = calls[name]
     options = dict(scale=kwargs["scale"], prune_scale=kwargs["prune_scale"], warp_over="kept")
 
+    # The runners launch what the operator launches: candidates derived from the top-k.
+    derive = kwargs["derive"]
+    assert derive is not None and derive.kind == "inter"
+    candidates = inter_scale_candidates(args[6], derive.height, derive.width)
+
     def reference(dtype: torch.dtype, topk: int):
         x = [t.detach().to(dtype).requires_grad_() for t in args[:6]]
-        res = reference_candidate_attention(*x[:5], args[6], topk=topk, warp_values=x[5], **options)
+        res = reference_candidate_attention(
+            *x[:5], candidates, topk=topk, warp_values=x[5], **options
+        )
         return x, res
 
     # Scale 100 amplifies rounding: the fused results are held to the error the fp32 reference

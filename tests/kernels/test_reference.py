@@ -333,9 +333,11 @@ def test_inter_scale_candidates_match_brute_force(hw):
     coarse = torch.randint(0, h * w // 4, (2, h * w // 4, 3))
     coarse[:, :, 2] = coarse[:, :, 0]  # duplicates survive
     got = kernels.inter_scale_candidates(coarse, h, w)
-    assert got.dtype == torch.int64 and got.shape == (2, h * w, 12)
+    # int32 wherever B * Nk fits (kernels.candidate_lists.index_dtype), whatever the top-k's dtype
+    assert got.dtype == torch.int32 and got.shape == (2, h * w, 12)
     assert torch.equal(got, brute_inter(coarse, h, w))
     assert torch.equal(kernels.inter_scale_candidates(coarse.int(), h, w), got)
+    assert got.kind == "inter" and got.grid == (h, w) and torch.equal(got.topk, coarse.int())
 
 
 @pytest.mark.parametrize("hw", [(6, 10), (1, 5), (7, 3)], ids=lambda s: f"{s[0]}x{s[1]}")
@@ -345,8 +347,19 @@ def test_inner_scale_candidates_match_brute_force(hw):
     # matches on the grid's border, so the shifts must clamp
     top[:, 0] = torch.tensor([0, w - 1, h * w - 1])
     got = kernels.inner_scale_candidates(top, h, w)
-    assert got.dtype == torch.int64 and got.shape == (2, h * w, 15)
+    assert got.dtype == torch.int32 and got.shape == (2, h * w, 15)
     assert torch.equal(got, brute_inner(top, h, w))
+    assert torch.equal(kernels.inner_scale_candidates(top.int(), h, w), got)
+    assert got.kind == "inner" and got.grid == (h, w) and got.window is None
+
+
+def test_index_dtype_narrows_only_where_every_key_row_fits():
+    from kernels.candidate_lists import index_dtype
+
+    assert index_dtype(8, 65536) == torch.int32  # deepfashion-256's finest scale at batch 8
+    assert index_dtype(1, 2**31 - 1) == torch.int32
+    assert index_dtype(2, 2**30) == torch.int64  # b * Nk + index would overflow int32
+    assert index_dtype(2**16, 2**15) == torch.int64
 
 
 # ---------------------------------------------------------------------------------------------
@@ -533,15 +546,21 @@ def _candidate_call(t, cand, backend="torch", topk=0):
 
 def test_candidate_lists_cannot_be_changed_from_outside():
     """A CandidateList's indices are private: every view of them is a copy, so no edit (in place,
-    in inference mode, through .data or .numpy()) reaches the list the operators read, and only
-    the builders construct one."""
+    in inference mode, through .data or .numpy()) reaches the list the operators read, nor does
+    an edit of the top-k it was built from (it keeps a copy, and builds its list from that copy
+    on first use), and only the builders construct one."""
     from kernels.candidate_lists import CandidateList, candidate_indices
 
     t = _good()
     top = _call_dense(t, topk=2).topk
     cand = kernels.inner_scale_candidates(top, 3, 4)
     assert isinstance(cand, CandidateList) and cand.bound == 12 and cand.window is None
-    before = candidate_indices(cand).clone()
+    before = kernels.inner_scale_candidates(top.clone(), 3, 4).indices
+    source = cand.topk
+    top[0, 0, 0] = (top[0, 0, 0] + 1) % 12  # before cand's list is built
+    cand.topk[0, 0, 0] = 5
+    assert torch.equal(cand.topk, source)
+    assert torch.equal(candidate_indices(cand), before)
     cand.indices[0, 0, 0] = 99
     cand.data[0, 0, 0] = 99
     cand.numpy()[0, 0, 0] = 99
@@ -549,12 +568,12 @@ def test_candidate_lists_cannot_be_changed_from_outside():
     with torch.inference_mode():
         cand.indices.add_(1)
     assert torch.equal(candidate_indices(cand), before)
-    assert torch.equal(cand, before) and cand.shape == before.shape and cand.dtype == torch.int64
-    for name in ("indices", "_indices", "_window"):
+    assert torch.equal(cand, before) and cand.shape == before.shape and cand.dtype == torch.int32
+    for name in ("indices", "topk", "_built", "_source", "_grid", "_kind"):
         with pytest.raises(AttributeError):
             setattr(cand, name, before)
     with pytest.raises(ValueError, match="built only by"):
-        CandidateList(object(), before, 12, None)
+        CandidateList(object(), "inner", source, 3, 4)
 
 
 @pytest.mark.parametrize("backend", ["torch", "triton"])
