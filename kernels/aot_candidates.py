@@ -22,9 +22,23 @@ def tuning_dims() -> list[dict[str, int]]:
     ]
 
 
-# Pointer element types that do not follow the input dtype (int64 candidates, as the op passes).
+def _problems() -> list[tuple[dict[str, int], int]]:
+    """(dims, DERIVE) of every compile: each tuning problem with its list read, and derived from
+    the previous top-k the way the model's lists are (window-shared M = 16: inter; M = 20:
+    inner)."""
+    problems = []
+    for dims in tuning_dims():
+        problems.append((dims, 0))
+        problems.append(
+            (dims, fused.DERIVE_CODES["inter" if dims["G"] == fused.WINDOW else "inner"])
+        )
+    return problems
+
+
+# Pointer element types that do not follow the input dtype: int32 indices, as the builders make
+# them at every model size (a list, or with DERIVE the top-k it derives from).
 _POINTER_TYPES = {
-    "CAND": "i64",
+    "CAND": "i32",
     "TOPK": "i64",
     "Z": "fp32",
     "S": "fp32",
@@ -35,12 +49,14 @@ _POINTER_TYPES = {
 }
 
 
-def _argument_values(dims: dict[str, int]) -> dict[str, int]:
+def _argument_values(dims: dict[str, int], derive: int) -> dict[str, int]:
     """The integer arguments a launch on a problem of these sizes passes (top-k 4), so that the
     compile marks the same ones divisible by 16 as Triton's JIT would. Without the marks the
     gathers cannot be vectorised and a compile misjudges registers (docs/kernels-candidates.md)."""
     nq = dims["Nq"]
-    width = 2 ** ((nq.bit_length() - 1) // 2) if dims["G"] == fused.WINDOW else 1
+    side = 2 ** ((nq.bit_length() - 1) // 2)
+    derived = derive != 0
+    per_match = 4 if dims["G"] == fused.WINDOW else 5
     return {
         "Nq": nq,
         "Nk": nq,
@@ -50,27 +66,32 @@ def _argument_values(dims: dict[str, int]) -> dict[str, int]:
         "Cv": dims["Cv"],
         "Cw": dims["Cw"],
         "n_groups": nq // dims["G"],
-        "grid_w": width,
+        "grid_w": side if dims["G"] == fused.WINDOW or derived else 1,
+        "grid_h": nq // side if derived or dims["G"] == fused.WINDOW else 1,
+        "n_src": (nq // dims["G"] if derived else 1),
+        "src_k": dims["M"] // per_match if derived else 1,
         "top_k": 4,
     }
 
 
 def aot_cases() -> list[AotCase]:
-    """Every kernel x every config of its space x the model's sizes, as trained: bf16, int64
-    candidates, warp over kept keys, scores saved for the backward. Sizes whose block sizes come
-    out the same compile to the same kernel, so each distinct one is listed once, labelled with
-    the sizes it stands for."""
+    """Every kernel x every config of its space x the model's sizes, as trained: bf16, int32
+    indices, warp over kept keys, scores saved for the backward; each with the list read
+    (DERIVE 0) and with the candidates derived in the kernel from the previous top-k (DERIVE 1
+    inner, M = 20; 2 inter, M = 16, window-shared). Sizes whose block sizes come out the same
+    compile to the same kernel, so each distinct one is listed once, labelled with the sizes it
+    stands for."""
     kernels = (
         (fused.FORWARD, fused._candidate_fwd_kernel, {"SAVE_SCORES": True}),
         (fused.BACKWARD, fused._candidate_bwd_kernel, {}),
     )
     merged: dict[tuple, dict] = {}
-    for dims in tuning_dims():
+    for dims, derive in _problems():
         for kernel, fn, flags in kernels:
-            flags = {"WARP_MODE": WARP_MODE_IDS["kept"], **flags}
+            flags = {"WARP_MODE": WARP_MODE_IDS["kept"], **flags, "DERIVE": derive}
             for config in kernel.space(dims):
                 constexprs = {**fused._constexprs(dims, config), **flags}
-                aligned = aligned_arguments(fn, _argument_values(dims))
+                aligned = aligned_arguments(fn, _argument_values(dims, derive))
                 key = (
                     kernel.name,
                     tuple(sorted(constexprs.items())),
@@ -88,8 +109,9 @@ def aot_cases() -> list[AotCase]:
     cases = []
     for entry in merged.values():
         config, constexprs = entry["config"], entry["constexprs"]
+        source = ("list", "inner", "inter")[constexprs["DERIVE"]]
         label = (
-            f"{entry['kernel'].name} M={entry['M']} G={constexprs['GROUP']} "
+            f"{entry['kernel'].name} {source} M={entry['M']} G={constexprs['GROUP']} "
             f"Q{config['BLOCK_Q']} C{config['BLOCK_C']} Cqk/Cp/Cv={','.join(entry['sizes'])}"
         )
         cases.append(

@@ -179,19 +179,19 @@ def _row_scores(
     """fp32 dot products <X[row_x], Y[row_y]> -> [BLOCK_G, GROUP, BLOCK_N], where row_x
     [BLOCK_G, GROUP] are query rows and row_y [BLOCK_G, BLOCK_N] gathered candidate rows."""
     acc = tl.zeros([BLOCK_G, GROUP, BLOCK_N], dtype=tl.float32)
+    # Row offsets formed once, outside the channel loop (Triton 3.6 miscompiles the candidates'
+    # offsets when they are expanded inside several loops: see `_derived_candidates`).
+    x_at, x_in = row_x[:, :, None] * C, x_ok[:, :, None]
+    y_at, y_in = row_y[:, :, None] * C, y_ok[:, :, None]
     for c0 in range(0, C, BLOCK_C):
         c = c0 + tl.arange(0, BLOCK_C)
         c_ok = c < C
-        x = tl.load(
-            X + row_x[:, :, None] * C + c[None, None, :],
-            mask=x_ok[:, :, None] & c_ok[None, None, :],
-            other=0.0,
-        ).to(tl.float32)  # [G, A, C]
-        y = tl.load(
-            Y + row_y[:, :, None] * C + c[None, None, :],
-            mask=y_ok[:, :, None] & c_ok[None, None, :],
-            other=0.0,
-        ).to(tl.float32)  # [G, N, C]
+        x = tl.load(X + x_at + c[None, None, :], mask=x_in & c_ok[None, None, :], other=0.0).to(
+            tl.float32
+        )  # [G, A, C]
+        y = tl.load(Y + y_at + c[None, None, :], mask=y_in & c_ok[None, None, :], other=0.0).to(
+            tl.float32
+        )  # [G, N, C]
         acc += tl.sum(x[:, :, None, :] * y[:, None, :, :], axis=3)
     return acc
 
@@ -213,20 +213,16 @@ def _weighted_rows(
 ):
     """OUT[row_o] = sum_j weights[..., j] * Y[row_y[j]], chunk by chunk (weights fp32
     [BLOCK_G, GROUP, BLOCK_N]; the store casts to OUT's dtype)."""
+    y_at, y_in = row_y[:, :, None] * C, y_ok[:, :, None]  # once (see `_row_scores`)
+    o_at, o_in = row_o[:, :, None] * C, o_ok[:, :, None]
     for c0 in range(0, C, BLOCK_C):
         c = c0 + tl.arange(0, BLOCK_C)
         c_ok = c < C
-        y = tl.load(
-            Y + row_y[:, :, None] * C + c[None, None, :],
-            mask=y_ok[:, :, None] & c_ok[None, None, :],
-            other=0.0,
-        ).to(tl.float32)  # [G, N, C]
+        y = tl.load(Y + y_at + c[None, None, :], mask=y_in & c_ok[None, None, :], other=0.0).to(
+            tl.float32
+        )  # [G, N, C]
         o = tl.sum(weights[:, :, :, None] * y[:, None, :, :], axis=2)  # [G, A, C]
-        tl.store(
-            OUT + row_o[:, :, None] * C + c[None, None, :],
-            o,
-            mask=o_ok[:, :, None] & c_ok[None, None, :],
-        )
+        tl.store(OUT + o_at + c[None, None, :], o, mask=o_in & c_ok[None, None, :])
 
 
 @triton.jit
@@ -375,13 +371,15 @@ def _scatter_rows(
     - DX[row_x] = sum_j coef_j Y[row_y[j]] (per query, a plain store);
     - DY[row_y[j]] += sum_a coef_aj X[row_x[a]] (fp32 atomics; the group's queries summed first).
     """
+    x_row, x_in = row_x[:, :, None] * C, x_ok[:, :, None]  # once (see `_row_scores`)
+    y_row, y_in = row_y[:, :, None] * C, y_ok[:, :, None]
     for c0 in range(0, C, BLOCK_C):
         c = c0 + tl.arange(0, BLOCK_C)
         ch_ok = c < C
-        x_mask = x_ok[:, :, None] & ch_ok[None, None, :]
-        y_mask = y_ok[:, :, None] & ch_ok[None, None, :]
-        x_at = row_x[:, :, None] * C + c[None, None, :]
-        y_at = row_y[:, :, None] * C + c[None, None, :]
+        x_mask = x_in & ch_ok[None, None, :]
+        y_mask = y_in & ch_ok[None, None, :]
+        x_at = x_row + c[None, None, :]
+        y_at = y_row + c[None, None, :]
         y = tl.load(Y + y_at, mask=y_mask, other=0.0).to(tl.float32)  # [G, N, C]
         dx = tl.sum(coef[:, :, :, None] * y[:, None, :, :], axis=2)  # [G, A, C]
         tl.store(DX + x_at, dx, mask=x_mask)
@@ -453,14 +451,15 @@ def _candidate_bwd_kernel(
         w = _warp_weights(z, s, valid, WARP_MODE)
         # dw_j = dwarp . W_j while DW_j += w_j dwarp is scattered (Cw is small: one chunk).
         gw = tl.zeros([BLOCK_G, GROUP, BLOCK_N], dtype=tl.float32)
+        w_row, dw_row = k_row[:, :, None] * Cw, q_row[:, :, None] * Cw  # once (`_row_scores`)
         for c0 in range(0, Cw, BLOCK_W):
             c = c0 + tl.arange(0, BLOCK_W)
             ch_ok = c < Cw
-            w_at = k_row[:, :, None] * Cw + c[None, None, :]
+            w_at = w_row + c[None, None, :]
             w_mask = c_ok[:, :, None] & ch_ok[None, None, :]
             wv = tl.load(WV + w_at, mask=w_mask, other=0.0).to(tl.float32)  # [G, N, C]
             dw = tl.load(
-                DWARP + q_row[:, :, None] * Cw + c[None, None, :],
+                DWARP + dw_row + c[None, None, :],
                 mask=q_ok[:, :, None] & ch_ok[None, None, :],
                 other=0.0,
             ).to(tl.float32)  # [G, A, C]
@@ -476,14 +475,15 @@ def _candidate_bwd_kernel(
 
     # g_j = dout . V_j + dconf, while dv_j += p_j m_j dout is scattered from the same chunks.
     g = tl.zeros([BLOCK_G, GROUP, BLOCK_N], dtype=tl.float32)
+    v_row, do_row = k_row[:, :, None] * Cv, q_row[:, :, None] * Cv  # once (`_row_scores`)
     for c0 in range(0, Cv, BLOCK_DV):
         c = c0 + tl.arange(0, BLOCK_DV)
         ch_ok = c < Cv
-        v_at = k_row[:, :, None] * Cv + c[None, None, :]
+        v_at = v_row + c[None, None, :]
         v_mask = c_ok[:, :, None] & ch_ok[None, None, :]
         vv = tl.load(V + v_at, mask=v_mask, other=0.0).to(tl.float32)  # [G, N, C]
         do = tl.load(
-            DOUT + q_row[:, :, None] * Cv + c[None, None, :],
+            DOUT + do_row + c[None, None, :],
             mask=q_ok[:, :, None] & ch_ok[None, None, :],
             other=0.0,
         ).to(tl.float32)  # [G, A, C]
