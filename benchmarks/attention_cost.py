@@ -16,21 +16,25 @@ FLOPs (two per multiply-add; softmax, mask, exponentials and top-k selection are
 Bytes (compulsory traffic: each distinct tensor read or written once; what a perfect kernel moves):
 - forward reads q, q_prune (B*Nq*(Cqk+Cp)*e), k, k_prune, v, warp values (B*Nk*(Cqk+Cp+Cv+Cw)*e)
   and the candidate indices (none when dense); writes out, conf, warp (B*Nq*(Cv+1+Cw)*e) and the
-  top-k (B*Nq*k*i);
+  top-k (B*Nq*k*t, t bytes per written index: 8, the operators return int64);
 - backward reads the same inputs and indices and the output gradients (B*Nq*(Cv+1+Cw)*e), writes
   the input gradients (the inputs' float sizes again);
 - both = forward + backward.
 
-Two accountings of the candidate indices (issue 13 reports both):
-- "list" (the kernels of today): the [B, Nq, M] list the builders of `kernels.candidate_lists` write
-  is read, B*Nq*M*i, with int64 indices (i = 8);
-- "derived": the kernel derives the list from the previous top-k it is a pure function of (inner:
-  each match's neighbourhood on the same grid; inter: the 2x2 children of the coarse matches), so
-  it reads that top-k instead: B*Nq*(M/5)*i inner, B*(Nq/4)*(M/4)*i inter; indices int32 (i = 4),
-  every token index of the model's grids fitting in 31 bits.
+Three accountings of the candidate indices (issue 13 reports them side by side):
+- "list" (the kernels before issue 13, the old accounting): the [B, Nq, M] list the builders of
+  `kernels.candidate_lists` write is read as int64, B*Nq*M*8;
+- "list32": the same list as the builders make it now, int32 wherever B*Nk < 2^31, B*Nq*M*4
+  (the fused kernels' list path, `$DYNAST_CANDIDATES=list`);
+- "derived" (the new accounting: the fused kernels' default for a builder's list): the kernel
+  derives the list from the previous top-k it is a pure function of (inner: each match's
+  neighbourhood on the same grid; inter: the 2x2 children of the coarse matches) and reads that
+  top-k instead, as the builder's private int32 copy: B*Nq*(M/5)*4 inner, B*(Nq/4)*(M/4)*4 inter.
+The written top-k is int64 (t = 8) in all three.
 
-`python benchmarks/attention_cost.py` prints both for the model's blocks; with `--csv` (a
-bench_attention.py CSV) it recomputes the measured rows' GB/s and % of copy bandwidth under both.
+`python benchmarks/attention_cost.py` prints all three for the model's blocks; with `--csv` (a
+bench_attention.py CSV) it recomputes the measured rows' GB/s and % of copy bandwidth under the old
+("list") and the new ("derived") one.
 """
 
 from __future__ import annotations
@@ -43,9 +47,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 PASSES = ("fwd", "bwd", "both")
-ACCOUNTINGS = ("list", "derived")
-# Index bytes of each accounting: int64 as the builders return today, int32 in the derived design.
-INDEX_BYTES = {"list": 8, "derived": 4}
+ACCOUNTINGS = ("list", "list32", "derived")
+# Bytes per index read under each accounting: the int64 list of old, the int32 list the builders
+# make now, the int32 top-k the derived kernels read.
+INDEX_BYTES = {"list": 8, "list32": 4, "derived": 4}
+TOPK_BYTES = 8  # the written top-k: the operators return int64 under every accounting
 # Candidates per previous match (kernels.candidate_lists): inner 5 (self and 4 neighbours), inter 4.
 PER_MATCH = {"inner": 5, "inter": 4}
 
@@ -74,10 +80,12 @@ def attention_cost(
     k: int,
     element_bytes: int,
     index_bytes: int = 8,
+    topk_bytes: int = TOPK_BYTES,
     pass_: str,
     derived_from: str | None = None,
 ) -> Cost:
-    """FLOPs and compulsory bytes of one pass; `m` None means dense (every key).
+    """FLOPs and compulsory bytes of one pass; `m` None means dense (every key). `index_bytes`:
+    per candidate index (or previous top-k index) read; `topk_bytes`: per top-k index written.
 
     `derived_from` "inner" or "inter": the kernel derives its candidates from the previous top-k
     of that block kind, which it reads instead of the candidate list (the "derived" accounting)."""
@@ -106,7 +114,7 @@ def attention_cost(
         rows = nq if derived_from == "inner" else nq // 4
         candidates = batch * rows * (m // PER_MATCH[derived_from]) * index_bytes
     outputs = batch * nq * (cv + 1 + cw) * element_bytes
-    topk = batch * nq * k * index_bytes
+    topk = batch * nq * k * topk_bytes
     fwd_bytes = query_side + key_side + candidates + outputs + topk
     # Backward: inputs read, output gradients read, input gradients written.
     bwd_bytes = query_side + key_side + candidates + outputs + query_side + key_side
@@ -136,27 +144,32 @@ def shape_cost(shape, batch: int, element_bytes: int, pass_: str, accounting: st
         element_bytes=element_bytes,
         index_bytes=INDEX_BYTES[accounting],
         pass_=pass_,
-        derived_from=None if dense or accounting == "list" else shape.block,
+        derived_from=shape.block if accounting == "derived" and not dense else None,
     )
 
 
 def accounting_table(presets: list[str], batch: int, element_bytes: int) -> str:
-    """MB per pass of every block of the presets, list vs derived accounting."""
+    """MB per pass of every block of the presets under each accounting, and what the new
+    ("derived") saves against the old ("list")."""
     from kernels.shapes import preset_shapes
 
     lines = [
-        f"compulsory MB at batch {batch}, {element_bytes}-byte floats; list: int64 candidate "
-        "list read; derived: previous int32 top-k read, int32 top-k written",
-        f"{'preset':<16} {'block':<16} {'pass':<5} {'list MB':>9} {'derived MB':>11} {'saved':>7}",
+        f"compulsory MB at batch {batch}, {element_bytes}-byte floats, int64 top-k written; "
+        "list: int64 candidate list read (old); list32: int32 list read; derived: the previous "
+        "int32 top-k read (new)",
+        f"{'preset':<16} {'block':<16} {'pass':<5} {'list MB':>9} {'list32 MB':>10} "
+        f"{'derived MB':>11} {'saved':>7}",
     ]
     for name in presets:
         for shape in preset_shapes(name):
             for pass_ in PASSES:
-                old = shape_cost(shape, batch, element_bytes, pass_, "list").bytes / 1e6
-                new = shape_cost(shape, batch, element_bytes, pass_, "derived").bytes / 1e6
+                old, narrow, new = (
+                    shape_cost(shape, batch, element_bytes, pass_, accounting).bytes / 1e6
+                    for accounting in ACCOUNTINGS
+                )
                 lines.append(
-                    f"{name:<16} {shape.label:<16} {pass_:<5} {old:>9.1f} {new:>11.1f} "
-                    f"{1 - new / old:>7.1%}"
+                    f"{name:<16} {shape.label:<16} {pass_:<5} {old:>9.1f} {narrow:>10.1f} "
+                    f"{new:>11.1f} {1 - new / old:>7.1%}"
                 )
     return "\n".join(lines)
 
@@ -197,7 +210,7 @@ def remeasure(path: Path) -> str:
             )
             sec, copy = float(row["median_ms"]) / 1e3, float(row["copy_gbps"] or "nan")
             rates = []
-            for accounting in ACCOUNTINGS:
+            for accounting in ("list", "derived"):
                 cost = shape_cost(shape, int(row["batch"]), element[row["dtype"]], row["pass"],
                                   accounting)  # fmt: skip
                 rates.append(cost.bytes / sec / 1e9)
@@ -210,7 +223,7 @@ def remeasure(path: Path) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Compulsory bytes: list vs derived accounting.")
+    parser = argparse.ArgumentParser(description="Compulsory bytes: old (list) vs new (derived).")
     parser.add_argument("--preset", action="append", default=[], help="kernels.shapes presets")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--element-bytes", type=int, default=2, help="2: bf16 (default), 4: fp32")

@@ -8,7 +8,11 @@ For each attention block of deepfashion-256 and of the same model at 512 pixels 
 and each pass (fwd: inference forward; bwd: backward of a recorded forward; both: a training
 forward + backward), it times:
 
-- fused: the Triton kernels (`kernels.fused_dense` / `kernels.fused_candidates`);
+- fused: the Triton kernels (`kernels.fused_dense` / `kernels.fused_candidates`) as the operators
+  run them: candidate blocks derive their candidates in the kernel from the top-k their
+  CandidateList holds (`$DYNAST_CANDIDATES`, default "derived");
+- fused-derived, fused-list (candidate blocks only): the candidate kernels forced to derive the
+  candidates, or to read the builder's materialised int32 list (built once, before the timing);
 - reference: the PyTorch reference (`kernels.reference`), the specification;
 - compiled: `torch.compile` of the reference;
 - flex: FlexAttention (dense forward only): out and conf are exact from two calls returning the
@@ -21,9 +25,11 @@ is timed, every input gradient; the worst relative RMS error is reported and a c
 tolerance marks the rows "wrong" instead of timing them. Timing is the median of
 `triton.testing.do_bench` on a GPU (a plain timer loop on the CPU); peak memory is the CUDA
 allocator's peak above what was allocated before the call; TFLOP/s and GB/s divide the explicit
-FLOP and byte model of benchmarks/attention_cost.py; "% copy" compares with a device-to-device copy
-measured in the same run. Rows are printed and appended to a CSV. On a CPU the default is
-reference vs compiled reference, which is how the test suite exercises this script.
+FLOP and byte model of benchmarks/attention_cost.py, the same for every implementation
+(`--accounting`: the new compulsory bytes, "derived", by default; "list" the old ones); "% copy"
+compares with a device-to-device copy measured in the same run. Rows are printed and appended to
+a CSV. On a CPU the default is reference vs compiled reference, which is how the test suite
+exercises this script.
 """
 
 from __future__ import annotations
@@ -47,7 +53,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script from anywhere, without PYTHONPATH
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.attention_cost import PASSES, attention_cost  # noqa: E402
+from benchmarks.attention_cost import ACCOUNTINGS, PASSES, shape_cost  # noqa: E402
 from benchmarks.measure import (  # noqa: E402
     append_rows,
     environment,
@@ -66,7 +72,9 @@ from kernels.shapes import (  # noqa: E402
     preset_shapes,
 )
 
-IMPLS = ("fused", "reference", "compiled", "flex")
+IMPLS = ("fused", "fused-derived", "fused-list", "reference", "compiled", "flex")
+# The candidate kernels with the candidates derived in the kernel, or the list read.
+CANDIDATE_SOURCES = {"fused-derived": True, "fused-list": False}
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 # Worst relative RMS error allowed against the fp32/fp64 reference, per input dtype: a few times
 # the rounding of one output element, so that a real bug (a wrong row, a missed key) fails.
@@ -188,6 +196,11 @@ def implementation(name: str, shape: AttentionShape, device: torch.device) -> Im
     elif name == "fused":
         module = "kernels.fused_dense" if shape.block == "dense" else "kernels.fused_candidates"
         fn = importlib.import_module(module).attention
+    elif name in CANDIDATE_SOURCES:
+        if shape.block == "dense":
+            return None
+        fused = importlib.import_module("kernels.fused_candidates")
+        fn = functools.partial(fused.attention, derive=CANDIDATE_SOURCES[name])
     elif name == "flex":
         if shape.block != "dense":
             return None
@@ -427,6 +440,7 @@ class Settings:
     passes: tuple[str, ...]
     warmup_ms: int
     rep_ms: int
+    accounting: str = "derived"
 
 
 def bench_shape(
@@ -459,20 +473,7 @@ def bench_shape(
         except Exception as e:  # recorded as a row: an unsupported shape is a result too
             status = _failure(name, e)
         for pass_ in impl_passes:
-            cost = attention_cost(
-                batch=s.batch,
-                nq=shape.tokens,
-                nk=shape.tokens,
-                m=None if shape.block == "dense" else shape.candidates,
-                cqk=shape.cqk,
-                cp=shape.cp,
-                cv=shape.cv,
-                cw=shape.cw,
-                k=shape.k,
-                element_bytes=element,
-                index_bytes=8,
-                pass_=pass_,
-            )
+            cost = shape_cost(shape, s.batch, element, pass_, s.accounting)
             ms = peak = None
             row_status = status
             if status == "ok":
@@ -545,6 +546,12 @@ def _parser() -> argparse.ArgumentParser:
         "--dtype", choices=sorted(DTYPES), default=None, help="default bf16 on GPU, fp32 on CPU"
     )
     parser.add_argument("--device", default=None, help="default cuda when available, else cpu")
+    parser.add_argument(
+        "--accounting",
+        choices=ACCOUNTINGS,
+        default="derived",
+        help="compulsory bytes of benchmarks/attention_cost.py (derived: new; list: old)",
+    )
     parser.add_argument("--warmup", type=int, default=25, help="warm-up per timing, ms")
     parser.add_argument("--rep", type=int, default=100, help="measurement per timing, ms")
     parser.add_argument("--csv", type=Path, default=DEFAULT_CSV, help="rows are appended here")
@@ -581,7 +588,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     shapes = [(p, s) for p, s in shapes if s.block in blocks]
     on_interpreter = interpreting()
-    if "fused" in impls and not on_gpu and not on_interpreter:
+    if any(i.startswith("fused") for i in impls) and not on_gpu and not on_interpreter:
         print(
             "bench_attention: the fused kernels need a CUDA device (or TRITON_INTERPRET=1); "
             "leave 'fused' out of --impls on a CPU",
@@ -598,6 +605,7 @@ def main(argv: list[str] | None = None) -> int:
         passes=passes,
         warmup_ms=args.warmup,
         rep_ms=args.rep,
+        accounting=args.accounting,
     )
     env = environment(device)
     copy_gbps = copy_bandwidth_gbps(device, warmup_ms=args.warmup, rep_ms=args.rep)

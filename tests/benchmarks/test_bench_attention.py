@@ -13,7 +13,7 @@ import torch
 from _assert import assert_close
 
 from benchmarks import bench_attention as bench
-from benchmarks.attention_cost import attention_cost
+from benchmarks.attention_cost import attention_cost, shape_cost
 from kernels.reference import reference_dynamic_attention
 from kernels.runtime import interpreting
 from kernels.shapes import AttentionShape, make_problem
@@ -175,13 +175,38 @@ def test_bad_arguments_are_named(capsys: pytest.CaptureFixture) -> None:
     ],
 )
 def test_the_fused_rows_pass_their_correctness_check(shape: AttentionShape) -> None:
-    """The benchmark's `fused` implementation is the kernels' backend entry point (under the CPU
-    interpreter here) and passes the check that gates its timing."""
+    """The benchmark's `fused` implementations are the kernels' backend entry point (under the CPU
+    interpreter here) and pass the check that gates their timing: as the operators run them,
+    and for candidate blocks with the candidates derived in the kernel or the list read."""
     on_interpreter = interpreting()
     if not on_interpreter and not torch.cuda.is_available():
         pytest.skip("needs CUDA or TRITON_INTERPRET=1 (set by conftest on CPU machines)")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     check = make_problem(shape, 2, device=device, seed=1, requires_grad=True)
     gold = bench.gold_run(check, with_grads=True)
-    fused = bench.implementation("fused", shape, device)
-    assert bench.check_error(fused, check, gold, with_grads=True) < bench.TOLERANCE[torch.float32]
+    names = ["fused"] + ([] if shape.block == "dense" else list(bench.CANDIDATE_SOURCES))
+    for name in names:
+        fused = bench.implementation(name, shape, device)
+        error = bench.check_error(fused, check, gold, with_grads=True)
+        assert error < bench.TOLERANCE[torch.float32], name
+    if shape.block == "dense":
+        assert all(bench.implementation(n, shape, device) is None for n in bench.CANDIDATE_SOURCES)
+
+
+def test_rows_divide_by_the_chosen_accounting(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--accounting` picks the compulsory bytes of every row (benchmarks/attention_cost.py):
+    the new "derived" ones by default, the old "list" ones on request."""
+    shape = AttentionShape("inner", 4, 6, cqk=24, cp=8, cv=20, k=2)
+    settings = dict(
+        device=torch.device("cpu"), dtype=torch.float32, batch=1, check_batch=1,
+        impls=("reference",), passes=("fwd",), warmup_ms=1, rep_ms=1,
+    )  # fmt: skip
+    env = {name: "x" for name in ("gpu", "torch", "triton", "commit")}
+    for accounting in ("derived", "list"):
+        s = bench.Settings(**settings, accounting=accounting)
+        (row,) = bench.bench_shape("tiny", shape, s, env, 1.0)
+        assert row.bytes == shape_cost(shape, 1, 4, "fwd", accounting).bytes
+    assert (
+        shape_cost(shape, 1, 4, "fwd", "derived").bytes
+        < shape_cost(shape, 1, 4, "fwd", "list").bytes
+    )

@@ -515,9 +515,13 @@ def test_launch_configs() -> None:
             assert all(fused._fits(dims, c) for c in space)
     cases = aot_candidates.aot_cases()
     assert all("candidate" in c.label for c in cases)
-    defaults = {(c.function, c.constexprs["GROUP"]) for c in cases if c.is_default}
+    defaults = {
+        (c.function, c.constexprs["GROUP"], c.constexprs["DERIVE"]) for c in cases if c.is_default
+    }
     kernels = {"_candidate_fwd_kernel", "_candidate_bwd_kernel"}
-    assert defaults == {(f, g) for f in kernels for g in (1, 4)}
+    # Lists read (DERIVE 0) and derived the model's way: inter (2) window-shared, inner (1) not.
+    assert defaults == {(f, g, d) for f in kernels for g, d in ((1, 0), (4, 0), (1, 1), (4, 2))}
+    assert all(c.signature["CAND"] == "*i32" for c in cases)
     # A problem of any length still gets a launchable config.
     long = {"Nq": 64, "Cqk": 8, "Cp": 4, "Cv": 4, "Cw": 0, "M": 300, "G": 1}
     assert fused.FORWARD.default(long)["BLOCK_Q"] >= 1
