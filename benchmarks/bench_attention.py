@@ -404,7 +404,7 @@ def _fmt(value: float | None, spec: str) -> str:
 
 
 HEADER = (
-    f"{'block':<16} {'pass':<4} {'impl':<9} {'ms':>9} {'x ref':>6} {'TFLOP/s':>8} {'GB/s':>8} "
+    f"{'block':<16} {'pass':<4} {'impl':<13} {'ms':>9} {'x ref':>6} {'TFLOP/s':>8} {'GB/s':>8} "
     f"{'% copy':>6} {'peak MB':>9} {'mem/ref':>7} {'err':>8}  status"
 )
 
@@ -418,7 +418,7 @@ def format_row(row: Row, ref: Row | None) -> str:
     speedup = ref.median_ms / row.median_ms if ref and ref.median_ms and row.median_ms else None
     memory = row.peak_mb / ref.peak_mb if ref and ref.peak_mb and row.peak_mb else None
     return (
-        f"{row.shape.split()[0]:<16} {row.pass_:<4} {row.impl:<9} "
+        f"{row.shape.split()[0]:<16} {row.pass_:<4} {row.impl:<13} "
         f"{_fmt(row.median_ms, '.4f'):>9} {_fmt(speedup, '.2f'):>6} {_fmt(row.tflops, '.2f'):>8} "
         f"{_fmt(row.gbps, '.1f'):>8} {_fmt(row.pct_copy, '.1f'):>6} {_fmt(row.peak_mb, '.1f'):>9} "
         f"{_fmt(memory, '.3f'):>7} {_fmt(row.err, '.2e'):>8}  {row.status}"

@@ -6,6 +6,7 @@
 # the last stage prints the target table filled from those CSVs.
 #   OUT=/tmp/out bash benchmarks/device_session.sh
 #   STAGES="step256 summary" bash benchmarks/device_session.sh      # rerun some stages
+#   STAGES="derived" bash benchmarks/device_session.sh              # derived vs list candidates
 set -u
 OUT=${OUT:-/tmp/dynast-device}
 mkdir -p "$OUT"
@@ -73,6 +74,12 @@ for name in $STAGES; do
     autotune) stage autotune ${T_TUNE:-150} $PY -m kernels.autotune $P256 --dtype "${DTYPE:-bf16}" \
       --kernel dense_fwd --kernel dense_bwd_tile --kernel candidate_fwd --kernel candidate_bwd \
       --out "$OUT/kernel_tuning.json" ;;
+    # Issue 13: the inner 256x256 candidate block with its candidates derived in the kernel from
+    # the previous top-k (the operators' default) against the int32 list read, and the reference;
+    # fwd (% of copy on the derived bytes) and fwd+bwd. About 90 s; `STAGES="derived"` alone.
+    derived) stage derived ${T_DERIVED:-90} $PY benchmarks/bench_attention.py \
+      --shape inner:H=256,W=256,Cqk=80,Cp=16,Cv=64 --impls fused-derived,fused-list,reference \
+      --passes fwd,both --warmup 10 --rep 60 --csv "$OUT/attention.csv" ;;
     # Issue 8: the dense block alone at 1,024 tokens, the dense GPU tests, and the tiled backward
     # with an unbounded scratch budget (one pass, the backward before the budget) for comparison.
     dense256) stage dense256 ${T_DENSE256:-40} $PY benchmarks/bench_attention.py $P256 \
