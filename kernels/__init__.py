@@ -14,6 +14,10 @@ Sizes, named alike in the kernels, their launchers, the tuning keys and the docs
     n_cand    candidates per list: 4k inter-scale, 5k inner-scale (M in the docs and in the
               candidate kernels' tuning keys)
     G         queries sharing one candidate list: 4 (a 2x2 window, inter-scale lists) or 1
+    n_src     rows of the previous top-k a list derives from: Nq inner, Nq/4 inter (`src_k`
+              its k); grid_h x grid_w the query grid
+
+Indices are int32 wherever B * Nk < 2^31 (what the builders make), else int64; both are read.
 
 Block sizes (`tl.constexpr`) of the fused kernels:
 
@@ -27,16 +31,19 @@ Block sizes (`tl.constexpr`) of the fused kernels:
                        (dense streamed backward)
     BLOCK_K            the dense forward's running top-k list: next_pow2(k)
 
+and one flag besides the feature flags: DERIVE, where a candidate kernel's candidates come from:
+0 a list it reads, 1 / 2 derived in registers from the previous top-k (inner / inter).
+
 Launch configs keep the keys the tuning tables were written with: dense BLOCK_M, BLOCK_N, BLOCK_D
 and BLOCK_V or BLOCK_C; candidates BLOCK_Q and BLOCK_C (one channel step, clipped per tensor into
 BLOCK_D, BLOCK_DP, BLOCK_DV and BLOCK_W).
 
 Modules: `ops` (the operators, validation, backends), `reference` (the specification),
-`candidate_lists` (the list builders), `fused_dense` and `fused_candidates` (Triton kernels),
-`candidates_cpu` (candidate attention on the CPU), `custom_ops` (torch.compile), `shapes` (model
-sizes); the autotuner `autotune` with the tuning table `tuning` and the runners `tuning_dense`,
-`tuning_candidates`; the ahead-of-time compile report `aot` with its cases `aot_dense`,
-`aot_candidates`.
+`candidate_lists` (the list builders, CandidateList), `fused_dense` and `fused_candidates`
+(Triton kernels), `candidates_cpu` (candidate attention on the CPU), `custom_ops`
+(torch.compile), `shapes` (model sizes); the autotuner `autotune` with the tuning table
+`tuning` and the runners `tuning_dense`, `tuning_candidates`; the ahead-of-time compile report
+`aot` with its cases `aot_dense`, `aot_candidates`.
 """
 
 from .candidate_lists import (

@@ -13,9 +13,10 @@ attention block, with
   (reference or fused) keeps its own gradient and nothing is saved between the passes but the
   inputs (activation checkpointing of the attention, by construction);
 - `dynast::candidate_attention` takes either a candidate list or the previous top-k with the kind
-  of list to derive from it ("inner" or "inter"): the derivation then happens inside the op, where
-  the list keeps the tags the fused kernels read (a list built outside would reach the op as a
-  fresh, untagged tensor). The same interface suits kernels that derive candidates themselves.
+  of list to derive from it ("inner" or "inter"): the builder then runs inside the op, and its
+  `CandidateList` keeps its provenance (a list built outside would reach the op as a plain
+  tensor). The fused kernels derive the candidates from that top-k in registers, so no list is
+  built (`kernels.fused_candidates`, `$DYNAST_CANDIDATES`); the reference builds the list.
 
 Outputs an op cannot leave out are returned empty: top-k as [B, Nq, 0] when `topk` is 0, the warp
 as [B, Nq, 0] without `warp_values`. The wrappers at the bottom turn them back into None and have

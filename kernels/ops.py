@@ -246,10 +246,12 @@ def candidate_attention(
 ) -> AttentionOutput:
     """Sparse dynamic attention: query i attends to the keys `candidates[b, i, :]` (docs/method.md
     section 4), duplicates counted. Shapes as `dynamic_attention`, plus candidates [B, Nq, M] with
-    values in [0, Nk): a CandidateList from the builders, or a plain int tensor, which is
-    range-checked (on a GPU the error surfaces at `kernels.check_index_errors()` or a later call;
-    see `kernels.candidate_lists`). `topk` returns key indices, ties going to the lower candidate
-    position; a NaN score ranks below every number (see `kernels.reference`).
+    values in [0, Nk): a CandidateList from the builders, or a plain int32 or int64 tensor, which
+    is range-checked (on a GPU the error surfaces at `kernels.check_index_errors()` or a later
+    call; see `kernels.candidate_lists`). On the fused backend a CandidateList's candidates are
+    derived in the kernel from the top-k it holds (`$DYNAST_CANDIDATES=list` reads its list).
+    `topk` returns int64 key indices, ties going to the lower candidate position; a NaN score
+    ranks below every number (see `kernels.reference`).
     """
     _validate(q, k, v, q_prune, k_prune, warp_values, scale, prune_scale, topk, warp_over, backend)
     checked = _validate_candidates(candidates, q, k.shape[1], topk)

@@ -601,11 +601,16 @@ def gpu_grads(problem, backend: str, grads: dict[str, Tensor]):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("source", fused.CANDIDATE_MODES)
 @pytest.mark.parametrize("block", ["inter", "inner"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
-def test_gpu_matches_reference(block: str, dtype: torch.dtype) -> None:
-    """Real sizes (64x64, Cqk 160) at scale 100 in half precision; tolerance: twice the error
-    the reference itself makes in that dtype against its fp32 run, plus a small atol."""
+def test_gpu_matches_reference(
+    block: str, dtype: torch.dtype, source: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Real sizes (64x64, Cqk 160) at scale 100 in half precision, the candidates derived in the
+    kernel or the list read (`$DYNAST_CANDIDATES`); tolerance: twice the error the reference
+    itself makes in that dtype against its fp32 run, plus a small atol."""
+    monkeypatch.setenv(fused.CANDIDATES_ENV, source)
     problem = gpu_problem(block, dtype)
     torch.manual_seed(0)
     n, cv = problem.q.shape[1], problem.v.shape[2]
