@@ -30,6 +30,14 @@ from dynast.data import build_dataset, correspondence_accuracy, semantic_to_rgb
 from dynast.discriminator import MultiscaleDiscriminator, check_image_size
 from dynast.generator import Generator
 from dynast.io import save_pretrained
+from dynast.run_layout import (
+    FINAL_DIR,
+    GENERATOR_DIR,
+    METRICS_FILE,
+    RUN_CONFIG_FILE,
+    SAMPLES_DIR,
+    sample_name,
+)
 from dynast.vgg import VGG19Features, resolve_vgg_weights
 
 from . import checkpoints as ckpt
@@ -51,9 +59,6 @@ from .run_folder import check_output_paths, lock_run_folder, recover_final, writ
 from .samples import sample_grid, save_png
 from .sync_batch_norm import count_batch_norms, synchronise_batch_norm
 
-CONFIG_FILE = "config.json"
-FINAL_DIR = "final"
-SAMPLES_DIR = "samples"
 EVAL_KEYS = ("eval/correspondence_accuracy", "eval/l1", "eval/warp_l1")
 
 
@@ -88,10 +93,10 @@ def _prepare_run_dir(run_dir: Path) -> None:
 
 def _check_resumable(cfg: RunConfig, run_dir: Path) -> None:
     """Refuse to continue a run whose saved config differs in anything but run length/logging."""
-    path = run_dir / CONFIG_FILE
+    path = run_dir / RUN_CONFIG_FILE
     if not path.is_file():
         raise TrainingError(
-            f"{run_dir}: holds checkpoints but no {CONFIG_FILE}; cannot tell what run it is "
+            f"{run_dir}: holds checkpoints but no {RUN_CONFIG_FILE}; cannot tell what run it is "
             "(use another --output-dir)"
         )
     try:
@@ -472,7 +477,7 @@ def train(cfg: RunConfig) -> TrainResult:
         for warning in resume.warnings:
             say(warning)
     if main:
-        ckpt.write_json_atomic(run_dir / CONFIG_FILE, cfg.to_dict())
+        ckpt.write_json_atomic(run_dir / RUN_CONFIG_FILE, cfg.to_dict())
 
     # Models, optimisers (two-time-scale Adam), losses.
     set_seed(tc.seed)
@@ -558,7 +563,7 @@ def train(cfg: RunConfig) -> TrainResult:
     if tc.max_epochs:
         say(f"{tc.max_epochs} epochs of {steps_per_epoch} steps: {max_steps} steps")
 
-    with _writing(run_dir / "metrics.jsonl"):
+    with _writing(run_dir / METRICS_FILE):
         log = MetricsLog(run_dir, keep_through=step if resume is not None else -1, enabled=main)
     weights = tc.loss
 
@@ -569,7 +574,7 @@ def train(cfg: RunConfig) -> TrainResult:
             rows = slice(0, tc.sample_rows)
             grid = sample_grid(*(t[rows] for t in tensors.values()))
             with _writing(run_dir / SAMPLES_DIR):
-                save_png(grid, run_dir / SAMPLES_DIR / f"step_{at:08d}.png")
+                save_png(grid, run_dir / SAMPLES_DIR / sample_name(at))
                 log.log(at, metrics)
         accelerator.wait_for_everyone()
         return metrics
@@ -585,7 +590,7 @@ def train(cfg: RunConfig) -> TrainResult:
             accelerator.save_state(str(staging / ckpt.STATE_DIR), safe_serialization=True)
             accelerator.wait_for_everyone()
             if main:
-                save_pretrained(g_inner, staging / ckpt.GENERATOR_DIR)
+                save_pretrained(g_inner, staging / GENERATOR_DIR)
                 if fp16:
                     ckpt.save_scalers(staging, scalers)
                 ckpt.write_progress(
@@ -646,7 +651,7 @@ def train(cfg: RunConfig) -> TrainResult:
                 scalars["lr/generator"] = opt_g.param_groups[0]["lr"]
                 scalars["time/train_s"] = elapsed
                 if main:
-                    with _writing(run_dir / "metrics.jsonl"):
+                    with _writing(run_dir / METRICS_FILE):
                         log.log(step, scalars)
             if step % tc.sample_every == 0 or step == max_steps:
                 end_metrics = evaluate_and_sample(step)
