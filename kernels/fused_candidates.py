@@ -38,7 +38,7 @@ from .aot import AotCase
 from .candidates import CandidateList, candidate_indices, window_shared_grid
 from .reference import WARP_MODE_IDS
 from .runtime import interpreting
-from .shapes import AttentionShape, make_problem
+from .shapes import AttentionShape, make_problem, sparse_scale_sizes
 from .tuning import LaunchConfig, TunableKernel, tuned_config
 
 # WARP_MODE constexpr: 0 = no warp output, then one per `warp_over` value.
@@ -737,7 +737,7 @@ BACKWARD = TunableKernel("candidate_bwd", _space, _default, _backward_runner)
 TUNABLE: list[TunableKernel] = [FORWARD, BACKWARD]
 
 # The sparse scales of deepfashion-256 (tokens, Cqk, Cp, Cv) and a small preset's channels; Cw 3.
-MODEL_SIZES = [(4096, 320, 64, 256), (16384, 160, 32, 128), (65536, 80, 16, 64)]
+MODEL_SIZES = sparse_scale_sizes("deepfashion-256")
 SMALL_SIZES = [(4096, 48, 16, 32)]
 
 

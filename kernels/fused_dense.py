@@ -30,6 +30,7 @@ from torch import Tensor
 from .aot import AotCase
 from .reference import WARP_MODE_IDS
 from .runtime import interpreting
+from .shapes import AOT_DENSE_DIMS
 from .tuning import LaunchConfig, TunableKernel, tuned_config
 
 # Softmax runs on exp2: z2 = z * log2(e).
@@ -1353,18 +1354,11 @@ _KERNEL_FUNCTIONS = {
     "dense_bwd_key": _dense_bwd_key_kernel,
 }
 
-# The dense problems of the models we expect: deepfashion at 256 px (its 512 px model, celebahq
-# and ade20k have the same channels: the same compiled kernels), a small preset with the channels
-# of deepfashion's finest scale, and the coarsest scale of synthetic-64 with ngf 8 (the model
-# preset) and ngf 16 (the training preset), 8x8 tokens. Each compiles to different kernels.
-AOT_DIMS = (
-    {"B": 8, "Nq": 1024, "Nk": 1024, "Cqk": 640, "Cp": 128, "Cv": 512, "Cw": 3, "k": 4},
-    {"B": 8, "Nq": 1024, "Nk": 1024, "Cqk": 80, "Cp": 16, "Cv": 64, "Cw": 3, "k": 4},
-    {"B": 4, "Nq": 64, "Nk": 64, "Cqk": 96, "Cp": 32, "Cv": 64, "Cw": 3, "k": 4},
-    {"B": 4, "Nq": 64, "Nk": 64, "Cqk": 160, "Cp": 32, "Cv": 128, "Cw": 3, "k": 4},
-)
+# The dense problems of the model presets (kernels.shapes: deepfashion-256, the same grid with
+# its finest channels, synthetic-64-narrow, synthetic-64).
+AOT_DIMS = AOT_DENSE_DIMS
 # The training presets run in fp32 (mixed precision "no"): their dense problems (deepfashion's and
-# synthetic-64's with ngf 16) also compile the default configs with fp32 inputs.
+# synthetic-64's) also compile the default configs with fp32 inputs.
 _AOT_FP32_DIMS = (AOT_DIMS[0], AOT_DIMS[3])
 # The largest top-k the fused dense forward takes. Its running list is BLOCK_K = next_pow2(k)
 # wide, merged by k serial rounds per key tile; k = 8, 16 and 32 are in the AOT report at the

@@ -17,9 +17,15 @@ def test_presets_and_default():
         "celebahq-edge-256",
         "ade20k-256",
         "synthetic-64",
+        "synthetic-64-narrow",
     }
     assert DEFAULT_PRESET == "synthetic-64"
-    assert DynaSTConfig() == preset("synthetic-64")
+    assert DynaSTConfig() == preset("synthetic-64-narrow")
+    assert (preset("synthetic-64").ngf, preset("synthetic-64").init_gain) == (16, 0.3)
+    assert {**preset("synthetic-64").to_dict(), "ngf": 8, "init_gain": 0.02} == {
+        **DynaSTConfig().to_dict(),
+        "name": "synthetic-64",
+    }
     for name, cfg in PRESETS.items():
         assert cfg.name == name
     assert preset("celebahq-edge-256").semantic_nc == 15
