@@ -17,6 +17,7 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
+from kernels.checks import check_number
 from kernels.ops import BACKENDS
 from kernels.reference import WARP_MODES
 from kernels.shapes import ModelSizes
@@ -74,9 +75,7 @@ class DynaSTConfig:
             "num_discriminators",
         )
         for name in positive:
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"DynaSTConfig.{name} must be a positive int, got {value!r}")
+            check_number(f"DynaSTConfig.{name}", getattr(self, name), integer=True, low=1)
         factor = 2 ** (self.num_scales - 1)
         if self.image_size % factor:
             raise ValueError(
@@ -97,9 +96,9 @@ class DynaSTConfig:
         for name in ("dense_scale", "dense_prune_scale"):
             value = getattr(self, name)
             if value is not None:
-                _check_positive_real(name, value)
+                check_number(f"DynaSTConfig.{name}", value, strict=True)
         for name in ("sparse_scale", "sparse_prune_scale", "init_gain"):
-            _check_positive_real(name, getattr(self, name))
+            check_number(f"DynaSTConfig.{name}", getattr(self, name), strict=True)
         if self.warp_over not in WARP_OVER_CHOICES:
             raise ValueError(
                 f"DynaSTConfig.warp_over must be one of {WARP_OVER_CHOICES}, got {self.warp_over!r}"
@@ -173,13 +172,6 @@ class DynaSTConfig:
         if unknown:
             raise ValueError(f"unknown DynaSTConfig keys: {unknown}; known keys: {sorted(known)}")
         return cls(**d)
-
-
-def _check_positive_real(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ValueError(f"DynaSTConfig.{name} must be a positive number, got {value!r}")
-    if not math.isfinite(value):
-        raise ValueError(f"DynaSTConfig.{name} must be finite, got {value!r}")
 
 
 def _released(name: str, semantic_nc: int) -> DynaSTConfig:

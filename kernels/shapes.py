@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .candidates import CandidateList, inner_scale_candidates, inter_scale_candidates
+from .checks import check_number
 
 BLOCKS = ("dense", "inter", "inner")
 # Candidates per query, as a multiple of k (docs/method.md section 4).
@@ -65,11 +66,8 @@ class AttentionShape:
         if self.block not in BLOCKS:
             raise ValueError(f"block must be one of {BLOCKS}, got {self.block!r}")
         for name in ("height", "width", "cqk", "cp", "cv", "k"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
-        if isinstance(self.cw, bool) or not isinstance(self.cw, int) or self.cw < 0:
-            raise ValueError(f"cw must be a non-negative int (0: no warp), got {self.cw!r}")
+            check_number(name, getattr(self, name), integer=True, low=1)
+        check_number("cw (0: no warp)", self.cw, integer=True, low=0)
         if self.block == "inter" and (self.height % 2 or self.width % 2):
             raise ValueError(
                 f"an inter-scale block needs an even grid, got {self.height}x{self.width}"
@@ -429,8 +427,7 @@ def make_problem(
     Dense blocks get normal features (scores of order one after `1/sqrt(Cqk)`); sparse blocks get
     unit-norm query and key rows, so that `100 <q, k>` is the release's cosine similarity over a
     temperature of 0.01. Prune features are normal: about half of the keys are kept."""
-    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
-        raise ValueError(f"batch must be a positive int, got {batch!r}")
+    check_number("batch", batch, integer=True, low=1)
     gen = torch.Generator().manual_seed(seed)
     n = shape.tokens
 

@@ -10,7 +10,6 @@ model (`synthetic-64-long`).
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -19,33 +18,11 @@ from typing import Any
 from dynast.config import DynaSTConfig
 from dynast.config import preset as model_preset
 from dynast.data import DataConfig
+from kernels.checks import check_number
 
 from .overrides import diff, from_plain, to_plain
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
-
-
-def _positive_number(owner: str, name: str, value: object, *, allow_zero: bool = False) -> None:
-    ok = (
-        not isinstance(value, bool)
-        and isinstance(value, (int, float))
-        and math.isfinite(value)
-        and (value >= 0 if allow_zero else value > 0)
-    )
-    if not ok:
-        what = "a finite number >= 0" if allow_zero else "a finite number > 0"
-        raise ValueError(f"{owner}.{name} must be {what}, got {value!r}")
-
-
-def _positive_int(owner: str, name: str, value: object, *, allow_zero: bool = False) -> None:
-    ok = (
-        not isinstance(value, bool)
-        and isinstance(value, int)
-        and (value >= 0 if allow_zero else value > 0)
-    )
-    if not ok:
-        what = "an integer >= 0" if allow_zero else "a positive integer"
-        raise ValueError(f"{owner}.{name} must be {what}, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -69,7 +46,7 @@ class LossWeights:
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
-            _positive_number("train.loss", f.name, getattr(self, f.name), allow_zero=True)
+            check_number(f"train.loss.{f.name}", getattr(self, f.name))
 
 
 @dataclass(frozen=True)
@@ -142,14 +119,14 @@ class TrainConfig:
             "eval_batch_size",
             "sample_rows",
         ):
-            _positive_int(owner, name, getattr(self, name))
+            check_number(f"{owner}.{name}", getattr(self, name), integer=True, low=1)
         for name in ("decay_steps", "num_workers", "seed", "max_epochs", "decay_epochs"):
-            _positive_int(owner, name, getattr(self, name), allow_zero=True)
+            check_number(f"{owner}.{name}", getattr(self, name), integer=True, low=0)
         for name in ("lr", "g_lr_ratio", "d_lr_ratio", "g_adam_eps", "d_adam_eps"):
-            _positive_number(owner, name, getattr(self, name))
+            check_number(f"{owner}.{name}", getattr(self, name), strict=True)
         for name in ("adam_beta1", "adam_beta2"):
             value = getattr(self, name)
-            _positive_number(owner, name, value, allow_zero=True)
+            check_number(f"{owner}.{name}", value)
             if value >= 1:
                 raise ValueError(f"{owner}.{name} must be in [0, 1), got {value!r}")
         if self.decay_steps > self.max_steps:
@@ -188,7 +165,7 @@ class TrainConfig:
         takes: `max_steps` / `decay_steps`, or `max_epochs` / `decay_epochs` in steps."""
         if self.max_epochs == 0:
             return self.max_steps, self.decay_steps
-        _positive_int("train", "steps_per_epoch", steps_per_epoch)
+        check_number("train.steps_per_epoch", steps_per_epoch, integer=True, low=1)
         return self.max_epochs * steps_per_epoch, self.decay_epochs * steps_per_epoch
 
     def lr_factor(self, step: int, steps_per_epoch: int = 1) -> float:
