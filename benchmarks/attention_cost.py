@@ -29,7 +29,7 @@ Two accountings of the candidate indices (issue 13 reports both):
   it reads that top-k instead: B*Nq*(M/5)*i inner, B*(Nq/4)*(M/4)*i inter; indices int32 (i = 4),
   every token index of the model's grids fitting in 31 bits.
 
-`python benchmarks/attention_cost.py` prints both for the model's blocks; with `--csv` (a
+`python -m benchmarks.attention_cost` prints both for the model's blocks; with `--csv` (a
 bench_attention.py CSV) it recomputes the measured rows' GB/s and % of copy bandwidth under both.
 """
 
@@ -227,7 +227,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    ROOT = Path(__file__).resolve().parents[1]
-    if str(ROOT) not in sys.path:  # run as a script from anywhere, without PYTHONPATH
-        sys.path.insert(0, str(ROOT))
     sys.exit(main())
