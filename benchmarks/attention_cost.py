@@ -32,7 +32,7 @@ Three accountings of the candidate indices (issue 13 reports them side by side):
   top-k instead, as the builder's private int32 copy: B*Nq*(M/5)*4 inner, B*(Nq/4)*(M/4)*4 inter.
 The written top-k is int64 (t = 8) in all three.
 
-`python benchmarks/attention_cost.py` prints all three for the model's blocks; with `--csv` (a
+`python -m benchmarks.attention_cost` prints all three for the model's blocks; with `--csv` (a
 bench_attention.py CSV) it recomputes the measured rows' GB/s and % of copy bandwidth under the old
 ("list") and the new ("derived") one.
 """
@@ -240,7 +240,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    ROOT = Path(__file__).resolve().parents[1]
-    if str(ROOT) not in sys.path:  # run as a script from anywhere, without PYTHONPATH
-        sys.path.insert(0, str(ROOT))
     sys.exit(main())

@@ -1,8 +1,8 @@
 """Benchmark of the dynamic attention operators at the sizes of the real models.
 
-    PYTHONPATH=. python benchmarks/bench_attention.py                       # GPU: both presets
-    python benchmarks/bench_attention.py --preset deepfashion-256 --blocks inner --passes both
-    python benchmarks/bench_attention.py --tiny                             # CPU, seconds
+    python -m benchmarks.bench_attention                                    # GPU: both presets
+    python -m benchmarks.bench_attention --preset deepfashion-256 --blocks inner --passes both
+    python -m benchmarks.bench_attention --tiny                             # CPU, seconds
 
 For each attention block of deepfashion-256 and of the same model at 512 pixels (kernels.shapes),
 and each pass (fwd: inference forward; bwd: backward of a recorded forward; both: a training
@@ -47,14 +47,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from kernels.runtime import interpreting
-
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # run as a script from anywhere, without PYTHONPATH
-    sys.path.insert(0, str(ROOT))
-
-from benchmarks.attention_cost import ACCOUNTINGS, PASSES, shape_cost  # noqa: E402
-from benchmarks.measure import (  # noqa: E402
+from benchmarks.attention_cost import ACCOUNTINGS, PASSES, shape_cost
+from benchmarks.measure import (
     append_rows,
     environment,
     first_line,
@@ -62,8 +56,9 @@ from benchmarks.measure import (  # noqa: E402
     median_ms,
     peak_mb,
 )
-from kernels import reference  # noqa: E402
-from kernels.shapes import (  # noqa: E402
+from kernels import reference
+from kernels.runtime import interpreting
+from kernels.shapes import (
     PRESETS,
     AttentionProblem,
     AttentionShape,
@@ -71,6 +66,8 @@ from kernels.shapes import (  # noqa: E402
     parse_shape,
     preset_shapes,
 )
+
+ROOT = Path(__file__).resolve().parents[1]
 
 IMPLS = ("fused", "fused-derived", "fused-list", "reference", "compiled", "flex")
 # The candidate kernels with the candidates derived in the kernel, or the list read.

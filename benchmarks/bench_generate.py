@@ -1,9 +1,9 @@
 """Generation throughput: images per second of the generator's inference forward, fused kernels
 vs the reference, as `python -m eval.generate` runs it (no gradients, eval mode, no warps).
 
-    PYTHONPATH=. python benchmarks/bench_generate.py               # GPU: deepfashion-256, bf16
-    python benchmarks/bench_generate.py --batch 32 --compile
-    python benchmarks/bench_generate.py --tiny                     # CPU smoke run
+    python -m benchmarks.bench_generate                            # GPU: deepfashion-256, bf16
+    python -m benchmarks.bench_generate --batch 32 --compile
+    python -m benchmarks.bench_generate --tiny                     # CPU smoke run
 
 Inputs are random tensors of the preset's shapes already on the device: the figure is the model's
 throughput, without image decoding or writing (which `eval.generate` overlaps with a DataLoader
@@ -22,12 +22,8 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # run as a script from anywhere, without PYTHONPATH
-    sys.path.insert(0, str(ROOT))
-
-from benchmarks.bench_train_step import AMP, BACKENDS, make_inputs  # noqa: E402
-from benchmarks.measure import (  # noqa: E402
+from benchmarks.bench_train_step import AMP, BACKENDS, make_inputs
+from benchmarks.measure import (
     append_rows,
     device_and_backends,
     environment,
@@ -36,9 +32,11 @@ from benchmarks.measure import (  # noqa: E402
     median_ms,
     peak_mb,
 )
-from benchmarks.tiny import TINY_BATCH, TINY_SIZE, tiny_config  # noqa: E402
-from dynast.config import PRESETS, preset  # noqa: E402
-from dynast.generator import Generator  # noqa: E402
+from benchmarks.tiny import TINY_BATCH, TINY_SIZE, tiny_config
+from dynast.config import PRESETS, preset
+from dynast.generator import Generator
+
+ROOT = Path(__file__).resolve().parents[1]
 
 COLUMNS = [
     "timestamp", "gpu", "torch", "triton", "commit", "config", "image_size", "batch", "amp",

@@ -1,9 +1,9 @@
 """Time a full optimiser step as `train/loop.py` runs it (generator, discriminator and VGG losses,
 both Adam updates), with the fused kernels vs the reference, and break it down.
 
-    PYTHONPATH=. python benchmarks/bench_optimizer_step.py               # GPU: deepfashion-256, b8
-    python benchmarks/bench_optimizer_step.py --batch 4 --size 512 --backends triton
-    python benchmarks/bench_optimizer_step.py --tiny                     # CPU smoke run
+    python -m benchmarks.bench_optimizer_step                            # GPU: deepfashion-256, b8
+    python -m benchmarks.bench_optimizer_step --batch 4 --size 512 --backends triton
+    python -m benchmarks.bench_optimizer_step --tiny                     # CPU smoke run
 
 The step is the loop's own code: `train.loop._generator_step` (generator forward with warps, the
 discriminator as critic, VGG19 features of fake and real, every loss term at the release's
@@ -35,22 +35,17 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
+from accelerate import Accelerator
 from torch import Tensor
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # run as a script from anywhere, without PYTHONPATH
-    sys.path.insert(0, str(ROOT))
-
-from accelerate import Accelerator  # noqa: E402
-
-from benchmarks.bench_train_step import (  # noqa: E402
+from benchmarks.bench_train_step import (
     AMP,
     BACKENDS,
     StepInputs,
     generator_loss,
     make_inputs,
 )
-from benchmarks.measure import (  # noqa: E402
+from benchmarks.measure import (
     append_rows,
     device_and_backends,
     environment,
@@ -59,19 +54,21 @@ from benchmarks.measure import (  # noqa: E402
     median_ms,
     peak_mb,
 )
-from benchmarks.tiny import TINY_BATCH, TINY_SIZE, tiny_config  # noqa: E402
-from dynast.config import PRESETS, DynaSTConfig, preset  # noqa: E402
-from dynast.discriminator import MultiscaleDiscriminator  # noqa: E402
-from dynast.generator import Generator  # noqa: E402
-from dynast.vgg import VGG19Features  # noqa: E402
-from train.config import LossWeights, TrainConfig  # noqa: E402
-from train.loop import (  # noqa: E402
+from benchmarks.tiny import TINY_BATCH, TINY_SIZE, tiny_config
+from dynast.config import PRESETS, DynaSTConfig, preset
+from dynast.discriminator import MultiscaleDiscriminator
+from dynast.generator import Generator
+from dynast.vgg import VGG19Features
+from train.config import LossWeights, TrainConfig
+from train.loop import (
     _discriminator_step,
     _generator_step,
     _global_weights,
     _StepParts,
     _Sums,
 )
+
+ROOT = Path(__file__).resolve().parents[1]
 
 PARTS = (
     "step",

@@ -1,9 +1,9 @@
 """Time a generator training step (forward + backward) with the fused kernels vs the reference.
 
-    PYTHONPATH=. python benchmarks/bench_train_step.py --preset deepfashion-256 --batch 8 \
+    python -m benchmarks.bench_train_step --preset deepfashion-256 --batch 8 \
         --sizes 256
-    PYTHONPATH=. python benchmarks/bench_train_step.py --batch 1 --sizes 512   # does it fit?
-    python benchmarks/bench_train_step.py --config run/config.json --sizes 64 --batch 2   # CPU
+    python -m benchmarks.bench_train_step --batch 1 --sizes 512                # does it fit?
+    python -m benchmarks.bench_train_step --config run/config.json --sizes 64 --batch 2   # CPU
 
 One step is the generator's forward with warped exemplars, a stand-in for its loss (L1 to a target
 plus the warp loss with the release's weight 1000; no VGG and no discriminator, which do not
@@ -32,11 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # run as a script from anywhere, without PYTHONPATH
-    sys.path.insert(0, str(ROOT))
-
-from benchmarks.measure import (  # noqa: E402
+from benchmarks.measure import (
     append_rows,
     environment,
     first_line,
@@ -44,8 +40,10 @@ from benchmarks.measure import (  # noqa: E402
     median_ms,
     peak_mb,
 )
-from dynast.config import PRESETS, DynaSTConfig, preset  # noqa: E402
-from dynast.generator import Generator  # noqa: E402
+from dynast.config import PRESETS, DynaSTConfig, preset
+from dynast.generator import Generator
+
+ROOT = Path(__file__).resolve().parents[1]
 
 BACKENDS = ("triton", "torch")
 AMP = {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}

@@ -1,6 +1,6 @@
 """Issue 13's target table, filled from the CSVs one `benchmarks/device_session.sh` run wrote.
 
-    python benchmarks/issue13_summary.py $OUT
+    python -m benchmarks.issue13_summary $OUT
 
 Reads train_step.csv, optimizer_step.csv, attention.csv and generate.csv from the folder (a
 missing file or row leaves its cells "not measured") and prints one line per target: the measured
@@ -14,12 +14,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # run as a script from anywhere, without PYTHONPATH
-    sys.path.insert(0, str(ROOT))
-
-from benchmarks.attention_cost import shape_cost  # noqa: E402
-from kernels.shapes import preset_shapes  # noqa: E402
+from benchmarks.attention_cost import shape_cost
+from kernels.shapes import preset_shapes
 
 NOT_MEASURED = "not measured"
 

@@ -4,7 +4,7 @@ step shaped like the real one (G forward+backward, D forward+backward on real an
 Prints a table; losses are simple stand-ins (means of the outputs) so the numbers measure the
 networks, not the loss code. Example:
 
-    python benchmarks/model_step.py --preset synthetic-64 --batch 8 --repeats 5
+    python -m benchmarks.model_step --preset synthetic-64-narrow --batch 8 --repeats 5
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ def _time(fn: Callable[[], None], repeats: int) -> tuple[float, float, float]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", default="synthetic-64", choices=sorted(PRESETS))
+    parser.add_argument("--preset", default="synthetic-64-narrow", choices=sorted(PRESETS))
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--image-size", type=int, default=None, help="default: the preset's")
     parser.add_argument("--repeats", type=int, default=5)

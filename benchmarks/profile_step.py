@@ -1,9 +1,9 @@
 """Where a generator training step spends its time: `torch.profiler` over the step of
 `bench_train_step.py`, a table of the top kernels by time, and a CSV of every kernel.
 
-    PYTHONPATH=. python benchmarks/profile_step.py                       # GPU: deepfashion-256, b8
-    python benchmarks/profile_step.py --backend torch --top 40 --csv /tmp/profile.csv
-    python benchmarks/profile_step.py --tiny                             # CPU smoke run, seconds
+    python -m benchmarks.profile_step                                    # GPU: deepfashion-256, b8
+    python -m benchmarks.profile_step --backend torch --top 40 --csv /tmp/profile.csv
+    python -m benchmarks.profile_step --tiny                             # CPU smoke run, seconds
 
 The step is the generator's forward with warped exemplars, the stand-in loss and the backward
 (`bench_train_step.generator_loss`), in bf16 autocast on a GPU. After `--warmup` untimed steps,
@@ -27,15 +27,13 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # run as a script from anywhere, without PYTHONPATH
-    sys.path.insert(0, str(ROOT))
+from benchmarks.bench_train_step import AMP, generator_loss, make_inputs
+from benchmarks.measure import append_rows, environment
+from benchmarks.tiny import TINY_BATCH, TINY_SIZE, tiny_config
+from dynast.config import PRESETS, preset
+from dynast.generator import Generator
 
-from benchmarks.bench_train_step import AMP, generator_loss, make_inputs  # noqa: E402
-from benchmarks.measure import append_rows, environment  # noqa: E402
-from benchmarks.tiny import TINY_BATCH, TINY_SIZE, tiny_config  # noqa: E402
-from dynast.config import PRESETS, preset  # noqa: E402
-from dynast.generator import Generator  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 COLUMNS = [
     "timestamp", "gpu", "torch", "triton", "commit", "config", "image_size", "batch", "amp",

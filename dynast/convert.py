@@ -61,7 +61,7 @@ from kernels.files import write_atomically
 from .config import PRESETS, DynaSTConfig, preset
 from .discriminator import MultiscaleDiscriminator
 from .generator import Generator
-from .io import load_state_strict, save_pretrained
+from .io import CONFIG_FILE, WEIGHTS_FILE, load_state_strict, save_pretrained
 
 GENERATOR_FILE = "latest_net_G.pth"
 DISCRIMINATOR_FILE = "latest_net_D.pth"
@@ -397,7 +397,7 @@ def convert_release(
         )
     out = Path(out)
     save_pretrained(net_g, out)
-    written = [str(out / "config.json"), str(out / "model.safetensors")]
+    written = [str(out / CONFIG_FILE), str(out / WEIGHTS_FILE)]
     stale = out / DISCRIMINATOR_WEIGHTS
     if net_d is not None:
         written.append(str(save_discriminator(net_d, out)))

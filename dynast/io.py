@@ -6,7 +6,7 @@ state dict; its metadata repeats the config so that a folder whose two files com
 saves is caught). Both files are written to a temporary name and renamed into place. Loading is
 strict: any missing, unexpected or mis-shaped tensor is an error that lists them.
 
-Run folder layout read by `load_generator` (written by training):
+Run folder layout read by `load_generator` (written by training, named in `dynast.run_layout`):
 `<run>/final/` (a pretrained folder) and `<run>/checkpoints/checkpoint_<step>/generator/`.
 """
 
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from pathlib import Path
 
 import torch
@@ -25,11 +24,11 @@ from kernels.files import write_atomically
 
 from .config import DynaSTConfig
 from .generator import Generator
+from .run_layout import CHECKPOINTS_DIR, FINAL_DIR, GENERATOR_DIR, checkpoint_step
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 FORMAT = "dynast-generator"
-_CHECKPOINT_PATTERN = re.compile(r"checkpoint_(\d+)")
 
 
 class CheckpointMismatchError(ValueError):
@@ -166,10 +165,10 @@ def from_pretrained(
 def _newest_checkpoint(checkpoints: Path) -> Path | None:
     found = []
     for child in checkpoints.iterdir():
-        match = _CHECKPOINT_PATTERN.fullmatch(child.name)
-        if match and (child / "generator" / WEIGHTS_FILE).is_file():
-            found.append((int(match.group(1)), child))
-    return max(found)[1] / "generator" if found else None
+        step = checkpoint_step(child.name)
+        if step is not None and (child / GENERATOR_DIR / WEIGHTS_FILE).is_file():
+            found.append((step, child))
+    return max(found)[1] / GENERATOR_DIR if found else None
 
 
 def resolve_generator_dir(path: str | os.PathLike) -> Path:
@@ -179,12 +178,12 @@ def resolve_generator_dir(path: str | os.PathLike) -> Path:
         raise FileNotFoundError(f"{str(path)!r} is not a folder")
     if (path / WEIGHTS_FILE).is_file():
         return path
-    if (path / "generator" / WEIGHTS_FILE).is_file():
-        return path / "generator"
-    if (path / "final" / WEIGHTS_FILE).is_file():
-        return path / "final"
-    if (path / "checkpoints").is_dir():
-        newest = _newest_checkpoint(path / "checkpoints")
+    if (path / GENERATOR_DIR / WEIGHTS_FILE).is_file():
+        return path / GENERATOR_DIR
+    if (path / FINAL_DIR / WEIGHTS_FILE).is_file():
+        return path / FINAL_DIR
+    if (path / CHECKPOINTS_DIR).is_dir():
+        newest = _newest_checkpoint(path / CHECKPOINTS_DIR)
         if newest is not None:
             return newest
     raise FileNotFoundError(

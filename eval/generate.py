@@ -44,6 +44,7 @@ from dynast.data.folder import read_image, read_label
 from dynast.data.sample import Sample, build_sample
 from dynast.generator import Generator
 from dynast.io import load_generator, resolve_generator_dir
+from dynast.run_layout import RUN_CONFIG_FILE
 from eval.provenance import environment, now
 from eval.visualize import candidate_counts, heat_pixels, sample_panel, to_pixels
 from kernels.files import write_atomically
@@ -64,7 +65,7 @@ def find_run_config(model_dir: Path) -> tuple[Path, dict] | None:
     """The run's config.json ({"model", "data", "train"}) above a generator folder, if any:
     <run>/final, <run>/checkpoints/checkpoint_N/generator or the run folder itself."""
     for folder in [model_dir, *list(model_dir.parents)[:3]]:
-        path = folder / "config.json"
+        path = folder / RUN_CONFIG_FILE
         if path.is_file():
             try:
                 data = json.loads(path.read_text())

@@ -6,9 +6,10 @@ from __future__ import annotations
 from . import fused_candidates as fused
 from .aot import AotCase, aligned_arguments, kernel_signature
 from .reference import WARP_MODE_IDS
+from .shapes import sparse_scale_sizes
 
 # The sparse scales of deepfashion-256 (tokens, Cqk, Cp, Cv) and a small preset's channels; Cw 3.
-MODEL_SIZES = [(4096, 320, 64, 256), (16384, 160, 32, 128), (65536, 80, 16, 64)]
+MODEL_SIZES = sparse_scale_sizes("deepfashion-256")
 SMALL_SIZES = [(4096, 48, 16, 32)]
 
 

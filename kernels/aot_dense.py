@@ -9,19 +9,13 @@ import triton
 from . import fused_dense as fused
 from .aot import AotCase, aligned_arguments, kernel_signature
 from .reference import WARP_MODE_IDS
+from .shapes import AOT_DENSE_DIMS
 
-# The dense problems of the models we expect: deepfashion at 256 px (its 512 px model, celebahq
-# and ade20k have the same channels: the same compiled kernels), a small preset with the channels
-# of deepfashion's finest scale, and the coarsest scale of synthetic-64 with ngf 8 (the model
-# preset) and ngf 16 (the training preset), 8x8 tokens. Each compiles to different kernels.
-AOT_DIMS = (
-    {"B": 8, "Nq": 1024, "Nk": 1024, "Cqk": 640, "Cp": 128, "Cv": 512, "Cw": 3, "k": 4},
-    {"B": 8, "Nq": 1024, "Nk": 1024, "Cqk": 80, "Cp": 16, "Cv": 64, "Cw": 3, "k": 4},
-    {"B": 4, "Nq": 64, "Nk": 64, "Cqk": 96, "Cp": 32, "Cv": 64, "Cw": 3, "k": 4},
-    {"B": 4, "Nq": 64, "Nk": 64, "Cqk": 160, "Cp": 32, "Cv": 128, "Cw": 3, "k": 4},
-)
+# The dense problems of the model presets (kernels.shapes: deepfashion-256, the same grid with
+# its finest channels, synthetic-64-narrow, synthetic-64).
+AOT_DIMS = AOT_DENSE_DIMS
 # The training presets run in fp32 (mixed precision "no"): their dense problems (deepfashion's and
-# synthetic-64's with ngf 16) also compile the default configs with fp32 inputs.
+# synthetic-64's) also compile the default configs with fp32 inputs.
 _AOT_FP32_DIMS = (AOT_DIMS[0], AOT_DIMS[3])
 # Top-k sizes up to `fused_dense.TOPK_MAX`, compiled at the model's dense size (`_large_k_cases`).
 _LARGE_K = (8, 16, 32)

@@ -1,7 +1,10 @@
 """The attention problems of the real models: sizes per block, and realistic inputs for them.
 
-`kernels` must not import `dynast`, so the autotuner and the benchmarks take the sizes of the
-generator's attention blocks from here (docs/method.md section 2, the sizes table).
+`kernels` must not import `dynast`, so the autotuner, the ahead-of-time report and the benchmarks
+take the sizes of the generator's attention blocks from here: `MODELS`, one row per model preset,
+is the one table of model sizes in the repository (docs/method.md section 2, the sizes table).
+`dynast.config.DynaSTConfig.attention_sizes` derives the same row from a model config, and
+tests/dynast/test_preset_registry.py checks that both agree for every preset of `dynast.config`.
 The deepfashion-256 model has, per sample:
 
     block   grid     queries  candidates  Cqk  Cp   Cv
@@ -27,13 +30,16 @@ launchers use at run time to look up their tuned launch config (`kernels.tuning`
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from .candidate_lists import CandidateList, inner_scale_candidates, inter_scale_candidates
+from .checks import check_number
 
 BLOCKS = ("dense", "inter", "inner")
 # Candidates per query, as a multiple of k (docs/method.md section 4).
@@ -60,11 +66,8 @@ class AttentionShape:
         if self.block not in BLOCKS:
             raise ValueError(f"block must be one of {BLOCKS}, got {self.block!r}")
         for name in ("height", "width", "cqk", "cp", "cv", "k"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
-        if isinstance(self.cw, bool) or not isinstance(self.cw, int) or self.cw < 0:
-            raise ValueError(f"cw must be a non-negative int (0: no warp), got {self.cw!r}")
+            check_number(name, getattr(self, name), integer=True, low=1)
+        check_number("cw (0: no warp)", self.cw, integer=True, low=0)
         if self.block == "inter" and (self.height % 2 or self.width % 2):
             raise ValueError(
                 f"an inter-scale block needs an even grid, got {self.height}x{self.width}"
@@ -139,40 +142,80 @@ class AttentionShape:
         }
 
 
-def model_shapes(
-    image_size: int = 256,
-    *,
-    coarsest_stride: int = 8,
-    n_scales: int = 4,
-    value_channels: int = 512,
-    pos_channels: int = 128,
-    prune_channels: int = 128,
-    k: int = 4,
-    warp_channels: int = 3,
-) -> list[AttentionShape]:
-    """The attention blocks of the released generator, one entry per distinct problem: the two
+@dataclass(frozen=True)
+class ModelSizes:
+    """The sizes that fix a generator's attention problems: the image side and, per scale with the
+    coarsest first, the value channels C_v, positional channels C_pos (C_qk = C_v + C_pos) and
+    prune channels C_p; `topk` matches per query. Scale `i` (0 = coarsest, dense) works on a
+    grid of image_size / 2**(scales - 1 - i) tokens per side: the finest at the image size."""
+
+    image_size: int
+    value_channels: tuple[int, ...]
+    pos_channels: tuple[int, ...]
+    prune_channels: tuple[int, ...]
+    topk: int
+
+    def __post_init__(self) -> None:
+        n = len(self.value_channels)
+        if not n or len(self.pos_channels) != n or len(self.prune_channels) != n:
+            raise ValueError(
+                "value_channels, pos_channels and prune_channels need one entry per scale each, "
+                f"got {self.value_channels}, {self.pos_channels}, {self.prune_channels}"
+            )
+        if self.image_size % 2 ** (n - 1):
+            raise ValueError(
+                f"image_size ({self.image_size}) must be divisible by 2**(scales - 1) = "
+                f"{2 ** (n - 1)}"
+            )
+
+    @property
+    def grid_sides(self) -> tuple[int, ...]:
+        """Tokens per side of each scale's grid, coarsest first."""
+        n = len(self.value_channels)
+        return tuple(self.image_size // 2 ** (n - 1 - i) for i in range(n))
+
+
+def _released(image_size: int) -> ModelSizes:
+    # The released DeepFashion architecture: ngf 64, pos and prune units 16, widths capped at 8x.
+    return ModelSizes(
+        image_size=image_size,
+        value_channels=(512, 256, 128, 64),
+        pos_channels=(128, 64, 32, 16),
+        prune_channels=(128, 64, 32, 16),
+        topk=4,
+    )
+
+
+# The model presets of `dynast.config.PRESETS`, by the same names. CelebA-HQ and ADE20K differ
+# from DeepFashion only in their semantic input, which no attention block sees.
+MODELS: dict[str, ModelSizes] = {
+    "deepfashion-256": _released(256),
+    "deepfashion-512": _released(512),
+    "celebahq-edge-256": _released(256),
+    "ade20k-256": _released(256),
+    "synthetic-64": ModelSizes(64, (128, 64, 32, 16), (32, 16, 8, 4), (32, 16, 8, 4), topk=4),
+    "synthetic-64-narrow": ModelSizes(64, (64, 32, 16, 8), (32, 16, 8, 4), (32, 16, 8, 4), topk=4),
+}
+
+
+def model_shapes(sizes: ModelSizes, *, warp_channels: int = 3) -> list[AttentionShape]:
+    """The attention blocks of a generator of these sizes, one entry per distinct problem: the
     dense blocks of the coarsest scale share one, each finer scale has an inter- and an
-    inner-scale block. Channels halve at each finer scale; `Cqk = Cv + Cpos`."""
-    if image_size % (coarsest_stride * 2 ** (n_scales - 1)):
-        raise ValueError(
-            f"image_size must be a multiple of {coarsest_stride * 2 ** (n_scales - 1)}, "
-            f"got {image_size}"
-        )
+    inner-scale block."""
     shapes = []
-    for level in range(n_scales):
-        side = image_size // coarsest_stride * 2**level
-        cv = value_channels >> level
-        sizes = dict(
+    for level, side in enumerate(sizes.grid_sides):
+        cv = sizes.value_channels[level]
+        problem = dict(
             height=side,
             width=side,
-            cqk=cv + (pos_channels >> level),
-            cp=prune_channels >> level,
+            cqk=cv + sizes.pos_channels[level],
+            cp=sizes.prune_channels[level],
             cv=cv,
             cw=warp_channels,
-            k=k,
+            k=sizes.topk,
         )
         blocks = ("dense",) if level == 0 else ("inter", "inner")
-        shapes.extend(AttentionShape(block=block, **sizes) for block in blocks)
+        shapes.extend(AttentionShape(block=block, **problem) for block in blocks)
     return shapes
 
 
@@ -186,9 +229,9 @@ def tiny_shapes() -> list[AttentionShape]:
     ]
 
 
-PRESETS = {
-    "deepfashion-256": lambda: model_shapes(256),
-    "deepfashion-512": lambda: model_shapes(512),
+# Shape sets by name: every model preset, and `tiny` (no model: awkward sizes for CPU runs).
+PRESETS: dict[str, Callable[[], list[AttentionShape]]] = {
+    **{name: partial(model_shapes, sizes) for name, sizes in MODELS.items()},
     "tiny": tiny_shapes,
 }
 
@@ -197,6 +240,35 @@ def preset_shapes(name: str) -> list[AttentionShape]:
     if name not in PRESETS:
         raise ValueError(f"unknown shape preset {name!r}; expected one of {sorted(PRESETS)}")
     return PRESETS[name]()
+
+
+def sparse_scale_sizes(name: str) -> list[tuple[int, int, int, int]]:
+    """(tokens, Cqk, Cp, Cv) of each sparse scale of model preset `name`, coarsest first."""
+    return [(s.tokens, s.cqk, s.cp, s.cv) for s in preset_shapes(name) if s.block == "inner"]
+
+
+def dense_dims(name: str, batch: int) -> dict[str, int]:
+    """The tuning key (`AttentionShape.dims`) of the dense block of model preset `name`."""
+    return next(s for s in preset_shapes(name) if s.block == "dense").dims(batch)
+
+
+def _narrowest_channels(name: str, batch: int) -> dict[str, int]:
+    # The dense grid of `name` with the channels of its finest scale.
+    finest = preset_shapes(name)[-1]
+    return {**dense_dims(name, batch), "Cqk": finest.cqk, "Cp": finest.cp, "Cv": finest.cv}
+
+
+# The dense problems `kernels.aot` compiles (every config of the space, bf16): deepfashion at 256
+# px (its 512 px model, celebahq and ade20k have the same channels: the same compiled kernels),
+# the same grid with the channels of its finest scale (the narrowest channels of the model), and
+# the coarsest scale of synthetic-64-narrow and synthetic-64, 8x8 tokens. Each compiles to
+# different kernels.
+AOT_DENSE_DIMS: tuple[dict[str, int], ...] = (
+    dense_dims("deepfashion-256", 8),
+    _narrowest_channels("deepfashion-256", 8),
+    dense_dims("synthetic-64-narrow", 4),
+    dense_dims("synthetic-64", 4),
+)
 
 
 _SPEC_KEYS = {
@@ -355,8 +427,7 @@ def make_problem(
     Dense blocks get normal features (scores of order one after `1/sqrt(Cqk)`); sparse blocks get
     unit-norm query and key rows, so that `100 <q, k>` is the release's cosine similarity over a
     temperature of 0.01. Prune features are normal: about half of the keys are kept."""
-    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
-        raise ValueError(f"batch must be a positive int, got {batch!r}")
+    check_number("batch", batch, integer=True, low=1)
     gen = torch.Generator().manual_seed(seed)
     n = shape.tokens
 

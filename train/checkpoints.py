@@ -34,22 +34,28 @@ from accelerate.utils import load as accelerate_load
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_model
 
+from dynast.io import CONFIG_FILE, WEIGHTS_FILE
+from dynast.run_layout import (
+    CHECKPOINT_PREFIX,
+    CHECKPOINTS_DIR,
+    GENERATOR_DIR,
+    checkpoint_name,
+    checkpoint_step,
+)
 from kernels.files import write_atomically
 
 from .errors import TrainingError
 
-CHECKPOINTS_DIR = "checkpoints"
 PROGRESS_FILE = "progress.json"
 MANIFEST_FILE = "manifest.json"
 SCALERS_FILE = "scalers.json"
-GENERATOR_DIR = "generator"
 STATE_DIR = "state"
 MANIFEST_FORMAT = "dynast-checkpoint-manifest/1"
 # Files a checkpoint cannot resume without (Accelerate's names for two models, two optimizers).
 REQUIRED_FILES = (
     PROGRESS_FILE,
-    f"{GENERATOR_DIR}/config.json",
-    f"{GENERATOR_DIR}/model.safetensors",
+    f"{GENERATOR_DIR}/{CONFIG_FILE}",
+    f"{GENERATOR_DIR}/{WEIGHTS_FILE}",
     f"{STATE_DIR}/model.safetensors",
     f"{STATE_DIR}/model_1.safetensors",
     f"{STATE_DIR}/optimizer.bin",
@@ -58,7 +64,6 @@ REQUIRED_FILES = (
 # Random states only make the resumed run continue the same random stream; losing one is worth a
 # warning, not the checkpoint.
 _RANDOM_STATE = re.compile(rf"^{STATE_DIR}/random_states_\d+\.pkl$")
-_NAME = re.compile(r"^checkpoint_(\d{8})$")
 _LEFTOVER_SUFFIXES = (".tmp", ".old", ".deleting")
 _HASH_CHUNK = 1 << 20
 
@@ -77,10 +82,6 @@ class Progress:
     elapsed_s: float
 
 
-def checkpoint_name(step: int) -> str:
-    return f"checkpoint_{step:08d}"
-
-
 def checkpoints_root(run_dir: Path) -> Path:
     return run_dir / CHECKPOINTS_DIR
 
@@ -92,9 +93,9 @@ def _named_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
         return []
     found = []
     for entry in root.iterdir():
-        match = _NAME.match(entry.name)
-        if match and entry.is_dir():
-            found.append((int(match.group(1)), entry))
+        step = checkpoint_step(entry.name)
+        if step is not None and entry.is_dir():
+            found.append((step, entry))
     return sorted(found)
 
 
@@ -117,7 +118,7 @@ def remove_partial(run_dir: Path) -> list[Path]:
         for entry in sorted(root.iterdir()):
             if (
                 entry.is_dir()
-                and entry.name.startswith("checkpoint_")
+                and entry.name.startswith(CHECKPOINT_PREFIX)
                 and entry.name.endswith(_LEFTOVER_SUFFIXES)
             ):
                 shutil.rmtree(entry)
@@ -173,8 +174,7 @@ def _check_progress(data: object, path: Path, expected_step: int | None) -> Prog
 
 
 def _folder_step(folder: Path) -> int | None:
-    match = _NAME.match(folder.name) or _NAME.match(folder.name.removesuffix(".tmp"))
-    return int(match.group(1)) if match else None
+    return checkpoint_step(folder.name.removesuffix(".tmp"))
 
 
 def read_progress(folder: Path) -> Progress:

@@ -1,47 +1,28 @@
 """Typed training configuration: loss weights, optimisation and run settings, and named presets.
 
 A run is described by `RunConfig(model, data, train)`; its JSON form is the run folder's
-`config.json` (`{"model": {...}, "data": {...}, "train": {...}}`). Presets are keyed by the model
-preset names of `dynast.config.PRESETS`.
+`config.json` (`{"model": {...}, "data": {...}, "train": {...}}`). A training preset
+(`TRAINING_PRESETS`) is a model preset of `dynast.config.PRESETS` with its data and an
+optimisation recipe; it carries its model's name, or adds a suffix for another recipe of the same
+model (`synthetic-64-long`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
-from dynast.config import DEFAULT_PRESET, DynaSTConfig
-from dynast.config import PRESETS as MODEL_PRESETS
+from dynast.config import DynaSTConfig
+from dynast.config import preset as model_preset
 from dynast.data import DataConfig
+from kernels.checks import check_number
 
 from .overrides import diff, from_plain, to_plain
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
-
-
-def _positive_number(owner: str, name: str, value: object, *, allow_zero: bool = False) -> None:
-    ok = (
-        not isinstance(value, bool)
-        and isinstance(value, (int, float))
-        and math.isfinite(value)
-        and (value >= 0 if allow_zero else value > 0)
-    )
-    if not ok:
-        what = "a finite number >= 0" if allow_zero else "a finite number > 0"
-        raise ValueError(f"{owner}.{name} must be {what}, got {value!r}")
-
-
-def _positive_int(owner: str, name: str, value: object, *, allow_zero: bool = False) -> None:
-    ok = (
-        not isinstance(value, bool)
-        and isinstance(value, int)
-        and (value >= 0 if allow_zero else value > 0)
-    )
-    if not ok:
-        what = "an integer >= 0" if allow_zero else "a positive integer"
-        raise ValueError(f"{owner}.{name} must be {what}, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -65,7 +46,7 @@ class LossWeights:
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
-            _positive_number("train.loss", f.name, getattr(self, f.name), allow_zero=True)
+            check_number(f"train.loss.{f.name}", getattr(self, f.name))
 
 
 @dataclass(frozen=True)
@@ -138,14 +119,14 @@ class TrainConfig:
             "eval_batch_size",
             "sample_rows",
         ):
-            _positive_int(owner, name, getattr(self, name))
+            check_number(f"{owner}.{name}", getattr(self, name), integer=True, low=1)
         for name in ("decay_steps", "num_workers", "seed", "max_epochs", "decay_epochs"):
-            _positive_int(owner, name, getattr(self, name), allow_zero=True)
+            check_number(f"{owner}.{name}", getattr(self, name), integer=True, low=0)
         for name in ("lr", "g_lr_ratio", "d_lr_ratio", "g_adam_eps", "d_adam_eps"):
-            _positive_number(owner, name, getattr(self, name))
+            check_number(f"{owner}.{name}", getattr(self, name), strict=True)
         for name in ("adam_beta1", "adam_beta2"):
             value = getattr(self, name)
-            _positive_number(owner, name, value, allow_zero=True)
+            check_number(f"{owner}.{name}", value)
             if value >= 1:
                 raise ValueError(f"{owner}.{name} must be in [0, 1), got {value!r}")
         if self.decay_steps > self.max_steps:
@@ -184,7 +165,7 @@ class TrainConfig:
         takes: `max_steps` / `decay_steps`, or `max_epochs` / `decay_epochs` in steps."""
         if self.max_epochs == 0:
             return self.max_steps, self.decay_steps
-        _positive_int("train", "steps_per_epoch", steps_per_epoch)
+        check_number("train.steps_per_epoch", steps_per_epoch, integer=True, low=1)
         return self.max_epochs * steps_per_epoch, self.decay_epochs * steps_per_epoch
 
     def lr_factor(self, step: int, steps_per_epoch: int = 1) -> float:
@@ -269,16 +250,12 @@ def semantic_channels(data: DataConfig) -> int | None:
     return value if isinstance(value, int) else None
 
 
-def _synthetic_64(*, long: bool = False) -> RunConfig:
+def _synthetic_64(*, long: bool = False, model_name: str = "synthetic-64") -> RunConfig:
     # `accelerate launch train/main.py` with nothing else set: well within 10 minutes on a 2-core
-    # machine (both cores, see train.threads); `synthetic-64-long` 3x the steps.
+    # machine (both cores, see train.threads); `synthetic-64-long` 3x the steps;
+    # `synthetic-64-narrow` the same recipe on the narrow model.
     # docs/training.md has the figures and the runs behind these choices:
-    # - ngf 16 rather than the model preset's 8: in the same time the wider model finds clearly
-    #   better correspondences;
-    # - init_gain 0.3 rather than the release's 0.02 (0.1 and 1.0 measured too): with the
-    #   release's init the attention needs hundreds of steps to leave chance and the value
-    #   projections and decoder start so small that the output ignores the exemplar; with 0.3
-    #   the correspondence accuracy passes 0.88 within 100 steps;
+    # - the model (ngf 16, init_gain 0.3) is the synthetic-64 model preset, whose comment says why;
     # - a pixel L1 (weight 10) as the output's reconstruction signal, no GAN and no feature
     #   matching: within a few hundred steps both raised the output's L1 in every run measured
     #   (VGG is off without VGG19 weights);
@@ -287,12 +264,12 @@ def _synthetic_64(*, long: bool = False) -> RunConfig:
     #   step 600 (0.89 -> 0.82 by step 800 at 2e-4). A decay of the lr might hold it, but
     #   `decay_steps` must not exceed `max_steps`, so a preset with one would refuse
     #   `--max-steps 100`.
-    model = dataclasses.replace(MODEL_PRESETS["synthetic-64"], ngf=16, init_gain=0.3)
+    model = model_preset(model_name)
     return RunConfig(
         model=model,
         data=DataConfig(image_size=model.image_size, num_classes=model.semantic_nc),
         train=TrainConfig(
-            output_dir="runs/synthetic-64-long" if long else "runs/synthetic-64",
+            output_dir=f"runs/{model_name}-long" if long else f"runs/{model_name}",
             max_steps=1200 if long else 400,
             batch_size=4,
             lr=2e-4,
@@ -372,7 +349,7 @@ def _released_data(name: str, model: DynaSTConfig) -> DataConfig:
 
 def _released(name: str) -> RunConfig:
     # The data folder is given on the command line: `--data.root DIR`.
-    model = MODEL_PRESETS[name]
+    model = model_preset(name)
     return RunConfig(
         model=model,
         data=_released_data(name, model),
@@ -380,15 +357,21 @@ def _released(name: str) -> RunConfig:
     )
 
 
-# Training presets beyond the model presets' names: the same model trained for longer.
-EXTRA_PRESETS = {"synthetic-64-long": lambda: _synthetic_64(long=True)}
-PRESET_NAMES = tuple(sorted([*MODEL_PRESETS, *EXTRA_PRESETS]))
+# The real-data presets: the release's recipe on each released model.
+RELEASED_PRESETS = ("ade20k-256", "celebahq-edge-256", "deepfashion-256", "deepfashion-512")
+# Every training preset. Each builds on the model preset of its name (dynast.config.PRESETS), or,
+# for another recipe of the same model, of its name without the suffix.
+TRAINING_PRESETS: dict[str, Callable[[], RunConfig]] = {
+    "synthetic-64": _synthetic_64,
+    "synthetic-64-long": lambda: _synthetic_64(long=True),
+    "synthetic-64-narrow": lambda: _synthetic_64(model_name="synthetic-64-narrow"),
+    **{name: partial(_released, name) for name in RELEASED_PRESETS},
+}
+PRESET_NAMES = tuple(sorted(TRAINING_PRESETS))
 
 
 def run_preset(name: str) -> RunConfig:
     """The named training preset; ValueError listing the names otherwise."""
-    if name in EXTRA_PRESETS:
-        return EXTRA_PRESETS[name]()
-    if name not in MODEL_PRESETS:
+    if name not in TRAINING_PRESETS:
         raise ValueError(f"--preset: unknown preset {name!r}; choose one of {list(PRESET_NAMES)}")
-    return _synthetic_64() if name == DEFAULT_PRESET else _released(name)
+    return TRAINING_PRESETS[name]()

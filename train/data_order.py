@@ -57,7 +57,7 @@ class EpochSampler(Sampler[int]):
         return len(self.indices)
 
 
-@dataclass
+@dataclass(frozen=True)
 class DataPosition:
     """Next micro-batch to read: `batch` of `epoch` (per process)."""
 
@@ -67,35 +67,38 @@ class DataPosition:
 
 def micro_batches(
     dataset: Dataset,
-    position: DataPosition,
+    start: DataPosition,
     *,
     batch_size: int,
     rank: int,
     world_size: int,
     seed: int,
     num_workers: int,
-) -> Iterator[dict]:
-    """Endless micro-batches from `position` on; `position` is advanced after each one is read,
-    so it always names the next micro-batch (what a checkpoint must record).
+) -> Iterator[tuple[dict, DataPosition]]:
+    """Endless micro-batches from `start` on, each with the position after it: the next
+    micro-batch to read, which is what a checkpoint taken after this one must record. After the
+    last micro-batch of an epoch that is (epoch, its micro-batch count), which resumes at the next
+    epoch's first.
 
     An exception while loading (a missing or corrupt file, a bad label) is re-raised as one
     `TrainingError` with the dataset's own message, not a DataLoader worker traceback.
     """
     length = len(dataset)
+    epoch, first = start.epoch, start.batch
     while True:
         if hasattr(dataset, "set_epoch"):
             # The real-data loaders draw crops, flips and references from (seed, epoch, index):
             # a resumed run reads the same samples. Workers copy the dataset per epoch (the
             # loader below is made anew), so they see this epoch.
-            dataset.set_epoch(position.epoch)
+            dataset.set_epoch(epoch)
         sampler = EpochSampler(
             length,
             batch_size=batch_size,
             rank=rank,
             world_size=world_size,
             seed=seed,
-            epoch=position.epoch,
-            start_batch=position.batch,
+            epoch=epoch,
+            start_batch=first,
         )
         loader = DataLoader(
             dataset,
@@ -103,9 +106,10 @@ def micro_batches(
             sampler=sampler,
             num_workers=num_workers,
             drop_last=False,
-            generator=torch.Generator().manual_seed(seed * 1_000_003 + position.epoch),
+            generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch),
         )
         iterator = iter(loader)
+        read = first
         while True:
             try:
                 batch = next(iterator)
@@ -113,7 +117,6 @@ def micro_batches(
                 break
             except (OSError, ValueError, KeyError, IndexError, RuntimeError) as e:
                 raise TrainingError(f"training data: {clean_message(e)}") from e
-            position.batch += 1
-            yield batch
-        position.epoch += 1
-        position.batch = 0
+            read += 1
+            yield batch, DataPosition(epoch, read)
+        epoch, first = epoch + 1, 0

@@ -13,9 +13,10 @@ import json
 import math
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +24,7 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from safetensors import SafetensorError
 from torch import Tensor, nn
+from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 import kernels
@@ -30,6 +32,14 @@ from dynast.data import build_dataset, correspondence_accuracy, semantic_to_rgb
 from dynast.discriminator import MultiscaleDiscriminator, check_image_size
 from dynast.generator import Generator
 from dynast.io import save_pretrained
+from dynast.run_layout import (
+    FINAL_DIR,
+    GENERATOR_DIR,
+    METRICS_FILE,
+    RUN_CONFIG_FILE,
+    SAMPLES_DIR,
+    sample_name,
+)
 from dynast.vgg import VGG19Features, resolve_vgg_weights
 
 from . import checkpoints as ckpt
@@ -51,9 +61,6 @@ from .run_folder import check_output_paths, lock_run_folder, recover_final, writ
 from .samples import sample_grid, save_png
 from .sync_batch_norm import count_batch_norms, synchronise_batch_norm
 
-CONFIG_FILE = "config.json"
-FINAL_DIR = "final"
-SAMPLES_DIR = "samples"
 EVAL_KEYS = ("eval/correspondence_accuracy", "eval/l1", "eval/warp_l1")
 
 
@@ -88,10 +95,10 @@ def _prepare_run_dir(run_dir: Path) -> None:
 
 def _check_resumable(cfg: RunConfig, run_dir: Path) -> None:
     """Refuse to continue a run whose saved config differs in anything but run length/logging."""
-    path = run_dir / CONFIG_FILE
+    path = run_dir / RUN_CONFIG_FILE
     if not path.is_file():
         raise TrainingError(
-            f"{run_dir}: holds checkpoints but no {CONFIG_FILE}; cannot tell what run it is "
+            f"{run_dir}: holds checkpoints but no {RUN_CONFIG_FILE}; cannot tell what run it is "
             "(use another --output-dir)"
         )
     try:
@@ -400,67 +407,84 @@ def _discriminator_step(
     return total
 
 
-# ----------------------------------------------------------------------------- training
+# ----------------------------------------------------------------------------- setup
 
 
-def train(cfg: RunConfig) -> TrainResult:
-    """Train (or resume) the run `cfg` describes; returns its start and end evaluation."""
-    started = time.perf_counter()
-    tc = cfg.train
-    try:
-        check_image_size(cfg.model)
-    except ValueError as e:
-        raise TrainingError(f"model: {e}") from None
-    # Data first: a missing or broken dataset is one error before Accelerate, the model or any
-    # file is set up.
+@dataclass
+class _Session:
+    """What every stage of a run uses: its config and folder, Accelerate, and the precision."""
+
+    cfg: RunConfig
+    run_dir: Path
+    accelerator: Accelerator
+    fp16: bool
+
+    @classmethod
+    def start(cls, cfg: RunConfig) -> _Session:
+        # fp16 gets one loss scaler per optimizer (`_build_models`) instead of Accelerate's single
+        # shared one, so Accelerate itself runs without mixed precision and we autocast to fp16
+        # ourselves.
+        fp16 = cfg.train.mixed_precision == "fp16"
+        accelerator = Accelerator(
+            cpu=not torch.cuda.is_available(),
+            mixed_precision="no" if fp16 else cfg.train.mixed_precision,
+        )
+        return cls(cfg, Path(cfg.train.output_dir), accelerator, fp16)
+
+    @property
+    def main(self) -> bool:
+        return self.accelerator.is_main_process
+
+    @property
+    def world(self) -> int:
+        return self.accelerator.num_processes
+
+    def say(self, message: str) -> None:
+        if self.main:
+            tqdm.write(message)
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.fp16:
+            return torch.autocast(self.accelerator.device.type, dtype=torch.float16)
+        return self.accelerator.autocast()
+
+
+def _load_data(cfg: RunConfig) -> tuple[Dataset, list[dict]]:
+    """The training set and the fixed evaluation pairs. Loaded first: a missing or broken dataset
+    is one error before Accelerate, the model or any file is set up."""
     try:
         train_set = build_dataset(cfg.data, "train")
         eval_set = build_dataset(cfg.data, "test")
-        count = min(tc.eval_pairs, len(eval_set))
-        eval_samples = [eval_set[i] for i in range(count)]
+        eval_samples = [eval_set[i] for i in range(min(cfg.train.eval_pairs, len(eval_set)))]
     except (OSError, ValueError, KeyError, IndexError) as e:
         raise TrainingError(f"data: {clean_message(e)}") from None
+    return train_set, eval_samples
 
-    fp16 = tc.mixed_precision == "fp16"
-    # fp16 gets one loss scaler per optimizer (below) instead of Accelerate's single shared one,
-    # so Accelerate itself runs without mixed precision and we autocast to fp16 ourselves.
-    accelerator = Accelerator(
-        cpu=not torch.cuda.is_available(),
-        mixed_precision="no" if fp16 else tc.mixed_precision,
-    )
-    device, world, main = accelerator.device, accelerator.num_processes, accelerator.is_main_process
 
-    def say(message: str) -> None:
-        if main:
-            tqdm.write(message)
-
-    def autocast() -> contextlib.AbstractContextManager:
-        if fp16:
-            return torch.autocast(device.type, dtype=torch.float16)
-        return accelerator.autocast()
-
-    # Run folder: writable, locked by this run, every output path checked, leftovers of an
-    # interrupted save removed, resume point verified.
-    run_dir = Path(tc.output_dir)
+def _open_run_folder(s: _Session) -> tuple[IO[str] | None, ckpt.Verified | None]:
+    """The run folder made ready: writable, locked by this run (the main process holds the
+    returned lock), every output path checked, leftovers of an interrupted save removed, the
+    checkpoint to resume from verified (None: a new run), the config written."""
+    run_dir, tc = s.run_dir, s.cfg.train
     lock = None
-    if main:
+    if s.main:
         _prepare_run_dir(run_dir)
         lock = lock_run_folder(run_dir)
         check_output_paths(run_dir)
         for leftover in ckpt.remove_partial(run_dir):
-            say(f"removed incomplete checkpoint {leftover}")
+            s.say(f"removed incomplete checkpoint {leftover}")
         for line in recover_final(run_dir):
-            say(line)
-    accelerator.wait_for_everyone()
+            s.say(line)
+    s.accelerator.wait_for_everyone()
     resume = None
     if ckpt.complete_checkpoints(run_dir):
-        _check_resumable(cfg, run_dir)
-    if main:
-        resume = ckpt.select_resume(run_dir, say)
-    accelerator.wait_for_everyone()
-    if not main:
+        _check_resumable(s.cfg, run_dir)
+    if s.main:
+        resume = ckpt.select_resume(run_dir, s.say)
+    s.accelerator.wait_for_everyone()
+    if not s.main:
         # The main process has renamed the damaged ones: this finds the same checkpoint.
-        resume = ckpt.select_resume(run_dir, say)
+        resume = ckpt.select_resume(run_dir, s.say)
     if resume is not None:
         # With max_epochs the length is known only from the dataset; max_steps is unused then.
         if not tc.max_epochs and tc.max_steps < resume.step:
@@ -470,24 +494,31 @@ def train(cfg: RunConfig) -> TrainResult:
                 f"--max-steps {resume.step} or more to continue it (nothing was changed)"
             )
         for warning in resume.warnings:
-            say(warning)
-    if main:
-        ckpt.write_json_atomic(run_dir / CONFIG_FILE, cfg.to_dict())
+            s.say(warning)
+    if s.main:
+        ckpt.write_json_atomic(run_dir / RUN_CONFIG_FILE, s.cfg.to_dict())
+    return lock, resume
 
-    # Models, optimisers (two-time-scale Adam), losses.
+
+def _build_models(
+    s: _Session, resume: ckpt.Verified | None
+) -> tuple[_StepParts, nn.Module, dict[str, torch.amp.GradScaler]]:
+    """Models, optimisers (two-time-scale Adam), VGG and loss scalers, prepared by Accelerate:
+    the parts of a step, the unwrapped (eager) generator that is saved, and the scalers by name."""
+    cfg, tc, accelerator, device = s.cfg, s.cfg.train, s.accelerator, s.accelerator.device
     set_seed(tc.seed)
     generator = Generator(cfg.model)
     discriminator = MultiscaleDiscriminator(cfg.model)
     if tc.init_from is not None and resume is None:
         # A new run starting from given weights (a resumed run takes its checkpoint's instead).
         source = initialise_from(tc.init_from, generator, discriminator)
-        say(f"initialised from {source['generator']} (discriminator: {source['discriminator']})")
+        s.say(f"initialised from {source['generator']} (discriminator: {source['discriminator']})")
         if source["differences"]:
-            say(f"  its model config differs from this run's in: {source['differences']}")
-    if world > 1 and tc.sync_batch_norm and count_batch_norms(generator):
+            s.say(f"  its model config differs from this run's in: {source['differences']}")
+    if s.world > 1 and tc.sync_batch_norm and count_batch_norms(generator):
         generator = synchronise_batch_norm(generator, device)
-        say(f"batch norm synchronised across {world} processes")
-    vgg = _load_vgg(cfg, say)
+        s.say(f"batch norm synchronised across {s.world} processes")
+    vgg = _load_vgg(cfg, s.say)
     betas = (tc.adam_beta1, tc.adam_beta2)
     opt_g = torch.optim.Adam(
         generator.parameters(), lr=tc.lr * tc.g_lr_ratio, betas=betas, eps=tc.g_adam_eps
@@ -506,125 +537,184 @@ def train(cfg: RunConfig) -> TrainResult:
         vgg = vgg.to(device)
     # The loss scalers are saved as JSON by us (checkpoints.save_scalers), not registered with
     # Accelerate, whose load_state unpickles registered objects with weights_only=False.
-    scaler_g = torch.amp.GradScaler(device.type, enabled=fp16)
-    scaler_d = torch.amp.GradScaler(device.type, enabled=fp16)
-    scalers = {"generator": scaler_g, "discriminator": scaler_d}
+    scaler_g = torch.amp.GradScaler(device.type, enabled=s.fp16)
+    scaler_d = torch.amp.GradScaler(device.type, enabled=s.fp16)
+    parts = _StepParts(
+        accelerator, generator, discriminator, d_inner, opt_g, opt_d, scaler_g, scaler_d, vgg,
+        tc.loss, s.autocast,
+    )  # fmt: skip
+    return parts, g_inner, {"generator": scaler_g, "discriminator": scaler_d}
 
-    # Resume.
-    progress = ckpt.Progress(0, 0, 0, world, tc.batch_size, 0.0)
-    if resume is not None:
-        folder, progress = resume.folder, resume.progress
-        if progress.world_size != world:
-            raise TrainingError(
-                f"{folder} was written by {progress.world_size} process(es), this run has "
-                f"{world}: resume with the same number of processes (the data order and random "
-                "states are per process)"
-            )
-        # Not accelerator.load_state: it unpickles stray custom_checkpoint_*.pkl files.
-        warnings = ckpt.load_training_state(
-            folder / ckpt.STATE_DIR,
-            [g_inner, d_inner],  # save_state writes the unwrapped (not DDP) parameter names
-            [opt_g, opt_d],
-            accelerator.process_index,
+
+def _restore(
+    s: _Session,
+    resume: ckpt.Verified | None,
+    parts: _StepParts,
+    g_inner: nn.Module,
+    scalers: dict[str, torch.amp.GradScaler],
+) -> ckpt.Progress:
+    """Load the checkpoint `resume` into the models, optimisers, loss scalers and random states;
+    returns where the run stands (step 0 at the start of the data for a new run)."""
+    if resume is None:
+        return ckpt.Progress(0, 0, 0, s.world, s.cfg.train.batch_size, 0.0)
+    folder, progress = resume.folder, resume.progress
+    if progress.world_size != s.world:
+        raise TrainingError(
+            f"{folder} was written by {progress.world_size} process(es), this run has "
+            f"{s.world}: resume with the same number of processes (the data order and random "
+            "states are per process)"
         )
-        if not resume.warnings:  # else the manifest check has named the file already
-            for warning in warnings:
-                say(warning)
-        if fp16:
-            ckpt.load_scalers(folder, scalers)
-        say(f"resuming from {folder} at step {progress.step}")
+    # Not accelerator.load_state: it unpickles stray custom_checkpoint_*.pkl files.
+    warnings = ckpt.load_training_state(
+        folder / ckpt.STATE_DIR,
+        [g_inner, parts.d_inner],  # save_state writes the unwrapped (not DDP) parameter names
+        [parts.opt_g, parts.opt_d],
+        s.accelerator.process_index,
+    )
+    if not resume.warnings:  # else the manifest check has named the file already
+        for warning in warnings:
+            s.say(warning)
+    if s.fp16:
+        ckpt.load_scalers(folder, scalers)
+    s.say(f"resuming from {folder} at step {progress.step}")
+    return progress
+
+
+# ----------------------------------------------------------------------------- outputs
+
+
+def _evaluate_and_sample(
+    s: _Session, g_inner: nn.Module, eval_batches: list[dict], log: MetricsLog, step: int
+) -> dict[str, float]:
+    """The main process evaluates the generator on the fixed pairs, saves their sample grid and
+    logs the metrics (other processes get {}); every process waits for it."""
+    metrics: dict[str, float] = {}
+    if s.main:
+        metrics, tensors = evaluate(g_inner, eval_batches, s.autocast)
+        rows = slice(0, s.cfg.train.sample_rows)
+        grid = sample_grid(*(t[rows] for t in tensors.values()))
+        with _writing(s.run_dir / SAMPLES_DIR):
+            save_png(grid, s.run_dir / SAMPLES_DIR / sample_name(step))
+            log.log(step, metrics)
+    s.accelerator.wait_for_everyone()
+    return metrics
+
+
+def _save_checkpoint(
+    s: _Session,
+    g_inner: nn.Module,
+    scalers: dict[str, torch.amp.GradScaler],
+    progress: ckpt.Progress,
+) -> None:
+    """Write the checkpoint of `progress.step` (Accelerate's state from every process, then the
+    generator, scalers, progress and manifest from the main one) into a staging folder, publish
+    it and rotate the old ones. Every process must call."""
+    accelerator = s.accelerator
+    staging = ckpt.staging_dir(s.run_dir, progress.step)
+    with _writing(staging, _WRITE_ERRORS):
+        if s.main:
+            if staging.exists():
+                shutil.rmtree(staging)
+            staging.parent.mkdir(parents=True, exist_ok=True)
+        accelerator.wait_for_everyone()
+        accelerator.save_state(str(staging / ckpt.STATE_DIR), safe_serialization=True)
+        accelerator.wait_for_everyone()
+        if s.main:
+            save_pretrained(g_inner, staging / GENERATOR_DIR)
+            if s.fp16:
+                ckpt.save_scalers(staging, scalers)
+            ckpt.write_progress(staging, progress)
+            ckpt.write_manifest(staging)  # last: it vouches for every file above
+            ckpt.publish(staging)
+            ckpt.rotate(s.run_dir, s.cfg.train.checkpoint_limit)
+    accelerator.wait_for_everyone()
+
+
+def _logged_eval(run_dir: Path, *, at_start: bool) -> dict[str, float]:
+    """The metrics of the run's evaluation at step 0 (`at_start`) or of its last one, as its
+    metrics log holds them ({} when it holds none)."""
+    records = [r for r in read_metrics(run_dir) if EVAL_KEYS[0] in r]
+    if at_start:
+        records = [r for r in records if r.get("step") == 0]
+    if not records:
+        return {}
+    record = records[0] if at_start else records[-1]
+    return {k: record[k] for k in EVAL_KEYS if k in record}
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def train(cfg: RunConfig) -> TrainResult:
+    """Train (or resume) the run `cfg` describes; returns its start and end evaluation."""
+    started = time.perf_counter()
+    tc = cfg.train
+    try:
+        check_image_size(cfg.model)
+    except ValueError as e:
+        raise TrainingError(f"model: {e}") from None
+    train_set, eval_samples = _load_data(cfg)
+    s = _Session.start(cfg)
+    accelerator, device, run_dir = s.accelerator, s.accelerator.device, s.run_dir
+    lock, resume = _open_run_folder(s)
+    parts, g_inner, scalers = _build_models(s, resume)
+    progress = _restore(s, resume, parts, g_inner, scalers)
+
+    # Where the run stands, advanced by the loop below and recorded by every checkpoint: optimizer
+    # steps taken, the next micro-batch to read, training time before this invocation.
     step = progress.step
     position = DataPosition(progress.epoch, progress.batch_in_epoch)
-
-    collate = torch.utils.data.default_collate
-    eval_batches = [
-        _to_device(collate(eval_samples[i : i + tc.eval_batch_size]), device)
-        for i in range(0, count, tc.eval_batch_size)
-    ]
-    batches: Iterator[dict] = micro_batches(
+    elapsed_before = progress.elapsed_s
+    batches = micro_batches(
         train_set,
         position,
         batch_size=tc.batch_size,
         rank=accelerator.process_index,
-        world_size=world,
+        world_size=s.world,
         seed=tc.seed,
         num_workers=tc.num_workers,
     )
-
+    collate = torch.utils.data.default_collate
+    eval_batches = [
+        _to_device(collate(eval_samples[i : i + tc.eval_batch_size]), device)
+        for i in range(0, len(eval_samples), tc.eval_batch_size)
+    ]
     # Run length in optimizer steps (epochs are known only now that the dataset is).
-    global_micro = tc.batch_size * world
-    steps_per_epoch = max(1, len(train_set) // global_micro // tc.grad_accum_steps)
+    steps_per_epoch = max(1, len(train_set) // (tc.batch_size * s.world) // tc.grad_accum_steps)
     max_steps, _ = tc.schedule(steps_per_epoch)
     if tc.max_epochs:
-        say(f"{tc.max_epochs} epochs of {steps_per_epoch} steps: {max_steps} steps")
+        s.say(f"{tc.max_epochs} epochs of {steps_per_epoch} steps: {max_steps} steps")
+    with _writing(run_dir / METRICS_FILE):
+        log = MetricsLog(run_dir, keep_through=step if resume is not None else -1, enabled=s.main)
 
-    with _writing(run_dir / "metrics.jsonl"):
-        log = MetricsLog(run_dir, keep_through=step if resume is not None else -1, enabled=main)
-    weights = tc.loss
-
-    def evaluate_and_sample(at: int) -> dict[str, float]:
-        metrics: dict[str, float] = {}
-        if main:
-            metrics, tensors = evaluate(g_inner, eval_batches, autocast)
-            rows = slice(0, tc.sample_rows)
-            grid = sample_grid(*(t[rows] for t in tensors.values()))
-            with _writing(run_dir / SAMPLES_DIR):
-                save_png(grid, run_dir / SAMPLES_DIR / f"step_{at:08d}.png")
-                log.log(at, metrics)
-        accelerator.wait_for_everyone()
-        return metrics
-
-    def save_checkpoint(at: int, elapsed: float) -> None:
-        staging = ckpt.staging_dir(run_dir, at)
-        with _writing(staging, _WRITE_ERRORS):
-            if main:
-                if staging.exists():
-                    shutil.rmtree(staging)
-                staging.parent.mkdir(parents=True, exist_ok=True)
-            accelerator.wait_for_everyone()
-            accelerator.save_state(str(staging / ckpt.STATE_DIR), safe_serialization=True)
-            accelerator.wait_for_everyone()
-            if main:
-                save_pretrained(g_inner, staging / ckpt.GENERATOR_DIR)
-                if fp16:
-                    ckpt.save_scalers(staging, scalers)
-                ckpt.write_progress(
-                    staging,
-                    ckpt.Progress(
-                        at, position.epoch, position.batch, world, tc.batch_size, elapsed
-                    ),
-                )
-                ckpt.write_manifest(staging)  # last: it vouches for every file above
-                ckpt.publish(staging)
-                ckpt.rotate(run_dir, tc.checkpoint_limit)
-        accelerator.wait_for_everyone()
-
+    # Evaluation before training (a resumed run reads its own from the log). final/ (the weights
+    # of the last finished run) stays until the new one replaces it.
     start_metrics: dict[str, float] = {}
     end_metrics: dict[str, float] = {}
     if step == 0:
-        start_metrics = end_metrics = evaluate_and_sample(0)
-    elif main:
-        first = [r for r in read_metrics(run_dir) if r.get("step") == 0 and EVAL_KEYS[0] in r]
-        start_metrics = {k: first[0][k] for k in EVAL_KEYS if k in first[0]} if first else {}
-    # final/ (the weights of the last finished run) stays until the new one replaces it.
+        start_metrics = end_metrics = _evaluate_and_sample(s, g_inner, eval_batches, log, 0)
+    elif s.main:
+        start_metrics = _logged_eval(run_dir, at_start=True)
 
     sums = _Sums()
-    parts = _StepParts(
-        accelerator, generator, discriminator, d_inner, opt_g, opt_d, scaler_g, scaler_d, vgg,
-        weights, autocast,
-    )  # fmt: skip
-    session_start, elapsed_before = time.perf_counter(), progress.elapsed_s
+    session_start = time.perf_counter()
     last_saved = step if resume is not None else -1
     with tqdm(
-        total=max_steps, initial=step, desc="train", disable=not main, dynamic_ncols=True
+        total=max_steps, initial=step, desc="train", disable=not s.main, dynamic_ncols=True
     ) as bar:
         while step < max_steps:
-            micro = [_to_device(next(batches), device) for _ in range(tc.grad_accum_steps)]
+            # Read the step's micro-batches; `position` is now the next one to read.
+            micro = []
+            for _ in range(tc.grad_accum_steps):
+                batch, position = next(batches)
+                micro.append(_to_device(batch, device))
+            # Learning rates of this step: constant, then the linear decay.
             factor = tc.lr_factor(step, steps_per_epoch)
-            for group in opt_g.param_groups:
+            for group in parts.opt_g.param_groups:
                 group["lr"] = tc.lr * tc.g_lr_ratio * factor
-            for group in opt_d.param_groups:
+            for group in parts.opt_d.param_groups:
                 group["lr"] = tc.lr * tc.d_lr_ratio * factor
+            # Generator update, then discriminator update on the images it generated.
             sample_weights = _global_weights(accelerator, micro)
             g_total, fakes = _generator_step(parts, micro, sample_weights, sums)
             d_total = _discriminator_step(parts, micro, fakes, sample_weights, sums)
@@ -634,33 +724,38 @@ def train(cfg: RunConfig) -> TrainResult:
             kernels.check_index_errors()
             elapsed = elapsed_before + time.perf_counter() - session_start
             # Under fp16 an overflow is expected now and then: its loss scaler skips that step.
-            if not fp16 and not (math.isfinite(g_total) and math.isfinite(d_total)):
+            if not s.fp16 and not (math.isfinite(g_total) and math.isfinite(d_total)):
                 raise TrainingError(
                     f"step {step}: the loss is not finite (generator {g_total}, discriminator "
                     f"{d_total}); lower train.lr or the loss weights"
                 )
+            # Report, sample, checkpoint.
             bar.update(1)
             bar.set_postfix(g=f"{g_total:.3g}", d=f"{d_total:.3g}")
             if step % tc.log_every == 0 or step == max_steps:
                 scalars = sums.reduce(accelerator)
-                scalars["lr/generator"] = opt_g.param_groups[0]["lr"]
+                scalars["lr/generator"] = parts.opt_g.param_groups[0]["lr"]
                 scalars["time/train_s"] = elapsed
-                if main:
-                    with _writing(run_dir / "metrics.jsonl"):
+                if s.main:
+                    with _writing(run_dir / METRICS_FILE):
                         log.log(step, scalars)
             if step % tc.sample_every == 0 or step == max_steps:
-                end_metrics = evaluate_and_sample(step)
+                end_metrics = _evaluate_and_sample(s, g_inner, eval_batches, log, step)
             if step % tc.checkpoint_every == 0 or step == max_steps:
-                save_checkpoint(step, elapsed)
+                done = ckpt.Progress(
+                    step, position.epoch, position.batch, s.world, tc.batch_size, elapsed
+                )
+                _save_checkpoint(s, g_inner, scalers, done)
                 last_saved = step
 
-    if not end_metrics and main:
+    if not end_metrics and s.main:
         # Nothing trained in this invocation (the run had already reached max_steps).
-        done = [r for r in read_metrics(run_dir) if EVAL_KEYS[0] in r]
-        end_metrics = {k: done[-1][k] for k in EVAL_KEYS if k in done[-1]} if done else {}
+        end_metrics = _logged_eval(run_dir, at_start=False)
     if last_saved != step:
-        save_checkpoint(step, elapsed_before + time.perf_counter() - session_start)
-    if main:
+        elapsed = elapsed_before + time.perf_counter() - session_start
+        done = ckpt.Progress(step, position.epoch, position.batch, s.world, tc.batch_size, elapsed)
+        _save_checkpoint(s, g_inner, scalers, done)
+    if s.main:
         with _writing(run_dir / FINAL_DIR, _WRITE_ERRORS):
             write_final(run_dir, lambda folder: save_pretrained(g_inner, folder))
     accelerator.wait_for_everyone()
@@ -673,8 +768,8 @@ def train(cfg: RunConfig) -> TrainResult:
         wall_s=time.perf_counter() - started,
         train_s=elapsed_before + time.perf_counter() - session_start,
     )
-    if main:
-        say(summary(result))
+    if s.main:
+        s.say(summary(result))
     accelerator.end_training()
     if lock is not None:
         lock.close()

@@ -6,24 +6,20 @@ Also runs as `python train/main.py`, `python -m train.main`,
 `torchrun --nproc_per_node N train/main.py` and `accelerate launch [--quiet] train/main.py`
 (Accelerate's launcher reports every failure as exit status 1, after a CalledProcessError
 traceback unless `--quiet`; see docs/training.md).
+
+Run by its path, this file imports the installed `dynast` and `train` packages (`pip install -e
+.`); without an install, run it from the repository root as `python -m train.main` (also
+`accelerate launch -m train.main`, `torchrun -m train.main`) or with `PYTHONPATH=.`.
 """
 
 from __future__ import annotations
-
-import sys
-from pathlib import Path
-
-if __package__ in (None, ""):
-    # Run as a script (accelerate launch / torchrun / python train/main.py): Python put train/
-    # itself first on sys.path, where train/config.py and friends would shadow top-level modules
-    # and `import train` would fail without an install. Put the repository root there instead.
-    sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
 import argparse
 import ctypes
 import json
 import os
 import signal
+import sys
 from collections.abc import Sequence
 
 from dynast.config import DEFAULT_PRESET

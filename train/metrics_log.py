@@ -10,10 +10,8 @@ import json
 import math
 from pathlib import Path
 
+from dynast.run_layout import METRICS_FILE, TENSORBOARD_DIR
 from kernels.files import write_atomically
-
-METRICS_FILE = "metrics.jsonl"
-TENSORBOARD_DIR = "tensorboard"
 
 
 def read_metrics(run_dir: Path) -> list[dict]:

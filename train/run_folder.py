@@ -21,13 +21,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
-from .errors import TrainingError
+from dynast.run_layout import FINAL_DIR, LOCK_FILE, OUTPUT_DIRS, OUTPUT_FILES
 
-LOCK_FILE = "run.lock"
-FINAL_DIR = "final"
-# Folders and files a run writes directly under its folder.
-OUTPUT_DIRS = ("checkpoints", "samples", "tensorboard", FINAL_DIR)
-OUTPUT_FILES = ("config.json", "metrics.jsonl")
+from .errors import TrainingError
 
 
 def lock_run_folder(run_dir: Path) -> IO[str]:

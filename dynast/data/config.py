@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from kernels.checks import check_number
+
 from .textures import photo_textures_available
 
 DATA_KINDS = ("synthetic", "folder", "deepfashion", "celebahq-edge", "ade20k")
@@ -78,8 +80,10 @@ class DataConfig:
                 f"DataConfig.root={self.root!r} is only read by kind='folder' and the dataset "
                 f"kinds {REAL_KINDS}; leave it None for synthetic data"
             )
-        _check_int("num_classes", self.num_classes, low=2, high=MAX_CLASSES)
-        _check_int("image_size", self.image_size, low=8)
+        check_number(
+            "DataConfig.num_classes", self.num_classes, integer=True, low=2, high=MAX_CLASSES
+        )
+        check_number("DataConfig.image_size", self.image_size, integer=True, low=8)
         want = ENCODING_CHANNELS.get(self.kind)
         if want is not None and self.num_classes != want:
             raise ValueError(
@@ -87,18 +91,16 @@ class DataConfig:
                 f"{want} semantic channels: set num_classes (and the model's semantic_nc) to {want}"
             )
         if self.load_size is not None:
-            _check_int("load_size", self.load_size, low=self.image_size)
+            check_number("DataConfig.load_size", self.load_size, integer=True, low=self.image_size)
         for name in ("flip", "check_identity"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"DataConfig.{name} must be a bool, got {getattr(self, name)!r}")
         for name in ("real_reference_probability", "hard_reference_probability"):
-            p = getattr(self, name)
-            if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p <= 1.0:
-                raise ValueError(f"DataConfig.{name} must be a number in [0, 1], got {p!r}")
-        _check_int("seed", self.seed, low=0)
+            check_number(f"DataConfig.{name}", getattr(self, name), low=0, high=1)
+        check_number("DataConfig.seed", self.seed, integer=True, low=0)
         for name in ("train_length", "test_length"):
             if getattr(self, name) is not None:
-                _check_int(name, getattr(self, name), low=1)
+                check_number(f"DataConfig.{name}", getattr(self, name), integer=True, low=1)
         if not isinstance(self.match_pair_sizes, bool):
             raise ValueError(
                 f"DataConfig.match_pair_sizes must be a bool, got {self.match_pair_sizes!r}"
@@ -146,11 +148,3 @@ class DataConfig:
         if unknown:
             raise ValueError(f"unknown DataConfig keys: {', '.join(unknown)}")
         return cls(**d)
-
-
-def _check_int(name: str, value: object, *, low: int, high: int | None = None) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"DataConfig.{name} must be an int, got {value!r}")
-    if value < low or (high is not None and value > high):
-        bound = f">= {low}" if high is None else f"in [{low}, {high}]"
-        raise ValueError(f"DataConfig.{name} must be {bound}, got {value}")

@@ -18,8 +18,10 @@ def test_cpu_step_from_a_json_config(tmp_path: Path) -> None:
     config = tmp_path / "config.json"
     config.write_text(json.dumps({"model": DynaSTConfig(name="tiny-json").to_dict()}))
     out = tmp_path / "steps.csv"
-    env = dict(os.environ, CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    # `python -m benchmarks.bench_train_step` from the repository root: no PYTHONPATH needed.
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1")
     env.pop("TRITON_INTERPRET", None)
+    env.pop("PYTHONPATH", None)
     args = [
         "--config",
         str(config),
@@ -33,7 +35,7 @@ def test_cpu_step_from_a_json_config(tmp_path: Path) -> None:
         str(out),
     ]
     proc = subprocess.run(
-        [sys.executable, "benchmarks/bench_train_step.py", "--warmup", "1", *args],
+        [sys.executable, "-m", "benchmarks.bench_train_step", "--warmup", "1", *args],
         cwd=ROOT,
         env=env,
         capture_output=True,

@@ -17,9 +17,15 @@ def test_presets_and_default():
         "celebahq-edge-256",
         "ade20k-256",
         "synthetic-64",
+        "synthetic-64-narrow",
     }
     assert DEFAULT_PRESET == "synthetic-64"
-    assert DynaSTConfig() == preset("synthetic-64")
+    assert DynaSTConfig() == preset("synthetic-64-narrow")
+    assert (preset("synthetic-64").ngf, preset("synthetic-64").init_gain) == (16, 0.3)
+    assert {**preset("synthetic-64").to_dict(), "ngf": 8, "init_gain": 0.02} == {
+        **DynaSTConfig().to_dict(),
+        "name": "synthetic-64",
+    }
     for name, cfg in PRESETS.items():
         assert cfg.name == name
     assert preset("celebahq-edge-256").semantic_nc == 15
@@ -91,16 +97,18 @@ def test_from_dict_is_strict_and_fills_defaults():
         pytest.param({"image_size": 60}, "divisible by 2\\*\\*\\(num_scales - 1\\) = 8", id="size"),
         pytest.param({"image_size": 8}, "at least 2 pixels", id="too-small"),
         pytest.param({"topk": 65}, "topk \\(65\\) exceeds the 64 tokens", id="topk"),
-        pytest.param({"ngf": 0}, "ngf must be a positive int", id="ngf"),
+        pytest.param({"ngf": 0}, "ngf must be a positive integer", id="ngf"),
         pytest.param(
-            {"blocks_per_scale": 1.5}, "blocks_per_scale must be a positive int", id="bps"
+            {"blocks_per_scale": 1.5}, "blocks_per_scale must be a positive integer", id="bps"
         ),
-        pytest.param({"semantic_nc": True}, "semantic_nc must be a positive int", id="bool"),
+        pytest.param({"semantic_nc": True}, "semantic_nc must be a positive integer", id="bool"),
         pytest.param({"warp_over": "some"}, "warp_over must be one of", id="warp"),
         pytest.param({"attention_backend": "cuda"}, "attention_backend must be one of", id="be"),
-        pytest.param({"sparse_scale": 0.0}, "sparse_scale must be a positive number", id="scale"),
-        pytest.param({"dense_scale": -1.0}, "dense_scale must be a positive number", id="dense"),
-        pytest.param({"init_gain": float("inf")}, "init_gain must be finite", id="gain"),
+        pytest.param({"sparse_scale": 0.0}, "sparse_scale must be a finite number > 0", id="scale"),
+        pytest.param({"dense_scale": -1.0}, "dense_scale must be a finite number > 0", id="dense"),
+        pytest.param(
+            {"init_gain": float("inf")}, "init_gain must be a finite number > 0", id="gain"
+        ),
         pytest.param({"name": ""}, "name must be a non-empty string", id="name"),
     ],
 )

@@ -24,9 +24,14 @@ from eval.generate import main as generate_main
 from eval.visualize import candidate_counts, heat_pixels, to_pixels
 
 REPO = Path(__file__).resolve().parents[2]
-# synthetic-64 shrunk: 32 px, three scales (8, 16, 32), narrow channels.
+# synthetic-64-narrow shrunk: 32 px, three scales (8, 16, 32), narrower channels.
 TINY = dataclasses.replace(
-    preset("synthetic-64"), name="tiny-32", image_size=32, ngf=4, num_scales=3, max_multiplier=2
+    preset("synthetic-64-narrow"),
+    name="tiny-32",
+    image_size=32,
+    ngf=4,
+    num_scales=3,
+    max_multiplier=2,
 )
 BLOCK_SIZES = [(8, 8), (8, 8), (16, 16), (16, 16), (32, 32), (32, 32)]
 

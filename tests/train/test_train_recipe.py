@@ -14,17 +14,16 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from dynast.config import DEFAULT_PRESET, PRESETS
 from dynast.convert import save_discriminator
 from dynast.discriminator import MultiscaleDiscriminator
 from dynast.generator import Generator
 from dynast.io import save_pretrained
-from train.config import RELEASE_LOSS, TrainConfig, run_preset
+from train.config import RELEASE_LOSS, RELEASED_PRESETS, TrainConfig, run_preset
 from train.losses import normalised_sum
 from train.main import resolve_config
 
 REPO = Path(__file__).resolve().parents[2]
-REAL_PRESETS = sorted(name for name in PRESETS if name != DEFAULT_PRESET)
+REAL_PRESETS = sorted(RELEASED_PRESETS)
 
 
 @pytest.mark.parametrize("name", REAL_PRESETS)

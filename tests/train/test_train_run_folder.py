@@ -103,18 +103,21 @@ class _Numbers(Dataset):
 
 def test_micro_batches_resume_mid_epoch_and_across_epochs():
     def take(position, count):
+        """The indices of `count` micro-batches from `position`, and the position after them."""
         it = micro_batches(
             _Numbers(10), position, batch_size=3, rank=0, world_size=1, seed=1, num_workers=0
         )
-        return [next(it)["index"].tolist() for _ in range(count)]
+        read = [next(it) for _ in range(count)]
+        return [batch["index"].tolist() for batch, _ in read], read[-1][1]
 
-    straight = take(DataPosition(), 7)  # 3 micro-batches per epoch: crosses two epochs
-    position = DataPosition()
-    first = take(position, 4)
+    straight, _ = take(DataPosition(), 7)  # 3 micro-batches per epoch: crosses two epochs
+    first, position = take(DataPosition(), 4)
     assert (position.epoch, position.batch) == (1, 1)
-    assert first + take(position, 3) == straight
+    assert first + take(position, 3)[0] == straight
     # A position recorded at the very end of an epoch resumes at the next one.
-    assert take(DataPosition(0, 3), 1) == [straight[3]]
+    _, end = take(DataPosition(), 3)
+    assert end == DataPosition(0, 3)
+    assert take(end, 1)[0] == [straight[3]]
 
 
 @pytest.mark.parametrize("workers", [0, 1])
@@ -128,7 +131,7 @@ def test_data_errors_surface_as_one_clean_message(workers):
         seed=0,
         num_workers=workers,
     )
-    bad = next(it)["index"].tolist()[2]
+    bad = next(it)[0]["index"].tolist()[2]
     it = micro_batches(
         _Numbers(6, bad=bad),
         DataPosition(),
@@ -192,7 +195,7 @@ def test_default_collate_of_loader_is_what_micro_batches_yield():
     it = micro_batches(
         _Numbers(4), DataPosition(), batch_size=2, rank=1, world_size=2, seed=3, num_workers=0
     )
-    batch = next(it)
+    batch, _ = next(it)
     direct = next(
         iter(
             DataLoader(
