@@ -26,6 +26,10 @@ class DynaSTConfig:
 
     The defaults are the `synthetic-64` preset: small enough to train on two CPU cores.
     `dense_scale` None means 1/sqrt(C_qk) and `dense_prune_scale` None means 1/C_p (the release).
+    `output_from_warp` (ours, not in the release, off in every model preset; the synthetic
+    training presets turn it on): the image is the finest block's warped exemplar plus the
+    decoder's tanh output, clamped to [-1, 1], instead of the decoder's tanh output alone; it adds
+    no parameter (docs/method.md section 2).
     """
 
     name: str = "synthetic-64"
@@ -45,6 +49,7 @@ class DynaSTConfig:
     warp_over: str = "kept"
     attention_backend: str = "auto"
     init_gain: float = 0.02
+    output_from_warp: bool = False
     ndf: int = 16
     disc_layers: int = 4
     num_discriminators: int = 2
@@ -93,6 +98,9 @@ class DynaSTConfig:
                 _check_positive_real(name, value)
         for name in ("sparse_scale", "sparse_prune_scale", "init_gain"):
             _check_positive_real(name, getattr(self, name))
+        if not isinstance(self.output_from_warp, bool):
+            value = self.output_from_warp
+            raise ValueError(f"DynaSTConfig.output_from_warp must be true or false, got {value!r}")
         if self.warp_over not in WARP_OVER_CHOICES:
             raise ValueError(
                 f"DynaSTConfig.warp_over must be one of {WARP_OVER_CHOICES}, got {self.warp_over!r}"

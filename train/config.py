@@ -287,7 +287,12 @@ def _synthetic_64(*, long: bool = False) -> RunConfig:
     #   step 600 (0.89 -> 0.82 by step 800 at 2e-4). A decay of the lr might hold it, but
     #   `decay_steps` must not exceed `max_steps`, so a preset with one would refuse
     #   `--max-steps 100`.
-    model = dataclasses.replace(MODEL_PRESETS["synthetic-64"], ngf=16, init_gain=0.3)
+    # - output_from_warp (ours, docs/method.md section 2): the image is the finest warped
+    #   exemplar plus the decoder's correction. Without it the output stayed grey: the encoders'
+    #   instance norm removes the exemplar's colours before the attention.
+    model = dataclasses.replace(
+        MODEL_PRESETS["synthetic-64"], ngf=16, init_gain=0.3, output_from_warp=True
+    )
     return RunConfig(
         model=model,
         data=DataConfig(image_size=model.image_size, num_classes=model.semantic_nc),
