@@ -271,7 +271,8 @@ def semantic_channels(data: DataConfig) -> int | None:
 
 def _synthetic_64(*, long: bool = False) -> RunConfig:
     # `dynast-train` with nothing else set: well within 10 minutes on a 2-core machine (both
-    # cores, see train.threads); `synthetic-64-long` 7.5x the steps (about 30 minutes).
+    # cores, see train.threads); `synthetic-64-long` 7.5x the steps (about 30 minutes; its
+    # accuracy drifts down after step 500, docs/training.md).
     # docs/training.md has the figures and the runs behind these choices:
     # - ngf 16 rather than the model preset's 8: in the same time the wider model finds clearly
     #   better correspondences;
