@@ -156,7 +156,7 @@ class Generator(nn.Module):
         kv_skips = self.encoder_kv(exemplar_input)
         warps, confs, topks, sizes, kept = [], [], [], [], []
 
-        decoded = q = kv = pos = None
+        decoded = q = kv = pos = finest_warp = None
         topk = None
         for s, blocks in enumerate(self.transformer):
             h, w = q_skips[s].shape[2:]
@@ -170,30 +170,35 @@ class Generator(nn.Module):
                 q = self.embed_q[s](self.up_q[s - 1](q) + q_skips[s], sem)
                 kv = self.embed_kv[s](self.up_kv[s - 1](kv) + kv_skips[s], ex_cond)
                 pos = self.up_pos[s - 1](pos)
-            warp_values = None
-            if with_warps:
-                warp_values = F.adaptive_avg_pool2d(exemplar, (h, w))
+            pooled = None
+            finest = s == len(self.transformer) - 1
+            if with_warps or (finest and self.config.output_from_warp):
+                pooled = F.adaptive_avg_pool2d(exemplar, (h, w))
 
             x = q
             for i, block in enumerate(blocks):
                 candidates = None
                 if s > 0:  # built by the block, where it consumes them (kernels.custom_ops)
                     candidates = DerivedCandidates("inter" if i == 0 else "inner", topk, h, w)
+                # output_from_warp needs the last block's warp of the finest scale, always.
+                last = finest and i == len(blocks) - 1
                 result = block(
                     x,
                     kv,
                     pos,
                     sem,
                     candidates=candidates,
-                    warp_values=warp_values,
+                    warp_values=pooled if with_warps or last else None,
                     with_sparsity=with_sparsity,
                 )
                 x, topk = result.features, result.topk
                 confs.append(result.conf)
                 topks.append(topk)
                 sizes.append((h, w))
-                if result.warp is not None:
+                if with_warps:
                     warps.append(result.warp)
+                if last:
+                    finest_warp = result.warp
                 if result.kept is not None:
                     kept.append(result.kept)
 
@@ -202,8 +207,13 @@ class Generator(nn.Module):
             else:
                 decoded = self.fuse[s - 1](self.up_x[s - 1](decoded) + x, sem)
 
+        image = torch.tanh(self.to_rgb(decoded))
+        if self.config.output_from_warp:
+            # The decoder paints a correction over the finest block's warped exemplar, which
+            # carries the exemplar's colours (docs/method.md section 2, "output_from_warp").
+            image = torch.clamp(finest_warp.to(image.dtype) + image, -1.0, 1.0)
         return GeneratorOutput(
-            image=torch.tanh(self.to_rgb(decoded)),
+            image=image,
             warps=warps,
             confs=confs,
             topks=topks,
