@@ -1,7 +1,7 @@
 """`DynaSTConfig.output_from_warp` (ours, not in the release): the image is the finest block's
 warped exemplar plus the decoder's correction. Off by default and in every release preset;
-on in synthetic-64 (the default run's model) and so in its training presets. It adds no parameter, so release weights
-and the released parameter count are untouched."""
+on in synthetic-64 (the default run's model) and so in its training presets. It adds no
+parameter, so release weights and the released parameter count are untouched."""
 
 from __future__ import annotations
 
