@@ -1266,7 +1266,7 @@ def _tiled_backward(
     of the budget goes to tiles and fewer passes run. With the model's 640 and 512 channels the
     streamed kernels recompute every score tile once per output chunk (4 and 7 times), which
     this avoids. Everything it allocates besides the gradients stays within SCRATCH_BUDGET bytes
-    (`tiled_scratch_bytes`); `cols` (tests) overrides the chunk."""
+    (`tiled_scratch_bytes`); `cols` is the chunk, `_chunk_keys`'s when None."""
     q, k, v, q_prune, k_prune, warp_values = inputs
     dims = _dims(inputs, 0)
     b, nq, nk = dims["B"], dims["Nq"], dims["Nk"]
@@ -1425,8 +1425,9 @@ class _DenseAttention(torch.autograd.Function):
         if backward_strategy() == "tiled" and cols > 0:
             config = _config(BACKWARD_TILE, dims, inputs[0].device, inputs[0].dtype)
             result = _tiled_backward(
-                inputs, stats, grads, wanted, ctx.scale, ctx.prune_scale, ctx.warp_mode, config
-            )
+                inputs, stats, grads, wanted, ctx.scale, ctx.prune_scale, ctx.warp_mode, config,
+                cols=cols,
+            )  # fmt: skip
             return *(result[name] for name in GRADIENT_NAMES), None, None, None, None
         result: dict[str, Tensor | None] = {}
         for side, kernel in (("query", BACKWARD_QUERY), ("key", BACKWARD_KEY)):
