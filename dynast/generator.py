@@ -33,6 +33,7 @@ from kernels.custom_ops import DerivedCandidates
 from .attention_block import DynamicAttentionBlock
 from .blocks import Encoder, SPADEResBlock, Upsample2x, conv2d, resize_nearest
 from .config import DynaSTConfig
+from .region_gate import RegionGate
 
 
 @dataclass
@@ -104,6 +105,12 @@ class Generator(nn.Module):
         self.up_x = nn.ModuleList(Upsample2x(a, b, nn.ReLU(), gain=gain) for a, b in transitions)
         self.fuse = nn.ModuleList(SPADEResBlock(c, cfg.semantic_nc, gain=gain) for c in widths[1:])
         self.to_rgb = conv2d(widths[-1], 3, 3, gain=gain)
+        if cfg.output_from_warp:
+            # The correction starts at zero: the first image is the warped exemplar, not the
+            # warped exemplar plus a random image (docs/training.md, "The default run").
+            nn.init.zeros_(self.to_rgb.weight)
+            nn.init.zeros_(self.to_rgb.bias)
+        self.region_gate = RegionGate(widths[-1]) if cfg.region_gate else None
 
     def _check_inputs(self, semantic: Tensor, exemplar: Tensor, exemplar_semantic: Tensor) -> None:
         cfg = self.config
@@ -156,7 +163,7 @@ class Generator(nn.Module):
         kv_skips = self.encoder_kv(exemplar_input)
         warps, confs, topks, sizes, kept = [], [], [], [], []
 
-        decoded = q = kv = pos = finest_warp = None
+        decoded = q = kv = pos = sem = finest_warp = finest_conf = None
         topk = None
         for s, blocks in enumerate(self.transformer):
             h, w = q_skips[s].shape[2:]
@@ -198,7 +205,7 @@ class Generator(nn.Module):
                 if with_warps:
                     warps.append(result.warp)
                 if last:
-                    finest_warp = result.warp
+                    finest_warp, finest_conf = result.warp, result.conf
                 if result.kept is not None:
                     kept.append(result.kept)
 
@@ -211,7 +218,10 @@ class Generator(nn.Module):
         if self.config.output_from_warp:
             # The decoder paints a correction over the finest block's warped exemplar, which
             # carries the exemplar's colours (docs/method.md section 2, "output_from_warp").
-            image = torch.clamp(finest_warp.to(image.dtype) + image, -1.0, 1.0)
+            base = finest_warp.to(image.dtype)
+            if self.region_gate is not None:
+                base = self.region_gate(decoded, base, sem, finest_conf)
+            image = torch.clamp(base.to(image.dtype) + image, -1.0, 1.0)
         return GeneratorOutput(
             image=image,
             warps=warps,

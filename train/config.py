@@ -265,7 +265,7 @@ def _synthetic_64(*, long: bool = False, model_name: str = "synthetic-64") -> Ru
     #   at 0.93-0.94 from step 200 on. A linear decay of 2e-4 over the last 200 steps did not
     #   hold it (0.88).
     # - the model preset of the name (dynast.config.PRESETS); synthetic-64's has
-    #   output_from_warp on.
+    #   output_from_warp and region_gate on (the output 0.87x its warped exemplar's L1).
     model = model_preset(model_name)
     return RunConfig(
         model=model,

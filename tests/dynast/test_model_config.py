@@ -23,8 +23,9 @@ def test_presets_and_default():
     assert DynaSTConfig() == preset("synthetic-64-narrow")
     assert (preset("synthetic-64").ngf, preset("synthetic-64").init_gain) == (16, 0.3)
     synthetic = preset("synthetic-64")
-    assert synthetic.output_from_warp  # the default run's model (docs/training.md)
-    assert {**synthetic.to_dict(), "ngf": 8, "init_gain": 0.02, "output_from_warp": False} == {
+    assert synthetic.output_from_warp and synthetic.region_gate  # the default run's model
+    narrowed = {"ngf": 8, "init_gain": 0.02, "output_from_warp": False, "region_gate": False}
+    assert {**synthetic.to_dict(), **narrowed} == {
         **DynaSTConfig().to_dict(),
         "name": "synthetic-64",
     }

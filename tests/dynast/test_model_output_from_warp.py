@@ -56,8 +56,22 @@ def test_validation_names_the_field():
         DynaSTConfig(output_from_warp=1)  # type: ignore[arg-type]
 
 
+def test_the_first_image_is_the_warped_exemplar_itself():
+    """The decoder's last convolution starts at zero: no random correction at step 0."""
+    g = _generator().eval()
+    assert not g.to_rgb.weight.any() and not g.to_rgb.bias.any()
+    with torch.no_grad():
+        out = g(*_inputs(TINY), with_warps=True)
+    assert torch.equal(out.image, out.warps[-1].clamp(-1, 1))
+    # Without output_from_warp the release's initialisation is kept.
+    assert _generator(dataclasses.replace(TINY, output_from_warp=False)).to_rgb.weight.any()
+
+
 def test_image_is_the_finest_warp_plus_the_decoder_correction():
     g = _generator().eval()
+    with torch.no_grad():  # a decoder that has left its initial zeros
+        g.to_rgb.weight.normal_(0, 0.3)
+        g.to_rgb.bias.normal_(0, 0.3)
     decoder_out = []
     g.to_rgb.register_forward_hook(lambda _module, _args, out: decoder_out.append(out))
     with torch.no_grad():
