@@ -122,7 +122,7 @@ def build(
 
     parts = _StepParts(
         accelerator, run, discriminator, discriminator, opt_g, opt_d, scaler_g, scaler_d, vgg,
-        LossWeights(), autocast,
+        LossWeights(), autocast, cfg.blocks_per_scale,
     )  # fmt: skip
     x = make_inputs(cfg, size, batch, device)
     micro = [

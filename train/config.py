@@ -34,6 +34,11 @@ class LossWeights:
     release, off by default) is a pixel L1 between output and ground truth: a direct
     reconstruction signal for runs without VGG19 weights. `discriminator` scales the
     discriminator's hinge loss (the release: 10, its `weight_gan` applied to D as well).
+    `warp_dense` (ours; 1 is the release) multiplies the warp terms of the dense (coarsest)
+    level's blocks, the sparse levels' keep weight `warp`: a soft warp over every coarse token
+    lowers its L1 by spreading its attention, which trains the coarse matches away from the
+    right ones (docs/training.md, "The warp loss at the dense level"); the synthetic presets
+    set 0.
     """
 
     warp: float = 1000.0
@@ -43,6 +48,7 @@ class LossWeights:
     vgg_mse: float = 0.001
     l1: float = 0.0
     discriminator: float = 1.0
+    warp_dense: float = 1.0
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -276,7 +282,7 @@ def _synthetic_64(*, long: bool = False, model_name: str = "synthetic-64") -> Ru
             batch_size=4,
             lr=5e-5,
             g_lr_ratio=1.0,
-            loss=LossWeights(gan=0.0, feature_matching=0.0, l1=10.0),
+            loss=LossWeights(gan=0.0, feature_matching=0.0, l1=10.0, warp_dense=0.0),
             log_every=10,
             sample_every=500 if long else 100,
             checkpoint_every=1000 if long else 200,

@@ -54,6 +54,7 @@ from .losses import (
     normalised_sum,
     per_sample_l1,
     vgg_losses,
+    warp_block_weights,
     warp_loss,
 )
 from .metrics_log import MetricsLog, read_metrics
@@ -279,6 +280,7 @@ class _StepParts:
     vgg: nn.Module | None
     weights: LossWeights
     autocast: Callable[[], contextlib.AbstractContextManager]
+    blocks_per_scale: int  # the dense level's blocks are the first ones (LossWeights.warp_dense)
 
     @property
     def uses_discriminator(self) -> bool:
@@ -350,7 +352,8 @@ def _generator_step(
             # name -> (per-sample value, sample weights, their global sum)
             with_target = (sw.has_target[m], sw.global_target)
             same = (sw.same_appearance[m], sw.global_same)
-            terms = {"warp": (warp_loss(out.warps, target), *same)}
+            block_weights = warp_block_weights(len(out.warps), p.blocks_per_scale, w.warp_dense)
+            terms = {"warp": (warp_loss(out.warps, target, block_weights), *same)}
             if w.gan > 0:
                 terms["gan"] = (generator_hinge(fake_preds), sw.ones[m], sw.global_all)
             if w.feature_matching > 0:
@@ -541,7 +544,7 @@ def _build_models(
     scaler_d = torch.amp.GradScaler(device.type, enabled=s.fp16)
     parts = _StepParts(
         accelerator, generator, discriminator, d_inner, opt_g, opt_d, scaler_g, scaler_d, vgg,
-        tc.loss, s.autocast,
+        tc.loss, s.autocast, cfg.model.blocks_per_scale,
     )  # fmt: skip
     return parts, g_inner, {"generator": scaler_g, "discriminator": scaler_d}
 

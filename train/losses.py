@@ -33,16 +33,33 @@ def per_sample_mse(a: Tensor, b: Tensor) -> Tensor:
     return (a.float() - b.float()).pow(2).flatten(1).mean(1)
 
 
-def warp_loss(warps: Sequence[Tensor], target: Tensor) -> Tensor:
+def warp_loss(
+    warps: Sequence[Tensor], target: Tensor, weights: Sequence[float] | None = None
+) -> Tensor:
     """Sum over blocks of the L1 between each block's warped exemplar [B, 3, h, w] and the target
-    [B, 3, H, W] average-pooled to that block's size -> [B]."""
+    [B, 3, H, W] average-pooled to that block's size -> [B]. `weights`, one per block (None: all
+    1, the release), scale each block's term; a block of weight 0 is not computed."""
     if not warps:
         raise ValueError("warp_loss: no warped exemplars (run the generator with with_warps=True)")
+    if weights is None:
+        weights = [1.0] * len(warps)
+    if len(weights) != len(warps):
+        raise ValueError(
+            f"warp_loss: weights must have one entry per block ({len(warps)}), got {len(weights)}"
+        )
     total = torch.zeros(target.shape[0], device=target.device, dtype=torch.float32)
-    for warp in warps:
+    for warp, weight in zip(warps, weights, strict=True):
+        if weight == 0:
+            continue
         pooled = F.adaptive_avg_pool2d(target.float(), warp.shape[-2:])
-        total = total + per_sample_l1(warp, pooled)
+        total = total + weight * per_sample_l1(warp, pooled)
     return total
+
+
+def warp_block_weights(blocks: int, blocks_per_scale: int, dense: float) -> list[float]:
+    """Per-block weights of `warp_loss` in running order: `dense` for the dense (coarsest) level's
+    `blocks_per_scale` blocks, 1 for every sparse block."""
+    return [dense] * blocks_per_scale + [1.0] * (blocks - blocks_per_scale)
 
 
 def _patch_mean(logits: Tensor) -> Tensor:

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from _assert import assert_close
 
+from train.config import PRESET_NAMES, LossWeights, run_preset
 from train.losses import (
     VGG_LAYER_WEIGHTS,
     discriminator_hinge,
@@ -15,6 +16,7 @@ from train.losses import (
     normalised_sum,
     per_sample_l1,
     vgg_losses,
+    warp_block_weights,
     warp_loss,
 )
 
@@ -45,6 +47,36 @@ def test_warp_loss_pools_the_target_to_every_block():
     assert_close(warp_loss(warps, target), expected, name="warp loss")
     with pytest.raises(ValueError, match="with_warps=True"):
         warp_loss([], target)
+
+
+def test_warp_loss_weights_each_block_and_skips_weight_zero():
+    gen = torch.Generator().manual_seed(1)
+    target = torch.rand(2, 3, 16, 16, generator=gen) * 2 - 1
+    warps = [torch.rand(2, 3, s, s, generator=gen) for s in (4, 4, 8, 16)]
+    terms = [
+        (w - F.adaptive_avg_pool2d(target, w.shape[-2:])).abs().mean(dim=(1, 2, 3)) for w in warps
+    ]
+    weights = warp_block_weights(len(warps), 2, 0.25)
+    assert weights == [0.25, 0.25, 1.0, 1.0]
+    expected = 0.25 * (terms[0] + terms[1]) + terms[2] + terms[3]
+    assert_close(warp_loss(warps, target, weights), expected, name="weighted warp loss")
+    # Weight 0: the dense level's warps get no gradient at all (not even a zero one).
+    for w in warps:
+        w.requires_grad_(True)
+    warp_loss(warps, target, warp_block_weights(len(warps), 2, 0.0)).sum().backward()
+    assert warps[0].grad is None and warps[1].grad is None
+    assert warps[2].grad.abs().sum() > 0 and warps[3].grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="one entry per block"):
+        warp_loss(warps, target, [1.0])
+
+
+def test_warp_dense_is_the_release_value_except_in_the_synthetic_presets():
+    assert LossWeights().warp_dense == 1.0
+    for name in PRESET_NAMES:
+        expected = 0.0 if name.startswith("synthetic-64") else 1.0
+        assert run_preset(name).train.loss.warp_dense == expected, name
+    with pytest.raises(ValueError, match=r"train\.loss\.warp_dense"):
+        LossWeights(warp_dense=-1.0)
 
 
 def test_hinge_losses_and_feature_matching():
