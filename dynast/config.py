@@ -230,7 +230,7 @@ PRESETS: dict[str, DynaSTConfig] = {
     # plus the decoder's correction; without it the output stayed grey, since the encoders'
     # instance norm removes the exemplar's colours before the attention. region_gate (ours,
     # dynast/region_gate.py): without it the output stayed 0-7% above the warped exemplar's L1;
-    # with it, 10-15% below.
+    # with it, 0.84-0.87x (docs/training.md).
     "synthetic-64": DynaSTConfig(
         name="synthetic-64", ngf=16, init_gain=0.3, output_from_warp=True, region_gate=True
     ),

@@ -258,9 +258,8 @@ def semantic_channels(data: DataConfig) -> int | None:
 
 def _synthetic_64(*, long: bool = False, model_name: str = "synthetic-64") -> RunConfig:
     # `dynast-train` with nothing else set: well within 10 minutes on a 2-core machine (both
-    # cores, see train.threads); `synthetic-64-long` 7.5x the steps (about 30 minutes; its
-    # accuracy drifts down after step 500, docs/training.md); `synthetic-64-narrow` the same
-    # recipe on the narrow model.
+    # cores, see train.threads); `synthetic-64-long` 7.5x the steps (about 22 minutes);
+    # `synthetic-64-narrow` the same recipe on the narrow model.
     # docs/training.md has the figures and the runs behind these choices:
     # - the model (ngf 16, init_gain 0.3) is the synthetic-64 model preset, whose comment says why;
     # - a pixel L1 (weight 10) as the output's reconstruction signal, no GAN and no feature
@@ -270,8 +269,10 @@ def _synthetic_64(*, long: bool = False, model_name: str = "synthetic-64") -> Ru
     #   (0.92-0.94) and falls to 0.87-0.89 by step 400, at 4e-4 it collapses; at 5e-5 it stays
     #   at 0.93-0.94 from step 200 on. A linear decay of 2e-4 over the last 200 steps did not
     #   hold it (0.88).
+    # - warp_dense 0: with the dense level's warp terms the correspondence drifted in long runs
+    #   (0.92 at step 500, 0.80 at 3000), whatever the lr; without them it holds (0.96-0.97).
     # - the model preset of the name (dynast.config.PRESETS); synthetic-64's has
-    #   output_from_warp and region_gate on (the output 0.87x its warped exemplar's L1).
+    #   output_from_warp and region_gate on (the output 0.84x its warped exemplar's L1).
     model = model_preset(model_name)
     return RunConfig(
         model=model,
