@@ -218,7 +218,7 @@ class Generator(nn.Module):
         if self.config.output_from_warp:
             # The decoder paints a correction over the finest block's warped exemplar, which
             # carries the exemplar's colours (docs/method.md section 2, "output_from_warp").
-            base = finest_warp.to(image.dtype)
+            base = finest_warp
             if self.region_gate is not None:
                 base = self.region_gate(decoded, base, sem, finest_conf)
             image = torch.clamp(base.to(image.dtype) + image, -1.0, 1.0)
