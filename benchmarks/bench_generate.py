@@ -15,14 +15,13 @@ appended to a CSV.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 
-from benchmarks.bench_train_step import AMP, BACKENDS, make_inputs
+from benchmarks.bench_train_step import AMP, BACKENDS, backend_config, make_inputs
 from benchmarks.measure import (
     append_rows,
     device_and_backends,
@@ -97,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     for backend in backends:
         torch.manual_seed(0)
         try:
-            model = Generator(dataclasses.replace(cfg, attention_backend=backend)).to(device)
+            model = Generator(backend_config(cfg, backend)).to(device)
             model.eval()
             run = torch.compile(model) if args.compile else model
 

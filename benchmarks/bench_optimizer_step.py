@@ -42,6 +42,7 @@ from benchmarks.bench_train_step import (
     AMP,
     BACKENDS,
     StepInputs,
+    backend_config,
     generator_loss,
     make_inputs,
 )
@@ -227,7 +228,7 @@ def bench(
     results: dict[str, tuple[str, float | None, float | None]] = {}
     try:
         setup = build(
-            dataclasses.replace(cfg, attention_backend=backend),
+            backend_config(cfg, backend),
             size,
             batch,
             device,

@@ -17,6 +17,10 @@ Sizes other than the config's image size run the same model, its positional map 
 Rows are printed and appended to a CSV. `--compile` wraps the generator in `torch.compile` (the
 attention then runs through the custom ops of `kernels.custom_ops`); its rows name the backend
 `triton+compile` / `torch+compile`, and the compilation happens in the warm-up, outside the timing.
+`--channels-last` puts the weights and inputs in the channels_last layout (rows `BACKEND+cl`),
+`--cudnn-benchmark` lets cuDNN time its convolution algorithms in the warm-up (`BACKEND+bench`).
+The backend `triton+norm` is `triton` with `norm_backend="triton"` too: the positional
+normalisations and SPADE modulations as the fused kernels of `kernels.fused_norm`.
 """
 
 from __future__ import annotations
@@ -45,7 +49,18 @@ from dynast.generator import Generator
 
 ROOT = Path(__file__).resolve().parents[1]
 
-BACKENDS = ("triton", "torch")
+BACKENDS = ("triton", "triton+norm", "torch")
+
+
+def backend_config(cfg: DynaSTConfig, backend: str) -> DynaSTConfig:
+    """`cfg` with the backends one of BACKENDS names: the attention backend, and with `+norm` the
+    fused normalisation kernels too."""
+    attention, _, norm = backend.partition("+")
+    return dataclasses.replace(
+        cfg, attention_backend=attention, norm_backend="triton" if norm else "torch"
+    )
+
+
 AMP = {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}
 WARP_WEIGHT = 1000.0  # docs/method.md section 5
 COLUMNS = [
@@ -54,7 +69,7 @@ COLUMNS = [
 ]  # fmt: skip
 DEFAULT_CSV = ROOT / "benchmarks" / "results" / "train_step.csv"
 HEADER = (
-    f"{'size':>5} {'backend':<7} {'ms':>10} {'x torch':>7} {'peak MB':>10} {'rel RMS':>9}  status"
+    f"{'size':>5} {'backend':<16} {'ms':>10} {'x torch':>7} {'peak MB':>10} {'rel RMS':>9}  status"
 )
 
 
@@ -80,6 +95,16 @@ class StepInputs:
     exemplar: Tensor
     exemplar_semantic: Tensor
     target: Tensor
+
+
+def to_channels_last(x: StepInputs) -> StepInputs:
+    """The same inputs in the channels_last layout (NHWC strides, the same values)."""
+    return StepInputs(
+        **{
+            f.name: getattr(x, f.name).contiguous(memory_format=torch.channels_last)
+            for f in dataclasses.fields(x)
+        }
+    )
 
 
 def make_inputs(cfg: DynaSTConfig, size: int, batch: int, device: torch.device) -> StepInputs:
@@ -116,12 +141,17 @@ def bench_backend(
     warmup_ms: int,
     rep_ms: int,
     compile_generator: bool = False,
+    channels_last: bool = False,
 ) -> tuple[str, float | None, float | None, Tensor | None]:
     """(status, median ms, peak MiB, image of one forward) for one backend; the generator
-    wrapped in `torch.compile` with `compile_generator` (compiled in the warm-up)."""
+    wrapped in `torch.compile` with `compile_generator` (compiled in the warm-up), its weights
+    and the inputs in channels_last with `channels_last`."""
     torch.manual_seed(0)
     try:
-        eager = Generator(dataclasses.replace(cfg, attention_backend=backend)).to(device)
+        eager = Generator(backend_config(cfg, backend)).to(device)
+        if channels_last:
+            eager = eager.to(memory_format=torch.channels_last)
+            x = to_channels_last(x)
         params = list(eager.parameters())
         model = torch.compile(eager) if compile_generator else eager
         autocast = torch.autocast(device.type, dtype=amp, enabled=amp is not None)
@@ -166,7 +196,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument(
-        "--backends", default=None, help="triton,torch (default: both on a GPU, torch on a CPU)"
+        "--backends",
+        default=None,
+        help="some of triton,triton+norm,torch (default: triton,torch on a GPU, torch on a CPU)",
     )
     parser.add_argument(
         "--amp", choices=sorted(AMP), default=None, help="autocast dtype (default bf16 on GPU)"
@@ -176,6 +208,16 @@ def _parser() -> argparse.ArgumentParser:
         "--compile",
         action="store_true",
         help="torch.compile the generator (rows name the backend BACKEND+compile)",
+    )
+    parser.add_argument(
+        "--channels-last",
+        action="store_true",
+        help="weights and inputs in channels_last (rows name the backend BACKEND+cl)",
+    )
+    parser.add_argument(
+        "--cudnn-benchmark",
+        action="store_true",
+        help="torch.backends.cudnn.benchmark on (rows name the backend BACKEND+bench)",
     )
     parser.add_argument("--warmup", type=int, default=100, help="warm-up per timing, ms")
     parser.add_argument("--rep", type=int, default=1000, help="measurement per timing, ms")
@@ -204,6 +246,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench_train_step: {err}", file=sys.stderr)
         return 2
     amp_name = args.amp or ("bf16" if on_gpu else "none")
+    suffix = "".join(
+        name
+        for name, on in (
+            ("+compile", args.compile),
+            ("+cl", args.channels_last),
+            ("+bench", args.cudnn_benchmark),
+        )
+        if on
+    )
+    torch.backends.cudnn.benchmark = args.cudnn_benchmark
     env = environment(device)
     print(
         f"{env['gpu']} | torch {env['torch']} | triton {env['triton']} | commit {env['commit']} | "
@@ -215,11 +267,19 @@ def main(argv: list[str] | None = None) -> int:
         x = make_inputs(cfg, size, args.batch, device)
         results = {}
         for backend in backends:
-            label = f"{backend}+compile" if args.compile else backend
+            label = backend + suffix
             results[label] = bench_backend(
-                cfg, backend, x, device, AMP[amp_name], args.warmup, args.rep, args.compile
+                cfg,
+                backend,
+                x,
+                device,
+                AMP[amp_name],
+                args.warmup,
+                args.rep,
+                args.compile,
+                args.channels_last,
             )
-        base_label = "torch+compile" if args.compile else "torch"
+        base_label = "torch" + suffix
         base = results.get(base_label)
         for backend, (status, ms, peak, image) in results.items():
             speedup = diff = None
@@ -228,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
             if base and backend != base_label and base[3] is not None and image is not None:
                 diff = _rel_rms(image, base[3])
             print(
-                f"{size:>5} {backend:<7} {_fmt(ms, '.2f'):>10} {_fmt(speedup, '.2f'):>7} "
+                f"{size:>5} {backend:<16} {_fmt(ms, '.2f'):>10} {_fmt(speedup, '.2f'):>7} "
                 f"{_fmt(peak, '.1f'):>10} {_fmt(diff, '.2e'):>9}  {status}"
             )
             rows.append(

@@ -7,6 +7,7 @@
 #   OUT=/tmp/out bash benchmarks/device_session.sh
 #   STAGES="step256 summary" bash benchmarks/device_session.sh      # rerun some stages
 #   STAGES="derived" bash benchmarks/device_session.sh              # derived vs list candidates
+#   STAGES="norm" bash benchmarks/device_session.sh                 # fused SPADE modulation
 set -u
 OUT=${OUT:-/tmp/dynast-device}
 mkdir -p "$OUT"
@@ -89,6 +90,21 @@ for name in $STAGES; do
       -m gpu tests/kernels/test_fused_dense.py ;;
     unbounded) stage unbounded ${T_UNBOUNDED:-80} env OUT="$OUT" BUDGETS="${BUDGETS:-4096}" \
       bash benchmarks/dense_budget_sweep.sh ;;
+    # Issue 13: the SPADE modulation alone at every deepfashion-256 scale (eager chain, fused
+    # kernels, torch.compile of the chain), then the generator step with the fused normalisation
+    # kernels on top of the fused attention (`triton+norm`) next to `triton`. About 100 s.
+    norm) stage norm ${T_NORM:-120} bash -c "$PY benchmarks/bench_norm.py $P256 --batch 8 \
+      --csv $OUT/norm.csv && $PY benchmarks/bench_train_step.py $P256 --batch 8 --sizes 256 \
+      --backends triton,triton+norm --warmup 25 --rep 300 --csv $OUT/train_step.csv" ;;
+    # Issue 13: the convolutions' layout. The step with weights and inputs in channels_last (the
+    # attention's token-major views are then free, the fused normalisations read NHWC), the
+    # normalisations alone in NHWC, and cuDNN's benchmark mode. About 100 s.
+    layout) stage layout ${T_LAYOUT:-150} bash -c "$PY benchmarks/bench_train_step.py $P256 \
+      --batch 8 --sizes 256 --backends triton,triton+norm --channels-last --warmup 25 --rep 300 \
+      --csv $OUT/train_step.csv && $PY benchmarks/bench_norm.py $P256 --batch 8 --channels-last \
+      --impls eager,fused --csv $OUT/norm.csv && $PY benchmarks/bench_train_step.py $P256 \
+      --batch 8 --sizes 256 --backends triton --cudnn-benchmark --warmup 25 --rep 300 \
+      --csv $OUT/train_step.csv" ;;
     *) echo "unknown stage $name" ;;
   esac
 done

@@ -52,6 +52,7 @@ class DynamicAttentionBlock(nn.Module):
         warp_over: str,
         backend: str,
         gain: float,
+        norm_backend: str = "torch",
     ) -> None:
         super().__init__()
         qk = value_channels + pos_channels
@@ -62,13 +63,14 @@ class DynamicAttentionBlock(nn.Module):
         self.to_k_prune = nn.Linear(qk, prune_channels)
         for layer in (self.to_q, self.to_k, self.to_v, self.to_q_prune, self.to_k_prune):
             init_module_(layer, gain)
-        self.spade = SPADE(value_channels, semantic_nc, gain=gain)
+        self.spade = SPADE(value_channels, semantic_nc, gain=gain, norm_backend=norm_backend)
         self.residual = ResidualBlock(value_channels, gain=gain)
         self.scale = scale
         self.prune_scale = prune_scale
         self.topk = topk
         self.warp_over = warp_over
         self.backend = backend
+        self.norm_backend = norm_backend
 
     def forward(
         self,
@@ -118,7 +120,9 @@ class DynamicAttentionBlock(nn.Module):
 
         attended = rearrange(result.out, "b (h w) c -> b c h w", h=h, w=w).to(x.dtype)
         conf = rearrange(result.conf, "b (h w) -> b 1 h w", h=h, w=w).to(x.dtype)
-        y = positional_norm(attended + (1 - conf) * self.spade(x, semantic) + x)
+        y = positional_norm(
+            attended + (1 - conf) * self.spade(x, semantic) + x, backend=self.norm_backend
+        )
         warp = None
         if result.warp is not None:
             warp = rearrange(result.warp, "b (h w) c -> b c h w", h=h, w=w)

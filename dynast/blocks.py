@@ -14,13 +14,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.parametrizations import spectral_norm
 
+from kernels import norm as norm_ops
 
-def positional_norm(x: Tensor, eps: float = 1e-8) -> Tensor:
+
+def positional_norm(x: Tensor, eps: float = 1e-8, *, backend: str = "torch") -> Tensor:
     """Normalise every pixel over channels: subtract the channel mean, divide by the channel
-    standard deviation (unbiased variance, as the release)."""
-    mean = x.mean(dim=1, keepdim=True)
-    var = x.var(dim=1, keepdim=True)
-    return (x - mean) / torch.sqrt(var + eps)
+    standard deviation (unbiased variance, as the release). `backend` as `kernels.norm`: "torch"
+    is the plain expression, "triton" / "auto" one fused kernel each way on CUDA tensors."""
+    return norm_ops.positional_norm(x, eps, backend=backend)
 
 
 def l2_normalize_channels(x: Tensor, eps: float = 1e-10) -> Tensor:
@@ -76,17 +77,22 @@ def resize_nearest(x: Tensor, size: tuple[int, int]) -> Tensor:
 
 class SPADE(nn.Module):
     """Spatially-adaptive denormalisation: `(1 + gamma(s)) * positional_norm(x) + beta(s)`, with
-    gamma and beta predicted from the conditioning map `s` (resized to x by nearest sampling)."""
+    gamma and beta predicted from the conditioning map `s` (resized to x by nearest sampling).
+    `norm_backend` runs the denormalisation as `kernels.norm.spade_modulation`."""
 
-    def __init__(self, channels: int, cond_channels: int, *, gain: float) -> None:
+    def __init__(
+        self, channels: int, cond_channels: int, *, gain: float, norm_backend: str = "torch"
+    ) -> None:
         super().__init__()
         self.shared = conv2d(cond_channels, channels, 3, gain=gain)
         self.gamma = conv2d(channels, channels, 3, gain=gain)
         self.beta = conv2d(channels, channels, 3, gain=gain)
+        self.norm_backend = norm_backend
 
     def forward(self, x: Tensor, cond: Tensor) -> Tensor:
         hidden = F.relu(self.shared(resize_nearest(cond, tuple(x.shape[-2:]))))
-        return (1 + self.gamma(hidden)) * positional_norm(x) + self.beta(hidden)
+        gamma, beta = self.gamma(hidden), self.beta(hidden)
+        return norm_ops.spade_modulation(x, gamma, beta, backend=self.norm_backend)
 
 
 class ResidualBlock(nn.Module):
@@ -110,11 +116,13 @@ class SPADEResBlock(nn.Module):
     """Residual block whose two normalisations are SPADE conditioned on `cond`; spectral-normed
     convolutions; one shared PReLU (the release's `SPADEResnetBlock`)."""
 
-    def __init__(self, channels: int, cond_channels: int, *, gain: float) -> None:
+    def __init__(
+        self, channels: int, cond_channels: int, *, gain: float, norm_backend: str = "torch"
+    ) -> None:
         super().__init__()
-        self.norm_0 = SPADE(channels, cond_channels, gain=gain)
+        self.norm_0 = SPADE(channels, cond_channels, gain=gain, norm_backend=norm_backend)
         self.conv_0 = conv2d(channels, channels, 3, gain=gain, spectral=True)
-        self.norm_1 = SPADE(channels, cond_channels, gain=gain)
+        self.norm_1 = SPADE(channels, cond_channels, gain=gain, norm_backend=norm_backend)
         self.conv_1 = conv2d(channels, channels, 3, gain=gain, spectral=True)
         self.act = nn.PReLU()
 

@@ -42,6 +42,10 @@ class DynaSTConfig:
     `region_gate` (ours, needs `output_from_warp`; on in the synthetic-64 preset): the warped
     exemplar the decoder corrects is first blended, per pixel and by a learned gate, with its mean
     over the target's semantic regions (`dynast.region_gate`); one 3x3 convolution more.
+    `norm_backend` (ours): how the positional normalisations and SPADE modulations run, as
+    `kernels.norm` ("torch": the plain expressions, bit for bit the model as it always ran;
+    "triton" / "auto": one fused kernel each way, `kernels.fused_norm`). Default "torch" until a
+    GPU measurement says the fused kernels pay (docs/benchmarks.md, "Issue 13").
     """
 
     name: str = "synthetic-64-narrow"
@@ -60,6 +64,7 @@ class DynaSTConfig:
     sparse_prune_scale: float = 1.0
     warp_over: str = "kept"
     attention_backend: str = "auto"
+    norm_backend: str = "torch"
     init_gain: float = 0.02
     output_from_warp: bool = False
     region_gate: bool = False
@@ -128,6 +133,11 @@ class DynaSTConfig:
             raise ValueError(
                 f"DynaSTConfig.attention_backend must be one of {ATTENTION_BACKENDS}, "
                 f"got {self.attention_backend!r}"
+            )
+        if self.norm_backend not in ATTENTION_BACKENDS:
+            raise ValueError(
+                f"DynaSTConfig.norm_backend must be one of {ATTENTION_BACKENDS}, "
+                f"got {self.norm_backend!r}"
             )
 
     # Derived sizes, coarsest scale first (the order in which the generator runs).

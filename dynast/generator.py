@@ -64,11 +64,12 @@ class Generator(nn.Module):
         widths = cfg.value_channels  # coarsest first
         pos_widths = cfg.pos_channels
         exemplar_nc = cfg.semantic_nc + 3
+        norm = {"gain": gain, "norm_backend": cfg.norm_backend}
 
         self.encoder_q = Encoder(cfg.semantic_nc, widths[::-1], gain=gain)
         self.encoder_kv = Encoder(exemplar_nc, widths[::-1], gain=gain)
-        self.embed_q = nn.ModuleList(SPADEResBlock(c, cfg.semantic_nc, gain=gain) for c in widths)
-        self.embed_kv = nn.ModuleList(SPADEResBlock(c, exemplar_nc, gain=gain) for c in widths)
+        self.embed_q = nn.ModuleList(SPADEResBlock(c, cfg.semantic_nc, **norm) for c in widths)
+        self.embed_kv = nn.ModuleList(SPADEResBlock(c, exemplar_nc, **norm) for c in widths)
         # Released init: N(0, 1) at the coarsest scale of the training image size.
         size = cfg.coarsest_size
         self.pos_embed = nn.Parameter(torch.randn(1, pos_widths[0], size, size))
@@ -97,13 +98,14 @@ class Generator(nn.Module):
                     warp_over=cfg.warp_over,
                     backend=cfg.attention_backend,
                     gain=gain,
+                    norm_backend=cfg.norm_backend,
                 )
                 for _ in range(cfg.blocks_per_scale)
             )
             self.transformer.append(blocks)
 
         self.up_x = nn.ModuleList(Upsample2x(a, b, nn.ReLU(), gain=gain) for a, b in transitions)
-        self.fuse = nn.ModuleList(SPADEResBlock(c, cfg.semantic_nc, gain=gain) for c in widths[1:])
+        self.fuse = nn.ModuleList(SPADEResBlock(c, cfg.semantic_nc, **norm) for c in widths[1:])
         self.to_rgb = conv2d(widths[-1], 3, 3, gain=gain)
         if cfg.output_from_warp:
             # The correction starts at zero: the first image is the warped exemplar, not the

@@ -38,12 +38,13 @@ Launch configs keep the keys the tuning tables were written with: dense BLOCK_M,
 and BLOCK_V or BLOCK_C; candidates BLOCK_Q and BLOCK_C (one channel step, clipped per tensor into
 BLOCK_D, BLOCK_DP, BLOCK_DV and BLOCK_W).
 
-Modules: `ops` (the operators, validation, backends), `reference` (the specification),
+Modules: `ops` (the operators, validation, backends), `norm` (the positional normalisation and
+SPADE modulation operators, fused in `fused_norm`), `reference` (the specification),
 `candidate_lists` (the list builders, CandidateList), `fused_dense` and `fused_candidates`
 (Triton kernels), `candidates_cpu` (candidate attention on the CPU), `custom_ops`
 (torch.compile), `shapes` (model sizes); the autotuner `autotune` with the tuning table
 `tuning` and the runners `tuning_dense`, `tuning_candidates`; the ahead-of-time compile report
-`aot` with its cases `aot_dense`, `aot_candidates`.
+`aot` with its cases `aot_dense`, `aot_candidates`, `aot_norm`.
 """
 
 from .candidate_lists import (

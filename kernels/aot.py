@@ -32,9 +32,9 @@ from .runtime import interpreting
 
 # Shared memory a block may use, per compute capability (bytes).
 SHARED_LIMIT = {80: 163 * 1024, 86: 99 * 1024, 89: 99 * 1024, 90: 227 * 1024}
-CASE_MODULES = ("kernels.aot_dense", "kernels.aot_candidates")
+CASE_MODULES = ("kernels.aot_dense", "kernels.aot_candidates", "kernels.aot_norm")
 # Scalar arguments of every kernel that are fp32 (all other lower-case arguments are i32).
-FLOAT_ARGUMENTS = ("scale", "prune_scale")
+FLOAT_ARGUMENTS = ("scale", "prune_scale", "eps")
 
 
 @dataclass(frozen=True)

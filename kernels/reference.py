@@ -184,3 +184,23 @@ def kept_counts(
             kpg = _gather_rows(_acc(k_prune), candidates.long())
             s = torch.einsum("bqc,bqmc->bqm", _acc(q_prune), kpg)
         return (prune_scale * s > 0).sum(dim=-1)
+
+
+# --------------------------------------------------------------------------------------------------
+# Normalisation (the SPADE modulation and the attention block's positional normalisation)
+# --------------------------------------------------------------------------------------------------
+
+
+def reference_positional_norm(x: Tensor, eps: float = 1e-8) -> Tensor:
+    """Normalise every pixel of x [B, C, H, W] over its channels: subtract the channel mean, divide
+    by sqrt(unbiased channel variance + eps), as the release. Computed in x's dtype, the way the
+    model always ran it."""
+    mean = x.mean(dim=1, keepdim=True)
+    var = x.var(dim=1, keepdim=True)
+    return (x - mean) / torch.sqrt(var + eps)
+
+
+def reference_spade_modulation(x: Tensor, gamma: Tensor, beta: Tensor, eps: float = 1e-8) -> Tensor:
+    """SPADE's denormalisation `(1 + gamma) * positional_norm(x) + beta`; gamma and beta have x's
+    shape (the outputs of SPADE's two convolutions)."""
+    return (1 + gamma) * reference_positional_norm(x, eps) + beta

@@ -105,9 +105,12 @@ def assert_error_within(
     name: str,
     factor: float = 8.0,
     floor: float = 2.0**-20,
+    atol: float = 0.0,
 ) -> None:
     """`actual`'s max error against the float64 `exact` is at most `factor` times `baseline`'s
-    (the same quantity computed by the float32 reference), plus `floor` times max |exact|.
+    (the same quantity computed by the float32 reference), plus `floor` times max |exact|, plus
+    `atol` (for results that are small by cancellation: the rounding bound of the summed terms,
+    `sum_tolerance`).
 
     The baseline's error measures the rounding noise of this computation on this machine, with
     this thread count; the floor covers a tensor whose baseline is exact by luck. A result that is
@@ -122,7 +125,7 @@ def assert_error_within(
             raise AssertionError(f"{name}: {label} has non-finite elements")
     err_a, err_b = float((a - x).abs().max()), float((b - x).abs().max())
     size = float(x.abs().max())
-    allowed = factor * err_b + floor * size
+    allowed = factor * err_b + floor * size + atol
     if err_a > allowed:
         zero = size <= err_b
         kind = "mathematically zero (float64 value below the fp32 noise); " if zero else ""

@@ -107,6 +107,7 @@ def test_from_dict_is_strict_and_fills_defaults():
         pytest.param({"semantic_nc": True}, "semantic_nc must be a positive integer", id="bool"),
         pytest.param({"warp_over": "some"}, "warp_over must be one of", id="warp"),
         pytest.param({"attention_backend": "cuda"}, "attention_backend must be one of", id="be"),
+        pytest.param({"norm_backend": "fused"}, "norm_backend must be one of", id="norm"),
         pytest.param({"sparse_scale": 0.0}, "sparse_scale must be a finite number > 0", id="scale"),
         pytest.param({"dense_scale": -1.0}, "dense_scale must be a finite number > 0", id="dense"),
         pytest.param(

@@ -3,6 +3,7 @@ the attention block's two limits (nothing kept / everything kept), gradients, in
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 
 import pytest
@@ -255,9 +256,11 @@ def test_constructor_rejects_other_configs():
         Generator(dataclasses.asdict(DynaSTConfig()))
 
 
-def test_fused_backend_matches_the_reference_through_the_whole_model():
-    """The same weights with attention_backend "triton" (Triton's CPU interpreter here, the GPU
-    where there is one) and "torch": same image, warps, top-k, and gradients."""
+@pytest.mark.parametrize("fused_field", ["attention_backend", "norm_backend"])
+def test_fused_backend_matches_the_reference_through_the_whole_model(fused_field):
+    """The same weights with `fused_field` "triton" (Triton's CPU interpreter here, the GPU where
+    there is one: the attention kernels, or the normalisation kernels of every SPADE and
+    attention block) and "torch": same image, warps, top-k, and gradients."""
     on_interpreter = interpreting()
     if not torch.cuda.is_available() and not on_interpreter:
         pytest.skip("needs a CUDA device or TRITON_INTERPRET=1")
@@ -268,7 +271,7 @@ def test_fused_backend_matches_the_reference_through_the_whole_model():
     )  # fmt: skip
     torch.manual_seed(0)
     reference = Generator(cfg).to(device)
-    fused = Generator(dataclasses.replace(cfg, attention_backend="triton")).to(device)
+    fused = Generator(dataclasses.replace(cfg, **{fused_field: "triton"})).to(device)
     fused.load_state_dict(reference.state_dict())
     # The float64 run is the ground truth: the fp32 reference's own error against it measures the
     # rounding noise of this model on this machine and thread count.
@@ -294,3 +297,44 @@ def test_fused_backend_matches_the_reference_through_the_whole_model():
         # A bias that feeds a normalisation has a zero gradient: float64 noise in `exact`, fp32
         # noise in both others, which the baseline's error then measures.
         assert_error_within(p_got.grad, p_ref.grad, p_exact.grad, name=f"grad {name}")
+
+
+@pytest.mark.parametrize("norm_backend", ["torch", "triton"])
+def test_channels_last_weights_and_inputs_give_the_same_model(norm_backend):
+    """The generator in the channels_last layout (weights and inputs, as `bench_train_step.py
+    --channels-last` runs it): the NCHW model's image, top-k and gradients within fp32 rounding,
+    and a channels_last image. With norm_backend "triton" the fused normalisation kernels read
+    the NHWC maps through their strides (Triton's CPU interpreter here)."""
+    if norm_backend == "triton" and not torch.cuda.is_available() and not interpreting():
+        pytest.skip("needs a CUDA device or TRITON_INTERPRET=1")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    cfg = DynaSTConfig(
+        image_size=16, num_scales=2, ngf=4, pos_unit=2, prune_unit=2, topk=2,
+        attention_backend="torch", norm_backend=norm_backend,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    nchw = Generator(cfg).to(device)
+    # Copies before any forward: a training-mode forward advances spectral norm's power iteration.
+    nhwc = copy.deepcopy(nchw).to(memory_format=torch.channels_last)
+    exact = copy.deepcopy(nchw).to(torch.float64)
+    inputs = [x.to(device) for x in _inputs(cfg, 2, 16, 16, seed=6)]
+    as_nhwc = [x.contiguous(memory_format=torch.channels_last) for x in inputs]
+    outputs = []
+    for g, xs in ((nchw, inputs), (nhwc, as_nhwc), (exact, [x.double() for x in inputs])):
+        out = g(*xs, with_warps=True)
+        (out.image.square().mean() + sum(w.abs().mean() for w in out.warps)).backward()
+        outputs.append(out)
+    ref, got, ex = outputs
+    assert got.image.is_contiguous(memory_format=torch.channels_last)
+    assert_error_within(got.image, ref.image, ex.image, name="image")
+    for i, (a, b) in enumerate(zip(got.topks, ref.topks, strict=True)):
+        assert torch.equal(a, b), f"block {i}: top-k differs"
+    # The layout changes every reduction's order, and some gradients are small only by
+    # cancellation (the prune projections' biases, ~1e-8 against ~1e-2 elsewhere): their error is
+    # fp32 noise on terms of the model's gradient scale, which the allowance below covers.
+    largest = max(float(p.grad.abs().max()) for p in exact.parameters())
+    named = zip(nchw.named_parameters(), nhwc.parameters(), exact.parameters(), strict=True)
+    for (name, p_ref), p_got, p_exact in named:
+        assert_error_within(
+            p_got.grad, p_ref.grad, p_exact.grad, name=f"grad {name}", atol=1e-5 * largest
+        )
