@@ -19,10 +19,24 @@ if os.environ.get("DYNAST_TEST_DETERMINISTIC", "0") not in ("", "0"):
     torch.use_deterministic_algorithms(True)
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--run-slow",
+        action="store_true",
+        help="also run the tests marked slow (inductor's C++ compilation of the generator, and "
+        "a compiled training run: several minutes each on two cores)",
+    )
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if torch.cuda.is_available():
-        return
-    skip = pytest.mark.skip(reason="needs a CUDA device")
+    # Slow tests are opt-in: on a cold inductor cache the two of them take 7-8 minutes of a
+    # 2-core machine, more than the rest of the suite together (docs/testing.md). `-m slow`
+    # selects them explicitly and runs them too.
+    run_slow = config.getoption("--run-slow") or "slow" in (config.getoption("-m") or "")
+    skip_slow = pytest.mark.skip(reason="slow: run with --run-slow")
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA device")
     for item in items:
-        if "gpu" in item.keywords:
-            item.add_marker(skip)
+        if "slow" in item.keywords and not run_slow:
+            item.add_marker(skip_slow)
+        if "gpu" in item.keywords and not torch.cuda.is_available():
+            item.add_marker(skip_gpu)
