@@ -3,7 +3,7 @@ mid-step, inside a checkpoint write, publish, rotation, final/), re-run each tim
 command. After every kill the run folder holds only checkpoints that verify; every restart
 resumes from the newest one; the finished run equals an uninterrupted one.
 
-Marked slow but run by CI (`pytest` runs everything): about 1-2 minutes on 2 cores."""
+Run by `pytest` and so by CI (not marked slow, which is opt-in): about 1-2 minutes on 2 cores."""
 
 from __future__ import annotations
 
@@ -17,7 +17,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -71,7 +70,6 @@ def _check_folder(run_dir: Path) -> int | None:
     return max(steps) if steps else None
 
 
-@pytest.mark.slow
 def test_killed_at_random_points_resumes_and_ends_like_an_uninterrupted_run(tmp_path):
     straight = tmp_path / "straight"
     log = tmp_path / "straight.log"
