@@ -50,6 +50,7 @@ from torch import Tensor
 from benchmarks.attention_cost import ACCOUNTINGS, PASSES, shape_cost
 from benchmarks.measure import (
     append_rows,
+    cell,
     environment,
     first_line,
     is_out_of_memory,
@@ -396,10 +397,6 @@ def _failure(impl: str, err: BaseException) -> str:
 # --------------------------------------------------------------------------------------------------
 
 
-def _fmt(value: float | None, spec: str) -> str:
-    return "-" if value is None else format(value, spec)
-
-
 HEADER = (
     f"{'block':<16} {'pass':<4} {'impl':<13} {'ms':>9} {'x ref':>6} {'TFLOP/s':>8} {'GB/s':>8} "
     f"{'% copy':>6} {'peak MB':>9} {'mem/ref':>7} {'err':>8}  status"
@@ -416,9 +413,9 @@ def format_row(row: Row, ref: Row | None) -> str:
     memory = row.peak_mb / ref.peak_mb if ref and ref.peak_mb and row.peak_mb else None
     return (
         f"{row.shape.split()[0]:<16} {row.pass_:<4} {row.impl:<13} "
-        f"{_fmt(row.median_ms, '.4f'):>9} {_fmt(speedup, '.2f'):>6} {_fmt(row.tflops, '.2f'):>8} "
-        f"{_fmt(row.gbps, '.1f'):>8} {_fmt(row.pct_copy, '.1f'):>6} {_fmt(row.peak_mb, '.1f'):>9} "
-        f"{_fmt(memory, '.3f'):>7} {_fmt(row.err, '.2e'):>8}  {row.status}"
+        f"{cell(row.median_ms, '.4f'):>9} {cell(speedup, '.2f'):>6} {cell(row.tflops, '.2f'):>8} "
+        f"{cell(row.gbps, '.1f'):>8} {cell(row.pct_copy, '.1f'):>6} {cell(row.peak_mb, '.1f'):>9} "
+        f"{cell(memory, '.3f'):>7} {cell(row.err, '.2e'):>8}  {row.status}"
     )
 
 

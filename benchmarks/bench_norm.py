@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from benchmarks.measure import append_rows, environment, first_line, median_ms
+from benchmarks.measure import append_rows, cell, environment, first_line, median_ms
 from dynast.config import PRESETS, preset
 from kernels import norm, reference
 
@@ -141,10 +141,6 @@ def bench_scale(
     return rows
 
 
-def _fmt(value: float | None, spec: str) -> str:
-    return "-" if value is None else format(value, spec)
-
-
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter
@@ -202,8 +198,8 @@ def main(argv: list[str] | None = None) -> int:
         for row in bench_scale(channels, size, args, device, impls, passes):
             print(
                 f"{channels:>4} {f'{size}x{size}':>9} {row['impl']:<9} {row['pass']:<5} "
-                f"{_fmt(row['median_ms'], '.3f'):>9} {_fmt(row['gb_s'], '.1f'):>8} "
-                f"{_fmt(row['pct_of_copy'], '.1f'):>7} {_fmt(row['rel_rms'], '.2e'):>9}  "
+                f"{cell(row['median_ms'], '.3f'):>9} {cell(row['gb_s'], '.1f'):>8} "
+                f"{cell(row['pct_of_copy'], '.1f'):>7} {cell(row['rel_rms'], '.2e'):>9}  "
                 f"{row['status']}"
             )
             stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")

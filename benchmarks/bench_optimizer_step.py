@@ -48,6 +48,7 @@ from benchmarks.bench_train_step import (
 )
 from benchmarks.measure import (
     append_rows,
+    cell,
     device_and_backends,
     environment,
     first_line,
@@ -254,10 +255,6 @@ def bench(
     return results
 
 
-def _fmt(value: float | None, spec: str) -> str:
-    return "-" if value is None else format(value, spec)
-
-
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter
@@ -327,9 +324,8 @@ def main(argv: list[str] | None = None) -> int:
         line = f"{part:<17}"
         for b in backends:
             status, ms, peak = results[b][part]
-            line += (
-                f" {_fmt(ms, '.2f') if status == 'ok' else status[:12]:>12} {_fmt(peak, '.0f'):>9}"
-            )
+            shown = cell(ms, ".2f") if status == "ok" else status[:12]
+            line += f" {shown:>12} {cell(peak, '.0f'):>9}"
             rows.append(
                 {
                     "timestamp": stamp,

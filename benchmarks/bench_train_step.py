@@ -38,6 +38,7 @@ from torch import Tensor
 
 from benchmarks.measure import (
     append_rows,
+    cell,
     environment,
     first_line,
     is_out_of_memory,
@@ -176,10 +177,6 @@ def bench_backend(
             torch.cuda.empty_cache()
 
 
-def _fmt(value: float | None, spec: str) -> str:
-    return "-" if value is None else format(value, spec)
-
-
 def _rel_rms(a: Tensor, b: Tensor) -> float:
     return float((a - b).pow(2).mean().sqrt() / b.pow(2).mean().sqrt().clamp_min(1e-30))
 
@@ -288,8 +285,8 @@ def main(argv: list[str] | None = None) -> int:
             if base and backend != base_label and base[3] is not None and image is not None:
                 diff = _rel_rms(image, base[3])
             print(
-                f"{size:>5} {backend:<16} {_fmt(ms, '.2f'):>10} {_fmt(speedup, '.2f'):>7} "
-                f"{_fmt(peak, '.1f'):>10} {_fmt(diff, '.2e'):>9}  {status}"
+                f"{size:>5} {backend:<16} {cell(ms, '.2f'):>10} {cell(speedup, '.2f'):>7} "
+                f"{cell(peak, '.1f'):>10} {cell(diff, '.2e'):>9}  {status}"
             )
             rows.append(
                 {

@@ -147,3 +147,9 @@ def append_rows(path: Path, columns: list[str], rows: list[dict[str, object]]) -
                 writer.writerow(["" if row[c] is None else row[c] for c in columns])
 
     write_atomically(path, write)
+
+
+def cell(value: float | None, spec: str) -> str:
+    """A table cell: `value` in `spec`, or "-" where there is no figure (a failed or skipped
+    measurement)."""
+    return "-" if value is None else format(value, spec)

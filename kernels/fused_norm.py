@@ -42,6 +42,15 @@ from . import runtime
 
 
 @triton.jit
+def _tile(c0, offs_p, mask_p, base, n_channels, stride_c, stride_p, BLOCK_C: tl.constexpr):
+    """Offsets [C, P] and mask of the channel step starting at c0 over the program's pixels."""
+    offs_c = c0 + tl.arange(0, BLOCK_C)
+    mask = (offs_c[:, None] < n_channels) & mask_p[None, :]
+    ptrs = base + offs_c[:, None].to(tl.int64) * stride_c + offs_p[None, :].to(tl.int64) * stride_p
+    return ptrs, mask
+
+
+@triton.jit
 def _spade_norm_fwd_kernel(
     X,
     GAMMA,
@@ -70,11 +79,7 @@ def _spade_norm_fwd_kernel(
     sum_d = tl.zeros([BLOCK_P], dtype=tl.float32)
     sum_dd = tl.zeros([BLOCK_P], dtype=tl.float32)
     for c0 in range(0, n_channels, BLOCK_C):
-        offs_c = c0 + tl.arange(0, BLOCK_C)  # [C]
-        mask = (offs_c[:, None] < n_channels) & mask_p[None, :]
-        ptrs = (
-            base + offs_c[:, None].to(tl.int64) * stride_c + offs_p[None, :].to(tl.int64) * stride_p
-        )
+        ptrs, mask = _tile(c0, offs_p, mask_p, base, n_channels, stride_c, stride_p, BLOCK_C)
         x = tl.load(X + ptrs, mask=mask, other=0.0).to(tl.float32)
         d = tl.where(mask, x - shift[None, :], 0.0)
         sum_d += tl.sum(d, axis=0)
@@ -87,11 +92,7 @@ def _spade_norm_fwd_kernel(
     tl.store(MEAN + stats, mean, mask=mask_p)
     tl.store(RSTD + stats, rstd, mask=mask_p)
     for c0 in range(0, n_channels, BLOCK_C):
-        offs_c = c0 + tl.arange(0, BLOCK_C)
-        mask = (offs_c[:, None] < n_channels) & mask_p[None, :]
-        ptrs = (
-            base + offs_c[:, None].to(tl.int64) * stride_c + offs_p[None, :].to(tl.int64) * stride_p
-        )
+        ptrs, mask = _tile(c0, offs_p, mask_p, base, n_channels, stride_c, stride_p, BLOCK_C)
         x = tl.load(X + ptrs, mask=mask, other=0.0).to(tl.float32)
         y = (x - mean[None, :]) * rstd[None, :]
         if HAS_AFFINE:
@@ -132,11 +133,7 @@ def _spade_norm_bwd_kernel(
     sum_dn = tl.zeros([BLOCK_P], dtype=tl.float32)
     sum_dn_n = tl.zeros([BLOCK_P], dtype=tl.float32)
     for c0 in range(0, n_channels, BLOCK_C):
-        offs_c = c0 + tl.arange(0, BLOCK_C)
-        mask = (offs_c[:, None] < n_channels) & mask_p[None, :]
-        ptrs = (
-            base + offs_c[:, None].to(tl.int64) * stride_c + offs_p[None, :].to(tl.int64) * stride_p
-        )
+        ptrs, mask = _tile(c0, offs_p, mask_p, base, n_channels, stride_c, stride_p, BLOCK_C)
         x = tl.load(X + ptrs, mask=mask, other=0.0).to(tl.float32)
         dn = tl.load(DOUT + ptrs, mask=mask, other=0.0).to(tl.float32)
         if HAS_AFFINE:
@@ -147,11 +144,7 @@ def _spade_norm_bwd_kernel(
     mean_dn = sum_dn / n_channels
     proj = sum_dn_n / (n_channels - 1)
     for c0 in range(0, n_channels, BLOCK_C):
-        offs_c = c0 + tl.arange(0, BLOCK_C)
-        mask = (offs_c[:, None] < n_channels) & mask_p[None, :]
-        ptrs = (
-            base + offs_c[:, None].to(tl.int64) * stride_c + offs_p[None, :].to(tl.int64) * stride_p
-        )
+        ptrs, mask = _tile(c0, offs_p, mask_p, base, n_channels, stride_c, stride_p, BLOCK_C)
         x = tl.load(X + ptrs, mask=mask, other=0.0).to(tl.float32)
         dy = tl.load(DOUT + ptrs, mask=mask, other=0.0).to(tl.float32)
         n = (x - mean[None, :]) * rstd[None, :]
