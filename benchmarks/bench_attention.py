@@ -56,6 +56,7 @@ from benchmarks.measure import (
     is_out_of_memory,
     median_ms,
     peak_mb,
+    rel_rms,
 )
 from kernels import reference
 from kernels.runtime import interpreting
@@ -260,12 +261,6 @@ def _float_outputs(outputs: Outputs) -> list[Tensor]:
     return [out, conf] if warp is None else [out, conf, warp]
 
 
-def _rel_rms(actual: Tensor, expected: Tensor) -> float:
-    a, e = actual.detach().double(), expected.detach().double()
-    err = float((a - e).pow(2).mean().sqrt() / e.pow(2).mean().sqrt().clamp_min(1e-30))
-    return err if math.isfinite(err) else math.inf
-
-
 def _selected_scores(problem: AttentionProblem, index: Tensor) -> Tensor:
     """Scores z of the keys `index` [B, Nq, k] picks, sorted per query (descending)."""
     b, nq, k = index.shape
@@ -323,16 +318,16 @@ def check_error(
         x.grad = None
     with torch.set_grad_enabled(with_grads):
         outputs = impl(check)
-    errors = [_rel_rms(outputs[i], gold.outputs[i]) for i in (0, 1)]
+    errors = [rel_rms(outputs[i], gold.outputs[i]) for i in (0, 1)]
     if complete and any(
         (a is None) != (e is None) for a, e in zip(outputs, gold.outputs, strict=True)
     ):
         return math.inf
     if outputs[3] is not None:
-        errors.append(_rel_rms(outputs[3], gold.outputs[3]))
+        errors.append(rel_rms(outputs[3], gold.outputs[3]))
     if outputs[2] is not None:
         errors.append(
-            _rel_rms(
+            rel_rms(
                 _selected_scores(gold.problem, outputs[2]),
                 _selected_scores(gold.problem, gold.outputs[2]),
             )
@@ -345,7 +340,7 @@ def check_error(
         for name, x in inputs.items():
             if x.grad is None:
                 return math.inf  # a differentiable input got no gradient
-            errors.append(_rel_rms(x.grad, gold.grads[name]))
+            errors.append(rel_rms(x.grad, gold.grads[name]))
             x.grad = None
     return max(errors)
 

@@ -24,12 +24,14 @@ import torch
 from benchmarks.bench_train_step import AMP, BACKENDS, backend_config, make_inputs
 from benchmarks.measure import (
     append_rows,
+    cell,
     device_and_backends,
     environment,
     first_line,
     is_out_of_memory,
     median_ms,
     peak_mb,
+    rel_rms,
 )
 from benchmarks.tiny import TINY_BATCH, TINY_SIZE, tiny_config
 from dynast.config import PRESETS, preset
@@ -42,10 +44,6 @@ COLUMNS = [
     "backend", "compile", "status", "median_ms", "images_per_s", "peak_mb", "image_rel_rms",
 ]  # fmt: skip
 DEFAULT_CSV = ROOT / "benchmarks" / "results" / "generate.csv"
-
-
-def _rel_rms(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a - b).pow(2).mean().sqrt() / b.pow(2).mean().sqrt().clamp_min(1e-30))
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -126,11 +124,10 @@ def main(argv: list[str] | None = None) -> int:
         speedup = base[1] / ms if base and base[1] and ms and backend != "torch" else None
         diff = None
         if base and base[3] is not None and image is not None and backend != "torch":
-            diff = _rel_rms(image, base[3])
-        fmt = lambda v, spec: "-" if v is None else format(v, spec)
+            diff = rel_rms(image, base[3])
         print(
-            f"{backend:<8} {fmt(ms, '.2f'):>10} {fmt(rate, '.1f'):>10} {fmt(speedup, '.2f'):>8} "
-            f"{fmt(peak, '.0f'):>9} {fmt(diff, '.2e'):>9}  {status}"
+            f"{backend:<8} {cell(ms, '.2f'):>10} {cell(rate, '.1f'):>10} {cell(speedup, '.2f'):>8} "
+            f"{cell(peak, '.0f'):>9} {cell(diff, '.2e'):>9}  {status}"
         )
         rows.append(
             {

@@ -44,6 +44,7 @@ from benchmarks.measure import (
     is_out_of_memory,
     median_ms,
     peak_mb,
+    rel_rms,
 )
 from dynast.config import PRESETS, DynaSTConfig, preset
 from dynast.generator import Generator
@@ -177,10 +178,6 @@ def bench_backend(
             torch.cuda.empty_cache()
 
 
-def _rel_rms(a: Tensor, b: Tensor) -> float:
-    return float((a - b).pow(2).mean().sqrt() / b.pow(2).mean().sqrt().clamp_min(1e-30))
-
-
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter
@@ -283,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
             if base and backend != base_label and base[1] and ms:
                 speedup = base[1] / ms
             if base and backend != base_label and base[3] is not None and image is not None:
-                diff = _rel_rms(image, base[3])
+                diff = rel_rms(image, base[3])
             print(
                 f"{size:>5} {backend:<16} {cell(ms, '.2f'):>10} {cell(speedup, '.2f'):>7} "
                 f"{cell(peak, '.1f'):>10} {cell(diff, '.2e'):>9}  {status}"

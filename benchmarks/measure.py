@@ -6,6 +6,7 @@ Imports only torch (and triton on a GPU), so the scripts run on the GPU machines
 from __future__ import annotations
 
 import csv
+import math
 import platform
 import statistics
 import subprocess
@@ -153,3 +154,11 @@ def cell(value: float | None, spec: str) -> str:
     """A table cell: `value` in `spec`, or "-" where there is no figure (a failed or skipped
     measurement)."""
     return "-" if value is None else format(value, spec)
+
+
+def rel_rms(actual: Tensor, expected: Tensor) -> float:
+    """RMS of `actual - expected` over RMS of `expected`, in float64; inf where it is not finite.
+    The benchmarks' sanity check of an implementation against the reference (not a test)."""
+    a, e = actual.detach().double(), expected.detach().double()
+    err = float((a - e).pow(2).mean().sqrt() / e.pow(2).mean().sqrt().clamp_min(1e-30))
+    return err if math.isfinite(err) else math.inf

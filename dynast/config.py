@@ -129,16 +129,12 @@ class DynaSTConfig:
             raise ValueError(
                 f"DynaSTConfig.warp_over must be one of {WARP_OVER_CHOICES}, got {self.warp_over!r}"
             )
-        if self.attention_backend not in ATTENTION_BACKENDS:
-            raise ValueError(
-                f"DynaSTConfig.attention_backend must be one of {ATTENTION_BACKENDS}, "
-                f"got {self.attention_backend!r}"
-            )
-        if self.norm_backend not in ATTENTION_BACKENDS:
-            raise ValueError(
-                f"DynaSTConfig.norm_backend must be one of {ATTENTION_BACKENDS}, "
-                f"got {self.norm_backend!r}"
-            )
+        for name in ("attention_backend", "norm_backend"):
+            if getattr(self, name) not in ATTENTION_BACKENDS:
+                raise ValueError(
+                    f"DynaSTConfig.{name} must be one of {ATTENTION_BACKENDS}, "
+                    f"got {getattr(self, name)!r}"
+                )
 
     # Derived sizes, coarsest scale first (the order in which the generator runs).
     @property

@@ -277,7 +277,6 @@ class _SpadeNorm(torch.autograd.Function):
     def forward(ctx, x: Tensor, gamma: Tensor | None, beta: Tensor | None, eps: float) -> Tensor:
         out, mean, rstd = _launch_forward(x, gamma, beta, eps)
         ctx.save_for_backward(x, gamma, mean, rstd)
-        ctx.affine = gamma is not None
         return out
 
     @staticmethod
@@ -286,7 +285,7 @@ class _SpadeNorm(torch.autograd.Function):
         x, gamma, mean, rstd = ctx.saved_tensors
         dout = dout.contiguous(memory_format=memory_format(x))
         dx, dgamma = _launch_backward(x, gamma, dout, mean, rstd)
-        dbeta = dout if ctx.affine and ctx.needs_input_grad[2] else None
+        dbeta = dout if gamma is not None and ctx.needs_input_grad[2] else None
         return dx, dgamma, dbeta, None
 
 
