@@ -1,0 +1,201 @@
+"""The step cost model (`benchmarks/step_cost.py`): what it counts for an operator, how it models
+the attention and the fused normalisations, the padding policy it borrows from CUDA's autocast,
+and the CLI on the tiny model."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch._subclasses.fake_tensor import FakeTensorMode
+
+from benchmarks import step_cost
+from benchmarks.attention_cost import attention_cost
+from benchmarks.tiny import TINY_BATCH, TINY_SIZE, tiny_config
+from dynast.blocks import SPADE
+from dynast.generator import Generator
+
+
+def _record(fn) -> list[step_cost.OpCost]:
+    recorder = step_cost.CostRecorder()
+    with FakeTensorMode(allow_non_fake_inputs=True), recorder:
+        fn()
+    return recorder.ops
+
+
+def test_a_convolution_counts_its_flops_and_every_tensor_once() -> None:
+    n, cin, cout, h, w = 2, 3, 5, 7, 9
+
+    def conv() -> None:
+        x = torch.randn(n, cin, h, w)
+        weight = torch.randn(cout, cin, 3, 3)
+        bias = torch.randn(cout)
+        F.conv2d(x, weight, bias, padding=1)
+
+    ops = [op for op in _record(conv) if op.name == "convolution"]
+    assert len(ops) == 1
+    (op,) = ops
+    assert op.category == "convolution" and op.phase == "forward"
+    assert op.flops == 2 * n * cout * h * w * cin * 9
+    floats = n * cin * h * w + cout * cin * 9 + cout + n * cout * h * w
+    assert op.bytes == 4 * floats
+
+
+def test_views_and_allocations_move_nothing() -> None:
+    def views() -> None:
+        x = torch.empty(4, 6)
+        x.view(6, 4).reshape(24)[:5].unsqueeze(0)
+        x.sum()
+        x.t().reshape(24)  # not expressible as a view: a copy
+
+    ops = _record(views)
+    assert [op.name for op in ops] == ["sum", "clone"]
+    assert [op.bytes for op in ops] == [4 * (24 + 1), 4 * 2 * 24]
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("convolution_backward", "convolution"),
+        ("bmm", "matmul"),
+        ("var", "normalisation"),
+        ("reflection_pad2d_backward", "layout"),
+        ("copy_", "layout"),
+        ("masked_fill_", "elementwise"),
+        ("_softmax", "reduction"),
+        ("candidate_attention_backward", "attention"),
+        ("add", "elementwise"),
+    ],
+)
+def test_categories(name: str, expected: str) -> None:
+    assert step_cost.category(name) == expected
+
+
+def test_attention_ops_cost_what_the_fused_kernels_move() -> None:
+    b, nq, cqk, cp, cv, cw, k = 2, 16, 8, 4, 6, 3, 2
+
+    def make(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape)
+
+    q, kk, v = make(b, nq, cqk), make(b, nq, cqk), make(b, nq, cv)
+    qp, kp, wv = make(b, nq, cp), make(b, nq, cp), make(b, nq, cw)
+    top = torch.zeros(b, nq, k, dtype=torch.int64)
+    common = dict(batch=b, nq=nq, nk=nq, cqk=cqk, cp=cp, cv=cv, cw=cw, element_bytes=4)
+
+    dense_args = (q, kk, v, qp, kp, wv, 1.0, 1.0, k, "kept", "torch")
+    flops, moved = step_cost.attention_op_cost("dense_attention", dense_args)
+    want = attention_cost(m=None, k=k, pass_="fwd", **common)
+    assert (flops, moved) == (want.flops, want.bytes)
+
+    grads = (make(b, nq, cv), make(b, nq), make(b, nq, cw))
+    cand_args = (q, kk, v, qp, kp, top, wv, "inner", 4, 4, 1.0, 1.0, k, "kept", "torch")
+    flops, moved = step_cost.attention_op_cost("candidate_attention_backward", grads + cand_args)
+    # Derived candidates: the kernel reads the builder's int32 copy of the previous top-k.
+    want = attention_cost(m=5 * k, k=0, pass_="bwd", derived_from="inner", index_bytes=4, **common)
+    assert (flops, moved) == (want.flops, want.bytes)
+
+
+def test_pads_keep_their_dtype_inside_and_the_cpu_policy_returns() -> None:
+    x = torch.randn(1, 2, 4, 4, dtype=torch.bfloat16)
+
+    def pad_dtype() -> torch.dtype:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return F.pad(x, (1, 1, 1, 1), mode="reflect").dtype
+
+    before = pad_dtype()
+    with step_cost._cuda_autocast_pads():
+        assert pad_dtype() == torch.bfloat16
+    assert pad_dtype() == before
+
+
+def _tiny_step(**kwargs) -> list[step_cost.OpCost]:
+    return step_cost.count_step(tiny_config(), TINY_SIZE, TINY_BATCH, torch.bfloat16, **kwargs)
+
+
+def test_every_attention_block_is_counted_once_per_pass() -> None:
+    blocks = sum(len(scale) for scale in Generator(tiny_config()).transformer)
+    ops = _tiny_step()
+    attention = [op for op in ops if op.category == "attention"]
+    assert sorted({op.name for op in attention}) == [
+        "candidate_attention",
+        "candidate_attention_backward",
+        "dense_attention",
+        "dense_attention_backward",
+    ]
+    assert sum(op.phase == "forward" for op in attention) == blocks
+    assert sum(op.phase == "backward" for op in attention) == blocks
+    assert all(op.flops > 0 and op.bytes > 0 for op in attention)
+    convs = [op for op in ops if op.category == "convolution"]
+    assert {op.phase for op in convs} == {"forward", "backward"}
+    assert all(op.flops > 0 for op in convs)
+
+
+def test_the_fused_normalisation_replaces_the_eager_chain() -> None:
+    spades = sum(isinstance(m, SPADE) for m in Generator(tiny_config()).modules())
+    eager, fused = _tiny_step(), _tiny_step(fused_norm=True)
+    assert not any(op.name.startswith("fused_") for op in eager)
+    for phase in ("forward", "backward"):
+        calls = [o for o in fused if o.name == "fused_spade_modulation" and o.phase == phase]
+        assert len(calls) == spades
+    positional = [o for o in fused if o.name == "fused_positional_norm"]
+    assert positional and len(positional) % 2 == 0
+    # Fewer operators and fewer bytes; the convolutions and the attention are untouched.
+    assert len(fused) < len(eager)
+    assert sum(o.bytes for o in fused) < sum(o.bytes for o in eager)
+    for cat in ("convolution", "attention"):
+        assert sum(o.flops for o in fused if o.category == cat) == sum(
+            o.flops for o in eager if o.category == cat
+        )
+
+
+def test_the_fused_normalisation_model_bytes() -> None:
+    recorder = step_cost.CostRecorder()
+    with FakeTensorMode():
+        x = torch.empty(2, 3, 4, 5, dtype=torch.bfloat16, requires_grad=True)
+        g = torch.empty_like(x, requires_grad=True)
+        out = step_cost._FusedNormCost.apply(x, g, torch.empty_like(x), recorder)
+        recorder.phase = "backward"
+        out.backward(torch.empty_like(out))
+    maps, stats = x.numel() * 2, 2 * 4 * 2 * 4 * 5
+    assert [(o.phase, o.bytes) for o in recorder.ops] == [
+        ("forward", 5 * maps + stats),
+        ("backward", 8 * maps + stats),
+    ]
+
+
+def test_channels_last_changes_layout_only() -> None:
+    nchw, nhwc = _tiny_step(), _tiny_step(channels_last=True)
+    for cat in ("convolution", "attention", "matmul"):
+        assert sum(o.flops for o in nchw if o.category == cat) == sum(
+            o.flops for o in nhwc if o.category == cat
+        )
+
+
+def test_cli_tiny(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "cost.csv"
+    assert step_cost.main(["--tiny", "--top", "5", "--norm", "fused", "--csv", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "tiny, 16 px, batch 2, amp bf16, fused norm, NCHW" in printed
+    assert "total" in printed and "host:" in printed
+    with open(out, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == step_cost.COLUMNS
+    assert {r["phase"] for r in rows} == {"forward", "backward"}
+    assert {r["category"] for r in rows} >= {"convolution", "attention", "normalisation"}
+    assert all(r["norm"] == "fused" and r["layout"] == "NCHW" for r in rows)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--tiny", "--peak-tflops", "0"], "--peak-tflops must be > 0"),
+        (["--tiny", "--batch", "0"], "--size and --batch must be >= 1"),
+        (["--tiny", "--top", "-1"], "--host-us and --top must be >= 0"),
+    ],
+)
+def test_cli_refuses_bad_values(argv: list[str], message: str) -> None:
+    with pytest.raises(SystemExit, match=message):
+        step_cost.main(argv)
