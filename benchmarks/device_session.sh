@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One lent-GPU session measuring every row of issue 13's target table (docs/benchmarks.md), in
 # priority order, each stage under its own time limit so that a slow stage cannot starve the later
-# ones. The default stages add up to at most 570 s of limits (under 10 minutes); a stage that
+# ones. The default stages add up to at most 585 s of limits (under 10 minutes); a stage that
 # finishes early leaves its time unused. Everything lands in $OUT (one log per stage and the CSVs);
 # the last stage prints the target table filled from those CSVs.
 #   OUT=/tmp/out bash benchmarks/device_session.sh
@@ -55,9 +55,11 @@ for name in $STAGES; do
     mem512) stage mem512 ${T_MEM512:-60} $PY benchmarks/bench_optimizer_step.py $P256 \
       --size 512 --batch 4 --backends triton --parts step,g_fwd_bwd --warmup 10 --rep 100 \
       --csv "$OUT/optimizer_step.csv" ;;
-    # Lever: where the step's time goes (top kernels by device time, categories).
-    profile) stage profile ${T_PROFILE:-40} $PY benchmarks/profile_step.py $P256 --batch 8 \
-      --backend triton --warmup 2 --steps 2 --top 30 --csv "$OUT/profile_step.csv" ;;
+    # Lever: where the step's time goes (top kernels by device time, categories), then each
+    # category's measured time against its roofline floor (benchmarks/step_cost.py, CPU only).
+    profile) stage profile ${T_PROFILE:-55} bash -c "$PY benchmarks/profile_step.py $P256 \
+      --batch 8 --backend triton --warmup 2 --steps 2 --top 30 --csv $OUT/profile_step.csv && \
+      $PY benchmarks/step_cost.py --profile $OUT/profile_step.csv --top 0" ;;
     # Lever: torch.compile of the generator through kernels.custom_ops (inductor compiles first).
     step256c) stage step256c ${T_STEP256C:-110} $PY benchmarks/bench_train_step.py $P256 \
       --batch 8 --sizes 256 --backends triton --compile --warmup 25 --rep 300 \

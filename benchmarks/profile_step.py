@@ -46,10 +46,18 @@ DEFAULT_CSV = ROOT / "benchmarks" / "results" / "profile_step.csv"
 CATEGORIES: list[tuple[str, re.Pattern]] = [
     ("attention", re.compile(r"_dense_|_candidate|dynast|attention", re.I)),
     ("convolution", re.compile(r"conv|cudnn|implicit|wgrad|dgrad|fprop|winograd", re.I)),
-    ("matmul", re.compile(r"gemm|matmul|cublas|sm\d+_xmma|\bmm\b|addmm|bmm|linear", re.I)),
+    ("matmul", re.compile(r"gemm|matmul|cublas|sm\d+_xmma|\bmm\b|addmm|bmm|(?<!bi)linear", re.I)),
     ("normalisation", re.compile(r"norm|welford|var_mean|moments", re.I)),
     ("reduction", re.compile(r"reduce|sum|mean|max|softmax|topk|sort", re.I)),
-    ("copy", re.compile(r"copy|memcpy|memset|cat|contiguous|transpose|permute|to_copy", re.I)),
+    # Padding, resampling and index copies too: `step_cost.py` counts them as copies.
+    (
+        "copy",
+        re.compile(
+            r"copy|memcpy|memset|cat|contiguous|transpose|permute|to_copy|pad|upsample|index|"
+            r"gather|scatter|fill",
+            re.I,
+        ),
+    ),
     (
         "elementwise",
         re.compile(r"elementwise|vectorized|unrolled|pointwise|triton_poi|add|mul", re.I),

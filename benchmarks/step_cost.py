@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import csv
 import dataclasses
 import sys
 import warnings
@@ -78,15 +79,25 @@ PEAK_TFLOPS = 989.0
 COPY_TBS = 4.22
 HOST_US = 5.0  # host time of one eager operator (Python, dispatch, launch): a typical figure
 
+# The names `profile_step.py` gives its kernel categories, so that `--profile` can set measured
+# times beside these floors.
 CATEGORIES = (
     "convolution",
     "attention",
     "matmul",
     "normalisation",
-    "layout",
+    "copy",
     "reduction",
     "elementwise",
 )
+# Kernel names and aten names fall into categories a little differently (a mean is a reduction
+# kernel on the GPU, a normalisation here); these three groups are the same on both sides.
+GROUPS = {
+    "attention": "attention",
+    "convolution": "convolution, matmul",
+    "matmul": "convolution, matmul",
+}
+MEMORY_BOUND = "memory-bound rest"
 # By aten name; a name in no set is element-wise.
 _BY_NAME = {
     "convolution": {"convolution", "convolution_backward", "_convolution", "conv2d"},
@@ -98,7 +109,7 @@ _BY_NAME = {
         "_native_batch_norm_legit_no_training", "native_layer_norm", "native_layer_norm_backward",
         "native_group_norm", "native_group_norm_backward",
     },
-    "layout": {
+    "copy": {
         "_to_copy", "clone", "copy_", "cat", "stack", "reflection_pad2d",
         "reflection_pad2d_backward", "constant_pad_nd", "replication_pad2d",
         "replication_pad2d_backward", "upsample_bilinear2d", "upsample_bilinear2d_backward",
@@ -439,6 +450,75 @@ def operator_table(ops: list[OpCost], peak_tflops: float, bandwidth_tbs: float, 
     return "\n".join(lines)
 
 
+def group(category_name: str) -> str:
+    return GROUPS.get(category_name, MEMORY_BOUND)
+
+
+@dataclasses.dataclass
+class Profile:
+    """Measured device time per kernel category of one `profile_step.py` run (its newest rows in
+    a CSV), with what it ran."""
+
+    config: str
+    image_size: int
+    batch: int
+    amp: str
+    backend: str
+    ms: dict[str, float]
+
+
+def read_profile(path: Path) -> Profile:
+    """The newest run in a `profile_step.py` CSV. ValueError naming the file when it holds none."""
+    try:
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+    except OSError as err:
+        raise ValueError(f"--profile {path}: cannot read it ({err})") from err
+    needed = {"timestamp", "config", "image_size", "batch", "amp", "backend", "category"}
+    if not rows or not needed | {"self_ms_per_step"} <= set(rows[0]):
+        raise ValueError(f"--profile {path}: not a profile_step.py CSV with rows")
+    newest = max(r["timestamp"] for r in rows)
+    run = [r for r in rows if r["timestamp"] == newest]
+    ms: dict[str, float] = defaultdict(float)
+    for r in run:
+        ms[r["category"]] += float(r["self_ms_per_step"])
+    first = run[0]
+    return Profile(
+        config=first["config"],
+        image_size=int(first["image_size"]),
+        batch=int(first["batch"]),
+        amp=first["amp"],
+        backend=first["backend"],
+        ms=dict(ms),
+    )
+
+
+def efficiency_table(
+    ops: list[OpCost], profile: Profile, peak_tflops: float, bandwidth_tbs: float
+) -> str:
+    """Measured time against floor, per category and per group: how far each part of the step
+    runs from its roofline (floor / measured: 100% is the roofline)."""
+    floors = summarise(ops, peak_tflops, bandwidth_tbs, lambda o: o.category)
+    lines = [f"{'category':<20} {'measured ms':>11} {'floor ms':>9} {'of roofline':>11}"]
+
+    def row(label: str, measured: float, floor: float) -> str:
+        ratio = cell(floor / measured if measured > 0 else None, ".1%")
+        return f"{label:<20} {measured:>11.2f} {floor:>9.2f} {ratio:>11}"
+
+    names = sorted(set(floors) | set(profile.ms), key=lambda c: -profile.ms.get(c, 0.0))
+    for name in names:
+        floor = floors[name].floor_ms if name in floors else 0.0
+        lines.append(row(name, profile.ms.get(name, 0.0), floor))
+    lines.append("")
+    for label in ("attention", "convolution, matmul", MEMORY_BOUND):
+        measured = sum(ms for c, ms in profile.ms.items() if group(c) == label)
+        floor = sum(s.floor_ms for c, s in floors.items() if group(c) == label)
+        lines.append(row(label, measured, floor))
+    total_floor = sum(s.floor_ms for s in floors.values())
+    lines.append(row("total", sum(profile.ms.values()), total_floor))
+    return "\n".join(lines)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter
@@ -449,7 +529,7 @@ def _parser() -> argparse.ArgumentParser:
     source.add_argument("--tiny", action="store_true", help="the benchmarks' tiny model")
     parser.add_argument("--size", type=int, default=None, help="image size (default the config's)")
     parser.add_argument("--batch", type=int, default=None, help="default 8 (tiny: 2)")
-    parser.add_argument("--amp", choices=sorted(AMP), default="bf16")
+    parser.add_argument("--amp", choices=sorted(AMP), default=None, help="default bf16")
     parser.add_argument(
         "--norm",
         choices=("eager", "fused"),
@@ -462,7 +542,39 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--host-us", type=float, default=HOST_US, help="host time per operator")
     parser.add_argument("--top", type=int, default=20, help="operators listed (0: none)")
     parser.add_argument("--csv", type=Path, default=None, help=f"append rows (e.g. {DEFAULT_CSV})")
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        default=None,
+        help="a profile_step.py CSV: its newest run's time per category beside the floors "
+        "(the step is then counted at that run's config, size, batch and amp)",
+    )
     return parser
+
+
+def _adopt_profile(args: argparse.Namespace, profile: Profile) -> None:
+    """Count the step the profile measured: its config, size, batch and amp, unless the command
+    line says otherwise, which is refused (the two tables would not describe one step)."""
+    wanted = {
+        "config": ("tiny" if args.tiny else args.preset, profile.config),
+        "size": (args.size, profile.image_size),
+        "batch": (args.batch, profile.batch),
+        "amp": (args.amp, profile.amp),
+    }
+    for name, (given, measured) in wanted.items():
+        if given is not None and given != measured:
+            raise SystemExit(
+                f"--profile {args.profile} measured {name} {measured!r}, but {given!r} was asked"
+            )
+    if args.config is not None:
+        raise SystemExit("--profile takes the profiled preset; leave out --config")
+    if profile.config == "tiny":
+        args.tiny = True
+    elif profile.config in PRESETS:
+        args.preset = profile.config
+    else:
+        raise SystemExit(f"--profile {args.profile}: unknown config {profile.config!r}")
+    args.size, args.batch, args.amp = profile.image_size, profile.batch, profile.amp
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -472,6 +584,13 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"--{flag.replace('_', '-')} must be > 0, got {getattr(args, flag)}")
     if args.host_us < 0 or args.top < 0:
         raise SystemExit("--host-us and --top must be >= 0")
+    profile = None
+    if args.profile is not None:
+        try:
+            profile = read_profile(args.profile)
+        except ValueError as err:
+            raise SystemExit(str(err)) from err
+        _adopt_profile(args, profile)
     if args.tiny:
         cfg, size, batch = tiny_config(), TINY_SIZE, TINY_BATCH
     else:
@@ -482,6 +601,7 @@ def main(argv: list[str] | None = None) -> int:
         size, batch = cfg.image_size, 8
     size = size if args.size is None else args.size
     batch = batch if args.batch is None else args.batch
+    args.amp = args.amp or "bf16"
     if size < 1 or batch < 1:
         raise SystemExit(f"--size and --batch must be >= 1, got {size} and {batch}")
     ops = count_step(
@@ -509,6 +629,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.top:
         print()
         print(operator_table(ops, peak, bw, args.top))
+    if profile is not None:
+        print()
+        print(
+            f"measured: {args.profile} (newest run: backend {profile.backend}); "
+            "of roofline = floor / measured"
+        )
+        if profile.backend != "triton":
+            print("note: the floors cost the fused attention; this profile ran the reference")
+        print(efficiency_table(ops, profile, peak, bw))
     if args.csv is not None:
         stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
         rows = []

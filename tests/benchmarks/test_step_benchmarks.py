@@ -48,6 +48,8 @@ def test_kernel_categories() -> None:
     assert profile_step.category("sm90_xmma_gemm_bf16bf16_bf16f32") == "matmul"
     assert profile_step.category("triton_per_fused_native_group_norm_0") == "normalisation"
     assert profile_step.category("void at::native::vectorized_elementwise_kernel") == "elementwise"
+    assert profile_step.category("reflection_pad2d_backward_out_kernel") == "copy"
+    assert profile_step.category("upsample_bilinear2d_out_frame") == "copy"
     assert profile_step.category("something_else") == "other"
 
 

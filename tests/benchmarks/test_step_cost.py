@@ -62,8 +62,8 @@ def test_views_and_allocations_move_nothing() -> None:
         ("convolution_backward", "convolution"),
         ("bmm", "matmul"),
         ("var", "normalisation"),
-        ("reflection_pad2d_backward", "layout"),
-        ("copy_", "layout"),
+        ("reflection_pad2d_backward", "copy"),
+        ("copy_", "copy"),
         ("masked_fill_", "elementwise"),
         ("_softmax", "reduction"),
         ("candidate_attention_backward", "attention"),
@@ -199,3 +199,74 @@ def test_cli_tiny(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
 def test_cli_refuses_bad_values(argv: list[str], message: str) -> None:
     with pytest.raises(SystemExit, match=message):
         step_cost.main(argv)
+
+
+def _profile_csv(path: Path, runs: list[tuple[str, dict[str, float]]], **fields: str) -> Path:
+    """A profile_step.py CSV with one row per (run timestamp, category)."""
+    from benchmarks import profile_step
+
+    base = {c: "" for c in profile_step.COLUMNS}
+    base.update(config="tiny", image_size="16", batch="2", amp="bf16", backend="triton")
+    base.update(fields)
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=profile_step.COLUMNS)
+        writer.writeheader()
+        for stamp, per_category in runs:
+            for cat, ms in per_category.items():
+                writer.writerow({**base, "timestamp": stamp, "category": cat,
+                                 "self_ms_per_step": ms})  # fmt: skip
+    return path
+
+
+def test_read_profile_takes_the_newest_run(tmp_path: Path) -> None:
+    path = _profile_csv(
+        tmp_path / "p.csv",
+        [
+            ("2026-01-01T00:00:00+00:00", {"convolution": 9.0}),
+            ("2026-02-01T00:00:00+00:00", {"convolution": 2.0, "attention": 1.5, "other": 0.5}),
+        ],
+    )
+    profile = step_cost.read_profile(path)
+    assert profile.ms == {"convolution": 2.0, "attention": 1.5, "other": 0.5}
+    assert (profile.config, profile.image_size, profile.batch, profile.amp) == (
+        "tiny",
+        16,
+        2,
+        "bf16",
+    )
+    with pytest.raises(ValueError, match="cannot read"):
+        step_cost.read_profile(tmp_path / "missing.csv")
+    (tmp_path / "bad.csv").write_text("a,b\n1,2\n")
+    with pytest.raises(ValueError, match=r"not a profile_step\.py CSV"):
+        step_cost.read_profile(tmp_path / "bad.csv")
+
+
+def test_efficiency_table_sets_floors_beside_measured_times() -> None:
+    ops = [
+        step_cost.OpCost("convolution", "forward", "convolution", 2e12, 0.0),  # 2 ms at 1 PFLOP/s
+        step_cost.OpCost("add", "forward", "elementwise", 0.0, 1e9),  # 1 ms at 1 TB/s
+        step_cost.OpCost("dense_attention", "forward", "attention", 0.0, 5e8),  # 0.5 ms
+    ]
+    profile = step_cost.Profile(
+        "tiny", 16, 2, "bf16", "triton",
+        {"convolution": 4.0, "elementwise": 3.0, "other": 1.0, "attention": 5.0},
+    )  # fmt: skip
+    table = step_cost.efficiency_table(ops, profile, peak_tflops=1000.0, bandwidth_tbs=1.0)
+    rows = {line[:20].strip(): line[20:].split() for line in table.splitlines()[1:] if line}
+    assert rows["convolution"] == ["4.00", "2.00", "50.0%"]
+    assert rows["other"] == ["1.00", "0.00", "0.0%"]
+    assert rows["attention"] == ["5.00", "0.50", "10.0%"]
+    # Groups: elementwise and other are the memory-bound rest.
+    assert rows["memory-bound rest"] == ["4.00", "1.00", "25.0%"]
+    assert rows["convolution, matmul"] == ["4.00", "2.00", "50.0%"]
+    assert rows["total"] == ["13.00", "3.50", "26.9%"]
+
+
+def test_cli_with_a_profile_counts_the_profiled_step(tmp_path: Path, capsys) -> None:
+    path = _profile_csv(tmp_path / "p.csv", [("2026-02-01T00:00:00+00:00", {"convolution": 2.0})])
+    assert step_cost.main(["--profile", str(path), "--top", "0"]) == 0
+    printed = capsys.readouterr().out
+    assert "tiny, 16 px, batch 2, amp bf16" in printed
+    assert "of roofline" in printed and "memory-bound rest" in printed
+    with pytest.raises(SystemExit, match="measured batch 2, but 4 was asked"):
+        step_cost.main(["--profile", str(path), "--batch", "4"])
