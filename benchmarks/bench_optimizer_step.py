@@ -5,9 +5,9 @@ both Adam updates), with the fused kernels vs the reference, and break it down.
     python -m benchmarks.bench_optimizer_step --batch 4 --size 512 --backends triton
     python -m benchmarks.bench_optimizer_step --tiny                     # CPU smoke run
 
-The step is the loop's own code: `train.loop._generator_step` (generator forward with warps, the
+The step is the loop's own code: `train.steps.generator_step` (generator forward with warps, the
 discriminator as critic, VGG19 features of fake and real, every loss term at the release's
-weights, backward, Adam) then `train.loop._discriminator_step` (hinge loss on fake and real,
+weights, backward, Adam) then `train.steps.discriminator_step` (hinge loss on fake and real,
 backward, Adam), on one process with one micro-batch, in bf16 autocast on a GPU. VGG19 runs with
 random weights (the time does not depend on their values, and the GPU machines hold no weights
 file). Rows per backend:
@@ -62,12 +62,12 @@ from dynast.discriminator import MultiscaleDiscriminator
 from dynast.generator import Generator
 from dynast.vgg import VGG19Features
 from train.config import LossWeights, TrainConfig
-from train.loop import (
-    _discriminator_step,
-    _generator_step,
-    _global_weights,
-    _StepParts,
-    _Sums,
+from train.steps import (
+    LossSums,
+    StepParts,
+    discriminator_step,
+    generator_step,
+    global_weights,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -91,7 +91,7 @@ DEFAULT_CSV = ROOT / "benchmarks" / "results" / "optimizer_step.csv"
 
 @dataclasses.dataclass
 class StepSetup:
-    parts: _StepParts
+    parts: StepParts
     generator: Generator
     micro: list[dict[str, Tensor]]
 
@@ -122,7 +122,7 @@ def build(
     def autocast():
         return torch.autocast(device.type, dtype=amp, enabled=amp is not None)
 
-    parts = _StepParts(
+    parts = StepParts(
         accelerator, run, discriminator, discriminator, opt_g, opt_d, scaler_g, scaler_d, vgg,
         LossWeights(), autocast, cfg.blocks_per_scale,
     )  # fmt: skip
@@ -143,21 +143,21 @@ def part_functions(setup: StepSetup) -> dict[str, Callable[[], object]]:
     p, micro = setup.parts, setup.micro
     batch = micro[0]
     sem, target = batch["semantic"], batch["target"]
-    sums = _Sums()
-    weights = _global_weights(p.accelerator, micro)
+    sums = LossSums()
+    weights = global_weights(p.accelerator, micro)
     fake_image = torch.tanh(torch.randn_like(target)).requires_grad_()
 
     def g_step() -> list[Tensor]:
-        return _generator_step(p, micro, weights, sums)[1]
+        return generator_step(p, micro, weights, sums)[1]
 
     fakes = [fake_image.detach()]
 
     def d_step() -> None:
-        _discriminator_step(p, micro, fakes, weights, sums)
+        discriminator_step(p, micro, fakes, weights, sums)
 
     def step() -> None:
-        made = _generator_step(p, micro, weights, sums)[1]
-        _discriminator_step(p, micro, made, weights, sums)
+        made = generator_step(p, micro, weights, sums)[1]
+        discriminator_step(p, micro, made, weights, sums)
 
     x = StepInputs(sem, batch["exemplar"], batch["exemplar_semantic"], target)
 

@@ -99,7 +99,7 @@ def generate_and_calc(name, root, run_dir, tmp_path, capsys):
 def test_warp_loss_counts_only_pairs_of_the_same_appearance():
     """The release's `sample_weights = self_ref / sum(self_ref)`: the warp term is weighted by
     same_appearance (and a ground truth), the other reconstruction terms by has_target."""
-    from train.loop import _global_weights
+    from train.steps import global_weights
 
     class OneProcess:
         def reduce(self, tensor, reduction):
@@ -109,10 +109,10 @@ def test_warp_loss_counts_only_pairs_of_the_same_appearance():
         {"has_target": torch.tensor([True, True]), "same_appearance": torch.tensor([True, False])},
         {"has_target": torch.tensor([True, False]), "same_appearance": torch.tensor([True, True])},
     ]
-    weights = _global_weights(OneProcess(), micro)
+    weights = global_weights(OneProcess(), micro)
     assert [w.tolist() for w in weights.same_appearance] == [[1.0, 0.0], [1.0, 0.0]]
     assert float(weights.global_same) == 2.0 and float(weights.global_target) == 3.0
     assert float(weights.global_all) == 4.0
     # A dataset without the flag falls back to has_target.
-    legacy = _global_weights(OneProcess(), [{"has_target": torch.tensor([True, False])}])
+    legacy = global_weights(OneProcess(), [{"has_target": torch.tensor([True, False])}])
     assert legacy.same_appearance[0].tolist() == [1.0, 0.0]
