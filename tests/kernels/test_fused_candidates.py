@@ -168,8 +168,8 @@ def compare(
         if dtype == torch.float32:
             assert_error_within(got, want, ex, name=name)
         elif dtype == torch.float16:
-            ref_err = float((want.double() - ex).abs().max())
-            atol = 2 * ref_err + 1e-3 * float(ex.abs().max())
+            ref_err = float((want.double() - ex).detach().abs().max())
+            atol = 2 * ref_err + 1e-3 * float(ex.detach().abs().max())
             assert_close(got, want, name=name, atol=atol, rtol=0)
         else:
             assert_close(got, want, name=name, **(tol or {}))
