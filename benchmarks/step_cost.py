@@ -156,13 +156,16 @@ def category(op_name: str) -> str:
 
 @dataclasses.dataclass
 class OpCost:
-    """One operator call: its name, pass ("forward" / "backward"), category, FLOPs, bytes."""
+    """One operator call: its name, pass ("forward" / "backward"), category, FLOPs, bytes, and in
+    the backward the autograd node that ran it ("AddBackward0"; "" where none did: the engine's
+    gradient sums, the forward)."""
 
     name: str
     phase: str
     category: str
     flops: float
     bytes: float
+    node: str = ""
 
     def floor_ms(self, peak_tflops: float, bandwidth_tbs: float) -> float:
         """The least time this operator can take: compute- or memory-bound, whichever binds."""
@@ -173,6 +176,16 @@ def _tensor_bytes(tree: object) -> int:
     return sum(
         t.numel() * t.element_size() for t in tree_leaves(tree) if isinstance(t, torch.Tensor)
     )
+
+
+def _node() -> str:
+    """The autograd node the engine is running (backward), or "" (forward)."""
+    node = torch._C._current_autograd_node()
+    if node is None:
+        return ""
+    # Custom operators' nodes: "GeneratedBackwardFor_dynast_dense_attention_defaultBackward".
+    name = type(node).__name__.removeprefix("GeneratedBackwardFor_")
+    return name.replace("_defaultBackward", "Backward")
 
 
 def attention_op_cost(op_name: str, args: tuple) -> tuple[float, float]:
@@ -230,7 +243,7 @@ class CostRecorder(TorchDispatchMode):
         name = func._overloadpacket.__name__
         if namespace == "dynast":
             flops, moved = attention_op_cost(name, args)
-            self.ops.append(OpCost(name, self.phase, "attention", flops, moved))
+            self.ops.append(OpCost(name, self.phase, "attention", flops, moved, _node()))
         elif namespace == "aten" and not func.is_view and name not in _FREE:
             packet = func._overloadpacket
             flops = (
@@ -239,7 +252,9 @@ class CostRecorder(TorchDispatchMode):
                 else 0
             )
             moved = _tensor_bytes((args, kwargs)) + _tensor_bytes(out)
-            self.ops.append(OpCost(name, self.phase, category(name), float(flops), float(moved)))
+            self.ops.append(
+                OpCost(name, self.phase, category(name), float(flops), float(moved), _node())
+            )
         return out
 
     def add(self, name: str, category_name: str, flops: float, moved: float) -> None:
@@ -434,17 +449,28 @@ def category_table(ops: list[OpCost], peak_tflops: float, bandwidth_tbs: float) 
     return "\n".join(lines)
 
 
-def operator_table(ops: list[OpCost], peak_tflops: float, bandwidth_tbs: float, top: int) -> str:
-    """The `top` operators (summed over their calls, per pass) by floor time."""
-    by_name = summarise(ops, peak_tflops, bandwidth_tbs, lambda o: f"{o.phase:<8} {o.name}")
+def operator_table(
+    ops: list[OpCost], peak_tflops: float, bandwidth_tbs: float, top: int, by_node: bool = False
+) -> str:
+    """The `top` operators (summed over their calls, per pass) by floor time; with `by_node` the
+    backward's operators apart per autograd node that ran them (which forward operator's
+    gradient they compute)."""
+
+    def key(o: OpCost) -> str:
+        name = f"{o.name} ({o.node})" if by_node and o.node else o.name
+        return f"{o.phase:<8} {name}"
+
+    by_name = summarise(ops, peak_tflops, bandwidth_tbs, key)
     floor_all = sum(s.floor_ms for s in by_name.values())
-    category_of = {f"{o.phase:<8} {o.name}": o.category for o in ops}
-    head = f"{'pass':<8} {'operator':<31} {'category':<13} {'calls':>6} {'GB':>8}"
+    category_of = {key(o): o.category for o in ops}
+    shown = sorted(by_name, key=lambda k: -by_name[k].floor_ms)[:top]
+    width = max([31] + [len(k) - 9 for k in shown])
+    head = f"{'pass':<8} {'operator':<{width}} {'category':<13} {'calls':>6} {'GB':>8}"
     lines = [f"{head} {'floor ms':>9} {'share':>6}"]
-    for key in sorted(by_name, key=lambda k: -by_name[k].floor_ms)[:top]:
-        s = by_name[key]
+    for name in shown:
+        s = by_name[name]
         lines.append(
-            f"{key:<40} {category_of[key]:<13} {s.ops:>6} {s.bytes / 1e9:>8.2f} "
+            f"{name:<{width + 9}} {category_of[name]:<13} {s.ops:>6} {s.bytes / 1e9:>8.2f} "
             f"{s.floor_ms:>9.2f} {s.floor_ms / floor_all:>6.1%}"
         )
     return "\n".join(lines)
@@ -541,6 +567,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--bandwidth-tbs", type=float, default=COPY_TBS)
     parser.add_argument("--host-us", type=float, default=HOST_US, help="host time per operator")
     parser.add_argument("--top", type=int, default=20, help="operators listed (0: none)")
+    parser.add_argument(
+        "--by-node",
+        action="store_true",
+        help="list backward operators per autograd node (whose gradient they compute)",
+    )
     parser.add_argument("--csv", type=Path, default=None, help=f"append rows (e.g. {DEFAULT_CSV})")
     parser.add_argument(
         "--profile",
@@ -628,7 +659,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     if args.top:
         print()
-        print(operator_table(ops, peak, bw, args.top))
+        print(operator_table(ops, peak, bw, args.top, by_node=args.by_node))
     if profile is not None:
         print()
         print(

@@ -270,3 +270,13 @@ def test_cli_with_a_profile_counts_the_profiled_step(tmp_path: Path, capsys) -> 
     assert "of roofline" in printed and "memory-bound rest" in printed
     with pytest.raises(SystemExit, match="measured batch 2, but 4 was asked"):
         step_cost.main(["--profile", str(path), "--batch", "4"])
+
+
+def test_backward_operators_name_the_autograd_node_that_ran_them() -> None:
+    ops = _tiny_step()
+    assert all(op.node == "" for op in ops if op.phase == "forward")
+    nodes = {op.node for op in ops if op.phase == "backward"}
+    assert {"ConvolutionBackward0", "dynast_candidate_attentionBackward"} <= nodes
+    table = step_cost.operator_table(ops, 989.0, 4.22, top=500, by_node=True)
+    assert "convolution_backward (ConvolutionBackward0)" in table
+    assert "(ConvolutionBackward0)" not in step_cost.operator_table(ops, 989.0, 4.22, top=500)
