@@ -91,6 +91,15 @@ def load_config(preset_name: str | None, config_path: Path | None) -> DynaSTConf
     return DynaSTConfig.from_dict(data)
 
 
+def model_source_arguments(parser: argparse.ArgumentParser) -> argparse._MutuallyExclusiveGroup:
+    """The exclusive `--preset` / `--config` pair `load_config` reads; the group is returned so a
+    script can add its own sources to it."""
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--preset", choices=sorted(PRESETS), help="default deepfashion-256")
+    source.add_argument("--config", type=Path, help="model config JSON instead of a preset")
+    return source
+
+
 @dataclasses.dataclass
 class StepInputs:
     semantic: Tensor
@@ -182,9 +191,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    source = parser.add_mutually_exclusive_group()
-    source.add_argument("--preset", choices=sorted(PRESETS), help="default deepfashion-256")
-    source.add_argument("--config", type=Path, help="model config JSON instead of a preset")
+    model_source_arguments(parser)
     parser.add_argument(
         "--sizes", default=None, help="image sizes, comma-separated (default: the config's, x2)"
     )

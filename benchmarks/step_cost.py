@@ -63,6 +63,7 @@ from benchmarks.bench_train_step import (
     generator_loss,
     load_config,
     make_inputs,
+    model_source_arguments,
     to_channels_last,
 )
 from benchmarks.measure import append_rows, cell
@@ -79,17 +80,6 @@ PEAK_TFLOPS = 989.0
 COPY_TBS = 4.22
 HOST_US = 5.0  # host time of one eager operator (Python, dispatch, launch): a typical figure
 
-# The names `profile_step.py` gives its kernel categories, so that `--profile` can set measured
-# times beside these floors.
-CATEGORIES = (
-    "convolution",
-    "attention",
-    "matmul",
-    "normalisation",
-    "copy",
-    "reduction",
-    "elementwise",
-)
 # Kernel names and aten names fall into categories a little differently (a mean is a reduction
 # kernel on the GPU, a normalisation here); these three groups are the same on both sides.
 GROUPS = {
@@ -98,7 +88,8 @@ GROUPS = {
     "matmul": "convolution, matmul",
 }
 MEMORY_BOUND = "memory-bound rest"
-# By aten name; a name in no set is element-wise.
+# By aten name; a name in no set is element-wise. The category names are `profile_step.py`'s, so
+# that `--profile` can set measured times beside these floors.
 _BY_NAME = {
     "convolution": {"convolution", "convolution_backward", "_convolution", "conv2d"},
     "matmul": {"mm", "bmm", "addmm", "baddbmm", "mv", "dot", "addmv"},
@@ -259,7 +250,7 @@ class CostRecorder(TorchDispatchMode):
 
     def add(self, name: str, category_name: str, flops: float, moved: float) -> None:
         """Records an operator the dispatcher does not see (a modelled fused kernel)."""
-        self.ops.append(OpCost(name, self.phase, category_name, flops, moved))
+        self.ops.append(OpCost(name, self.phase, category_name, flops, moved, _node()))
 
 
 class _FusedNormCost(torch.autograd.Function):
@@ -549,9 +540,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    source = parser.add_mutually_exclusive_group()
-    source.add_argument("--preset", choices=sorted(PRESETS), help="default deepfashion-256")
-    source.add_argument("--config", type=Path, help="model config JSON instead of a preset")
+    source = model_source_arguments(parser)
     source.add_argument("--tiny", action="store_true", help="the benchmarks' tiny model")
     parser.add_argument("--size", type=int, default=None, help="image size (default the config's)")
     parser.add_argument("--batch", type=int, default=None, help="default 8 (tiny: 2)")
