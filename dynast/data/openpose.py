@@ -43,7 +43,7 @@ class Pose:
 
     def describe(self) -> str:
         present = int((self.subset >= 0).sum())
-        which = f"person {self.person} of {self.people}"
+        which = f"people[{self.person}] of {self.people}"
         if self.people > 1:
             which += f" (the most confident: summed keypoint confidence {self.confidence:.2f})"
         return f"{which}, {self.layout}, {present} of {NUM_KEYPOINTS} keypoints present"
