@@ -8,10 +8,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import json
-import os
 import re
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +23,7 @@ from dynast.data import DataConfig, build_dataset
 from dynast.generator import Generator
 from dynast.io import load_generator, save_pretrained
 from eval.attention_export import AttentionRecorder, last_blocks, scale_attention
+from eval.explore_browser import missing_tools, open_page
 from eval.generate import main as generate_main
 from eval.translate import main as translate_main
 from eval.visualize import to_pixels
@@ -35,10 +33,6 @@ TINY = dataclasses.replace(
     max_multiplier=2,
 )  # fmt: skip
 PAGE_TYPES = {"uint8": "<u1", "uint16": "<u2", "int32": "<i4", "float32": "<f4"}
-CHROMIUM_FLAGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]  # fmt: skip
 
 
 def run_recorded(cfg, seed: int = 0):
@@ -139,23 +133,10 @@ def test_generate_explore_pages_hold_the_models_attention(model_dir, tmp_path) -
     assert json.loads((out / "generation.json").read_text())["explore"] is True
 
 
-def chromium() -> str:
-    """The Chromium binary and Playwright's Python package, or skip naming what to install."""
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError:
-        pytest.skip("the browser test needs the Python package playwright (pip install playwright)")
-    for name in (os.environ.get("DYNAST_CHROMIUM"), "chromium", "chromium-browser"):
-        path = shutil.which(name) if name else None
-        if path:
-            return path
-    pytest.skip("the browser test needs Chromium: apt-get install chromium (Debian's package)")
-
-
 def test_clicking_a_pixel_highlights_the_models_top_k(model_dir, tmp_path, capsys) -> None:
-    binary = chromium()
-    from playwright.sync_api import sync_playwright
-
+    missing = missing_tools()
+    if missing is not None:
+        pytest.skip(f"the explorer's browser test needs: {missing}")
     sample = build_dataset(DataConfig(num_classes=8, image_size=32), "test")[3]
     Image.fromarray(sample["label"].numpy().astype(np.uint8)).save(tmp_path / "layout.png")
     Image.fromarray(sample["exemplar_label"].numpy().astype(np.uint8)).save(tmp_path / "ex.png")
@@ -179,35 +160,22 @@ def test_clicking_a_pixel_highlights_the_models_top_k(model_dir, tmp_path, capsy
         query = (y * h // 32) * w + x * w // 32
         expected.append(output.topks[block][0, query].tolist())
 
-    page_url = (out / "explore.html").resolve().as_uri()
-    requests: list[str] = []
-    with sync_playwright() as driver, tempfile.TemporaryDirectory() as profile:
-        context = driver.chromium.launch_persistent_context(
-            profile, executable_path=binary, headless=True, args=CHROMIUM_FLAGS
+    with open_page(out / "explore.html") as opened:
+        page = opened.page
+        box = page.locator("#output").bounding_box()
+        scale = box["width"] / 32
+        page.mouse.click(box["x"] + (x + 0.5) * scale, box["y"] + (y + 0.5) * scale)
+        rows = page.eval_on_selector_all(
+            "#candidates tr.candidate",
+            "rows => rows.map(r => [Number(r.dataset.scale), Number(r.dataset.key), "
+            "r.dataset.pruned === '1'])",
         )
-        try:
-            page = context.new_page()
-            page.on("request", lambda request: requests.append(request.url))
-            page.route(
-                re.compile(r"^(?!file:|data:)"), lambda route: route.abort()
-            )  # anything else fails, and is recorded
-            page.goto(page_url)
-            page.wait_for_selector("body[data-ready='1']")
-            box = page.locator("#output").bounding_box()
-            scale = box["width"] / 32
-            page.mouse.click(box["x"] + (x + 0.5) * scale, box["y"] + (y + 0.5) * scale)
-            rows = page.eval_on_selector_all(
-                "#candidates tr.candidate",
-                "rows => rows.map(r => [Number(r.dataset.scale), Number(r.dataset.key), "
-                "r.dataset.pruned === '1'])",
-            )
-            drawn = json.loads(page.get_attribute("#exemplar-overlay", "data-drawn"))
-            page.check("#show-pruned")
-            drawn_all = json.loads(page.get_attribute("#exemplar-overlay", "data-drawn"))
-            page.select_option("#scale", "0")
-            drawn_coarsest = json.loads(page.get_attribute("#exemplar-overlay", "data-drawn"))
-        finally:
-            context.close()
+        drawn = json.loads(page.get_attribute("#exemplar-overlay", "data-drawn"))
+        page.check("#show-pruned")
+        drawn_all = json.loads(page.get_attribute("#exemplar-overlay", "data-drawn"))
+        page.select_option("#scale", "0")
+        drawn_coarsest = json.loads(page.get_attribute("#exemplar-overlay", "data-drawn"))
+        requests, page_url = opened.requests, opened.url
     listed = [[key for s, key, _ in rows if s == i] for i in range(len(expected))]
     assert listed == expected
     kept = [[s, key] for s, key, pruned in rows if not pruned]
