@@ -192,7 +192,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return translate(args)
-    except (ValueError, FileNotFoundError) as error:
+    except (ValueError, OSError) as error:  # OSError: also an --out that cannot be written
         print(f"{PROG}: error: {error}", file=sys.stderr)
         return 2
 

@@ -25,7 +25,21 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from dynast.data.augment import BICUBIC, Transform, image_tensor
+from dynast.data.celebahq_edge import (
+    IMAGE_DIR,
+    INNER_PARTS,
+    MASK_DIR,
+    CelebAHQEdgeDataset,
+    load_face,
+    part_path,
+)
+from dynast.data.folder import read_image
+from dynast.data.openpose import read_openpose
+from dynast.data.paired import open_image
+from dynast.data.pose_encoding import encode_pose, read_keypoints
 from dynast.data.sample import Sample, build_sample
+from eval.generate import read_semantic
 from eval.model_input import CLASSES, EDGES, INPUT_FLAGS, POSE, ModelData
 
 CANDIDATE_SUFFIX = "_candidate.txt"
@@ -67,9 +81,6 @@ def parse_size(text: str) -> tuple[int, int]:
 
 def read_photo(path: Path, flag: str, size: int, data_kind: str) -> tuple[Tensor, str]:
     """The exemplar photo [3, R, R] in [-1, 1] as the pipeline of `data_kind` reads photos."""
-    from dynast.data.augment import BICUBIC, Transform, image_tensor
-    from dynast.data.folder import read_image
-    from dynast.data.paired import open_image
 
     image = open_image(path, "image", flag)
     width, height = image.size
@@ -86,7 +97,6 @@ def read_photo(path: Path, flag: str, size: int, data_kind: str) -> tuple[Tensor
 
 
 def photo_size(path: Path, flag: str) -> tuple[int, int]:
-    from dynast.data.paired import open_image
 
     return open_image(path, "image", flag).size
 
@@ -97,8 +107,6 @@ def photo_size(path: Path, flag: str) -> tuple[int, int]:
 
 def pose_tables(path: Path, flag: str, min_confidence: float) -> tuple[np.ndarray, np.ndarray, str]:
     """(candidate, subset, what was read) from an OpenPose JSON or the release's text pair."""
-    from dynast.data.openpose import read_openpose
-    from dynast.data.pose_encoding import read_keypoints
 
     name = path.name
     if path.suffix.lower() == ".json":
@@ -121,8 +129,6 @@ def encode_pose_file(
 ) -> tuple[Tensor, str]:
     """A pose file's 20-channel encoding [20, R, R] for keypoints of a W x H image (see the module
     docstring for the scaling), and what was done."""
-    from dynast.data.augment import Transform
-    from dynast.data.pose_encoding import encode_pose
 
     if not path.is_file():
         raise FileNotFoundError(f"{flag} {path}: file not found")
@@ -147,7 +153,6 @@ def encode_pose_file(
 
 def face_number(path: Path, flag: str) -> tuple[Path, int]:
     """(CelebAMask-HQ root, face number) of a photo `ROOT/CelebA-HQ-img/<n>.jpg`."""
-    from dynast.data.celebahq_edge import IMAGE_DIR, MASK_DIR
 
     if path.parent.name != IMAGE_DIR or not path.stem.isdigit() or path.suffix != ".jpg":
         raise ValueError(
@@ -161,8 +166,6 @@ def face_number(path: Path, flag: str) -> tuple[Path, int]:
 
 def encode_face(path: Path, flag: str, size: int) -> tuple[Tensor, Tensor, str]:
     """(edge encoding [15, R, R], photo [3, R, R] in [-1, 1], what was done) of one face."""
-    from dynast.data.augment import Transform
-    from dynast.data.celebahq_edge import INNER_PARTS, CelebAHQEdgeDataset, load_face, part_path
 
     root, number = face_number(path, flag)
     found = [p for p in INNER_PARTS if part_path(root, number, p).is_file()]
@@ -215,13 +218,13 @@ def read_inputs(args, model: ModelData, size: int, name: str) -> TranslateInputs
     notes: list[str] = [f"model: {model.describe()}"]
     record: dict[str, object] = {"input_kind": kind, "data_kind": data_kind, "source": model.source}
     if kind == POSE:
-        return _pose_inputs(args, size, exemplar_path, notes, record, name)
+        return _pose_inputs(args, size, exemplar_path, notes, record, name, data_kind)
     if kind == EDGES:
         return _edge_inputs(args, size, exemplar_path, notes, record)
     return _class_inputs(args, model, size, exemplar_path, notes, record, name)
 
 
-def _pose_inputs(args, size, exemplar_path, notes, record, name) -> TranslateInputs:
+def _pose_inputs(args, size, exemplar_path, notes, record, name, data_kind) -> TranslateInputs:
     if args.exemplar_pose is None:
         raise ValueError(
             f"--exemplar-pose is needed: the model {name!r} reads the exemplar's own pose "
@@ -236,7 +239,7 @@ def _pose_inputs(args, size, exemplar_path, notes, record, name) -> TranslateInp
     exemplar_semantic, ex_pose_note = encode_pose_file(
         Path(args.exemplar_pose), "--exemplar-pose", ex_size, size, args.min_confidence
     )
-    exemplar, photo_note = read_photo(exemplar_path, "--exemplar", size, "deepfashion")
+    exemplar, photo_note = read_photo(exemplar_path, "--exemplar", size, data_kind)
     notes += [pose_note, ex_pose_note, photo_note]
     record.update(
         pose=args.pose,
@@ -277,7 +280,6 @@ def _edge_inputs(args, size, exemplar_path, notes, record) -> TranslateInputs:
 
 
 def _class_inputs(args, model, size, exemplar_path, notes, record, name) -> TranslateInputs:
-    from eval.generate import read_semantic
 
     if args.exemplar_semantic is None:
         raise ValueError(

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -228,4 +227,9 @@ def test_bad_input_is_one_error_and_nothing_written(runs, photo, tmp_path, capsy
         assert needle in err and err.startswith("dynast-translate: error: "), (needle, err)
         assert err.count("\n") == 1 and "Traceback" not in err
         assert not out.exists(), needle
-    shutil.rmtree(celeba)
+    blocked = tmp_path / "a_file"
+    blocked.write_text("")
+    argv = [*class_model, "--semantic", str(tmp_path / "zero.png"), "--exemplar", str(photo)]
+    argv += ["--exemplar-semantic", str(tmp_path / "zero.png"), "--out", str(blocked / "out")]
+    assert translate_main(argv) == 2
+    assert "a_file" in capsys.readouterr().err and blocked.read_text() == ""
