@@ -63,8 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--preset",
         default=None,
-        help="the training preset whose data pipeline the model was trained with, where the "
-        "model's run and name do not say (e.g. deepfashion-256)",
+        help="the training preset whose data pipeline the model was trained with (e.g. "
+        "deepfashion-256; default: the run's config.json, else the model's own preset name)",
     )
     given = parser.add_argument_group("the input (the one the model reads)")
     given.add_argument("--pose", default=None, help="OpenPose JSON, or <name>_candidate.txt")
