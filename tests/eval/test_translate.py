@@ -23,6 +23,7 @@ from dynast.data.pose_encoding import encode_pose
 from dynast.generator import Generator
 from dynast.io import load_generator, save_pretrained
 from eval.generate import main as generate_main
+from eval.model_input import model_data
 from eval.translate import main as translate_main
 from eval.translate_inputs import encode_pose_file
 from eval.visualize import semantic_pixels, to_pixels
@@ -33,6 +34,7 @@ TINY = dataclasses.replace(
     max_multiplier=2,
 )  # fmt: skip
 KINDS = {"synthetic": 8, "deepfashion": 20, "celebahq-edge": 15}
+TINY_EDGES = dataclasses.replace(TINY, semantic_nc=15)
 
 
 def write_run(root: Path, kind: str) -> Path:
@@ -233,3 +235,16 @@ def test_bad_input_is_one_error_and_nothing_written(runs, photo, tmp_path, capsy
     argv += ["--exemplar-semantic", str(tmp_path / "zero.png"), "--out", str(blocked / "out")]
     assert translate_main(argv) == 2
     assert "a_file" in capsys.readouterr().err and blocked.read_text() == ""
+
+
+def test_what_a_model_reads_comes_from_preset_run_or_name(runs, tmp_path) -> None:
+    converted = preset("deepfashion-256")  # a converted release model carries its preset's name
+    found = model_data(tmp_path, converted)
+    assert found.kind == "pose" and "the model's preset 'deepfashion-256'" in found.source
+    assert model_data(runs["celebahq-edge"] / "final", TINY_EDGES).kind == "edges"
+    unknown = model_data(tmp_path, TINY)
+    assert unknown.kind == "classes" and "class maps assumed" in unknown.source
+    chosen = model_data(tmp_path, converted, preset="deepfashion-512")
+    assert chosen.kind == "pose" and chosen.source == "--preset deepfashion-512"
+    with pytest.raises(ValueError, match="reads 8 semantic channels but its data"):
+        model_data(tmp_path, TINY, preset="deepfashion-256")
