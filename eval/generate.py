@@ -1,7 +1,7 @@
 """`python -m eval.generate` / `dynast-generate`: run a trained generator and write its images.
 
   python -m eval.generate --model RUN_OR_DIR --out OUT [--count N] [--format png|jpg]
-                          [--targets] [--visualize] [--batch-size 8] [--cpu]
+                          [--targets] [--visualize] [--explore] [--batch-size 8] [--cpu]
   python -m eval.generate --model DIR --out OUT --preset deepfashion-256 --data.root DIR
                           [--data.field VALUE ...]
   python -m eval.generate --model DIR --out OUT --semantic LABEL.png --exemplar PHOTO.jpg
@@ -17,8 +17,10 @@ Writes OUT/images/<name>.<png|jpg> (names: the pair index, six digits, or --name
 with --targets the ground truths to OUT/targets/<name>.png (always PNG: they are the real set);
 with --visualize, per attention block, the warped exemplar (OUT/warps/), the confidence map
 (OUT/conf/) and the number of kept candidates per position (OUT/kept/, scaled by the block's
-candidate count) as images, and OUT/panels/<name>.png with everything side by side; and
-OUT/generation.json recording how the images were made. Several GPUs: `accelerate launch -m
+candidate count) as images, and OUT/panels/<name>.png with everything side by side, labelled;
+with --explore, OUT/explore/<name>.html, the correspondence explorer of each pair (eval.explore),
+and OUT/explore/index.html linking them when there are several; and OUT/generation.json
+recording how the images were made. Several GPUs: `accelerate launch -m
 eval.generate ...` splits the pairs between processes.
 """
 
@@ -28,6 +30,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,14 +42,24 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
 from dynast.config import DynaSTConfig
-from dynast.data import DataConfig, build_dataset, semantic_to_rgb
+from dynast.data import DataConfig, build_dataset
 from dynast.data.folder import read_image, read_label
 from dynast.data.sample import Sample, build_sample
 from dynast.generator import Generator
 from dynast.io import load_generator, resolve_generator_dir
 from dynast.run_layout import RUN_CONFIG_FILE
+from eval.attention_export import AttentionRecorder, last_blocks, scale_attention
+from eval.explore import explore_page, index_page
+from eval.model_input import CLASSES, input_kind
 from eval.provenance import environment, now
-from eval.visualize import candidate_counts, heat_pixels, sample_panel, to_pixels
+from eval.visualize import (
+    block_label,
+    candidate_counts,
+    heat_pixels,
+    sample_panel,
+    semantic_pixels,
+    to_pixels,
+)
 from kernels.files import write_atomically
 
 FORMATS = {"png": "PNG", "jpg": "JPEG"}
@@ -235,6 +248,9 @@ class OutputLayout:
     def panel(self, name: str) -> Path:
         return self.root / "panels" / f"{name}.png"
 
+    def explore(self, name: str) -> Path:
+        return self.root / "explore" / f"{name}.html"
+
 
 def write_batch(
     batch: Sample,
@@ -245,17 +261,22 @@ def write_batch(
     *,
     targets: bool,
     visualize: bool,
+    kind: str = CLASSES,
+    recorder: AttentionRecorder | None = None,
 ) -> None:
-    """Write the generated images (and what was asked for) of one batch."""
+    """Write the generated images (and what was asked for) of one batch. `kind`: the semantic
+    input's kind (eval.model_input), for its picture; `recorder`: the batch's attention, for the
+    explorer pages (--explore)."""
     size = tuple(output.image.shape[-2:])
     counts = candidate_counts(cfg, output.block_sizes)
-    layouts = semantic_to_rgb(batch["semantic"].float())
     for b, name in enumerate(names):
         generated = to_pixels(output.image[b])
         write_image(layout.image(name), generated, layout.fmt, layout.quality)
         has_target = bool(batch["has_target"][b])
         if targets and has_target:
             write_image(layout.target(name), to_pixels(batch["target"][b]), "png", 0)
+        if recorder is not None:
+            write_explore_page(batch, output, b, name, layout, cfg, kind, recorder)
         if not visualize:
             continue
         warps, confs, kept = [], [], []
@@ -269,15 +290,55 @@ def write_batch(
             confs.append(heat_pixels(output.confs[j][b], 1.0, size))
             kept.append(heat_pixels(output.kept[j][b], float(counts[j]), size))
         picture = sample_panel(
-            layout=to_pixels(layouts[b]),
+            layout=semantic_pixels(batch["semantic"][b], kind),
+            exemplar_layout=semantic_pixels(batch["exemplar_semantic"][b], kind),
             exemplar=to_pixels(batch["exemplar"][b]),
             output=generated,
             target=to_pixels(batch["target"][b]) if has_target else None,
             warps=warps,
             confs=confs,
             kept=kept,
+            block_labels=[block_label(cfg, j, s) for j, s in enumerate(output.block_sizes)],
         )
         write_image(layout.panel(name), picture, "png", 0)
+
+
+def write_explore_page(
+    batch: Sample,
+    output,
+    b: int,
+    name: str,
+    layout: OutputLayout,
+    cfg: DynaSTConfig,
+    kind: str,
+    recorder: AttentionRecorder,
+) -> None:
+    """The correspondence explorer of sample `b` of a batch (eval.explore)."""
+    generator = recorder.generator
+    page = explore_page(
+        title=f"{cfg.name}: {name}",
+        notes=[],
+        kind=kind,
+        semantic=batch["semantic"][b],
+        exemplar_semantic=batch["exemplar_semantic"][b],
+        exemplar=batch["exemplar"][b],
+        image=output.image[b].float().cpu(),
+        scales=scale_attention(generator, output, recorder, b),
+        warps=[output.warps[j][b].float().cpu() for j in last_blocks(generator)],
+    )
+    path = layout.explore(name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomically(path, lambda tmp: tmp.write_text(page))
+
+
+def write_explore_index(layout: OutputLayout, names: list[str]) -> None:
+    """OUT/explore/index.html: a link and an output thumbnail per explorer page."""
+    entries = []
+    for name in names:
+        with Image.open(layout.image(name)) as image:
+            entries.append((name, f"{name}.html", np.asarray(image.convert("RGB"))))
+    page = index_page(f"{len(names)} correspondence explorers", entries)
+    write_atomically(layout.root / "explore" / "index.html", lambda tmp: tmp.write_text(page))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -317,6 +378,9 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument(
         "--visualize", action="store_true", help="warps, confidence and kept-count maps, panels"
     )
+    out.add_argument(
+        "--explore", action="store_true", help="a correspondence explorer page per pair (HTML)"
+    )
     run = parser.add_argument_group("execution")
     run.add_argument("--batch-size", type=int, default=8)
     run.add_argument("--workers", type=int, default=0, help="DataLoader workers (0)")
@@ -336,6 +400,7 @@ def generate(args: argparse.Namespace) -> int:
         dataset: Dataset = SinglePair(args, cfg)
         indices = [0]
         names = {0: dataset.name}
+        kind = CLASSES
         data_description: dict[str, object] = {
             "kind": "single",
             "semantic": args.semantic,
@@ -357,6 +422,7 @@ def generate(args: argparse.Namespace) -> int:
             )
         indices = list(range(args.first, stop))
         names = {i: f"{i:06d}" for i in indices}
+        kind = input_kind(dcfg.kind)
         data_description = {"kind": dcfg.kind, "config": dcfg.to_dict(), "split": args.split}
 
     layout = OutputLayout(Path(args.out), args.format, args.jpeg_quality)
@@ -376,17 +442,19 @@ def generate(args: argparse.Namespace) -> int:
         with torch.no_grad():
             for batch in loader:
                 device = accelerator.device
-                output = generator(
-                    batch["semantic"].to(device),
-                    batch["exemplar"].to(device),
-                    batch["exemplar_semantic"].to(device),
-                    with_warps=args.visualize,
-                    with_sparsity=args.visualize,
-                )
+                recorder = AttentionRecorder(generator) if args.explore else None
+                with recorder or nullcontext():
+                    output = generator(
+                        batch["semantic"].to(device),
+                        batch["exemplar"].to(device),
+                        batch["exemplar_semantic"].to(device),
+                        with_warps=args.visualize or args.explore,
+                        with_sparsity=args.visualize,
+                    )
                 batch_names = [names[int(i)] for i in batch["index"]]
                 write_batch(
                     batch, output, batch_names, layout, cfg,
-                    targets=args.targets, visualize=args.visualize,
+                    targets=args.targets, visualize=args.visualize, kind=kind, recorder=recorder,
                 )  # fmt: skip
                 bar.update(len(batch_names) * accelerator.num_processes)
         bar.close()
@@ -405,10 +473,13 @@ def generate(args: argparse.Namespace) -> int:
             "size": [cfg.image_size, cfg.image_size],
             "targets": args.targets,
             "visualize": args.visualize,
+            "explore": args.explore,
             "processes": accelerator.num_processes,
             "device": str(accelerator.device),
             "environment": environment(),
         }
+        if args.explore and len(indices) > 1:
+            write_explore_index(layout, [names[i] for i in indices])
         path = layout.root / "generation.json"
         write_atomically(path, lambda tmp: tmp.write_text(json.dumps(record, indent=2) + "\n"))
         print(f"wrote {len(indices)} images to {layout.root / 'images'} ({args.format})")

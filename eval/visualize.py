@@ -1,15 +1,20 @@
 """Pictures of what the attention did: warped exemplars, confidence and kept-candidate heat maps,
-and a panel per sample that puts them side by side."""
+the semantic inputs as a person reads them, and a labelled panel per sample that puts them side
+by side."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch.nn.functional as F
+from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 
 from dynast.config import DynaSTConfig
+from dynast.data import semantic_to_rgb
 from dynast.data.folder import image_pixels
 
 # Heat map anchors, dark (0) to bright (1): black, violet, red, orange, pale yellow. Monotonic in
@@ -63,20 +68,84 @@ def heat_pixels(values: Tensor, scale: float, size: tuple[int, int] | None = Non
     return heat_colours(x[0, 0].numpy())
 
 
-def panel(rows: Sequence[Sequence[np.ndarray | None]], gap: int = 2) -> np.ndarray:
-    """Tiles [H, W, 3] uint8 (all one size; None leaves a blank) in rows, white gaps."""
-    tile = next(t for row in rows for t in row if t is not None)
-    th, tw = tile.shape[:2]
-    columns = max(len(row) for row in rows)
-    out = np.full(
-        (len(rows) * (th + gap) + gap, columns * (tw + gap) + gap, 3), 255, dtype=np.uint8
-    )
-    for r, row in enumerate(rows):
-        for c, t in enumerate(row):
+def semantic_pixels(semantic: Tensor, kind: str) -> np.ndarray:
+    """[Cs, H, W] semantic input -> [H, W, 3] uint8 picture. "pose": the encoding's first three
+    channels, the colour skeleton on black (the 17 distance maps after them are not drawn);
+    "edges": the all-edges channel, white on black; "classes": each class in the fixed palette."""
+    if kind == "pose":
+        return image_pixels(semantic[:3].detach().float() * 2.0 - 1.0)
+    if kind == "edges":
+        return image_pixels(semantic[:1].detach().float().expand(3, -1, -1) * 2.0 - 1.0)
+    return image_pixels(semantic_to_rgb(semantic[None].detach().float())[0])
+
+
+def block_label(cfg: DynaSTConfig, block: int, size: tuple[int, int]) -> str:
+    """ "block 3 16x16 inner": a block's running index, grid and attention kind."""
+    scale, position = divmod(block, cfg.blocks_per_scale)
+    kind = "dense" if scale == 0 else ("inter" if position == 0 else "inner")
+    return f"block {block} {size[0]}x{size[1]} {kind}"
+
+
+# Tiles smaller than this are enlarged (nearest, by a whole factor) so that labels fit them.
+MIN_TILE = 96
+FONT_SIZE = 12
+_INK = (0, 0, 0)
+
+
+@dataclass(frozen=True)
+class PanelRow:
+    """One row of a labelled panel: its label (left), tiles, and captions above the tiles."""
+
+    label: str
+    tiles: Sequence[np.ndarray | None]
+    captions: Sequence[str] | None = None
+
+
+def _font() -> ImageFont.ImageFont:
+    try:
+        return ImageFont.load_default(size=FONT_SIZE)
+    except TypeError:  # Pillow without FreeType: the fixed bitmap font
+        return ImageFont.load_default()
+
+
+def _text_width(font, text: str) -> int:
+    left, _, right, _ = font.getbbox(text)
+    return math.ceil(right - left)
+
+
+def labelled_panel(rows: Sequence[PanelRow], gap: int = 6) -> np.ndarray:
+    """Tiles [H, W, 3] uint8 (one size; None leaves a blank) in rows on white, each row labelled
+    on the left and its captions written above its tiles."""
+    tile = next(t for row in rows for t in row.tiles if t is not None)
+    zoom = max(1, math.ceil(MIN_TILE / min(tile.shape[:2])))
+    th, tw = tile.shape[0] * zoom, tile.shape[1] * zoom
+    font = _font()
+    line = FONT_SIZE + 4
+    columns = max(len(row.tiles) for row in rows)
+    widths = [tw] * columns
+    for row in rows:
+        for c, caption in enumerate(row.captions or ()):
+            widths[c] = max(widths[c], _text_width(font, caption) + gap)
+    margin = max(_text_width(font, row.label) for row in rows) + 2 * gap
+    heights = [(line if row.captions else 0) + th + gap for row in rows]
+    canvas = Image.new("RGB", (margin + sum(w + gap for w in widths), gap + sum(heights)), "white")
+    draw = ImageDraw.Draw(canvas)
+    y = gap
+    for row, height in zip(rows, heights, strict=True):
+        top = y + (line if row.captions else 0)
+        draw.text((gap, top + th // 2), row.label, fill=_INK, font=font, anchor="lm")
+        x = margin
+        for c in range(columns):
+            caption = row.captions[c] if row.captions and c < len(row.captions) else ""
+            if caption:
+                draw.text((x + widths[c] // 2, y), caption, fill=_INK, font=font, anchor="ma")
+            t = row.tiles[c] if c < len(row.tiles) else None
             if t is not None:
-                y, x = gap + r * (th + gap), gap + c * (tw + gap)
-                out[y : y + th, x : x + tw] = t
-    return out
+                picture = Image.fromarray(t).resize((tw, th), Image.Resampling.NEAREST)
+                canvas.paste(picture, (x + (widths[c] - tw) // 2, top))
+            x += widths[c] + gap
+        y += height
+    return np.asarray(canvas)
 
 
 def sample_panel(
@@ -88,9 +157,23 @@ def sample_panel(
     warps: Sequence[np.ndarray],
     confs: Sequence[np.ndarray],
     kept: Sequence[np.ndarray],
+    exemplar_layout: np.ndarray | None = None,
+    block_labels: Sequence[str] | None = None,
 ) -> np.ndarray:
-    """Row 1: target layout, exemplar, output, target. Then one column per attention block
-    (coarsest first): warped exemplar, confidence, kept candidates."""
-    rows: list[list[np.ndarray | None]] = [[layout, exemplar, output, target]]
-    rows.extend(list(row) for row in (warps, confs, kept) if row)
-    return panel(rows)
+    """Row 1: input (the target layout), exemplar input (when given), exemplar, output, target
+    (when given), each captioned. Then one column per attention block (coarsest first, captioned
+    `block_labels` or "block j"), in rows labelled warp, confidence, kept."""
+    images = [("input", layout), ("exemplar input", exemplar_layout), ("exemplar", exemplar)]
+    images += [("output", output), ("target", target)]
+    images = [(name, tile) for name, tile in images if tile is not None]
+    rows = [PanelRow("", [t for _, t in images], [n for n, _ in images])]
+    count = max(len(warps), len(confs), len(kept))
+    labels = (
+        list(block_labels) if block_labels is not None else [f"block {j}" for j in range(count)]
+    )
+    first = True
+    for name, tiles in (("warp", warps), ("confidence", confs), ("kept", kept)):
+        if tiles:
+            rows.append(PanelRow(name, list(tiles), labels if first else None))
+            first = False
+    return labelled_panel(rows)

@@ -44,6 +44,25 @@ def image_number(name: str, where: str) -> int:
     return int(stem)
 
 
+def photo_path(root: Path, number: int) -> Path:
+    return root / IMAGE_DIR / f"{number}.jpg"
+
+
+def part_path(root: Path, number: int, part: str) -> Path:
+    return root / MASK_DIR / str(number // 2000) / f"{number:05d}_{part}.png"
+
+
+def load_face(root: Path, number: int, where: str, load: int) -> tuple[np.ndarray, Image.Image]:
+    """(edge encoding at the load size [15, L, L] uint8, the decoded photo) of face `number` of a
+    CelebAMask-HQ folder; errors name the file and `where` referenced it."""
+    photo = open_image(photo_path(root, number), "image", where)
+    parts = {}
+    for part in INNER_PARTS:
+        path = part_path(root, number, part)
+        parts[part] = open_image(path, "part mask", where) if path.is_file() else None
+    return edges_at_load(photo, parts, load), photo.convert("RGB")
+
+
 @dataclass(frozen=True)
 class Item:
     number: int
@@ -91,22 +110,17 @@ class CelebAHQEdgeDataset(PairedDataset):
             raise missing(path, "image", where)
 
     def image_path(self, number: int) -> Path:
-        return self.root / IMAGE_DIR / f"{number}.jpg"
+        return photo_path(self.root, number)
 
     def part_path(self, number: int, part: str) -> Path:
-        return self.root / MASK_DIR / str(number // 2000) / f"{number:05d}_{part}.png"
+        return part_path(self.root, number, part)
 
     def __len__(self) -> int:
         return len(self.items)
 
     def load(self, number: int, where: str, load: int) -> tuple[np.ndarray, Image.Image]:
         """(edge encoding at the load size [15, L, L] uint8, the decoded photo)."""
-        photo = open_image(self.image_path(number), "image", where)
-        parts = {}
-        for part in INNER_PARTS:
-            path = self.part_path(number, part)
-            parts[part] = open_image(path, "part mask", where) if path.is_file() else None
-        return edges_at_load(photo, parts, load), photo.convert("RGB")
+        return load_face(self.root, number, where, load)
 
     @staticmethod
     def view(loaded: tuple[np.ndarray, Image.Image], transform: Transform) -> tuple[Tensor, Tensor]:
