@@ -20,6 +20,7 @@ import os
 import resource
 import tempfile
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -193,6 +194,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not workers or min(workers) < 0:
         raise SystemExit(f"error: --workers takes worker counts such as 1,4, got {args.workers!r}")
     torch.set_num_threads(1)
+    # More workers than cores is what the rows measure, not a mistake.
+    warnings.filterwarnings("ignore", "This DataLoader will create", UserWarning)
     import cv2
 
     cv2.setNumThreads(1)
