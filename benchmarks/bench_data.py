@@ -4,7 +4,8 @@ for every dataset kind with 1 and 4 workers (wall time), and the exemplar-list t
 (`dynast.data.pairs`) at 100,000 images on synthetic label arrays (docs/data.md).
 
     python -m benchmarks.bench_data [--parts pose,samples,loader,pairs] [--pose-samples 200]
-        [--loader-samples 40] [--workers 1,4] [--kinds synthetic,folder,...] [--csv PATH]
+        [--loader-samples 40] [--workers 1,4] [--kinds synthetic,folder,...] [--size 256]
+        [--csv PATH]
         [--pairs-images 100000]
 
 The loader rows read each kind's training split at 256 px with its preset's data settings from a
@@ -181,6 +182,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--loader-samples", type=int, default=40, help="timed per row")
     parser.add_argument("--workers", default="1,4", help="DataLoader worker counts")
     parser.add_argument("--kinds", default=",".join(DATA_KINDS), help="dataset kinds")
+    parser.add_argument("--size", type=int, default=256, help="image size of the loader rows")
     parser.add_argument("--csv", type=Path, default=DEFAULT_CSV, help="loader rows go here")
     parser.add_argument("--pairs-images", type=int, default=100_000)
     parser.add_argument("--classes", type=int, default=8)
@@ -193,6 +195,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         workers = []
     if not workers or min(workers) < 0:
         raise SystemExit(f"error: --workers takes worker counts such as 1,4, got {args.workers!r}")
+    if args.size < 32 or args.loader_samples < 1:
+        raise SystemExit("error: --size must be at least 32 and --loader-samples at least 1")
     torch.set_num_threads(1)
     # More workers than cores is what the rows measure, not a mistake.
     warnings.filterwarnings("ignore", "This DataLoader will create", UserWarning)
@@ -215,7 +219,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     if "loader" in parts:
         print(f"CPU: {cpu_bf16().describe()}; {os.cpu_count()} cores")
-        rows = bench_loaders(kinds, workers, args.loader_samples)
+        rows = bench_loaders(kinds, workers, args.loader_samples, args.size)
         append_rows(args.csv, COLUMNS, rows)
         print(f"appended {len(rows)} rows to {args.csv}")
     if "pairs" in parts:

@@ -1,11 +1,13 @@
 """Trees of every dataset kind, in their original layouts, with files of the real datasets' sizes
 and random content: what the data and precision benchmarks read (no dataset can be downloaded).
 
+At `size` 256 (the presets' image size):
 - DeepFashion (CoCosNet's preparation): 256 x 256 JPEG photos of noise, standing poses;
 - CelebAMask-HQ: 1024 px photos, 13 part masks of 512 px;
 - ADE20K (ADEChallengeData2016): 683 x 512 photos, label maps of blocks of 150 classes, 0 and the
   ignore value 255;
 - the plain folder format: 256 px photos and label maps of 151 classes.
+Another `size` scales every file by size / 256 (smoke runs).
 
 Each writer returns the DataConfig of the kind's training preset (its load size, flips and
 reference probabilities) at `size`, pointing at the tree.
@@ -83,20 +85,22 @@ def write_deepfashion(root: Path, *, count: int = 8, size: int = 256) -> DataCon
 
 
 def write_celebahq(root: Path, *, count: int = 4, size: int = 256) -> DataConfig:
-    """`count` faces (1024 px photos, the 13 inner part masks at 512 px); train = all, val = the
-    first; references are the other faces."""
+    """`count` faces (photos of 4 x `size`, the 13 inner part masks at 2 x `size`: CelebAMask-HQ's
+    1024 / 512 at 256); train = all, val = the first; references are the other faces."""
     rng = np.random.default_rng(0)
     (root / "CelebA-HQ-img").mkdir(parents=True)
     masks = root / "CelebAMask-HQ-mask-anno/0"
     masks.mkdir(parents=True)
-    yy, xx = np.mgrid[0:1024, 0:1024]
+    photo, half = 4 * size, 2 * size
+    yy, xx = np.mgrid[0:photo, 0:photo] * 1024 / photo
     for n in range(count):
         smooth = (np.sin(xx / (40 + 10 * n)) + np.cos(yy / 55)) * 60 + 128
-        pixels = np.clip(smooth[..., None] + rng.normal(0, 8, (1024, 1024, 3)), 0, 255)
+        pixels = np.clip(smooth[..., None] + rng.normal(0, 8, (photo, photo, 3)), 0, 255)
         Image.fromarray(pixels.astype(np.uint8)).save(root / f"CelebA-HQ-img/{n}.jpg")
         for k, part in enumerate(INNER_PARTS):
-            mask = np.zeros((512, 512), dtype=np.uint8)
-            mask[100 + 10 * k : 300 + 5 * k, 120 + 8 * k : 320 - 4 * k] = 255
+            mask = np.zeros((half, half), dtype=np.uint8)
+            box = np.array([100 + 10 * k, 300 + 5 * k, 120 + 8 * k, 320 - 4 * k]) * half // 512
+            mask[box[0] : box[1], box[2] : box[3]] = 255
             Image.fromarray(mask).convert("RGB").save(masks / f"{n:05d}_{part}.png")
     refs = [f"{n}.jpg,{(n + 1) % count}.jpg,{(n + 2) % count}.jpg" for n in range(count)]
     _write_lines(root / "train.txt", [str(n) for n in range(count)])
@@ -117,19 +121,20 @@ def ade_labels(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
 
 
 def write_ade20k(root: Path, *, count: int = 8, size: int = 256) -> DataConfig:
-    """`count` training and two validation scenes (683 x 512) in the official layout."""
+    """`count` training and two validation scenes (683 x 512 at `size` 256) in the official
+    layout."""
     rng = np.random.default_rng(0)
+    height, width = 512 * size // 256, 683 * size // 256
     names = {"training": [], "validation": []}
     for sub, prefix, n_images in (("training", "train", count), ("validation", "val", 2)):
         (root / "images" / sub).mkdir(parents=True)
         (root / "annotations" / sub).mkdir(parents=True)
         for n in range(1, n_images + 1):
             name = f"ADE_{prefix}_{n:08d}"
-            pixels = rng.integers(0, 255, (512, 683, 3), dtype=np.uint8)
+            pixels = rng.integers(0, 255, (height, width, 3), dtype=np.uint8)
             Image.fromarray(pixels).save(root / "images" / sub / f"{name}.jpg", quality=90)
-            Image.fromarray(ade_labels(rng, 512, 683)).save(
-                root / "annotations" / sub / f"{name}.png"
-            )
+            labels = Image.fromarray(ade_labels(rng, height, width))
+            labels.save(root / "annotations" / sub / f"{name}.png")
             names[sub].append(f"{name}.jpg")
     train = names["training"]
     _write_lines(
