@@ -63,6 +63,9 @@ class CelebAHQEdgeDataset(PairedDataset):
         super().__init__(cfg, split)
         require_dirs(self.root, (IMAGE_DIR, MASK_DIR), "CelebAMask-HQ")
         entries = read_list(self.root / SPLIT_LISTS[split], what=f"{split} list")
+        for entry in entries:
+            if len(entry.items) != 1:
+                raise ValueError(f"{entry.where}: expected one image number, got {entry.items}")
         # The release's natural sort of CelebA-HQ-img/<n>.jpg is the order of n (stable for
         # equal numbers, as Python's sort); the first N are kept after sorting, as the release.
         numbered = self.limited(

@@ -116,6 +116,13 @@ def test_celeba_order_and_exemplars_are_the_releases(tmp_path, split, real, hard
 
 def test_celeba_bad_layout_and_missing_image(tmp_path):
     root = write_celebahq(tmp_path / "celeba")
+    (root / "val.txt").write_text("29922,5\n")
+    with pytest.raises(ValueError, match=r"val.txt:1: expected one image number"):
+        build_dataset(celeba(root), "test")
+    (root / "celebahq_ref_test.txt").write_text("29922.jpg,face.jpg\n")
+    (root / "val.txt").write_text("29922\n")
+    with pytest.raises(ValueError, match=r"ref_test.txt:1: expected a CelebA-HQ image number"):
+        build_dataset(celeba(root), "test")
     (root / "CelebA-HQ-img/2001.jpg").unlink()
     with pytest.raises(FileNotFoundError, match=r"2001.jpg: image not found .*train.txt:2"):
         build_dataset(celeba(root), "train")

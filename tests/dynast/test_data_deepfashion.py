@@ -172,9 +172,11 @@ def test_any_root_name_and_entry_without_reference(tmp_path):
         ),
         ("train_image", r"02_1_front.jpg: image not found \(referenced by .*train.txt:3\)"),
         ("pose", r"02_3_back_subset.txt: keypoint file not found \(referenced by .*train.txt:4\)"),
-        ("columns", r"01_1_front_candidate.txt: expected 4 columns"),
-        ("nan", r"01_1_front_candidate.txt: contains NaN"),
-        ("beyond", r"01_1_front_subset.txt: part index 7 is beyond the 2 candidates"),
+        ("columns", r"01_1_front_candidate.txt: expected 4 columns .*by .*train.txt:1\)"),
+        ("nan", r"01_1_front_candidate.txt: contains NaN .*by .*train.txt:1\)"),
+        ("beyond", r"01_1_front_subset.txt: part index 7 is beyond the 2 candidates .*train.txt:1"),
+        ("malformed", r"01_1_front_subset.txt: malformed keypoint file .*by .*train.txt:1\)"),
+        ("two_items", r"train.txt:2: expected one image path"),
         ("empty", r"train.txt: the list is empty"),
         ("layout", r"not the DeepFashion .* expected img/, pose/ but pose missing; found: .*img/"),
     ],
@@ -192,6 +194,11 @@ def test_bad_input_names_the_file_and_line(tmp_path, damage, message):
         (root / f"{pose}_candidate.txt").write_text("1 2 3\n4 5 6\n")
     elif damage == "nan":
         (root / f"{pose}_candidate.txt").write_text("1 2 0.9 0\nnan 5 0.9 1\n")
+    elif damage == "malformed":
+        (root / f"{pose}_subset.txt").write_text("-1 0 x\n")
+    elif damage == "two_items":
+        lines = (root / "train.txt").read_text().splitlines()
+        (root / "train.txt").write_text("\n".join([lines[0], f"{lines[1]},{lines[0]}", *lines[2:]]))
     elif damage == "beyond":
         (root / f"{pose}_subset.txt").write_text(" ".join(["-1", "0", "7"] + ["-1"] * 17))
     elif damage == "empty":
