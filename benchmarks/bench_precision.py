@@ -2,7 +2,7 @@
 against an explicit one: what a user trying `--preset deepfashion-256` on a laptop waits.
 
     python -m benchmarks.bench_precision [--precisions auto,no] [--steps 2] [--width 8]
-        [--batch 2] [--csv PATH]
+        [--batch 2] [--csv PATH] [--parts runs,discriminator]
 
 Each run is `python -m train.main --preset deepfashion-256` in its own process (Accelerate keeps
 one precision per process) on a DeepFashion tree of 256 px files (`benchmarks.data_trees`), at
@@ -12,7 +12,8 @@ train.precision); any other value is passed as `--mixed-precision`. The row reco
 precision the run used (its config.json), its training time over the steps (`time/train_s` of
 its metrics log: data loading and optimiser steps, after the step-0 evaluation) and the whole
 process's wall time, with the CPU's model and bf16 flags; rows are appended to
-benchmarks/results/precision.csv.
+benchmarks/results/precision.csv. `--parts discriminator` prints the preset's full-width
+discriminator step in fp32 and bf16 autocast, where emulated bf16 costs most.
 """
 
 from __future__ import annotations
@@ -31,7 +32,9 @@ from pathlib import Path
 import torch
 
 from benchmarks import data_trees
-from benchmarks.measure import ROOT, append_rows, environment
+from benchmarks.measure import ROOT, append_rows, environment, median_ms
+from dynast.config import preset
+from dynast.discriminator import MultiscaleDiscriminator
 from train.config import MIXED_PRECISION
 from train.precision import cpu_bf16
 
@@ -75,6 +78,26 @@ def run_preset(
             "wall_s": round(wall, 2)}  # fmt: skip
 
 
+def discriminator_ms(batch: int = 1, size: int = 256) -> dict[str, float]:
+    """Median milliseconds of the preset's full-width discriminator, forward and backward of one
+    batch, in fp32 and under bf16 autocast: the part of the step that dominates the emulated bf16
+    time on a CPU without native bf16 (the tiny-width runs above spend theirs in the attention)."""
+    cfg = preset(PRESET)
+    discriminator = MultiscaleDiscriminator(cfg)
+    semantic = torch.randn(batch, cfg.semantic_nc, size, size)
+    image = torch.randn(batch, 3, size, size)
+
+    def step() -> None:
+        outputs = discriminator(semantic, image)
+        sum(feature[-1].float().mean() for feature in outputs).backward()
+
+    times = {}
+    for name, dtype in (("fp32", None), ("bf16", torch.bfloat16)):
+        with torch.autocast("cpu", dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+            times[name] = median_ms(step, torch.device("cpu"), warmup_ms=0, rep_ms=0)
+    return times
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter
@@ -84,8 +107,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--width", type=int, default=8, help="ngf and ndf")
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--csv", type=Path, default=DEFAULT_CSV, help="rows are appended here")
+    parser.add_argument(
+        "--parts",
+        default="runs",
+        help="runs (the training runs) and/or discriminator (the preset's full-width "
+        "discriminator, batch 1, in fp32 and bf16 autocast)",
+    )
     args = parser.parse_args(argv)
     requested = [p for p in args.precisions.split(",") if p]
+    parts = [p for p in args.parts.split(",") if p]
+    if not parts or any(p not in ("runs", "discriminator") for p in parts):
+        print(
+            f"error: --parts takes runs and/or discriminator, got {args.parts!r}", file=sys.stderr
+        )
+        return 2
     known = ("auto", *MIXED_PRECISION)
     if not requested or any(p not in known for p in requested):
         print(
@@ -101,28 +136,36 @@ def main(argv: Sequence[str] | None = None) -> int:
     cpu = cpu_bf16()
     env = environment(torch.device("cpu"))
     print(f"CPU: {cpu.describe()}; {os.cpu_count()} cores")
-    rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp) / "deepfashion"
-        data_trees.write_deepfashion(root)
-        for n, precision in enumerate(requested):
-            measured = run_preset(
-                root, Path(tmp) / f"run{n}", precision,
-                steps=args.steps, width=args.width, batch=args.batch,
-            )  # fmt: skip
-            print(
-                f"{precision:>5}: used {measured['used']}, {args.steps} steps in "
-                f"{measured['train_s']} s (process {measured['wall_s']} s)"
-            )
-            rows.append({
-                "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                "cpu": cpu.model, "native_bf16": cpu.native, "cpu_flags": " ".join(cpu.flags),
-                "torch": env["torch"], "commit": env["commit"], "preset": PRESET,
-                "image_size": 256, "width": args.width, "batch": args.batch, "steps": args.steps,
-                **measured,
-            })  # fmt: skip
-    append_rows(args.csv, COLUMNS, rows)
-    print(f"appended {len(rows)} rows to {args.csv}")
+    if "runs" in parts:
+        rows = []
+        with tempfile.TemporaryDirectory() as tmp:
+            root = Path(tmp) / "deepfashion"
+            data_trees.write_deepfashion(root)
+            for n, precision in enumerate(requested):
+                measured = run_preset(
+                    root, Path(tmp) / f"run{n}", precision,
+                    steps=args.steps, width=args.width, batch=args.batch,
+                )  # fmt: skip
+                print(
+                    f"{precision:>5}: used {measured['used']}, {args.steps} steps in "
+                    f"{measured['train_s']} s (process {measured['wall_s']} s)"
+                )
+                rows.append({
+                    "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                    "cpu": cpu.model, "native_bf16": cpu.native,
+                    "cpu_flags": " ".join(cpu.flags), "torch": env["torch"],
+                    "commit": env["commit"], "preset": PRESET, "image_size": 256,
+                    "width": args.width, "batch": args.batch, "steps": args.steps, **measured,
+                })  # fmt: skip
+        append_rows(args.csv, COLUMNS, rows)
+        print(f"appended {len(rows)} rows to {args.csv}")
+    if "discriminator" in parts:
+        times = discriminator_ms()
+        print(
+            f"{PRESET} discriminator (full width, batch 1, forward + backward, "
+            f"{torch.get_num_threads()} threads, median of 3): fp32 {times['fp32']:.0f} ms, "
+            f"bf16 autocast {times['bf16']:.0f} ms ({times['bf16'] / times['fp32']:.1f}x)"
+        )
     return 0
 
 
