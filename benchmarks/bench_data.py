@@ -1,46 +1,57 @@
-"""Data-side costs on one CPU core: the DeepFashion pose encoding at 256 px, and the exemplar-list
-tool (`dynast.data.pairs`) at 100,000 images on synthetic label arrays (docs/data.md).
+"""Data-side costs: the DeepFashion pose encoding at 256 px, one training sample of DeepFashion and
+CelebA-HQ edges (process CPU time on one core), training samples per second through a DataLoader
+for every dataset kind with 1 and 4 workers (wall time), and the exemplar-list tool
+(`dynast.data.pairs`) at 100,000 images on synthetic label arrays (docs/data.md).
 
-    python -m benchmarks.bench_data [--pose-samples 200] [--pairs-images 100000]
+    python -m benchmarks.bench_data [--parts pose,samples,loader,pairs] [--pose-samples 200]
+        [--loader-samples 40] [--workers 1,4] [--kinds synthetic,folder,...] [--size 256]
+        [--csv PATH]
+        [--pairs-images 100000]
+
+The loader rows read each kind's training split at 256 px with its preset's data settings from a
+tree of the real files' sizes (`benchmarks.data_trees`), batches of 5 (the release recipe's per
+process), and are appended to benchmarks/results/data.csv with the CPU's model and bf16 flags.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import os
+import resource
 import tempfile
 import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from torch.utils.data import DataLoader, Dataset
 
-from dynast.data import DataConfig
+from benchmarks import data_trees
+from benchmarks.measure import ROOT, append_rows, environment
+from dynast.data import build_dataset
 from dynast.data.augment import Transform
-from dynast.data.celebahq_edge import CelebAHQEdgeDataset
-from dynast.data.deepfashion import DeepFashionDataset
-from dynast.data.edge_encoding import INNER_PARTS
+from dynast.data.config import DATA_KINDS
 from dynast.data.pairs import PairsOptions, build_lists, features_in_chunks
 from dynast.data.pose_encoding import encode_pose
+from train.precision import cpu_bf16
 
-
-def random_pose(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """18 keypoints of a standing figure with jitter, 2 of them missing."""
-    base = np.array(
-        [(0.5, 0.1), (0.5, 0.2), (0.4, 0.2), (0.35, 0.35), (0.33, 0.5), (0.6, 0.2),
-         (0.65, 0.35), (0.67, 0.5), (0.45, 0.5), (0.45, 0.7), (0.45, 0.9), (0.55, 0.5),
-         (0.55, 0.7), (0.55, 0.9), (0.48, 0.08), (0.52, 0.08), (0.45, 0.1), (0.55, 0.1)]
-    )  # fmt: skip
-    xy = (base + rng.normal(0, 0.02, base.shape)) * size
-    candidate = np.column_stack([xy, np.full(18, 0.9), np.arange(18)])
-    subset = np.arange(18)
-    subset[rng.choice(18, 2, replace=False)] = -1
-    return candidate, subset
+PARTS = ("pose", "samples", "loader", "pairs")
+DEFAULT_CSV = ROOT / "benchmarks" / "results" / "data.csv"
+COLUMNS = [
+    "timestamp", "cpu", "native_bf16", "torch", "commit", "kind", "image_size", "batch",
+    "workers", "samples", "samples_per_s", "cpu_ms_per_sample",
+]  # fmt: skip
+LOADER_BATCH = 5
 
 
 def bench_pose(samples: int, size: int = 256) -> float:
     rng = np.random.default_rng(0)
-    poses = [random_pose(rng, size) for _ in range(samples)]
+    poses = [data_trees.random_pose(rng, size) for _ in range(samples)]
     transform = Transform.plain(size)
     encode_pose(*poses[0], size, size, transform)  # warm-up
     # CPU time of this process: the figure that matters for a loader worker, and robust to other
@@ -51,65 +62,88 @@ def bench_pose(samples: int, size: int = 256) -> float:
     return (time.process_time() - started) / samples
 
 
-def bench_deepfashion_sample(samples: int, size: int = 256) -> float:
-    """CPU seconds per training sample of a DeepFashion tree of size x size JPEGs: two photos
+def cpu_per_sample(dataset: Dataset, samples: int) -> float:
+    """Process CPU seconds per `dataset[i]`, after one untimed read."""
+    dataset[0]
+    started = time.process_time()
+    for i in range(samples):
+        dataset[i % len(dataset)]
+    return (time.process_time() - started) / samples
+
+
+def bench_deepfashion_sample(samples: int) -> float:
+    """CPU seconds per training sample of a DeepFashion tree of 256 px JPEGs: two photos
     decoded and resized, two pose files parsed, two encodings (target and exemplar)."""
     with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
-        rng = np.random.default_rng(0)
-        keys = []
-        for n in range(8):
-            below = f"WOMEN/Dresses/id_{n // 2:08d}/0{n % 2 + 1}_1_front"
-            (root / "img" / below).parent.mkdir(parents=True, exist_ok=True)
-            pixels = rng.integers(0, 255, (size, size, 3), dtype=np.uint8)
-            Image.fromarray(pixels).save(root / "img" / f"{below}.jpg", quality=90)
-            candidate, subset = random_pose(rng, size)
-            (root / "pose" / below).parent.mkdir(parents=True, exist_ok=True)
-            np.savetxt(root / "pose" / f"{below}_candidate.txt", candidate)
-            np.savetxt(root / "pose" / f"{below}_subset.txt", np.r_[subset, 10, 16][None])
-            keys.append(f"img/{below}.jpg")
-        (root / "train.txt").write_text("\n".join(keys) + "\n")
-        pairs = [f"{keys[i]},{keys[i ^ 1]}" for i in range(8)]
-        (root / "deepfashion_self_pair.txt").write_text("\n".join(pairs) + "\n")
-        (root / "deepfashion_ref.txt").write_text("\n".join(pairs) + "\n")
-        cfg = DataConfig(kind="deepfashion", root=tmp, num_classes=20, image_size=size)
-        dataset = DeepFashionDataset(cfg, "train")
-        dataset[0]
-        started = time.process_time()
-        for i in range(samples):
-            dataset[i % len(dataset)]
-        return (time.process_time() - started) / samples
+        cfg = data_trees.write_deepfashion(Path(tmp))
+        return cpu_per_sample(build_dataset(cfg, "train"), samples)
 
 
 def bench_celebahq_sample(samples: int) -> float:
-    """CPU seconds per training sample of CelebAMask-HQ-sized files (1024 px photos, 512 px
-    masks of 13 parts) at load 286 / crop 256 with flips: two photos, two edge encodings."""
+    """CPU seconds per self-reference training sample of CelebAMask-HQ-sized files (1024 px
+    photos, 512 px masks of 13 parts) at load 286 / crop 256 with flips: one photo and its edge
+    encoding, viewed under two draws."""
     with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
-        rng = np.random.default_rng(0)
-        (root / "CelebA-HQ-img").mkdir()
-        yy, xx = np.mgrid[0:1024, 0:1024]
-        for n in range(4):
-            smooth = (np.sin(xx / (40 + 10 * n)) + np.cos(yy / 55)) * 60 + 128
-            pixels = np.clip(smooth[..., None] + rng.normal(0, 8, (1024, 1024, 3)), 0, 255)
-            Image.fromarray(pixels.astype(np.uint8)).save(root / f"CelebA-HQ-img/{n}.jpg")
-            masks = root / "CelebAMask-HQ-mask-anno/0"
-            masks.mkdir(parents=True, exist_ok=True)
-            for k, part in enumerate(INNER_PARTS):
-                mask = np.zeros((512, 512), dtype=np.uint8)
-                mask[100 + 10 * k : 300 + 5 * k, 120 + 8 * k : 320 - 4 * k] = 255
-                Image.fromarray(mask).convert("RGB").save(masks / f"{n:05d}_{part}.png")
-        (root / "train.txt").write_text("0\n1\n2\n3\n")
-        cfg = DataConfig(
-            kind="celebahq-edge", root=tmp, num_classes=15, image_size=256, load_size=286,
-            flip=True,
-        )  # fmt: skip
-        dataset = CelebAHQEdgeDataset(cfg, "train")
-        dataset[0]
-        started = time.process_time()
-        for i in range(samples):
-            dataset[i % len(dataset)]
-        return (time.process_time() - started) / samples
+        cfg = data_trees.write_celebahq(Path(tmp))
+        cfg = dataclasses.replace(cfg, real_reference_probability=0.0)
+        return cpu_per_sample(build_dataset(cfg, "train"), samples)
+
+
+@dataclass(frozen=True)
+class LoaderRate:
+    samples_per_s: float  # wall time, after the workers' start-up
+    cpu_ms_per_sample: float  # CPU time of this process and its workers, start-up included
+
+
+def loader_rate(dataset: Dataset, workers: int, samples: int, batch: int) -> LoaderRate:
+    """Training samples through a DataLoader with `workers` processes: per second of wall time
+    after the first batch of each worker (their start-up) has arrived, and CPU time per sample of
+    every process (robust to other jobs on the machine; the workers' time is read once they
+    have exited)."""
+    warm = max(workers, 1)
+    batches = warm + -(-samples // batch)
+    order = [i % len(dataset) for i in range(batches * batch)]
+
+    def cpu_s() -> float:
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return time.process_time() + children.ru_utime + children.ru_stime
+
+    cpu_started = cpu_s()
+    iterator = iter(DataLoader(dataset, batch_size=batch, sampler=order, num_workers=workers))
+    for _ in range(warm):
+        next(iterator)
+    started = time.perf_counter()
+    counted = sum(len(item["index"]) for item in iterator)
+    wall = time.perf_counter() - started
+    del iterator  # joins the workers, so their CPU time is counted
+    return LoaderRate(counted / wall, (cpu_s() - cpu_started) / len(order) * 1e3)
+
+
+def bench_loaders(
+    kinds: Sequence[str], workers: Sequence[int], samples: int, size: int = 256
+) -> list[dict[str, object]]:
+    cpu = cpu_bf16()
+    env = environment(torch.device("cpu"))
+    rows = []
+    for kind in kinds:
+        with tempfile.TemporaryDirectory() as tmp:
+            dataset = build_dataset(data_trees.data_config(kind, Path(tmp), size), "train")
+            for count in workers:
+                rate = loader_rate(dataset, count, samples, LOADER_BATCH)
+                print(
+                    f"loader {kind:<14} {size} px, {count} worker(s): "
+                    f"{rate.samples_per_s:6.1f} samples/s, {rate.cpu_ms_per_sample:7.1f} ms CPU "
+                    "per sample"
+                )
+                rows.append({
+                    "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                    "cpu": cpu.model, "native_bf16": cpu.native, "torch": env["torch"],
+                    "commit": env["commit"], "kind": kind, "image_size": size,
+                    "batch": LOADER_BATCH, "workers": count, "samples": samples,
+                    "samples_per_s": round(rate.samples_per_s, 2),
+                    "cpu_ms_per_sample": round(rate.cpu_ms_per_sample, 1),
+                })  # fmt: skip
+    return rows
 
 
 def synthetic_labels(count: int, classes: int, size: int = 64) -> np.ndarray:
@@ -129,34 +163,73 @@ def bench_pairs(count: int, classes: int) -> tuple[float, float]:
     return middle - started, time.process_time() - middle
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def _list(text: str, known: Sequence[str], flag: str) -> list[str]:
+    items = [item for item in text.split(",") if item]
+    unknown = [item for item in items if item not in known]
+    if not items or unknown:
+        raise SystemExit(
+            f"error: {flag} takes a comma-separated list of {list(known)}, got {text!r}"
+        )
+    return items
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--parts", default=",".join(PARTS), help=f"some of {','.join(PARTS)}")
     parser.add_argument("--pose-samples", type=int, default=200)
+    parser.add_argument("--loader-samples", type=int, default=40, help="timed per row")
+    parser.add_argument("--workers", default="1,4", help="DataLoader worker counts")
+    parser.add_argument("--kinds", default=",".join(DATA_KINDS), help="dataset kinds")
+    parser.add_argument("--size", type=int, default=256, help="image size of the loader rows")
+    parser.add_argument("--csv", type=Path, default=DEFAULT_CSV, help="loader rows go here")
     parser.add_argument("--pairs-images", type=int, default=100_000)
     parser.add_argument("--classes", type=int, default=8)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    parts = _list(args.parts, PARTS, "--parts")
+    kinds = _list(args.kinds, DATA_KINDS, "--kinds")
+    try:
+        workers = [int(w) for w in args.workers.split(",")]
+    except ValueError:
+        workers = []
+    if not workers or min(workers) < 0:
+        raise SystemExit(f"error: --workers takes worker counts such as 1,4, got {args.workers!r}")
+    if args.size < 32 or args.loader_samples < 1:
+        raise SystemExit("error: --size must be at least 32 and --loader-samples at least 1")
     torch.set_num_threads(1)
+    # More workers than cores is what the rows measure, not a mistake.
+    warnings.filterwarnings("ignore", "This DataLoader will create", UserWarning)
     import cv2
 
     cv2.setNumThreads(1)
-    per_sample = bench_pose(args.pose_samples)
-    print(f"pose encoding 256 px: {per_sample * 1e3:.2f} ms CPU per encoding (one core)")
-    sample = bench_deepfashion_sample(max(args.pose_samples // 4, 8))
-    print(
-        f"deepfashion training sample 256 px: {sample * 1e3:.2f} ms CPU per sample "
-        f"({1 / sample:.0f} samples/s per core)"
-    )
-    celeba = bench_celebahq_sample(max(args.pose_samples // 20, 4))
-    print(
-        f"celebahq-edge training sample (1024 px photo, 13 masks, load 286): {celeba * 1e3:.1f} "
-        f"ms CPU per sample ({1 / celeba:.0f} samples/s per core)"
-    )
-    features_s, search_s = bench_pairs(args.pairs_images, args.classes)
-    print(
-        f"pairs at {args.pairs_images} images, {args.classes} classes: features "
-        f"{features_s:.1f} s, search {search_s:.1f} s CPU (one core)"
-    )
+    if "pose" in parts:
+        per_sample = bench_pose(args.pose_samples)
+        print(f"pose encoding 256 px: {per_sample * 1e3:.2f} ms CPU per encoding (one core)")
+    if "samples" in parts:
+        sample = bench_deepfashion_sample(max(args.pose_samples // 4, 8))
+        print(
+            f"deepfashion training sample 256 px: {sample * 1e3:.2f} ms CPU per sample "
+            f"({1 / sample:.0f} samples/s per core)"
+        )
+        celeba = bench_celebahq_sample(max(args.pose_samples // 20, 4))
+        print(
+            f"celebahq-edge training sample (1024 px photo, 13 masks, load 286): "
+            f"{celeba * 1e3:.1f} ms CPU per sample ({1 / celeba:.0f} samples/s per core)"
+        )
+    if "loader" in parts:
+        print(f"CPU: {cpu_bf16().describe()}; {os.cpu_count()} cores")
+        rows = bench_loaders(kinds, workers, args.loader_samples, args.size)
+        append_rows(args.csv, COLUMNS, rows)
+        print(f"appended {len(rows)} rows to {args.csv}")
+    if "pairs" in parts:
+        features_s, search_s = bench_pairs(args.pairs_images, args.classes)
+        print(
+            f"pairs at {args.pairs_images} images, {args.classes} classes: features "
+            f"{features_s:.1f} s, search {search_s:.1f} s CPU (one core)"
+        )
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -49,10 +49,20 @@ def write_keypoints(base: Path, joints: dict[int, tuple[float, float]]) -> None:
     np.savetxt(f"{base}_subset.txt", subset[None])
 
 
-def write_deepfashion(root: Path, seed: int = 0) -> Path:
-    """Six images of three people; train = images 0-3 (backslashes, as CoCosNet's lists),
-    val = images 4-5. Self pairs: 0 <-> 1; image 2 falls back to its ref line's last entry,
-    another person (3 is of id 2 -> same; 2 -> image 4 of id 3: a mismatch)."""
+def write_deepfashion(root: Path, seed: int = 0, *, backslashes: str = "mixed") -> Path:
+    """Six images of three people; train.txt = images 0-3, val.txt = images 5 then 4 (against
+    natural order: the release keeps DeepFashion's list order).
+
+    Training: self pairs 0 <-> 1 and 3 -> 2; image 2 falls back to the last entry of its ref line,
+    image 4, another person (an identity mismatch). Test: image 4 has no self pair, its
+    ref_test line lists 5 then 0 (the release's rule takes the last, 0); image 5 has the self
+    pair 5 -> 4 and the ref_test line 0, 1 (the release's rule takes the partner, 4). So the
+    self pair, the first and the last entry all differ.
+
+    `backslashes`: "mixed" writes train.txt and the self pairs of images 0 and 1 with
+    backslashes, every other item with slashes (dynast reads both; the release would miss those
+    self pairs, as it compares the keys of the two lists as written); "all" writes every item with
+    backslashes, as CoCosNet distributes the lists."""
     rng = np.random.default_rng(seed)
     keys = []
     for below, joints in DF_IMAGES:
@@ -60,25 +70,18 @@ def write_deepfashion(root: Path, seed: int = 0) -> Path:
         write_keypoints(root / "pose" / Path(below).with_suffix(""), joints)
         keys.append(f"img/{below}")
     win = [k.replace("/", "\\") for k in keys]
-    (root / "train.txt").write_text("\n".join(win[:4]) + "\n")
-    (root / "val.txt").write_text("\n".join(keys[4:]) + "\n")
-    (root / "deepfashion_self_pair.txt").write_text(
-        f"{win[0]},{win[1]}\n{win[1]},{win[0]}\n{keys[3]},{keys[2]}\n"
-    )
-    (root / "deepfashion_ref.txt").write_text(
-        "\n".join(
-            [
-                f"{keys[0]},{keys[2]},{keys[3]}",
-                f"{keys[1]},{keys[3]}",
-                f"{keys[2]},{keys[5]},{keys[4]}",
-                f"{keys[3]},{keys[0]}",
-            ]
+
+    def write(name: str, lines: list[list[int]], mixed: list[str]) -> None:
+        names = win if backslashes == "all" else mixed
+        (root / name).write_text(
+            "\n".join(",".join(names[i] for i in line) for line in lines) + "\n"
         )
-        + "\n"
-    )
-    (root / "deepfashion_ref_test.txt").write_text(
-        f"{keys[4]},{keys[5]},{keys[0]}\n{keys[5]},{keys[4]}\n"
-    )
+
+    write("train.txt", [[0], [1], [2], [3]], win)
+    write("val.txt", [[5], [4]], keys)
+    write("deepfashion_self_pair.txt", [[0, 1], [1, 0], [3, 2], [5, 4]], win[:2] + keys[2:])
+    write("deepfashion_ref.txt", [[0, 2, 3], [1, 3], [2, 5, 4], [3, 0]], keys)
+    write("deepfashion_ref_test.txt", [[4, 5, 0], [5, 0, 1]], keys)
     return root
 
 
@@ -99,7 +102,7 @@ def write_part(path: Path, box: tuple[int, int, int, int], size: int) -> None:
 
 def write_celebahq(root: Path, seed: int = 0) -> Path:
     """Four faces; every face has a skin part and a nose, face 5 also hair; others missing.
-    train = 5, 2001, 4002; val = 29922."""
+    train.txt = 4002, 2001, 5 (the release natural-sorts it: 5, 2001, 4002); val.txt = 29922."""
     rng = np.random.default_rng(seed)
     half = CELEBA_SIZE // 2
     for n in CELEBA_NUMBERS:
@@ -109,12 +112,12 @@ def write_celebahq(root: Path, seed: int = 0) -> Path:
         write_part(folder / f"{n:05d}_nose.png", (8, 8, 12, 12), half)
         if n == 5:
             write_part(folder / f"{n:05d}_hair.png", (2, 0, 18, 5), half)
-    (root / "train.txt").write_text("5\n2001\n4002\n")
+    (root / "train.txt").write_text("4002\n2001\n5\n")
     (root / "val.txt").write_text("29922\n")
     (root / "celebahq_ref.txt").write_text(
         "5.jpg,2001.jpg,4002.jpg\n2001.jpg,5.jpg\n4002.jpg,2001.jpg,5.jpg\n"
     )
-    (root / "celebahq_ref_test.txt").write_text("29922.jpg,5.jpg\n")
+    (root / "celebahq_ref_test.txt").write_text("29922.jpg,5.jpg,2001.jpg\n")
     return root
 
 
@@ -125,11 +128,13 @@ ADE_VAL = ["ADE_val_00000001", "ADE_val_00000002"]
 
 
 def ade_label(rng: np.random.Generator, width: int, height: int) -> np.ndarray:
-    """Blocks of classes in 0..150 (0 = unknown), 150 included."""
+    """Blocks of classes in 0..150 (0 = unknown), 150 included, and a band of the ignore value
+    255 (as real ADE20K annotations have; CoCosNet reads it as 150) across the bottom left."""
     label = np.zeros((height, width), dtype=np.uint8)
     label[: height // 2, : width // 2] = rng.integers(1, 149)
     label[height // 2 :, width // 2 :] = 150
     label[: height // 2, width // 2 :] = rng.integers(1, 149)
+    label[height * 3 // 4 :, : width // 2] = 255
     return label
 
 

@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 
 import kernels
 from dynast.data import build_dataset, correspondence_accuracy, semantic_to_rgb
+from dynast.data.config import REAL_KINDS
 from dynast.discriminator import MultiscaleDiscriminator, check_image_size
 from dynast.generator import Generator
 from dynast.io import save_pretrained
@@ -51,6 +52,7 @@ from .losses import (
     per_sample_l1,
 )
 from .metrics_log import MetricsLog, read_metrics
+from .precision import PrecisionChoice, choose_precision, cpu_bf16
 from .run_folder import check_output_paths, lock_run_folder, recover_final, write_final
 from .samples import sample_grid, save_png
 from .steps import (
@@ -153,19 +155,33 @@ def _to_device(batch: dict, device: torch.device) -> dict:
     }
 
 
-def _load_vgg(cfg: RunConfig, say: Callable[[str], None]) -> nn.Module | None:
+def _find_vgg(cfg: RunConfig) -> tuple[Path | None, str]:
+    """The VGG19 weights file the run loads (None: the VGG terms are off) and the line that says
+    so. Checked before anything is written: the paper's datasets train with the VGG terms, so
+    there a missing file is a TrainingError saying where it goes and how to turn them off; other
+    data go on without them."""
     weights = cfg.train.loss
     if weights.vgg == 0 and weights.vgg_mse == 0:
-        say("VGG losses: off (train.loss.vgg and train.loss.vgg_mse are 0)")
-        return None
+        return None, "VGG losses: off (train.loss.vgg and train.loss.vgg_mse are 0, or --no-vgg)"
     try:
         path = resolve_vgg_weights(cfg.train.vgg_weights)
     except FileNotFoundError as e:
         if cfg.train.vgg_weights is not None:
             raise TrainingError(f"--vgg-weights: {e}") from None
-        say(f"VGG losses: off, no VGG19 weights ({e})")
+        if cfg.data.kind in REAL_KINDS:
+            raise TrainingError(
+                f"VGG19 weights needed: kind {cfg.data.kind!r} trains with the paper's VGG19 "
+                f"losses (train.loss.vgg {weights.vgg:g}, train.loss.vgg_mse "
+                f"{weights.vgg_mse:g}), but {e}; --no-vgg trains without them (not the paper's "
+                "recipe)"
+            ) from None
+        return None, f"VGG losses: off, no VGG19 weights ({e})"
+    return path, f"VGG losses: on, weights {path}"
+
+
+def _load_vgg(path: Path | None) -> nn.Module | None:
+    if path is None:
         return None
-    say(f"VGG losses: on, weights {path}")
     try:
         vgg = VGG19Features.from_file(path)
     except (OSError, ValueError, RuntimeError) as e:
@@ -321,7 +337,7 @@ def _open_run_folder(s: _Session) -> tuple[IO[str] | None, ckpt.Verified | None]
 
 
 def _build_models(
-    s: _Session, resume: ckpt.Verified | None
+    s: _Session, resume: ckpt.Verified | None, vgg_path: Path | None
 ) -> tuple[StepParts, nn.Module, dict[str, torch.amp.GradScaler]]:
     """Models, optimisers (two-time-scale Adam), VGG and loss scalers, prepared by Accelerate:
     the parts of a step, the unwrapped (eager) generator that is saved, and the scalers by name."""
@@ -338,7 +354,7 @@ def _build_models(
     if s.world > 1 and tc.sync_batch_norm and count_batch_norms(generator):
         generator = synchronise_batch_norm(generator, device)
         s.say(f"batch norm synchronised across {s.world} processes")
-    vgg = _load_vgg(cfg, s.say)
+    vgg = _load_vgg(vgg_path)
     betas = (tc.adam_beta1, tc.adam_beta2)
     opt_g = torch.optim.Adam(
         generator.parameters(), lr=tc.lr * tc.g_lr_ratio, betas=betas, eps=tc.g_adam_eps
@@ -465,19 +481,38 @@ def _logged_eval(run_dir: Path, *, at_start: bool) -> dict[str, float]:
 # ----------------------------------------------------------------------------- training
 
 
-def train(cfg: RunConfig) -> TrainResult:
-    """Train (or resume) the run `cfg` describes; returns its start and end evaluation."""
+def train(cfg: RunConfig, precision: PrecisionChoice | None = None) -> TrainResult:
+    """Train (or resume) the run `cfg` describes; returns its start and end evaluation.
+
+    `precision`: how the command line chose `cfg.train.mixed_precision` (train/main.py); None
+    means the caller set it, and the run says so."""
     started = time.perf_counter()
     tc = cfg.train
+    if precision is None:
+        precision = choose_precision(
+            tc.mixed_precision,
+            preset=None,
+            launcher=None,
+            cuda=torch.cuda.is_available(),
+            cpu=cpu_bf16(),
+        )
+    if precision.precision != tc.mixed_precision:
+        raise ValueError(
+            f"precision {precision.precision!r} was chosen for a config that says "
+            f"{tc.mixed_precision!r}"
+        )
     try:
         check_image_size(cfg.model)
     except ValueError as e:
         raise TrainingError(f"model: {e}") from None
     train_set, eval_samples = _load_data(cfg)
+    vgg_path, vgg_line = _find_vgg(cfg)
     s = _Session.start(cfg)
+    s.say(precision.line)
+    s.say(vgg_line)
     accelerator, device, run_dir = s.accelerator, s.accelerator.device, s.run_dir
     lock, resume = _open_run_folder(s)
-    parts, g_inner, scalers = _build_models(s, resume)
+    parts, g_inner, scalers = _build_models(s, resume, vgg_path)
     progress = _restore(s, resume, parts, g_inner, scalers)
 
     # Where the run stands, advanced by the loop below and recorded by every checkpoint: optimizer

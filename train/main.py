@@ -16,16 +16,21 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import dataclasses
 import json
 import os
 import signal
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
 
 from dynast.config import DEFAULT_PRESET
 from dynast.discriminator import check_image_size
 from train.config import PRESET_NAMES, RunConfig, run_preset
 from train.overrides import apply_overrides, field_names
+from train.precision import LAUNCHER_VARIABLE, PrecisionChoice, choose_precision, cpu_bf16
 
 # Named flags and the field each one sets.
 NAMED_FLAGS = {
@@ -34,6 +39,8 @@ NAMED_FLAGS = {
     "vgg_weights": "train.vgg_weights",
     "mixed_precision": "train.mixed_precision",
 }
+# What --no-vgg sets: both VGG terms off.
+NO_VGG = (("train.loss.vgg", "0"), ("train.loss.vgg_mse", "0"))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -59,7 +66,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--mixed-precision",
         choices=("no", "fp16", "bf16"),
-        help="= --train.mixed_precision",
+        help="= --train.mixed_precision; wins over the preset and over accelerate launch's "
+        "--mixed_precision (docs/training.md, 'Mixed precision')",
+    )
+    parser.add_argument(
+        "--no-vgg",
+        action="store_true",
+        help="train without the VGG19 losses (= --train.loss.vgg 0 --train.loss.vgg_mse 0); "
+        "the paper's datasets need VGG19 weights otherwise",
     )
     parser.add_argument(
         "--dry-run", action="store_true", help="print the resolved config as JSON and exit"
@@ -88,8 +102,18 @@ def parse_overrides(tokens: Sequence[str]) -> list[tuple[str, str]]:
     return pairs
 
 
-def resolve_config(argv: Sequence[str] | None = None) -> tuple[RunConfig, bool]:
-    """(resolved config, dry run?) from the command line; ValueError for any bad name or value."""
+@dataclass(frozen=True)
+class ResolvedRun:
+    """A command line resolved: the run's config (with the precision it will use), whether it is
+    a dry run, and the precision line the run prints."""
+
+    config: RunConfig
+    dry_run: bool
+    precision: PrecisionChoice
+
+
+def resolve_run(argv: Sequence[str] | None = None) -> ResolvedRun:
+    """The command line resolved; ValueError for any bad name or value."""
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
     pairs = parse_overrides(rest)
@@ -97,8 +121,13 @@ def resolve_config(argv: Sequence[str] | None = None) -> tuple[RunConfig, bool]:
         value = getattr(args, flag)
         if value is not None:
             pairs.append((dotted, value))
-    preset = run_preset(args.preset)
     named = {dotted for dotted, _ in pairs}
+    if args.no_vgg:
+        clash = sorted(named & {dotted for dotted, _ in NO_VGG})
+        if clash:
+            raise ValueError(f"--no-vgg sets {' and '.join(clash)} to 0: give one or the other")
+        pairs += list(NO_VGG)
+    preset = run_preset(args.preset)
     if preset.train.max_epochs and "train.max_steps" in named and "train.max_epochs" not in named:
         # A step count on the command line is the run length asked for: without this, an
         # epoch-based preset would ignore it silently.
@@ -106,7 +135,22 @@ def resolve_config(argv: Sequence[str] | None = None) -> tuple[RunConfig, bool]:
     cfg = apply_overrides(preset, pairs)
     # Training needs the discriminator to fit the images: refused here, so --dry-run says so too.
     check_image_size(cfg.model)
-    return cfg, args.dry_run
+    precision = choose_precision(
+        cfg.train.mixed_precision,
+        preset=None if "train.mixed_precision" in named else args.preset,
+        launcher=os.environ.get(LAUNCHER_VARIABLE),
+        cuda=torch.cuda.is_available(),
+        cpu=cpu_bf16(),
+    )
+    # The config records the precision the run uses (the run folder's config.json too).
+    train_cfg = dataclasses.replace(cfg.train, mixed_precision=precision.precision)
+    return ResolvedRun(dataclasses.replace(cfg, train=train_cfg), args.dry_run, precision)
+
+
+def resolve_config(argv: Sequence[str] | None = None) -> tuple[RunConfig, bool]:
+    """(resolved config, dry run?) from the command line; ValueError for any bad name or value."""
+    run = resolve_run(argv)
+    return run.config, run.dry_run
 
 
 # Set by `accelerate launch` (its single-process launcher) and by torchrun (also behind
@@ -137,12 +181,13 @@ def die_with_launcher() -> bool:
 def main(argv: Sequence[str] | None = None) -> int:
     die_with_launcher()
     try:
-        cfg, dry_run = resolve_config(argv)
+        run = resolve_run(argv)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    if dry_run:
-        print(json.dumps(cfg.to_dict(), indent=2))
+    if run.dry_run:
+        print(run.precision.line, file=sys.stderr)
+        print(json.dumps(run.config.to_dict(), indent=2))
         return 0
     # Imported here so that --dry-run and argument errors stay quick.
     from train.errors import TrainingError
@@ -151,7 +196,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     configure_threads()
     try:
-        train(cfg)
+        train(run.config, precision=run.precision)
     except TrainingError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

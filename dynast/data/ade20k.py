@@ -7,18 +7,20 @@
                                     (name.jpg,ref1.jpg[,...]; references are training images)
 
 Sample i of a split is the i-th ADE_train_* (ADE_val_*) photo in natural order, as CoCosNet lists
-them. Labels: values 0..150 (0 = "unknown"/other, 1..150 the classes), one-hot in 151 channels
-with value v in channel v, so "unknown" is channel 0 (CoCosNet's label_nc 150 with
-contain_dontcare_label: 151 channels, its scatter puts value v in channel v too). A value above
-150 is an error. Training exemplar: the photo itself under its own crop and flip (self reference,
-same_appearance True), or with `real_reference_probability` the list's first reference (easy) or,
-with `hard_reference_probability`, its last (hard), same_appearance False. Test exemplar: the
-first reference of ade20k_ref_test.txt, read from the training images.
+them (`ADE20KDataset.get_paths`, natural-sorted by `Pix2pixDataset.initialize`). Labels as
+CoCosNet reads them (`Pix2pixDataset.get_label_tensor`, label_nc 150 with contain_dontcare_label):
+values 0..150 as they are (0 = "unknown"/other, 1..150 the classes), the ignore value 255 moved
+to 150, one-hot in 151 channels with value v in channel v. A value in 151..254 is an error naming
+the file and the value: CoCosNet's one-hot `scatter_` fails on it. Training exemplar: the photo
+itself under its own crop and flip (self reference, same_appearance True), or with
+`real_reference_probability` the list's first reference (easy) or, with
+`hard_reference_probability`, its last (hard), same_appearance False. Test exemplar: the first
+reference of ade20k_ref_test.txt, read from the training images (CoCosNet's `get_ref`, then
+`val[0]` in `Pix2pixDataset.__getitem__`).
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,9 +29,8 @@ from torch import Tensor
 
 from .augment import BICUBIC, NEAREST, Transform, image_tensor
 from .config import DataConfig
-from .labels import check_label_range
 from .layout_check import found_entries
-from .lists import Entry, read_references
+from .lists import Entry, natural_key, read_references
 from .paired import PairedDataset, missing, open_image
 from .sample import Sample, build_sample
 
@@ -37,11 +38,26 @@ SUBFOLDERS = {"train": "training", "test": "validation"}
 # CoCosNet keeps the files whose path contains "_train_" / "_val_".
 MARKERS = {"train": "_train_", "test": "_val_"}
 REFERENCE_LISTS = {"train": "ade20k_ref.txt", "test": "ade20k_ref_test.txt"}
+# Modes whose pixel values CoCosNet reads as class indices (torchvision's ToTensor divides 8-bit
+# images by 255, and get_label_tensor multiplies by 255 again); any other mode it misreads.
 LABEL_MODES = ("L", "P")
+# CoCosNet's label_nc: the class the ignore value IGNORE_VALUE is moved to, and the last channel.
+LABEL_NC = 150
+IGNORE_VALUE = 255
 
 
-def natural_key(name: str) -> list:
-    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+def check_ade_values(values: np.ndarray, path: Path, where: str) -> None:
+    """ValueError naming the file, the values and the referencing line when the annotation holds
+    a value CoCosNet cannot read: above LABEL_NC and not IGNORE_VALUE."""
+    bad = (values > LABEL_NC) & (values != IGNORE_VALUE)
+    if bad.any():
+        found = np.unique(values[bad])
+        raise ValueError(
+            f"{path}: label value{'s' if len(found) > 1 else ''} "
+            f"{', '.join(str(v) for v in found[:8])}{', ...' if len(found) > 8 else ''} at "
+            f"{int(bad.sum())} pixel(s): ADE20K labels are 0..{LABEL_NC} or {IGNORE_VALUE} "
+            f"(read as {LABEL_NC}) (referenced by {where})"
+        )
 
 
 @dataclass(frozen=True)
@@ -155,10 +171,12 @@ class ADE20KDataset(PairedDataset):
         label_image = open_image(path, "label map", where)
         if label_image.mode not in LABEL_MODES:
             raise ValueError(
-                f"{path}: ADE20K label maps are 8-bit class-index PNGs, got mode {label_image.mode}"
+                f"{path}: ADE20K label maps are 8-bit class-index PNGs (mode L or P), got mode "
+                f"{label_image.mode} (referenced by {where})"
             )
-        check_label_range(np.asarray(label_image), self.config.num_classes, name=str(path))
+        check_ade_values(np.asarray(label_image), path, where)
         label = transform.apply(label_image, NEAREST).astype(np.int64)
+        label[label == IGNORE_VALUE] = LABEL_NC
         photo = open_image(folders.images / name, "photo", where).convert("RGB")
         return label, image_tensor(transform.apply(photo, BICUBIC))
 

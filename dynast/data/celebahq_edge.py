@@ -6,11 +6,14 @@
     root/train.txt, root/val.txt                                   one image number a line
     root/celebahq_ref.txt, root/celebahq_ref_test.txt              <n>.jpg,<ref>.jpg[,...]
 
-Sample i of a split is line i of its list. Semantic input: the 15-channel edge encoding
+Samples are the list's images in natural order, i.e. by image number (the release's
+`Pix2pixDataset.initialize` natural-sorts the image paths of every dataset mode but `celebahq` and
+`deepfashion`, so `celebahqedge` too). Semantic input: the 15-channel edge encoding
 (`edge_encoding`). Training exemplar: the photo itself under its own random crop and flip
 (self reference, same_appearance True), or with `real_reference_probability` the list's first
 reference (easy) / last (hard, with `hard_reference_probability`), same_appearance False. Test
-exemplar: the first reference of celebahq_ref_test.txt.
+exemplar: the first reference of celebahq_ref_test.txt (the release's `celebahqedge_dataset.py`
+`get_ref`, then `val[0]` in `Pix2pixDataset.__getitem__`).
 """
 
 from __future__ import annotations
@@ -78,7 +81,15 @@ class CelebAHQEdgeDataset(PairedDataset):
     def __init__(self, cfg: DataConfig, split: str) -> None:
         super().__init__(cfg, split)
         require_dirs(self.root, (IMAGE_DIR, MASK_DIR), "CelebAMask-HQ")
-        entries = self.limited(read_list(self.root / SPLIT_LISTS[split], what=f"{split} list"))
+        entries = read_list(self.root / SPLIT_LISTS[split], what=f"{split} list")
+        for entry in entries:
+            if len(entry.items) != 1:
+                raise ValueError(f"{entry.where}: expected one image number, got {entry.items}")
+        # The release's natural sort of CelebA-HQ-img/<n>.jpg is the order of n (stable for
+        # equal numbers, as Python's sort); the first N are kept after sorting, as the release.
+        numbered = self.limited(
+            sorted(((image_number(e.key, e.where), e) for e in entries), key=lambda ne: ne[0])
+        )
         needs_references = not self.train or cfg.real_reference_probability > 0
         references: dict[int, Entry] = {}
         if needs_references:
@@ -86,8 +97,7 @@ class CelebAHQEdgeDataset(PairedDataset):
             for entry in read_references(path, what=f"{split} reference list").values():
                 references[image_number(entry.key, entry.where)] = entry
         self.items = []
-        for entry in entries:
-            number = image_number(entry.key, entry.where)
+        for number, entry in numbered:
             self._check_image(number, entry.where)
             if not needs_references:
                 self.items.append(Item(number, entry.where))

@@ -7,12 +7,15 @@
     root/deepfashion_self_pair.txt                               key,partner[,...] (same person)
     root/deepfashion_ref.txt, root/deepfashion_ref_test.txt      key,ref[,...] (retrieved)
 
-Sample i of a split is line i of its list. Semantic input: the 20-channel pose encoding
-(`pose_encoding`). Training exemplar (the release's `--video_like` rule): the first partner of the
-image in deepfashion_self_pair.txt, else the last entry of its deepfashion_ref.txt line, with
+Sample i of a split is line i of its list (the release keeps the list order for DeepFashion:
+`Pix2pixDataset.initialize` natural-sorts every other dataset mode). Semantic input: the 20-channel
+pose encoding (`pose_encoding`). Exemplar, in both splits (the release's `--video_like` rule,
+`DeepFashionDataset.get_ref_video_like` with `val[0]` in `Pix2pixDataset.__getitem__`): the first
+partner of the image in deepfashion_self_pair.txt, else the last entry of its line in the split's
+reference list (deepfashion_ref.txt / deepfashion_ref_test.txt). Training pairs have
 same_appearance True; `real_reference_probability` / `hard_reference_probability` switch to that
 same reference (easy) or a random training image fixed per (seed, index) (hard), with
-same_appearance False. Test exemplar: the first entry of its deepfashion_ref_test.txt line.
+same_appearance False. Test pairs have same_appearance False (the release's self_ref 0).
 Identity check (ours): a training exemplar from another id_ folder keeps its pairing but gets
 same_appearance False; the count is logged once when the dataset is built. Any root name works;
 the release needs a path containing "deepfashion/".
@@ -83,9 +86,7 @@ class DeepFashionDataset(PairedDataset):
         super().__init__(cfg, split)
         require_dirs(self.root, (IMAGE_DIR, POSE_DIR), "DeepFashion (CoCosNet's preparation)")
         entries = self.limited(read_list(self.root / SPLIT_LISTS[split], what=f"{split} list"))
-        self_pairs: dict[str, Entry] = {}
-        if self.train:
-            self_pairs = _keyed(read_references(self.root / SELF_PAIR_LIST, what="self-pair list"))
+        self_pairs = _keyed(read_references(self.root / SELF_PAIR_LIST, what="self-pair list"))
         references = _keyed(
             read_references(self.root / REFERENCE_LISTS[split], what=f"{split} reference list")
         )
@@ -113,15 +114,16 @@ class DeepFashionDataset(PairedDataset):
         if len(entry.items) != 1:
             raise ValueError(f"{entry.where}: expected one image path, got {entry.items}")
         key = image_key(entry.key)
-        found = [self_pairs.get(key), refs.get(key)]
-        if self.train and found[0] is not None:
-            ref, where = found[0].items[1], found[0].where
-        elif found[1] is not None:
-            ref = found[1].items[-1] if self.train else found[1].items[1]
-            where = found[1].where
+        partner, retrieved = self_pairs.get(key), refs.get(key)
+        if partner is not None:
+            ref, where = partner.items[1], partner.where
+        elif retrieved is not None:
+            ref, where = retrieved.items[-1], retrieved.where
         else:
-            names = (SELF_PAIR_LIST + " or " if self.train else "") + REFERENCE_LISTS[self.split]
-            raise ValueError(f"{entry.where}: {key!r} has no reference in {self.root / names}")
+            raise ValueError(
+                f"{entry.where}: {key!r} has no line in {self.root / SELF_PAIR_LIST} or "
+                f"{self.root / REFERENCE_LISTS[self.split]}"
+            )
         ref = image_key(ref)
         return Pair(key, entry.where, ref, where, identity(ref) == identity(key))
 

@@ -3,6 +3,7 @@ so every later error can name the file and line that referenced a missing file."
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +26,12 @@ def normalise(name: str) -> str:
     while name.startswith("./"):
         name = name[2:]
     return name
+
+
+def natural_key(name: str) -> list[int | str]:
+    """Sort key of the authors' natural sort (CoCosNet / DynaST `util.natural_keys`): runs of
+    digits compare as numbers, "img2" before "img10"."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
 
 
 def read_list(path: Path, *, what: str) -> list[Entry]:

@@ -57,13 +57,14 @@ def _load_table(path: Path, where: str) -> np.ndarray:
             warnings.simplefilter("ignore", UserWarning)
             return np.loadtxt(path, ndmin=2, dtype=np.float64)
     except ValueError as e:
-        raise ValueError(f"{path}: malformed keypoint file ({e})") from None
+        raise ValueError(f"{path}: malformed keypoint file ({e}; referenced by {where})") from None
 
 
 def read_keypoints(base: Path, where: str) -> tuple[np.ndarray, np.ndarray]:
     """(candidate [N, 4] float64, subset [18] int64) from `<base>_candidate.txt` and
-    `<base>_subset.txt`. ValueError naming the file for a wrong column count, a NaN, more than
-    one person, or a subset index that is not -1 and not a candidate row."""
+    `<base>_subset.txt`. ValueError naming the file and `where` (the list line that referenced
+    it) for a wrong column count, a NaN, more than one person, or a subset index that is not -1
+    and not a candidate row."""
     candidate_path = Path(f"{base}_candidate.txt")
     subset_path = Path(f"{base}_subset.txt")
     candidate = _load_table(candidate_path, where)
@@ -73,25 +74,30 @@ def read_keypoints(base: Path, where: str) -> tuple[np.ndarray, np.ndarray]:
     if candidate.shape[1] != CANDIDATE_COLUMNS:
         raise ValueError(
             f"{candidate_path}: expected {CANDIDATE_COLUMNS} columns (x, y, score, id), got "
-            f"{candidate.shape[1]}"
+            f"{candidate.shape[1]} (referenced by {where})"
         )
     if subset.shape[0] != 1 or subset.shape[1] not in SUBSET_COLUMNS:
         raise ValueError(
             f"{subset_path}: expected one row of {NUM_KEYPOINTS} part indices (plus score and "
-            f"part count: {SUBSET_COLUMNS[1]} columns), got shape {subset.shape}"
+            f"part count: {SUBSET_COLUMNS[1]} columns), got shape {subset.shape} (referenced by "
+            f"{where})"
         )
     for path, table in ((candidate_path, candidate), (subset_path, subset)):
         if not np.isfinite(table).all():
-            raise ValueError(f"{path}: contains NaN or infinite values")
+            raise ValueError(f"{path}: contains NaN or infinite values (referenced by {where})")
     parts = subset[0, :NUM_KEYPOINTS]
     if (parts != np.round(parts)).any():
-        raise ValueError(f"{subset_path}: part indices must be integers, got {parts.tolist()}")
+        raise ValueError(
+            f"{subset_path}: part indices must be integers, got {parts.tolist()} (referenced by "
+            f"{where})"
+        )
     parts = parts.astype(np.int64)
     bad = (parts < -1) | (parts >= len(candidate))
     if bad.any():
         raise ValueError(
             f"{subset_path}: part index {int(parts[bad][0])} is beyond the {len(candidate)} "
-            f"candidates of {candidate_path} (expected -1 or 0..{len(candidate) - 1})"
+            f"candidates of {candidate_path} (expected -1 or 0..{len(candidate) - 1}; referenced "
+            f"by {where})"
         )
     return candidate, parts
 

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from _real_data import write_ade20k, write_celebahq
+from _release_data import release_pairs
 from PIL import Image
 from scipy import ndimage
 from skimage import feature
@@ -89,8 +90,39 @@ def test_celeba_pairs_and_determinism(tmp_path):
     assert not bool(hard[0]["same_appearance"])
 
 
+@pytest.mark.parametrize(
+    "split,real,hard,choice",
+    [("train", 0.0, 0.0, "self"), ("train", 1.0, 0.0, "easy"), ("train", 1.0, 1.0, "hard"),
+     ("test", 0.0, 0.0, "easy")],
+)  # fmt: skip
+def test_celeba_order_and_exemplars_are_the_releases(tmp_path, split, real, hard, choice):
+    """The release's own `celebahqedge` loader on the same tree: its sample order
+    (`Pix2pixDataset.initialize`'s natural sort) and the exemplar its `__getitem__` reads
+    (`get_ref`: test `val[0]`; training self, `val[0]` easy, `val[1]` = last entry hard)."""
+    root = write_celebahq(tmp_path / "celeba")
+    theirs = release_pairs("celebahqedge", root, split, real=real, hard=hard)
+    data = build_dataset(
+        celeba(root, real_reference_probability=real, hard_reference_probability=hard), split
+    )
+    exemplars = {"self": [i.number for i in data.items], "easy": [i.easy for i in data.items],
+                 "hard": [i.hard for i in data.items]}[choice]  # fmt: skip
+    ours = [(f"CelebA-HQ-img/{i.number}.jpg", f"CelebA-HQ-img/{e}.jpg", float(choice == "self"))
+            for i, e in zip(data.items, exemplars, strict=True)]  # fmt: skip
+    assert ours == theirs
+    assert [bool(data[i]["same_appearance"]) for i in range(len(data))] == [
+        self_ref == 1.0 for _, _, self_ref in theirs
+    ]
+
+
 def test_celeba_bad_layout_and_missing_image(tmp_path):
     root = write_celebahq(tmp_path / "celeba")
+    (root / "val.txt").write_text("29922,5\n")
+    with pytest.raises(ValueError, match=r"val.txt:1: expected one image number"):
+        build_dataset(celeba(root), "test")
+    (root / "celebahq_ref_test.txt").write_text("29922.jpg,face.jpg\n")
+    (root / "val.txt").write_text("29922\n")
+    with pytest.raises(ValueError, match=r"ref_test.txt:1: expected a CelebA-HQ image number"):
+        build_dataset(celeba(root), "test")
     (root / "CelebA-HQ-img/2001.jpg").unlink()
     with pytest.raises(FileNotFoundError, match=r"2001.jpg: image not found .*train.txt:2"):
         build_dataset(celeba(root), "train")
@@ -122,6 +154,12 @@ def test_ade20k_layouts_one_hot_and_pairs(tmp_path, layout):
     assert torch.equal(sample["exemplar"], expected)
     easy = build_dataset(ade(root, real_reference_probability=1.0), "train")
     assert not bool(easy[0]["same_appearance"]) and bool(train[0]["same_appearance"])
+    # CoCosNet's get_ref for training: val = [items[1], items[-1]], easy val[0], hard val[1].
+    assert [(item.easy, item.hard) for item in easy.items] == [
+        ("ADE_train_00000002.jpg", "ADE_train_00000010.jpg"),
+        ("ADE_train_00000010.jpg", "ADE_train_00000001.jpg"),
+        ("ADE_train_00000001.jpg", "ADE_train_00000001.jpg"),
+    ]
 
 
 def test_ade20k_both_layouts_read_the_same_samples(tmp_path):
@@ -131,12 +169,46 @@ def test_ade20k_both_layouts_read_the_same_samples(tmp_path):
         assert torch.equal(official[1][key], merged[1][key])
 
 
+def test_ade20k_labels_as_cocosnet_reads_them(tmp_path):
+    """CoCosNet's `get_label_tensor` and one-hot, written out independently: nearest resize,
+    ToTensor (/ 255) times 255, 255 -> label_nc 150, `scatter_` into label_nc + 1 = 151
+    channels. The fixture's maps hold 255."""
+    root = write_ade20k(tmp_path / "a", "official")
+    data = build_dataset(ade(root), "test")
+    for index, name in enumerate(["ADE_val_00000001", "ADE_val_00000002"]):
+        raw = Image.open(root / "annotations/validation" / f"{name}.png")
+        assert 255 in np.asarray(raw)
+        values = torch.from_numpy(np.array(raw.resize((32, 32), Image.Resampling.NEAREST)))
+        label = values.float().div(255) * 255.0
+        label[label == 255] = 150
+        expected = torch.zeros(151, 32, 32).scatter_(0, label.long()[None], 1.0)
+        sample = data[index]
+        assert torch.equal(sample["semantic"], expected) and (label == 150).sum() > 0
+        assert torch.equal(sample["label"], label.long())
+
+
+@pytest.mark.parametrize("value", [151, 200, 254])
+def test_ade20k_values_cocosnet_cannot_read_name_the_file_value_and_line(tmp_path, value):
+    root = write_ade20k(tmp_path / "a", "official")
+    label = root / "annotations/training/ADE_train_00000010.png"
+    values = np.asarray(Image.open(label)).copy()
+    values[3:5, 7] = value
+    Image.fromarray(values).save(label)
+    test = build_dataset(ade(root), "test")  # ADE_train_00000010 is the first test exemplar
+    with pytest.raises(
+        ValueError,
+        match=rf"ADE_train_00000010.png: label value {value} at 2 pixel\(s\): ADE20K labels are "
+        rf"0..150 or 255 \(read as 150\) \(referenced by .*ade20k_ref_test.txt:1\)",
+    ):
+        test[0]
+
+
 def test_ade20k_bad_input(tmp_path):
     root = write_ade20k(tmp_path / "a", "official")
     label = root / "annotations/validation/ADE_val_00000002.png"
-    Image.fromarray(np.full((30, 36), 151, dtype=np.uint8)).save(label)
+    Image.fromarray(np.full((30, 36), 300, dtype=np.uint16)).save(label)  # 16-bit grey
     data = build_dataset(ade(root), "test")
-    with pytest.raises(ValueError, match=r"ADE_val_00000002.png: class index 151 is out of range"):
+    with pytest.raises(ValueError, match=r"ADE_val_00000002.png: .* \(mode L or P\), got mode I"):
         data[1]
     label.unlink()
     with pytest.raises(FileNotFoundError, match=r"ADE_val_00000002.png: label map not found"):

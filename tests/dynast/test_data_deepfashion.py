@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from _real_data import DF_HEIGHT, DF_IMAGES, DF_WIDTH, write_deepfashion
+from _release_data import release_pairs
 from PIL import Image
 
 from dynast.data import DataConfig, build_dataset
@@ -99,10 +100,25 @@ def test_sample_fields_and_release_pairing(root, caplog):
         bool(sample["has_target"]) and -1 <= sample["target"].min() <= sample["target"].max() <= 1
     )
     test = build_dataset(config(root), "test")
-    assert [p.exemplar for p in test.pairs] == [keys[5], keys[4]]  # first entry of ref_test
+    # The list's order (not sorted); the same rule: image 5's self pair, image 4's last ref_test
+    # entry (not its first, 5).
+    assert [(p.key, p.exemplar) for p in test.pairs] == [(keys[5], keys[4]), (keys[4], keys[0])]
     assert not any(bool(test[i]["same_appearance"]) for i in range(2))
     first, again = test[0], test[0]
     assert all(torch.equal(first[k], again[k]) for k in ("semantic", "exemplar", "target"))
+
+
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_order_and_exemplars_are_the_releases(tmp_path, split):
+    """The release's own loader on the same tree (lists as CoCosNet distributes them): its
+    `Pix2pixDataset.initialize` order and the exemplar its `__getitem__` reads under
+    `--video_like` (`get_ref_video_like`, then `val[0]`), sample by sample."""
+    root = write_deepfashion(tmp_path / "deepfashion", backslashes="all")
+    theirs = release_pairs("deepfashion", root, split)
+    ours = build_dataset(config(root, check_identity=False), split)
+    assert [(p.key, p.exemplar) for p in ours.pairs] == [(i, e) for i, e, _ in theirs]
+    flags = [bool(ours[i]["same_appearance"]) for i in range(len(ours))]
+    assert flags == [self_ref == 1.0 for _, _, self_ref in theirs] == [split == "train"] * len(ours)
 
 
 def test_reference_probabilities_follow_the_release_rule(root):
@@ -156,9 +172,11 @@ def test_any_root_name_and_entry_without_reference(tmp_path):
         ),
         ("train_image", r"02_1_front.jpg: image not found \(referenced by .*train.txt:3\)"),
         ("pose", r"02_3_back_subset.txt: keypoint file not found \(referenced by .*train.txt:4\)"),
-        ("columns", r"01_1_front_candidate.txt: expected 4 columns"),
-        ("nan", r"01_1_front_candidate.txt: contains NaN"),
-        ("beyond", r"01_1_front_subset.txt: part index 7 is beyond the 2 candidates"),
+        ("columns", r"01_1_front_candidate.txt: expected 4 columns .*by .*train.txt:1\)"),
+        ("nan", r"01_1_front_candidate.txt: contains NaN .*by .*train.txt:1\)"),
+        ("beyond", r"01_1_front_subset.txt: part index 7 is beyond the 2 candidates .*train.txt:1"),
+        ("malformed", r"01_1_front_subset.txt: malformed keypoint file .*by .*train.txt:1\)"),
+        ("two_items", r"train.txt:2: expected one image path"),
         ("empty", r"train.txt: the list is empty"),
         ("layout", r"not the DeepFashion .* expected img/, pose/ but pose missing; found: .*img/"),
     ],
@@ -176,6 +194,11 @@ def test_bad_input_names_the_file_and_line(tmp_path, damage, message):
         (root / f"{pose}_candidate.txt").write_text("1 2 3\n4 5 6\n")
     elif damage == "nan":
         (root / f"{pose}_candidate.txt").write_text("1 2 0.9 0\nnan 5 0.9 1\n")
+    elif damage == "malformed":
+        (root / f"{pose}_subset.txt").write_text("-1 0 x\n")
+    elif damage == "two_items":
+        lines = (root / "train.txt").read_text().splitlines()
+        (root / "train.txt").write_text("\n".join([lines[0], f"{lines[1]},{lines[0]}", *lines[2:]]))
     elif damage == "beyond":
         (root / f"{pose}_subset.txt").write_text(" ".join(["-1", "0", "7"] + ["-1"] * 17))
     elif damage == "empty":

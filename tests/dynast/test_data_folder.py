@@ -17,7 +17,7 @@ from PIL import Image
 from dynast.data import DataConfig, FolderDataset, SyntheticDataset, build_dataset
 from dynast.data.export import export_synthetic
 from dynast.data.export import main as export_main
-from dynast.data.labels import resize_labels
+from dynast.data.labels import one_hot, resize_labels
 from kernels.files import write_atomically
 
 SIZE, CLASSES = 40, 6
@@ -68,6 +68,15 @@ def test_resize_labels_matches_pil_nearest() -> None:
     for height, width in ((7, 10), (23, 31), (50, 64), (11, 93)):
         pil = np.asarray(Image.fromarray(label).resize((width, height), Image.Resampling.NEAREST))
         assert np.array_equal(resize_labels(label, height, width), pil), (height, width)
+
+
+def test_one_hot_puts_class_v_in_channel_v() -> None:
+    labels = np.random.default_rng(0).integers(0, 151, (9, 7))
+    for view in (labels, labels[:, ::-1], labels.astype(np.uint8)):  # strided, narrow dtype
+        values = torch.from_numpy(view.astype(np.int64))
+        expected = torch.nn.functional.one_hot(values, 151).permute(2, 0, 1).float()
+        hot = one_hot(view, 151)
+        assert hot.dtype == torch.float32 and hot.is_contiguous() and torch.equal(hot, expected)
 
 
 def test_palette_and_16_bit_labels_are_read(folder: Path) -> None:

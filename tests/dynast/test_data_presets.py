@@ -11,7 +11,8 @@ from _real_data import write_ade20k, write_celebahq, write_deepfashion
 
 from dynast.data import build_dataset
 from train.config import run_preset
-from train.main import resolve_config
+from train.main import resolve_run
+from train.precision import CpuBf16
 
 # deepfashion-512 narrowed to 32 px is the deepfashion-256 run: its selection is tested below.
 WRITERS = {
@@ -23,12 +24,9 @@ NARROW = [
     "--model.image_size", "32", "--data.image_size", "32", "--model.ngf", "8",
     "--model.ndf", "8", "--model.disc_layers", "3", "--model.num_scales", "3",
     "--model.pos_unit", "4", "--model.prune_unit", "4", "--model.num_discriminators", "1",
-    "--train.loss.vgg", "0", "--train.loss.vgg_mse", "0", "--train.batch_size", "2",
+    "--no-vgg", "--train.batch_size", "2",
     "--train.eval_pairs", "1", "--train.eval_batch_size", "1", "--train.sample_rows", "1",
     "--max-steps", "1", "--train.num_workers", "0",
-    # The presets' bf16 is for GPUs; Accelerate's process-wide state also keeps the first
-    # in-process run's precision.
-    "--mixed-precision", "no",
 ]  # fmt: skip
 
 
@@ -51,21 +49,30 @@ def test_presets_select_their_kind(name, kind, channels, load, flip):
 
 
 @pytest.mark.parametrize("name", list(WRITERS))
-def test_one_training_step_per_preset_on_its_fixture(name, tmp_path, capsys):
+def test_one_training_step_per_preset_on_its_fixture(name, tmp_path, capsys, monkeypatch):
+    """On a CPU faked to lack native bf16 (and no GPU), the presets' bf16 falls back to fp32,
+    the run says so and its config.json records it (Accelerate's process-wide state keeps the
+    first in-process run's precision, so every run here must choose the same)."""
     from train.loop import train
 
+    monkeypatch.setattr("train.main.cpu_bf16", lambda: CpuBf16("test CPU", native=False))
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
     root = WRITERS[name](tmp_path / "data")
     run_dir = tmp_path / "run"
     overrides = [*NARROW, "--data.root", str(root), "--output-dir", str(run_dir)]
     if run_preset(name).data.load_size is not None:
         overrides += ["--data.load_size", "36"]
-    cfg, _ = resolve_config(["--preset", name, *overrides])
+    run = resolve_run(["--preset", name, *overrides])
+    cfg = run.config
     sample = build_dataset(cfg.data, "train")[0]
     assert sample["semantic"].shape == (cfg.model.semantic_nc, 32, 32)
-    result = train(cfg)
+    result = train(cfg, precision=run.precision)
     assert result.step == 1
+    assert f"mixed precision: no (fp32) instead of preset {name}'s bf16" in capsys.readouterr().out
     saved = json.loads((run_dir / "config.json").read_text())
-    assert saved["data"]["kind"] == cfg.data.kind
+    assert saved["data"]["kind"] == cfg.data.kind and saved["train"]["mixed_precision"] == "no"
+    assert (saved["train"]["loss"]["vgg"], saved["train"]["loss"]["vgg_mse"]) == (0, 0)
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     losses = [m for m in metrics if "loss/warp" in m]
     assert losses and all(torch.isfinite(torch.tensor(v)) for v in losses[-1].values())
