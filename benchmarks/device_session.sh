@@ -64,7 +64,7 @@ for name in $STAGES; do
     step256c) stage step256c ${T_STEP256C:-110} $PY benchmarks/bench_train_step.py $P256 \
       --batch 8 --sizes 256 --backends triton --compile --warmup 25 --rep 300 \
       --csv "$OUT/train_step.csv" ;;
-    summary) stage summary ${T_SUMMARY:-10} $PY benchmarks/issue13_summary.py "$OUT" ;;
+    summary) stage summary ${T_SUMMARY:-10} $PY benchmarks/performance_targets.py "$OUT" ;;
     # Not in the default list (the issue's rows do not need them; earlier sessions ran them):
     dense) stage dense ${T_DENSE:-150} bash -c "$PY benchmarks/bench_attention.py $P256 \
       --blocks dense --impls fused,reference,flex --passes fwd,both --csv $OUT/attention.csv && \

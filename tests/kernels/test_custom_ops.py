@@ -10,7 +10,7 @@ from _assert import assert_close
 
 import kernels
 from kernels import custom_ops
-from kernels.custom_ops import DerivedCandidates
+from kernels.candidates import candidate_list
 
 B, H, W, C, CP, CV, CW, TOPK = 2, 4, 6, 6, 3, 5, 3, 2
 N = H * W
@@ -90,10 +90,9 @@ def test_wrappers_match_the_public_ops(kind: str) -> None:
         want = _outputs_and_grads(kernels.dynamic_attention, floats, **common)
     else:
         index = _index(kind, seed=4)
-        derived = index if kind == "candidates" else DerivedCandidates(kind, index, H, W)
-        built = index if kind == "candidates" else derived.build()
-        got = _outputs_and_grads(custom_ops.candidate_attention, floats, derived, **common)
-        want = _outputs_and_grads(kernels.candidate_attention, floats, built, **common)
+        listed = index if kind == "candidates" else candidate_list(kind, index, H, W)
+        got = _outputs_and_grads(custom_ops.candidate_attention, floats, listed, **common)
+        want = _outputs_and_grads(kernels.candidate_attention, floats, listed, **common)
     (got_result, got_grads), (want_result, want_grads) = got, want
     for name in ("out", "conf", "warp"):
         assert_close(getattr(got_result, name), getattr(want_result, name), name=name)
@@ -119,11 +118,9 @@ def test_the_fused_backend_runs_inside_the_op() -> None:
     floats = [x.detach().float().requires_grad_() for x in _floats(seed=5)]
     index = _index("inner", seed=6)
     common = {"scale": 3.0, "prune_scale": 1.0, "topk": TOPK, "backend": "triton"}
-    derived = DerivedCandidates("inner", index, H, W)
-    got, got_grads = _outputs_and_grads(custom_ops.candidate_attention, floats, derived, **common)
-    want, want_grads = _outputs_and_grads(
-        kernels.candidate_attention, floats, derived.build(), **common
-    )
+    listed = candidate_list("inner", index, H, W)
+    got, got_grads = _outputs_and_grads(custom_ops.candidate_attention, floats, listed, **common)
+    want, want_grads = _outputs_and_grads(kernels.candidate_attention, floats, listed, **common)
     assert torch.equal(got.out, want.out) and torch.equal(got.topk, want.topk)
     for g, w in zip(got_grads, want_grads, strict=True):
         assert_close(g, w, name="fused gradient")
@@ -132,10 +129,8 @@ def test_the_fused_backend_runs_inside_the_op() -> None:
 def test_bad_arguments_are_named() -> None:
     q, k, v, qp, kp, _ = (x.detach() for x in _floats())
     with pytest.raises(ValueError, match="kind must be one of"):
-        DerivedCandidates("outer", torch.zeros(1, 4, 1, dtype=torch.int64), 2, 2)
-    with pytest.raises(
-        ValueError, match=r"candidates must be a torch\.Tensor or a DerivedCandidates"
-    ):
+        candidate_list("outer", torch.zeros(1, 4, 1, dtype=torch.int64), 2, 2)
+    with pytest.raises(ValueError, match=r"candidates must be a torch\.Tensor or a CandidateList"):
         custom_ops.candidate_attention(q, k, v, qp, kp, [1, 2], scale=1.0, prune_scale=1.0)
     with pytest.raises(ValueError, match="topk must be a non-negative int"):
         custom_ops.dynamic_attention(q, k, v, qp, kp, scale=1.0, prune_scale=1.0, topk=-1)
