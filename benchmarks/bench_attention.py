@@ -59,6 +59,7 @@ from benchmarks.measure import (
     peak_mb,
     rel_rms,
 )
+from kernels.call import AttentionInputs, AttentionSettings
 from kernels.candidates.reference import reference_candidate_attention
 from kernels.dense.reference import reference_dynamic_attention
 from kernels.runtime import interpreting
@@ -126,6 +127,17 @@ CSV_COLUMNS = [f.name.rstrip("_") for f in fields(Row)]
 
 def _call(fn: Callable[..., Outputs], problem: AttentionProblem) -> Outputs:
     return fn(*problem.positional(), **problem.keywords(), warp_over="kept")
+
+
+def _with_reference_signature(attention: Callable[..., Outputs]) -> Callable[..., Outputs]:
+    """A fused backend entry, which takes the call type (`AttentionInputs`, `AttentionSettings`),
+    called as the references are (`_call`)."""
+
+    def call(q, k, v, q_prune, k_prune, *candidates, warp_values=None, **settings) -> Outputs:
+        inputs = AttentionInputs(q, k, v, q_prune, k_prune, warp_values)
+        return attention(inputs, *candidates, AttentionSettings(**settings))
+
+    return call
 
 
 def _reference_fn(shape: AttentionShape) -> Callable[..., Outputs]:
@@ -197,15 +209,16 @@ def implementation(name: str, shape: AttentionShape, device: torch.device) -> Im
     elif name == "fused":
         # The fused backends load Triton: imported only when asked for.
         if shape.block == "dense":
-            from kernels.dense.fused import attention as fn
+            from kernels.dense.fused import attention
         else:
-            from kernels.candidates.fused import attention as fn
+            from kernels.candidates.fused import attention
+        fn = _with_reference_signature(attention)
     elif name in CANDIDATE_SOURCES:
         if shape.block == "dense":
             return None
         from kernels.candidates.fused import attention
 
-        fn = functools.partial(attention, derive=CANDIDATE_SOURCES[name])
+        fn = _with_reference_signature(functools.partial(attention, derive=CANDIDATE_SOURCES[name]))
     elif name == "flex":
         if shape.block != "dense":
             return None

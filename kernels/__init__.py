@@ -51,9 +51,10 @@ autograd.Function), `op.py` (the public operator: validation, dtype policy, back
                   autotuner (`autotune.py`, run as `python -m kernels.autotune`)
     aot/          the ahead-of-time compile report (`python -m kernels.aot`)
 
-and beside them `call.py` (the call type `AttentionInputs`, `AttentionOutput`, the checks and
-backend choice both attention operators share), `custom_ops.py` (both operators registered with
-torch.library for `torch.compile`), `shapes.py` (the model's sizes), `runtime.py` (interpreter
+and beside them `call.py` (the call type: `AttentionInputs` and `AttentionSettings` in,
+`AttentionOutput` out; the checks and backend choice both attention operators share),
+`custom_ops.py` (both operators registered with torch.library: what they run while
+`torch.compile` traces), `shapes.py` (the model's sizes), `runtime.py` (interpreter
 switch, output buffers), `checks.py` and `files.py` (the number validator and the atomic writer
 every package uses).
 

@@ -1,9 +1,10 @@
 """What a call of either attention operator carries, and the checks and choices every call makes.
 
 `AttentionInputs` is the one call type: the six float inputs travel together through validation,
-the dtype policy, the backends, the launchers and the autotuner's runners. The public operators
-(`kernels.dynamic_attention`, `kernels.candidate_attention`) keep their positional signatures and
-build one. `AttentionOutput` is what both return.
+the dtype policy, the backends, the launchers and the autotuner's runners, with the scalar
+settings beside them in an `AttentionSettings`. The public operators (`kernels.dynamic_attention`,
+`kernels.candidate_attention`) keep their positional signatures and build both. `AttentionOutput`
+is what both return.
 
 Backends: `"torch"` runs the reference, `"triton"` the fused kernels, `"auto"` Triton for CUDA
 tensors and the reference elsewhere (`use_triton`). Each operator's `op.py` dispatches.
@@ -11,6 +12,7 @@ tensors and the reference elsewhere (`use_triton`). Each operator's `op.py` disp
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import math
 from collections.abc import Callable
@@ -49,6 +51,28 @@ class AttentionInputs(NamedTuple):
 
 
 @dataclass(frozen=True)
+class AttentionSettings:
+    """The scalar settings of one attention call: z = scale <q, k>, s = prune_scale <q_p, k_p>,
+    the `topk` best keys returned per query (0: none), the warp softmax over the kept, the
+    pruned (the release's formula) or all keys (docs/method.md section 4)."""
+
+    scale: float
+    prune_scale: float
+    topk: int = 0
+    warp_over: str = "kept"
+
+    def keywords(self) -> dict[str, object]:
+        """The settings as the keyword arguments of the references."""
+        return {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}
+
+    def as_floats(self) -> AttentionSettings:
+        """The scales as Python floats (what the kernels and custom ops take)."""
+        return dataclasses.replace(
+            self, scale=float(self.scale), prune_scale=float(self.prune_scale)
+        )
+
+
+@dataclass(frozen=True)
 class AttentionOutput:
     """out [B, Nq, Cv]; conf [B, Nq]; topk [B, Nq, k] int64 key indices or None; warp [B, Nq, Cw]
     or None. Float outputs share the (possibly autocast) input dtype."""
@@ -59,13 +83,20 @@ class AttentionOutput:
     warp: Tensor | None
 
 
-def _check_float(name: str, x: object, device: torch.device | None = None) -> Tensor:
+def check_float_tensor(name: str, x: object, dims: int, layout: str) -> Tensor:
+    """ValueError naming `name` unless `x` is a floating-point tensor of `dims` dimensions
+    (`layout` names them in the message)."""
     if not isinstance(x, Tensor):
         raise ValueError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     if not x.is_floating_point():
         raise ValueError(f"{name} must be a floating-point tensor, got {x.dtype}")
-    if x.dim() != 3:
-        raise ValueError(f"{name} must be 3-D [B, N, C] (token-major), got shape {tuple(x.shape)}")
+    if x.dim() != dims:
+        raise ValueError(f"{name} must be {dims}-D {layout}, got shape {tuple(x.shape)}")
+    return x
+
+
+def _check_float(name: str, x: object, device: torch.device | None = None) -> Tensor:
+    check_float_tensor(name, x, 3, "[B, N, C] (token-major)")
     if device is not None and x.device != device:
         raise ValueError(f"{name} is on {x.device} but q is on {device}")
     return x
@@ -94,15 +125,7 @@ def check_backend(backend: object) -> None:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
 
 
-def check_call(
-    inputs: AttentionInputs,
-    *,
-    scale: float,
-    prune_scale: float,
-    topk: int,
-    warp_over: str,
-    backend: str,
-) -> None:
+def check_call(inputs: AttentionInputs, settings: AttentionSettings, backend: str) -> None:
     """ValueError naming the first input or setting that does not fit the call."""
     q, k, _, q_prune, k_prune, _ = inputs
     _check_float("q", q)
@@ -121,11 +144,11 @@ def check_call(
     _check_size("k_prune channel count", k_prune.shape[2], q_prune.shape[2], "q_prune's")
     if nq == 0 or nk == 0:
         raise ValueError(f"q and k must hold at least one token, got Nq={nq}, Nk={nk}")
-    _check_scalar("scale", scale)
-    _check_scalar("prune_scale", prune_scale)
-    check_topk(topk)
-    if warp_over not in WARP_MODES:
-        raise ValueError(f"warp_over must be one of {WARP_MODES}, got {warp_over!r}")
+    _check_scalar("scale", settings.scale)
+    _check_scalar("prune_scale", settings.prune_scale)
+    check_topk(settings.topk)
+    if settings.warp_over not in WARP_MODES:
+        raise ValueError(f"warp_over must be one of {WARP_MODES}, got {settings.warp_over!r}")
     check_backend(backend)
 
 

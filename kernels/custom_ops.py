@@ -1,32 +1,34 @@
 """The dynamic attention operators as `torch.library` custom ops, so `torch.compile` traces the
-generator in one graph.
+generator in one graph: while Dynamo traces, `kernels.dynamic_attention` and
+`kernels.candidate_attention` call `traced_dynamic_attention` / `traced_candidate_attention`
+here, which run the registered ops.
 
 The public operators validate inputs, read the provenance of a `CandidateList` (a Python object
 around the tensors) and check index ranges with a host synchronisation: all things Dynamo cannot
 trace.
-The ops registered here wrap those public functions whole, so the compiler sees one opaque node per
-attention block, with
+The ops registered here wrap the operators' eager implementations whole (`eager_dynamic_attention`,
+`eager_candidate_attention`), so the compiler sees one opaque node per attention block, with
 
 - a fake-tensor implementation (output shapes and dtypes only) for tracing;
 - a registered autograd formula whose backward is itself a custom op. That backward recomputes
-  the forward of the public function on detached inputs and differentiates it, so every backend
+  the eager forward on detached inputs and differentiates it, so every backend
   (reference or fused) keeps its own gradient and nothing is saved between the passes but the
   inputs (activation checkpointing of the attention, by construction);
 - `dynast::candidate_attention` takes either a candidate list or the previous top-k with the kind
-  of list to derive from it ("inner" or "inter"): a `CandidateList` the wrapper is given travels
-  as its builder's arguments (while `torch.compile` traces, the builders only describe a list,
+  of list to derive from it ("inner" or "inter"): a `CandidateList` travels as its builder's
+  arguments (while `torch.compile` traces, the builders only describe a list,
   `kernels.candidates.lists`), and the builder runs again inside the op, where its range check
   and copy can read the values. The fused kernels derive the candidates from that top-k in
   registers, so no list is built (`kernels.candidates.fused`, `$DYNAST_CANDIDATES`); the
   reference builds the list.
 
 Outputs an op cannot leave out are returned empty: top-k as [B, Nq, 0] when `topk` is 0, the warp
-as [B, Nq, 0] without `warp_values`. The wrappers at the bottom turn them back into None and have
-the signatures of `kernels.dynamic_attention` / `kernels.candidate_attention`.
+as [B, Nq, 0] without `warp_values`. The `traced_*` functions at the bottom turn them back into
+None.
 
-Autocast: the wrappers cast the float inputs to autocast's dtype (as the public operators do)
-before the op, and the op runs with autocast off, so a traced graph and eager mode see the same
-dtypes.
+Autocast: the `traced_*` functions cast the float inputs to autocast's dtype (as the eager
+operators do) before the op, and the op runs with autocast off, so a traced graph and eager mode
+see the same dtypes.
 """
 
 from __future__ import annotations
@@ -37,12 +39,26 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor
 
-from .call import AttentionInputs, AttentionOutput, autocast_dtype, check_topk
-from .candidates import op as candidate_op
+from .call import AttentionInputs, AttentionOutput, AttentionSettings, autocast_dtype, check_topk
 from .candidates.lists import PER_MATCH, CandidateList, builder_arguments, candidate_list
-from .dense import op as dense_op
+from .candidates.op import candidate_attention, eager_candidate_attention
+from .dense.op import dynamic_attention, eager_dynamic_attention
 
 INDEX_KINDS = ("candidates", *PER_MATCH)  # a list, or a top-k with the kind of list it derives
+# The public operators, by the names `kernels` gives them: they run the registered ops below
+# while torch.compile traces (their module docstrings), so this module serves as a namespace of
+# the traceable operators too.
+__all__ = [
+    "INDEX_KINDS",
+    "candidate_attention",
+    "candidate_attention_backward_op",
+    "candidate_attention_op",
+    "dense_attention_backward_op",
+    "dense_attention_op",
+    "dynamic_attention",
+    "traced_candidate_attention",
+    "traced_dynamic_attention",
+]
 
 
 def _check_index_kind(index_kind: str) -> None:
@@ -101,19 +117,9 @@ def dense_attention_op(
     backend: str,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """`kernels.dynamic_attention` as (out, conf, topk or [B, Nq, 0], warp or [B, Nq, 0])."""
-    result = dense_op.dynamic_attention(
-        q,
-        k,
-        v,
-        q_prune,
-        k_prune,
-        scale=scale,
-        prune_scale=prune_scale,
-        topk=topk,
-        warp_values=warp_values,
-        warp_over=warp_over,
-        backend=backend,
-    )
+    inputs = AttentionInputs(q, k, v, q_prune, k_prune, warp_values)
+    settings = AttentionSettings(scale, prune_scale, topk, warp_over)
+    result = eager_dynamic_attention(inputs, settings, backend)
     return _pack(result, q)
 
 
@@ -142,20 +148,10 @@ def candidate_attention_op(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """`kernels.candidate_attention` over `index` (index_kind "candidates": the [B, Nq, M] list;
     "inner" / "inter": the previous top-k, the list derived on the height x width query grid)."""
-    result = candidate_op.candidate_attention(
-        q,
-        k,
-        v,
-        q_prune,
-        k_prune,
-        _candidates(index, index_kind, height, width),
-        scale=scale,
-        prune_scale=prune_scale,
-        topk=topk,
-        warp_values=warp_values,
-        warp_over=warp_over,
-        backend=backend,
-    )
+    inputs = AttentionInputs(q, k, v, q_prune, k_prune, warp_values)
+    settings = AttentionSettings(scale, prune_scale, topk, warp_over)
+    listed = _candidates(index, index_kind, height, width)
+    result = eager_candidate_attention(inputs, listed, settings, backend)
     return _pack(result, q)
 
 
@@ -244,16 +240,11 @@ def dense_attention_backward_op(
 ) -> _Grads:
     """(dq, dk, dv, dq_prune, dk_prune, dwarp_values or [B, Nq, 0]) of `dynast::dense_attention`."""
 
+    # The top-k carries no gradient: leave it out of the recomputation.
+    settings = AttentionSettings(scale, prune_scale, 0, warp_over)
+
     def forward(inputs: AttentionInputs) -> AttentionOutput:
-        # The top-k carries no gradient: leave it out of the recomputation.
-        return dense_op.dynamic_attention(
-            *inputs[:5],
-            scale=scale,
-            prune_scale=prune_scale,
-            warp_values=inputs.warp_values,
-            warp_over=warp_over,
-            backend=backend,
-        )
+        return eager_dynamic_attention(inputs, settings, backend)
 
     inputs = AttentionInputs(q, k, v, q_prune, k_prune, warp_values)
     return _recompute_grads(forward, inputs, grad_out, grad_conf, grad_warp)
@@ -287,17 +278,10 @@ def candidate_attention_backward_op(
     """(dq, dk, dv, dq_prune, dk_prune, dwarp_values or [B, Nq, 0]) of
     `dynast::candidate_attention`; the candidate list is derived again from `index`."""
     listed = _candidates(index, index_kind, height, width)
+    settings = AttentionSettings(scale, prune_scale, 0, warp_over)
 
     def forward(inputs: AttentionInputs) -> AttentionOutput:
-        return candidate_op.candidate_attention(
-            *inputs[:5],
-            listed,
-            scale=scale,
-            prune_scale=prune_scale,
-            warp_values=inputs.warp_values,
-            warp_over=warp_over,
-            backend=backend,
-        )
+        return eager_candidate_attention(inputs, listed, settings, backend)
 
     inputs = AttentionInputs(q, k, v, q_prune, k_prune, warp_values)
     return _recompute_grads(forward, inputs, grad_out, grad_conf, grad_warp)
@@ -352,12 +336,12 @@ candidate_attention_op.register_autograd(_candidate_backward, setup_context=_set
 
 
 # --------------------------------------------------------------------------------------------------
-# Public wrappers: the signatures of kernels.dynamic_attention / kernels.candidate_attention
+# What the public operators run while torch.compile traces
 # --------------------------------------------------------------------------------------------------
 
 
 def _cast_to_common(inputs: AttentionInputs) -> AttentionInputs:
-    """Inputs cast to autocast's dtype when autocast is on for their device (as the public
+    """Inputs cast to autocast's dtype when autocast is on for their device (as the eager
     operators do inside the op); otherwise unchanged, and the op's own validation names any
     mismatch."""
     dtype = autocast_dtype(inputs.q.device.type)
@@ -376,50 +360,35 @@ def _unpack(outputs, topk: int, warp_values: Tensor | None) -> AttentionOutput:
     )
 
 
-def dynamic_attention(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    q_prune: Tensor,
-    k_prune: Tensor,
-    *,
-    scale: float,
-    prune_scale: float,
-    topk: int = 0,
-    warp_values: Tensor | None = None,
-    warp_over: str = "kept",
-    backend: str = "auto",
+def traced_dynamic_attention(
+    inputs: AttentionInputs, settings: AttentionSettings, backend: str
 ) -> AttentionOutput:
     """`kernels.dynamic_attention` through the `dynast::dense_attention` op (traceable)."""
-    check_topk(topk)
-    inputs = _cast_to_common(AttentionInputs(q, k, v, q_prune, k_prune, warp_values))
-    with torch.autocast(q.device.type, enabled=False):
+    check_topk(settings.topk)
+    floats, settings = _cast_to_common(inputs), settings.as_floats()
+    with torch.autocast(inputs.q.device.type, enabled=False):
         outputs = dense_attention_op(
-            *inputs, float(scale), float(prune_scale), topk, warp_over, backend
+            *floats,
+            settings.scale,
+            settings.prune_scale,
+            settings.topk,
+            settings.warp_over,
+            backend,
         )
-    return _unpack(outputs, topk, warp_values)
+    return _unpack(outputs, settings.topk, inputs.warp_values)
 
 
-def candidate_attention(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    q_prune: Tensor,
-    k_prune: Tensor,
+def traced_candidate_attention(
+    inputs: AttentionInputs,
     candidates: Tensor | CandidateList,
-    *,
-    scale: float,
-    prune_scale: float,
-    topk: int = 0,
-    warp_values: Tensor | None = None,
-    warp_over: str = "kept",
-    backend: str = "auto",
+    settings: AttentionSettings,
+    backend: str,
 ) -> AttentionOutput:
     """`kernels.candidate_attention` through the `dynast::candidate_attention` op (traceable).
 
     `candidates` is a [B, Nq, M] list, or a `CandidateList`, which the op builds again from its
     builder's arguments."""
-    check_topk(topk)
+    check_topk(settings.topk)
     if isinstance(candidates, CandidateList):
         kind, index, height, width = builder_arguments(candidates)
     elif isinstance(candidates, Tensor):
@@ -428,19 +397,19 @@ def candidate_attention(
         raise ValueError(
             f"candidates must be a torch.Tensor or a CandidateList, got {type(candidates).__name__}"
         )
-    inputs = _cast_to_common(AttentionInputs(q, k, v, q_prune, k_prune, warp_values))
-    with torch.autocast(q.device.type, enabled=False):
+    floats, settings = _cast_to_common(inputs), settings.as_floats()
+    with torch.autocast(inputs.q.device.type, enabled=False):
         outputs = candidate_attention_op(
-            *inputs[:5],
+            *floats[:5],
             index,
-            inputs.warp_values,
+            floats.warp_values,
             kind,
             height,
             width,
-            float(scale),
-            float(prune_scale),
-            topk,
-            warp_over,
+            settings.scale,
+            settings.prune_scale,
+            settings.topk,
+            settings.warp_over,
             backend,
         )
-    return _unpack(outputs, topk, warp_values)
+    return _unpack(outputs, settings.topk, inputs.warp_values)

@@ -21,7 +21,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from .. import runtime
-from ..call import WARP_MODE_IDS, AttentionInputs
+from ..call import WARP_MODE_IDS, AttentionInputs, AttentionSettings
 from ..tuning.table import LaunchConfig, LaunchSpace, launch_config
 from .lists import (
     PER_MATCH,
@@ -146,6 +146,30 @@ def _geometry(
     return WINDOW, (height // 2) * (width // 2), width, height
 
 
+def _plan(
+    kernel: LaunchSpace,
+    inputs: AttentionInputs,
+    candidates: Tensor | CandidateList,
+    window: tuple[int, int] | None,
+    config: LaunchConfig | None,
+) -> tuple[list[Tensor], list[int], int, LaunchConfig, dict[str, int], tuple[int, int]]:
+    """What both launchers work out alike: the input pointers (a stand-in for no warp values,
+    whose uses WARP_MODE compiles away), the sizes the kernels take after the outputs, n_cand,
+    the config (`config`, else the tuned one), its block sizes and the grid."""
+    q, k, v, q_prune, k_prune, warp_values = inputs
+    b, nq, _ = q.shape
+    cand, n_cand, n_src, src_k, derive, derive_grid = _index_args(candidates)
+    cw = warp_values.shape[2] if warp_values is not None else 0
+    group, n_groups, grid_w, grid_h = _geometry(nq, window, derive_grid)
+    dims = _dims(inputs, n_cand, group)
+    config = config or launch_config(kernel, dims, q.device, q.dtype)
+    blocks = block_sizes(dims, config) | {"DERIVE": derive}
+    pointers = [q, k, v, q_prune, k_prune, warp_values if warp_values is not None else v, cand]
+    sizes = [nq, k.shape[1], n_cand, q.shape[2], q_prune.shape[2], v.shape[2], cw, n_groups]
+    sizes += [grid_w, grid_h, n_src, src_k]
+    return pointers, sizes, n_cand, config, blocks, (triton.cdiv(n_groups, blocks["BLOCK_G"]), b)
+
+
 def launch_forward(
     inputs: AttentionInputs,
     candidates: Tensor | CandidateList,
@@ -161,18 +185,12 @@ def launch_forward(
     """Runs the forward kernel on contiguous inputs; returns (out, conf, topk, warp, z, s).
     `candidates`: the list [B, Nq, M] read, or a CandidateList whose candidates the kernel
     derives (`_index_args`); `window` the grid whose 2x2 windows share one list, or None."""
-    q, k, v, q_prune, k_prune, warp_values = inputs
-    b, nq, _ = q.shape
-    nk, cv = k.shape[1], v.shape[2]
-    cand, n_cand, n_src, src_k, derive_code, derive_grid = _index_args(candidates)
-    cw = warp_values.shape[2] if warp_values is not None else 0
-    group, n_groups, grid_w, grid_h = _geometry(nq, window, derive_grid)
-    dims = _dims(inputs, n_cand, group)
-    config = config or launch_config(FORWARD, dims, q.device, q.dtype)
-    blocks = block_sizes(dims, config)
-
-    dev, dtype = q.device, q.dtype
-    out = runtime.empty((b, nq, cv), dtype, dev)
+    pointers, sizes, n_cand, config, blocks, grid = _plan(
+        FORWARD, inputs, candidates, window, config
+    )
+    q, cw = inputs.q, sizes[6]
+    b, nq, dev, dtype = q.shape[0], q.shape[1], q.device, q.dtype
+    out = runtime.empty((b, nq, inputs.v.shape[2]), dtype, dev)
     conf = runtime.empty((b, nq), dtype, dev)
     top = runtime.empty((b, nq, topk), torch.int64, dev) if topk else None
     warp = runtime.empty((b, nq, cw), dtype, dev) if warp_mode else None
@@ -181,40 +199,19 @@ def launch_forward(
         z = runtime.empty((b, nq, n_cand), torch.float32, dev)
         s = runtime.empty((b, nq, n_cand), torch.float32, dev)
     # Unused pointers get any tensor: the constexpr flags compile their uses away.
-    grid = (triton.cdiv(n_groups, blocks["BLOCK_G"]), b)
+    stand_in = [top, pointers[-1]], [warp, out], [z, out], [s, out]
     candidate_fwd_kernel[grid](
-        q,
-        k,
-        v,
-        q_prune,
-        k_prune,
-        warp_values if warp_values is not None else v,
-        cand,
+        *pointers,
         out,
         conf,
-        top if top is not None else cand,
-        warp if warp is not None else out,
-        z if z is not None else out,
-        s if s is not None else out,
-        nq,
-        nk,
-        n_cand,
-        q.shape[2],
-        q_prune.shape[2],
-        cv,
-        cw,
-        n_groups,
-        grid_w,
-        grid_h,
-        n_src,
-        src_k,
+        *(x if x is not None else other for x, other in stand_in),
+        *sizes,
         topk,
         scale,
         prune_scale,
         **blocks,
         WARP_MODE=warp_mode,
         SAVE_SCORES=save_scores,
-        DERIVE=derive_code,
         num_warps=config["num_warps"],
         num_stages=config["num_stages"],
     )
@@ -239,16 +236,8 @@ def launch_backward(
     """Runs the backward kernel; returns (dq, dk, dv, dq_prune, dk_prune, dwarp_values), the
     scattered ones still in their fp32 accumulation buffers. `candidates` and `window` as in
     `launch_forward`."""
+    pointers, sizes, _, config, blocks, grid = _plan(BACKWARD, inputs, candidates, window, config)
     q, k, v, q_prune, k_prune, warp_values = inputs
-    b, nq, _ = q.shape
-    nk = k.shape[1]
-    cand, n_cand, n_src, src_k, derive_code, derive_grid = _index_args(candidates)
-    cw = warp_values.shape[2] if warp_values is not None else 0
-    group, n_groups, grid_w, grid_h = _geometry(nq, window, derive_grid)
-    dims = _dims(inputs, n_cand, group)
-    config = config or launch_config(BACKWARD, dims, q.device, q.dtype)
-    blocks = block_sizes(dims, config)
-
     dq = runtime.empty(q.shape, q.dtype, q.device)
     dq_prune = runtime.empty(q_prune.shape, q_prune.dtype, q.device)
     # Atomically accumulated: fp32, zeroed before every launch.
@@ -258,15 +247,8 @@ def launch_backward(
     dwv = None
     if warp_values is not None:
         dwv = torch.zeros(warp_values.shape, device=q.device, dtype=torch.float32)
-    grid = (triton.cdiv(n_groups, blocks["BLOCK_G"]), b)
     candidate_bwd_kernel[grid](
-        q,
-        k,
-        v,
-        q_prune,
-        k_prune,
-        warp_values if warp_values is not None else v,
-        cand,
+        *pointers,
         z,
         s,
         dout,
@@ -278,23 +260,11 @@ def launch_backward(
         dq_prune,
         dk_prune,
         dwv if dwv is not None else dk,
-        nq,
-        nk,
-        n_cand,
-        q.shape[2],
-        q_prune.shape[2],
-        v.shape[2],
-        cw,
-        n_groups,
-        grid_w,
-        grid_h,
-        n_src,
-        src_k,
+        *sizes,
         scale,
         prune_scale,
         **blocks,
         WARP_MODE=warp_mode if dwarp is not None else 0,
-        DERIVE=derive_code,
         num_warps=config["num_warps"],
         num_stages=config["num_stages"],
     )
@@ -394,26 +364,18 @@ def candidate_mode() -> str:
 
 
 def attention(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    q_prune: Tensor,
-    k_prune: Tensor,
+    inputs: AttentionInputs,
     candidates: Tensor | CandidateList,
+    settings: AttentionSettings,
     *,
-    scale: float,
-    prune_scale: float,
-    topk: int,
-    warp_values: Tensor | None,
-    warp_over: str,
     window: tuple[int, int] | None = None,
     derive: bool | None = None,
 ) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
     """Candidate dynamic attention with the fused kernels: (out, conf, topk or None, warp or None),
-    the semantics (and the signature) of the reference, `reference_candidate_attention`. Inputs
-    arrive validated by `kernels.candidates.op` (one float dtype, candidates in range, CUDA
-    or the interpreter). `window` is the grid of a window-shared inter-scale CandidateList, else
-    None; a CandidateList given directly (benchmarks call this function) brings its own.
+    the semantics of the reference, `reference_candidate_attention`. Inputs arrive validated by
+    `kernels.candidates.op` (one float dtype, candidates in range, CUDA or the interpreter).
+    `window` is the grid of a window-shared inter-scale CandidateList, else None; a CandidateList
+    given directly (benchmarks call this function) brings its own.
 
     A CandidateList's candidates are derived in the kernel from the top-k it holds when `derive`
     is True, or when it is None and `candidate_mode()` says "derived" (the default); otherwise
@@ -427,7 +389,7 @@ def attention(
             candidates = candidate_indices(candidates).contiguous()
     else:
         candidates = candidates.contiguous()
-    nq = q.shape[1]
+    nq = inputs.q.shape[1]
     if window is not None:
         height, width = window
         if height % 2 or width % 2 or height * width != nq:
@@ -438,9 +400,9 @@ def attention(
             raise ValueError(
                 f"candidates were built for a {height}x{width} grid, but q holds Nq = {nq} queries"
             )
-    warp_mode = WARP_MODE_IDS[warp_over] if warp_values is not None else 0
-    inputs = AttentionInputs(q, k, v, q_prune, k_prune, warp_values).map(Tensor.contiguous)
+    warp_mode = WARP_MODE_IDS[settings.warp_over] if inputs.warp_values is not None else 0
+    scales = (settings.scale, settings.prune_scale)
     out, conf, top, warp = _CandidateAttention.apply(
-        *inputs, candidates, window, scale, prune_scale, topk, warp_mode
+        *inputs.map(Tensor.contiguous), candidates, window, *scales, settings.topk, warp_mode
     )
     return out, conf, top, warp

@@ -4,7 +4,9 @@ dispatch.
 `backend="torch"` runs the reference (`kernels.candidates.reference`), `"triton"` the fused
 kernels (`kernels.candidates.fused`, imported at their first call as the dense ones are),
 `"auto"` Triton for CUDA tensors and, on the CPU, the gather-free path (`kernels.candidates.cpu`,
-the reference's results without its gathers).
+the reference's results without its gathers). While `torch.compile` traces, the operator runs as
+one op registered with torch.library (`kernels.custom_ops`), whose implementation is
+`eager_candidate_attention`: Dynamo cannot trace the checks.
 """
 
 from __future__ import annotations
@@ -12,7 +14,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..call import AttentionInputs, AttentionOutput, check_call, to_common_dtype, use_triton
+from ..call import (
+    AttentionInputs,
+    AttentionOutput,
+    AttentionSettings,
+    check_call,
+    to_common_dtype,
+    use_triton,
+)
 from . import cpu
 from .lists import CandidateList, candidate_indices, check_index_range, window_shared_grid
 from .reference import reference_candidate_attention
@@ -77,27 +86,42 @@ def candidate_attention(
     ranks below every number (see `kernels.dense.reference.topk_positions`).
     """
     inputs = AttentionInputs(q, k, v, q_prune, k_prune, warp_values)
-    settings = {"scale": scale, "prune_scale": prune_scale, "topk": topk, "warp_over": warp_over}
-    check_call(inputs, **settings, backend=backend)
-    checked = _check_candidates(candidates, q, k.shape[1], topk)
-    fused = use_triton(backend, q)
-    inputs = to_common_dtype(inputs)
-    settings |= {"scale": float(scale), "prune_scale": float(prune_scale)}
-    if fused:
-        from .fused import attention
+    settings = AttentionSettings(scale, prune_scale, topk, warp_over)
+    if torch.compiler.is_compiling():
+        from ..custom_ops import traced_candidate_attention
 
-        # The fused kernels take a CandidateList whole (by default they derive its candidates
-        # from the top-k it holds, and never build the list), with its window-sharing fact.
-        settings["window"] = window_shared_grid(checked)
-    elif backend == "auto" and q.device.type == "cpu":
-        attention = cpu.cpu_candidate_attention  # the reference's results without the gathers
-        checked = candidate_indices(checked)
+        return traced_candidate_attention(inputs, candidates, settings, backend)
+    return eager_candidate_attention(inputs, candidates, settings, backend)
+
+
+def eager_candidate_attention(
+    inputs: AttentionInputs,
+    candidates: Tensor | CandidateList,
+    settings: AttentionSettings,
+    backend: str,
+) -> AttentionOutput:
+    """`candidate_attention` on the call type, run eagerly."""
+    check_call(inputs, settings, backend)
+    q = inputs.q
+    checked = _check_candidates(candidates, q, inputs.k.shape[1], settings.topk)
+    fused = use_triton(backend, q)
+    inputs, settings = to_common_dtype(inputs), settings.as_floats()
+    if not fused and backend == "auto" and q.device.type == "cpu":
+        reference = cpu.cpu_candidate_attention  # the reference's results without the gathers
     else:
-        attention = reference_candidate_attention
-        checked = candidate_indices(checked)
+        reference = reference_candidate_attention
     # Scores must stay fp32 in the reference: keep autocast from recasting its matmuls.
     with torch.autocast(q.device.type, enabled=False):
-        out, conf, top, warp = attention(
-            *inputs[:5], checked, warp_values=inputs.warp_values, **settings
-        )
+        if fused:
+            from .fused import attention
+
+            # The fused kernels take a CandidateList whole (by default they derive its candidates
+            # from the top-k it holds, and never build the list), with its window-sharing fact.
+            window = window_shared_grid(checked)
+            out, conf, top, warp = attention(inputs, checked, settings, window=window)
+        else:
+            listed = candidate_indices(checked)
+            out, conf, top, warp = reference(
+                *inputs[:5], listed, warp_values=inputs.warp_values, **settings.keywords()
+            )
     return AttentionOutput(out=out, conf=conf, topk=top, warp=warp)

@@ -14,6 +14,7 @@ autotuner's runners are in `kernels.dense.tuning`, the ahead-of-time cases in `k
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 import torch
 import triton
@@ -21,7 +22,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from .. import runtime
-from ..call import WARP_MODE_IDS, AttentionInputs
+from ..call import WARP_MODE_IDS, AttentionInputs, AttentionSettings
 from ..tuning.table import LaunchConfig, LaunchSpace, launch_config
 from .triton import (
     dense_bwd_key_kernel,
@@ -319,21 +320,29 @@ def backward_grads(
     }
 
 
+@dataclass(frozen=True)
+class BackwardProblem:
+    """What either backward takes: the inputs; the forward's per-query statistics `stats` (lse,
+    lse_w, warp_all); the upstream gradients in the kernels' layout with the per-query sums
+    (`grads`, from `backward_grads`); the input gradients `wanted` (by GRADIENT_NAMES); the
+    scales and the warp mode of the forward."""
+
+    inputs: AttentionInputs
+    stats: dict[str, Tensor | None]
+    grads: dict[str, Tensor | None]
+    wanted: dict[str, bool]
+    scale: float
+    prune_scale: float
+    warp_mode: int
+
+
 def launch_backward(
-    side: str,
-    inputs: AttentionInputs,
-    stats: dict[str, Tensor | None],
-    grads: dict[str, Tensor | None],
-    wanted: dict[str, bool],
-    scale: float,
-    prune_scale: float,
-    warp_mode: int,
-    config: LaunchConfig,
+    side: str, problem: BackwardProblem, config: LaunchConfig
 ) -> dict[str, Tensor | None]:
     """One backward launch for one side ("query": dq, dq_prune; "key": dk, dk_prune, dv,
-    dwarp_values), writing the gradients `wanted` marks (None for the others).
-
-    stats: lse, lse_w, warp_all from the forward; grads: from `backward_grads`."""
+    dwarp_values), writing the gradients `wanted` marks (None for the others)."""
+    inputs, stats, grads, wanted = problem.inputs, problem.stats, problem.grads, problem.wanted
+    scale, prune_scale, warp_mode = problem.scale, problem.prune_scale, problem.warp_mode
     q, k, v, q_prune, k_prune, warp_values = inputs
     dims = _dims(inputs, 0)
     kernel = "dense_bwd_" + side
@@ -470,15 +479,7 @@ def sum_product(total: Tensor, a: Tensor, x: Tensor) -> None:
 
 
 def tiled_backward(
-    inputs: AttentionInputs,
-    stats: dict[str, Tensor | None],
-    grads: dict[str, Tensor | None],
-    wanted: dict[str, bool],
-    scale: float,
-    prune_scale: float,
-    warp_mode: int,
-    config: LaunchConfig,
-    cols: int | None = None,
+    problem: BackwardProblem, config: LaunchConfig, cols: int | None = None
 ) -> dict[str, Tensor | None]:
     """Every wanted gradient, by the tiled backward: per chunk of keys, one launch of
     `dense_bwd_tile_kernel` writes dz, ds, p m and the warp weights for all queries against
@@ -490,6 +491,8 @@ def tiled_backward(
     streamed kernels recompute every score tile once per output chunk (4 and 7 times), which
     this avoids. Everything it allocates besides the gradients stays within SCRATCH_BUDGET bytes
     (`tiled_scratch_bytes`); `cols` is the chunk, `chunk_keys`'s when None."""
+    inputs, stats, grads, wanted = problem.inputs, problem.stats, problem.grads, problem.wanted
+    scale, prune_scale, warp_mode = problem.scale, problem.prune_scale, problem.warp_mode
     q, k, v, q_prune, k_prune, warp_values = inputs
     dims = _dims(inputs, 0)
     b, nq, nk = dims["B"], dims["Nq"], dims["Nk"]
@@ -642,10 +645,16 @@ class _DenseAttention(torch.autograd.Function):
         *saved, out, conf, warp, lse, lse_w, warp_all = ctx.saved_tensors
         inputs = AttentionInputs(*saved)
         q = inputs.q
-        stats = {"lse": lse, "lse_w": lse_w, "warp_all": warp_all}
-        grads = backward_grads(out, conf, warp, dout, dconf, dwarp)
-        # needs_input_grad follows forward's arguments: q, k, v, q_prune, k_prune, warp_values.
-        wanted = dict(zip(GRADIENT_NAMES, ctx.needs_input_grad[:6], strict=True))
+        problem = BackwardProblem(
+            inputs=inputs,
+            stats={"lse": lse, "lse_w": lse_w, "warp_all": warp_all},
+            grads=backward_grads(out, conf, warp, dout, dconf, dwarp),
+            # needs_input_grad follows forward's arguments: q, k, v, q_prune, k_prune, warp_values.
+            wanted=dict(zip(GRADIENT_NAMES, ctx.needs_input_grad[:6], strict=True)),
+            scale=ctx.scale,
+            prune_scale=ctx.prune_scale,
+            warp_mode=ctx.warp_mode,
+        )
         dims = _dims(inputs, 0)
         channels = {name: dims[name] for name in ("Cqk", "Cp", "Cv", "Cw")}
         cols = chunk_keys(
@@ -653,38 +662,23 @@ class _DenseAttention(torch.autograd.Function):
         )
         if backward_strategy() == "tiled" and cols > 0:
             config = launch_config(BACKWARD_TILE, dims, q.device, q.dtype)
-            result = tiled_backward(
-                inputs, stats, grads, wanted, ctx.scale, ctx.prune_scale, ctx.warp_mode, config,
-                cols=cols,
-            )  # fmt: skip
+            result = tiled_backward(problem, config, cols=cols)
             return *(result[name] for name in GRADIENT_NAMES), None, None, None, None
         result: dict[str, Tensor | None] = {}
         for side, kernel in (("query", BACKWARD_QUERY), ("key", BACKWARD_KEY)):
             config = launch_config(kernel, dims, q.device, q.dtype)
-            result |= launch_backward(
-                side, inputs, stats, grads, wanted,
-                ctx.scale, ctx.prune_scale, ctx.warp_mode, config,
-            )  # fmt: skip
+            result |= launch_backward(side, problem, config)
         return *(result[name] for name in GRADIENT_NAMES), None, None, None, None
 
 
 def attention(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    q_prune: Tensor,
-    k_prune: Tensor,
-    *,
-    scale: float,
-    prune_scale: float,
-    topk: int,
-    warp_values: Tensor | None,
-    warp_over: str,
+    inputs: AttentionInputs, settings: AttentionSettings
 ) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
-    """Dense dynamic attention with the fused kernels, the semantics (and the signature) of
+    """Dense dynamic attention with the fused kernels, the semantics of
     `kernels.dense.reference.reference_dynamic_attention`: returns (out, conf, topk, warp). Inputs
     arrive validated from `kernels.dense.op`: one float dtype, CUDA tensors (or CPU ones under
     TRITON_INTERPRET=1), autocast off."""
+    topk = settings.topk
     if topk > TOPK_MAX:
         raise ValueError(
             f"topk ({topk}) must be at most {TOPK_MAX} with the fused dense kernels: the forward "
@@ -692,5 +686,5 @@ def attention(
             f"use backend='torch' for larger k"
         )
     return _DenseAttention.apply(
-        q, k, v, q_prune, k_prune, warp_values, scale, prune_scale, topk, warp_over
+        *inputs, settings.scale, settings.prune_scale, topk, settings.warp_over
     )

@@ -3,7 +3,9 @@
 `backend="torch"` runs the reference (`kernels.dense.reference`), `"triton"` the fused kernels
 (`kernels.dense.fused`), `"auto"` Triton for CUDA tensors and the reference elsewhere. The fused
 backend is imported at its first call, so that CPU-only users never load Triton and
-`TRITON_INTERPRET` is read when the kernels are first needed.
+`TRITON_INTERPRET` is read when the kernels are first needed. While `torch.compile` traces, the
+operator runs as one op registered with torch.library (`kernels.custom_ops`), whose
+implementation is `eager_dynamic_attention`: Dynamo cannot trace the checks.
 """
 
 from __future__ import annotations
@@ -11,7 +13,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..call import AttentionInputs, AttentionOutput, check_call, to_common_dtype, use_triton
+from ..call import (
+    AttentionInputs,
+    AttentionOutput,
+    AttentionSettings,
+    check_call,
+    to_common_dtype,
+    use_triton,
+)
 from .reference import reference_dynamic_attention
 
 
@@ -35,17 +44,33 @@ def dynamic_attention(
     warp_values [B, Nk, Cw] or None. `topk` > 0 also returns the k best key indices per query.
     """
     inputs = AttentionInputs(q, k, v, q_prune, k_prune, warp_values)
-    settings = {"scale": scale, "prune_scale": prune_scale, "topk": topk, "warp_over": warp_over}
-    check_call(inputs, **settings, backend=backend)
-    if topk > k.shape[1]:
-        raise ValueError(f"topk ({topk}) must not exceed the key count Nk ({k.shape[1]})")
-    inputs = to_common_dtype(inputs)
-    settings |= {"scale": float(scale), "prune_scale": float(prune_scale)}
-    if use_triton(backend, q):
-        from .fused import attention
-    else:
-        attention = reference_dynamic_attention
+    settings = AttentionSettings(scale, prune_scale, topk, warp_over)
+    if torch.compiler.is_compiling():
+        from ..custom_ops import traced_dynamic_attention
+
+        return traced_dynamic_attention(inputs, settings, backend)
+    return eager_dynamic_attention(inputs, settings, backend)
+
+
+def eager_dynamic_attention(
+    inputs: AttentionInputs, settings: AttentionSettings, backend: str
+) -> AttentionOutput:
+    """`dynamic_attention` on the call type, run eagerly."""
+    check_call(inputs, settings, backend)
+    nk = inputs.k.shape[1]
+    if settings.topk > nk:
+        raise ValueError(f"topk ({settings.topk}) must not exceed the key count Nk ({nk})")
+    q = inputs.q
+    inputs, settings = to_common_dtype(inputs), settings.as_floats()
+    fused = use_triton(backend, q)
     # Scores must stay fp32 in the reference: keep autocast from recasting its matmuls.
     with torch.autocast(q.device.type, enabled=False):
-        out, conf, top, warp = attention(*inputs[:5], warp_values=inputs.warp_values, **settings)
+        if fused:
+            from .fused import attention
+
+            out, conf, top, warp = attention(inputs, settings)
+        else:
+            out, conf, top, warp = reference_dynamic_attention(
+                *inputs[:5], warp_values=inputs.warp_values, **settings.keywords()
+            )
     return AttentionOutput(out=out, conf=conf, topk=top, warp=warp)

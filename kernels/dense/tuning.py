@@ -63,7 +63,9 @@ def random_upstream(
     )
 
 
-def _backward_problem(dims: dict[str, int], device: torch.device, dtype: torch.dtype) -> dict:
+def _backward_problem(
+    dims: dict[str, int], device: torch.device, dtype: torch.dtype
+) -> fused.BackwardProblem:
     """What a backward runner needs: fresh inputs and upstream gradients, the release's scales,
     the forward's statistics (default config) and every gradient wanted."""
     inputs = random_inputs(dims, device, dtype)
@@ -72,15 +74,15 @@ def _backward_problem(dims: dict[str, int], device: torch.device, dtype: torch.d
     config = fused.FORWARD.default(dims)
     fwd = fused.launch_forward(inputs, scale, prune_scale, 0, warp_mode, config)
     upstream = random_upstream(dims, device, dtype)
-    return {
-        "inputs": inputs,
-        "stats": fwd,
-        "grads": fused.backward_grads(fwd["out"], fwd["conf"], fwd["warp"], *upstream),
-        "wanted": dict.fromkeys(fused.GRADIENT_NAMES, True),
-        "scale": scale,
-        "prune_scale": prune_scale,
-        "warp_mode": warp_mode,
-    }
+    return fused.BackwardProblem(
+        inputs=inputs,
+        stats=fwd,
+        grads=fused.backward_grads(fwd["out"], fwd["conf"], fwd["warp"], *upstream),
+        wanted=dict.fromkeys(fused.GRADIENT_NAMES, True),
+        scale=scale,
+        prune_scale=prune_scale,
+        warp_mode=warp_mode,
+    )
 
 
 def _backward_runner(side: str):
@@ -91,7 +93,7 @@ def _backward_runner(side: str):
         dims: dict[str, int], config: LaunchConfig, device: torch.device, dtype: torch.dtype
     ) -> Callable[[], dict[str, Tensor | None]]:
         problem = _backward_problem(dims, device, dtype)
-        return lambda: fused.launch_backward(side, **problem, config=config)
+        return lambda: fused.launch_backward(side, problem, config)
 
     return make
 
@@ -102,7 +104,7 @@ def _tile_runner(
     """make_runner of the tiled backward: the callable computes every gradient (the kernel and
     the matrix products after it, which the config does not change)."""
     problem = _backward_problem(dims, device, dtype)
-    return lambda: fused.tiled_backward(**problem, config=config)
+    return lambda: fused.tiled_backward(problem, config)
 
 
 TUNABLE: list[TunableKernel] = [

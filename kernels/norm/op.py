@@ -17,18 +17,12 @@ import math
 import torch
 from torch import Tensor
 
-from ..call import check_backend, use_triton
+from ..call import check_backend, check_float_tensor, use_triton
 from .reference import reference_positional_norm, reference_spade_modulation
 
 
 def _check_map(name: str, x: object) -> Tensor:
-    if not isinstance(x, Tensor):
-        raise ValueError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-    if not x.is_floating_point():
-        raise ValueError(f"{name} must be a floating-point tensor, got {x.dtype}")
-    if x.dim() != 4:
-        raise ValueError(f"{name} must be 4-D [B, C, H, W], got shape {tuple(x.shape)}")
-    return x
+    return check_float_tensor(name, x, 4, "[B, C, H, W]")
 
 
 def _check_common(x: Tensor, eps: object, backend: object) -> float:

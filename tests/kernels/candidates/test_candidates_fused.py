@@ -16,7 +16,7 @@ from _assert import assert_close, assert_error_within, sum_tolerance
 from torch import Tensor
 
 from kernels import candidate_attention, inner_scale_candidates, inter_scale_candidates
-from kernels.call import WARP_MODE_IDS, AttentionInputs
+from kernels.call import WARP_MODE_IDS, AttentionInputs, AttentionSettings
 from kernels.candidates import aot as aot_candidates
 from kernels.candidates import fused
 from kernels.candidates import tuning as tuning_candidates
@@ -312,16 +312,8 @@ def derived_problem(kind: str, height: int, width: int, batch: int, k: int, seed
 
 
 def fused_run(x: dict[str, Tensor], cand, derive: bool, upstream: dict[str, Tensor], topk: int):
-    res = fused.attention(
-        *[x[n] for n in NAMES[:5]],
-        cand,
-        scale=0.3,
-        prune_scale=0.7,
-        topk=topk,
-        warp_values=x["warp_values"],
-        warp_over="kept",
-        derive=derive,
-    )
+    settings = AttentionSettings(scale=0.3, prune_scale=0.7, topk=topk, warp_over="kept")
+    res = fused.attention(AttentionInputs(*(x[n] for n in NAMES)), cand, settings, derive=derive)
     loss = sum((t * upstream[name]).sum() for name, t in zip(("out", "conf"), res[:2], strict=True))
     loss = loss + (res[3] * upstream["warp"]).sum()
     return res, torch.autograd.grad(loss, [x[n] for n in NAMES])
@@ -450,11 +442,10 @@ def test_derived_candidates_under_a_deferred_range_check(monkeypatch: pytest.Mon
     bad[1, 7, 1], bad[0, 34, 0] = 35, -3
     clamped = inner_scale_candidates(bad.clamp(0, 34).to(DEVICE), 5, 7)
     cand = inner_scale_candidates(bad.to(DEVICE), 5, 7)  # no error yet
-    args = [x[n].detach() for n in NAMES[:5]]
-    common = dict(scale=0.3, prune_scale=0.7, topk=2, warp_values=x["warp_values"].detach(),
-                  warp_over="kept")  # fmt: skip
-    got = fused.attention(*args, cand, **common, derive=True)
-    want = fused.attention(*args, clamped, **common, derive=False)
+    inputs = AttentionInputs(*(x[n].detach() for n in NAMES))
+    settings = AttentionSettings(scale=0.3, prune_scale=0.7, topk=2, warp_over="kept")
+    got = fused.attention(inputs, cand, settings, derive=True)
+    want = fused.attention(inputs, clamped, settings, derive=False)
     for a, b in zip(got, want, strict=True):
         assert torch.equal(a, b)
     with pytest.raises(ValueError, match=r"topk values must lie in \[0, 35\) \(a deferred"):
