@@ -73,7 +73,7 @@ for name in $STAGES; do
     step512) stage step512 ${T_STEP512:-80} $PY benchmarks/bench_train_step.py $P256 --batch 1 \
       --sizes 512 --warmup 50 --rep 500 --csv "$OUT/train_step.csv" ;;
     pytest_gpu) stage pytest_gpu ${T_PYTEST:-120} $PY -m pytest -q -p no:cacheprovider -n 8 \
-      tests/kernels --deselect tests/kernels/test_aot.py ;;
+      tests/kernels --deselect tests/kernels/aot/test_aot.py ;;
     autotune) stage autotune ${T_TUNE:-150} $PY -m kernels.autotune $P256 --dtype "${DTYPE:-bf16}" \
       --kernel dense_fwd --kernel dense_bwd_tile --kernel candidate_fwd --kernel candidate_bwd \
       --out "$OUT/kernel_tuning.json" ;;
@@ -89,7 +89,7 @@ for name in $STAGES; do
       --blocks dense --impls fused,reference --passes fwd,both --warmup 10 --rep 60 \
       --csv "$OUT/attention.csv" ;;
     pytest_dense) stage pytest_dense ${T_PYTEST_DENSE:-90} $PY -m pytest -q -p no:cacheprovider \
-      -m gpu tests/kernels/test_fused_dense.py ;;
+      -m gpu tests/kernels/dense/test_dense_fused.py ;;
     unbounded) stage unbounded ${T_UNBOUNDED:-80} env OUT="$OUT" BUDGETS="${BUDGETS:-4096}" \
       bash benchmarks/dense_budget_sweep.sh ;;
     # Issue 13: the SPADE modulation alone at every deepfashion-256 scale (eager chain, fused

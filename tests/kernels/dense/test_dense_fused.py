@@ -236,7 +236,7 @@ def test_matches_reference_with_small_tiles(
     configs = {
         name: {**blocks, "num_warps": 4, "num_stages": 1} for name, blocks in SMALL_BLOCKS.items()
     }
-    monkeypatch.setattr(fused_dense, "_config", lambda kernel, *_: configs[kernel.name])
+    monkeypatch.setattr(fused_dense, "launch_config", lambda kernel, *_: configs[kernel.name])
     inputs = make_inputs(dtype, cqk=48, cp=24, cv=40, nq=40, nk=20)
     check_against_reference(inputs, **_scales(inputs), topk=3, warp_over="kept")
 
