@@ -23,7 +23,7 @@ Bytes (compulsory traffic: each distinct tensor read or written once; what a per
 
 Three accountings of the candidate indices (issue 13 reports them side by side):
 - "list" (the kernels before issue 13, the old accounting): the [B, Nq, M] list the builders of
-  `kernels.candidate_lists` write is read as int64, B*Nq*M*8;
+  `kernels.candidates.lists` write is read as int64, B*Nq*M*8;
 - "list32": the same list as the builders make it now, int32 wherever B*Nk < 2^31, B*Nq*M*4
   (the fused kernels' list path, `$DYNAST_CANDIDATES=list`);
 - "derived" (the new accounting: the fused kernels' default for a builder's list): the kernel
@@ -46,14 +46,14 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from kernels.candidates.lists import PER_MATCH  # candidates per previous match, by kind of list
+
 PASSES = ("fwd", "bwd", "both")
 ACCOUNTINGS = ("list", "list32", "derived")
 # Bytes per index read under each accounting: the int64 list of old, the int32 list the builders
 # make now, the int32 top-k the derived kernels read.
 INDEX_BYTES = {"list": 8, "list32": 4, "derived": 4}
 TOPK_BYTES = 8  # the written top-k: the operators return int64 under every accounting
-# Candidates per previous match (kernels.candidate_lists): inner 5 (self and 4 neighbours), inter 4.
-PER_MATCH = {"inner": 5, "inter": 4}
 
 
 @dataclass(frozen=True)

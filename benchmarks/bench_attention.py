@@ -8,12 +8,13 @@ For each attention block of deepfashion-256 and of the same model at 512 pixels 
 and each pass (fwd: inference forward; bwd: backward of a recorded forward; both: a training
 forward + backward), it times:
 
-- fused: the Triton kernels (`kernels.fused_dense` / `kernels.fused_candidates`) as the operators
+- fused: the Triton kernels (`kernels.dense.fused` / `kernels.candidates.fused`) as the operators
   run them: candidate blocks derive their candidates in the kernel from the top-k their
   CandidateList holds (`$DYNAST_CANDIDATES`, default "derived");
 - fused-derived, fused-list (candidate blocks only): the candidate kernels forced to derive the
   candidates, or to read the builder's materialised int32 list (built once, before the timing);
-- reference: the PyTorch reference (`kernels.reference`), the specification;
+- reference: the PyTorch reference (`kernels.dense.reference` / `kernels.candidates.reference`),
+  the specification;
 - compiled: `torch.compile` of the reference;
 - flex: FlexAttention (dense forward only): out and conf are exact from two calls returning the
   log-sum-exp, over the kept keys and over all keys: conf = exp(lse_kept - lse_all),
@@ -58,7 +59,9 @@ from benchmarks.measure import (
     peak_mb,
     rel_rms,
 )
-from kernels import reference
+from kernels.call import AttentionInputs, AttentionSettings
+from kernels.candidates.reference import reference_candidate_attention
+from kernels.dense.reference import reference_dynamic_attention
 from kernels.runtime import interpreting
 from kernels.shapes import (
     PRESETS,
@@ -126,10 +129,21 @@ def _call(fn: Callable[..., Outputs], problem: AttentionProblem) -> Outputs:
     return fn(*problem.positional(), **problem.keywords(), warp_over="kept")
 
 
+def _with_reference_signature(attention: Callable[..., Outputs]) -> Callable[..., Outputs]:
+    """A fused backend entry, which takes the call type (`AttentionInputs`, `AttentionSettings`),
+    called as the references are (`_call`)."""
+
+    def call(q, k, v, q_prune, k_prune, *candidates, warp_values=None, **settings) -> Outputs:
+        inputs = AttentionInputs(q, k, v, q_prune, k_prune, warp_values)
+        return attention(inputs, *candidates, AttentionSettings(**settings))
+
+    return call
+
+
 def _reference_fn(shape: AttentionShape) -> Callable[..., Outputs]:
     if shape.block == "dense":
-        return reference.reference_dynamic_attention
-    return reference.reference_candidate_attention
+        return reference_dynamic_attention
+    return reference_candidate_attention
 
 
 def flex_dense_attention(
@@ -193,13 +207,18 @@ def implementation(name: str, shape: AttentionShape, device: torch.device) -> Im
             functorch_config.donated_buffer = False
         fn = torch.compile(_reference_fn(shape), dynamic=False)
     elif name == "fused":
-        module = "kernels.fused_dense" if shape.block == "dense" else "kernels.fused_candidates"
-        fn = importlib.import_module(module).attention
+        # The fused backends load Triton: imported only when asked for.
+        if shape.block == "dense":
+            from kernels.dense.fused import attention
+        else:
+            from kernels.candidates.fused import attention
+        fn = _with_reference_signature(attention)
     elif name in CANDIDATE_SOURCES:
         if shape.block == "dense":
             return None
-        fused = importlib.import_module("kernels.fused_candidates")
-        fn = functools.partial(fused.attention, derive=CANDIDATE_SOURCES[name])
+        from kernels.candidates.fused import attention
+
+        fn = _with_reference_signature(functools.partial(attention, derive=CANDIDATE_SOURCES[name]))
     elif name == "flex":
         if shape.block != "dense":
             return None

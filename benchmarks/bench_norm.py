@@ -28,7 +28,8 @@ from torch import Tensor
 
 from benchmarks.measure import append_rows, cell, environment, first_line, median_ms, rel_rms
 from dynast.config import PRESETS, preset
-from kernels import norm, reference
+from kernels import norm
+from kernels.norm.reference import reference_spade_modulation
 
 ROOT = Path(__file__).resolve().parents[1]
 IMPLS = ("eager", "fused", "compiled")
@@ -56,7 +57,7 @@ def _function(impl: str) -> Callable[..., Tensor]:
         return lambda x, g, b: norm.spade_modulation(x, g, b, backend="torch")
     if impl == "fused":
         return lambda x, g, b: norm.spade_modulation(x, g, b, backend="triton")
-    return torch.compile(reference.reference_spade_modulation, dynamic=False)
+    return torch.compile(reference_spade_modulation, dynamic=False)
 
 
 def _run(fn: Callable[..., Tensor], maps: list[Tensor], dout: Tensor, backward: bool) -> Tensor:

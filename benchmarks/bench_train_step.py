@@ -20,7 +20,7 @@ attention then runs through the custom ops of `kernels.custom_ops`); its rows na
 `--channels-last` puts the weights and inputs in the channels_last layout (rows `BACKEND+cl`),
 `--cudnn-benchmark` lets cuDNN time its convolution algorithms in the warm-up (`BACKEND+bench`).
 The backend `triton+norm` is `triton` with `norm_backend="triton"` too: the positional
-normalisations and SPADE modulations as the fused kernels of `kernels.fused_norm`.
+normalisations and SPADE modulations as the fused kernels of `kernels.norm.fused`.
 """
 
 from __future__ import annotations

@@ -64,7 +64,7 @@ for name in $STAGES; do
     step256c) stage step256c ${T_STEP256C:-110} $PY benchmarks/bench_train_step.py $P256 \
       --batch 8 --sizes 256 --backends triton --compile --warmup 25 --rep 300 \
       --csv "$OUT/train_step.csv" ;;
-    summary) stage summary ${T_SUMMARY:-10} $PY benchmarks/issue13_summary.py "$OUT" ;;
+    summary) stage summary ${T_SUMMARY:-10} $PY benchmarks/performance_targets.py "$OUT" ;;
     # Not in the default list (the issue's rows do not need them; earlier sessions ran them):
     dense) stage dense ${T_DENSE:-150} bash -c "$PY benchmarks/bench_attention.py $P256 \
       --blocks dense --impls fused,reference,flex --passes fwd,both --csv $OUT/attention.csv && \
@@ -73,7 +73,7 @@ for name in $STAGES; do
     step512) stage step512 ${T_STEP512:-80} $PY benchmarks/bench_train_step.py $P256 --batch 1 \
       --sizes 512 --warmup 50 --rep 500 --csv "$OUT/train_step.csv" ;;
     pytest_gpu) stage pytest_gpu ${T_PYTEST:-120} $PY -m pytest -q -p no:cacheprovider -n 8 \
-      tests/kernels --deselect tests/kernels/test_aot.py ;;
+      tests/kernels --deselect tests/kernels/aot/test_aot.py ;;
     autotune) stage autotune ${T_TUNE:-150} $PY -m kernels.autotune $P256 --dtype "${DTYPE:-bf16}" \
       --kernel dense_fwd --kernel dense_bwd_tile --kernel candidate_fwd --kernel candidate_bwd \
       --out "$OUT/kernel_tuning.json" ;;
@@ -89,7 +89,7 @@ for name in $STAGES; do
       --blocks dense --impls fused,reference --passes fwd,both --warmup 10 --rep 60 \
       --csv "$OUT/attention.csv" ;;
     pytest_dense) stage pytest_dense ${T_PYTEST_DENSE:-90} $PY -m pytest -q -p no:cacheprovider \
-      -m gpu tests/kernels/test_fused_dense.py ;;
+      -m gpu tests/kernels/dense/test_dense_fused.py ;;
     unbounded) stage unbounded ${T_UNBOUNDED:-80} env OUT="$OUT" BUDGETS="${BUDGETS:-4096}" \
       bash benchmarks/dense_budget_sweep.sh ;;
     # Issue 13: the SPADE modulation alone at every deepfashion-256 scale (eager chain, fused

@@ -57,7 +57,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 from torch.utils.flop_counter import flop_registry
 
-from benchmarks.attention_cost import PER_MATCH, attention_cost
+from benchmarks.attention_cost import attention_cost
 from benchmarks.bench_train_step import (
     AMP,
     generator_loss,
@@ -70,6 +70,7 @@ from benchmarks.measure import append_rows, cell
 from benchmarks.tiny import TINY_BATCH, TINY_SIZE, tiny_config
 from dynast.config import PRESETS, DynaSTConfig
 from dynast.generator import Generator
+from kernels.candidates.lists import PER_MATCH
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CSV = ROOT / "benchmarks" / "results" / "step_cost.csv"
@@ -254,7 +255,7 @@ class CostRecorder(TorchDispatchMode):
 
 
 class _FusedNormCost(torch.autograd.Function):
-    """Stands in for `kernels.fused_norm.spade_modulation` on fake tensors: records the bytes
+    """Stands in for `kernels.norm.fused.spade_modulation` on fake tensors: records the bytes
     its two kernels move (module docstring there) and returns outputs of the right shapes.
 
     Forward: x read twice (statistics, then the output), gamma and beta once, out written; the
@@ -299,8 +300,8 @@ def _fused_norm(recorder: CostRecorder) -> Iterator[None]:
         return _FusedNormCost.apply(x, gamma, beta, recorder)
 
     with (
-        mock.patch("kernels.norm._fused", return_value=True),
-        mock.patch("kernels.fused_norm.spade_modulation", kernels),
+        mock.patch("kernels.norm.op.use_fused", return_value=True),
+        mock.patch("kernels.norm.fused.spade_modulation", kernels),
     ):
         yield
 
@@ -328,8 +329,8 @@ def _cuda_autocast_pads() -> Iterator[None]:
 @contextlib.contextmanager
 def _fake_step_environment() -> Iterator[None]:
     """Fake tensors, with the attention routed through the custom ops (their fake
-    implementations give the shapes) and the range checks of the candidate builders off
-    (a fake tensor has no values to check)."""
+    implementations give the shapes); as while compiling, the candidate builders only describe
+    their lists (a fake tensor has no values to check)."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     with contextlib.ExitStack() as stack:
@@ -337,7 +338,6 @@ def _fake_step_environment() -> Iterator[None]:
         stack.enter_context(_cuda_autocast_pads())
         # The blocks call the registered ops while compiling; these have fake implementations.
         stack.enter_context(mock.patch("torch.compiler.is_compiling", return_value=True))
-        stack.enter_context(mock.patch("kernels.candidate_lists._range_message", return_value=None))
         yield
 
 

@@ -16,8 +16,7 @@ from torch import Tensor, nn
 
 import kernels
 from kernels import custom_ops
-from kernels.custom_ops import DerivedCandidates
-from kernels.reference import kept_counts
+from kernels.candidates.reference import kept_counts
 
 from .blocks import SPADE, ResidualBlock, init_module_, l2_normalize_channels, positional_norm
 
@@ -79,12 +78,12 @@ class DynamicAttentionBlock(nn.Module):
         pos: Tensor,
         semantic: Tensor,
         *,
-        candidates: Tensor | DerivedCandidates | None = None,
+        candidates: Tensor | kernels.CandidateList | None = None,
         warp_values: Tensor | None = None,
         with_sparsity: bool = False,
     ) -> BlockOutput:
         """x, exemplar [B, C_v, h, w]; pos [1, C_pos, h, w]; semantic [B, Cs, H, W] (any size);
-        candidates [B, h*w, M] key indices, or the top-k they derive from (DerivedCandidates), or
+        candidates [B, h*w, M] key indices, or a CandidateList (built from the previous top-k), or
         None for dense attention; warp_values [B, Cw, h, w]
         (the exemplar RGB pooled to this scale) or None."""
         b, _, h, w = x.shape
@@ -110,8 +109,6 @@ class DynamicAttentionBlock(nn.Module):
         # Compiling: the ops registered with torch.library, which Dynamo traces without a break
         # and which derive the candidates inside; eager: the public ops, exactly as before.
         compiling = torch.compiler.is_compiling()
-        if isinstance(candidates, DerivedCandidates) and not compiling:
-            candidates = candidates.build()
         attention = custom_ops if compiling else kernels
         if candidates is None:
             result = attention.dynamic_attention(*args, **common)
@@ -128,8 +125,6 @@ class DynamicAttentionBlock(nn.Module):
             warp = rearrange(result.warp, "b (h w) c -> b c h w", h=h, w=w)
         kept = None
         if with_sparsity:
-            if isinstance(candidates, DerivedCandidates):
-                candidates = candidates.build()
             counts = kept_counts(
                 q_prune, k_prune, prune_scale=self.prune_scale, candidates=candidates
             )

@@ -17,9 +17,8 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
+from kernels.call import BACKENDS, WARP_MODES
 from kernels.checks import check_number
-from kernels.ops import BACKENDS
-from kernels.reference import WARP_MODES
 from kernels.shapes import ModelSizes
 
 # The operators' own choices, under the names the model config has always used.
@@ -44,7 +43,7 @@ class DynaSTConfig:
     over the target's semantic regions (`dynast.region_gate`); one 3x3 convolution more.
     `norm_backend` (ours): how the positional normalisations and SPADE modulations run, as
     `kernels.norm` ("torch": the plain expressions, bit for bit the model as it always ran;
-    "triton" / "auto": one fused kernel each way, `kernels.fused_norm`). Default "torch" until a
+    "triton" / "auto": one fused kernel each way, `kernels.norm.fused`). Default "torch" until a
     GPU measurement says the fused kernels pay (docs/benchmarks.md, "Issue 13").
     """
 

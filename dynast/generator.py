@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kernels.custom_ops import DerivedCandidates
+from kernels.candidates import candidate_list
 
 from .attention_block import DynamicAttentionBlock
 from .blocks import Encoder, SPADEResBlock, Upsample2x, conv2d, resize_nearest
@@ -187,8 +187,8 @@ class Generator(nn.Module):
             x = q
             for i, block in enumerate(blocks):
                 candidates = None
-                if s > 0:  # built by the block, where it consumes them (kernels.custom_ops)
-                    candidates = DerivedCandidates("inter" if i == 0 else "inner", topk, h, w)
+                if s > 0:  # checked where consumed while compiling (kernels.candidates.lists)
+                    candidates = candidate_list("inter" if i == 0 else "inner", topk, h, w)
                 # output_from_warp needs the last block's warp of the finest scale, always.
                 last = finest and i == len(blocks) - 1
                 result = block(

@@ -38,22 +38,40 @@ Launch configs keep the keys the tuning tables were written with: dense BLOCK_M,
 and BLOCK_V or BLOCK_C; candidates BLOCK_Q and BLOCK_C (one channel step, clipped per tensor into
 BLOCK_D, BLOCK_DP, BLOCK_DV and BLOCK_W).
 
-Modules: `ops` (the operators, validation, backends), `norm` (the positional normalisation and
-SPADE modulation operators, fused in `fused_norm`), `reference` (the specification),
-`candidate_lists` (the list builders, CandidateList), `fused_dense` and `fused_candidates`
-(Triton kernels), `candidates_cpu` (candidate attention on the CPU), `custom_ops`
-(torch.compile), `shapes` (model sizes); the autotuner `autotune` with the tuning table
-`tuning` and the runners `tuning_dense`, `tuning_candidates`; the ahead-of-time compile report
-`aot` with its cases `aot_dense`, `aot_candidates`, `aot_norm`.
+Layout: one folder per operator family, each with the same files: `reference.py` (the
+specification), `triton.py` (the jit kernels), `fused.py` (their launch configs, launchers and
+autograd.Function), `op.py` (the public operator: validation, dtype policy, backends), `tuning.py`
+(the autotuner's runners) and `aot.py` (the ahead-of-time compile cases).
+
+    dense/        `dynamic_attention`; the kernels' building blocks in `tiles.py`
+    candidates/   `candidate_attention`, the list builders and `CandidateList` (`lists.py`), the
+                  gather-free CPU path (`cpu.py`)
+    norm/         `positional_norm`, `spade_modulation` (not autotuned: no `tuning.py`)
+    tuning/       the tuning table (`table.py`, shipped winners in `shipped.json`) and the
+                  autotuner (`autotune.py`, run as `python -m kernels.autotune`)
+    aot/          the ahead-of-time compile report (`python -m kernels.aot`)
+
+and beside them `call.py` (the call type: `AttentionInputs` and `AttentionSettings` in,
+`AttentionOutput` out; the checks and backend choice both attention operators share),
+`custom_ops.py` (both operators registered with torch.library: what they run while
+`torch.compile` traces), `shapes.py` (the model's sizes), `runtime.py` (interpreter
+switch, output buffers), `checks.py` and `files.py` (the number validator and the atomic writer
+every package uses).
+
+`candidate_attention(...)` on a GPU, from the public operator to the Triton launch:
+`candidates/op.py` -> `candidates/fused.py` -> `candidates/triton.py`.
 """
 
-from .candidate_lists import (
+from .call import AttentionOutput
+from .candidates import (
     CandidateList,
+    candidate_attention,
     check_index_errors,
     inner_scale_candidates,
     inter_scale_candidates,
 )
-from .ops import AttentionOutput, candidate_attention, dynamic_attention
+from .dense import dynamic_attention
+from .norm import positional_norm, spade_modulation
 
 __all__ = [
     "AttentionOutput",
@@ -63,4 +81,6 @@ __all__ = [
     "dynamic_attention",
     "inner_scale_candidates",
     "inter_scale_candidates",
+    "positional_norm",
+    "spade_modulation",
 ]

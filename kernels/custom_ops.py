@@ -1,66 +1,64 @@
 """The dynamic attention operators as `torch.library` custom ops, so `torch.compile` traces the
-generator in one graph.
+generator in one graph: while Dynamo traces, `kernels.dynamic_attention` and
+`kernels.candidate_attention` call `traced_dynamic_attention` / `traced_candidate_attention`
+here, which run the registered ops.
 
-`kernels.ops` validates inputs, reads the index tags of `kernels.candidate_lists` (a Python
-attribute on the tensor) and checks index ranges with a host synchronisation: all things Dynamo
-cannot trace.
-The ops registered here wrap those public functions whole, so the compiler sees one opaque node per
-attention block, with
+The public operators validate inputs, read the provenance of a `CandidateList` (a Python object
+around the tensors) and check index ranges with a host synchronisation: all things Dynamo cannot
+trace.
+The ops registered here wrap the operators' eager implementations whole (`eager_dynamic_attention`,
+`eager_candidate_attention`), so the compiler sees one opaque node per attention block, with
 
 - a fake-tensor implementation (output shapes and dtypes only) for tracing;
 - a registered autograd formula whose backward is itself a custom op. That backward recomputes
-  the forward of the public function on detached inputs and differentiates it, so every backend
+  the eager forward on detached inputs and differentiates it, so every backend
   (reference or fused) keeps its own gradient and nothing is saved between the passes but the
   inputs (activation checkpointing of the attention, by construction);
 - `dynast::candidate_attention` takes either a candidate list or the previous top-k with the kind
-  of list to derive from it ("inner" or "inter"): the builder then runs inside the op, and its
-  `CandidateList` keeps its provenance (a list built outside would reach the op as a plain
-  tensor). The fused kernels derive the candidates from that top-k in registers, so no list is
-  built (`kernels.fused_candidates`, `$DYNAST_CANDIDATES`); the reference builds the list.
+  of list to derive from it ("inner" or "inter"): a `CandidateList` travels as its builder's
+  arguments (while `torch.compile` traces, the builders only describe a list,
+  `kernels.candidates.lists`), and the builder runs again inside the op, where its range check
+  and copy can read the values. The fused kernels derive the candidates from that top-k in
+  registers, so no list is built (`kernels.candidates.fused`, `$DYNAST_CANDIDATES`); the
+  reference builds the list.
 
 Outputs an op cannot leave out are returned empty: top-k as [B, Nq, 0] when `topk` is 0, the warp
-as [B, Nq, 0] without `warp_values`. The wrappers at the bottom turn them back into None and have
-the signatures of `kernels.dynamic_attention` / `kernels.candidate_attention`.
+as [B, Nq, 0] without `warp_values`. The `traced_*` functions at the bottom turn them back into
+None.
 
-Autocast: the wrappers cast the float inputs to autocast's dtype (as `kernels.ops` does) before
-the op, and the op runs with autocast off, so a traced graph and eager mode see the same dtypes.
+Autocast: the `traced_*` functions cast the float inputs to autocast's dtype (as the eager
+operators do) before the op, and the op runs with autocast off, so a traced graph and eager mode
+see the same dtypes.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from . import ops
-from .candidate_lists import inner_scale_candidates, inter_scale_candidates
+from .call import AttentionInputs, AttentionOutput, AttentionSettings, autocast_dtype, check_topk
+from .candidates.lists import PER_MATCH, CandidateList, builder_arguments, candidate_list
+from .candidates.op import candidate_attention, eager_candidate_attention
+from .dense.op import dynamic_attention, eager_dynamic_attention
 
-DERIVED_KINDS = ("inner", "inter")  # the builders of kernels.candidate_lists
-INDEX_KINDS = ("candidates", *DERIVED_KINDS)
-
-
-@dataclass(frozen=True)
-class DerivedCandidates:
-    """Candidates described by the top-k they derive from, built only where they are consumed.
-
-    kind "inner": `inner_scale_candidates(topk, height, width)`; "inter":
-    `inter_scale_candidates(topk, height, width)` (topk indexes the coarse grid)."""
-
-    kind: str
-    topk: Tensor
-    height: int
-    width: int
-
-    def __post_init__(self) -> None:
-        if self.kind not in DERIVED_KINDS:
-            raise ValueError(f"kind must be one of {DERIVED_KINDS}, got {self.kind!r}")
-
-    def build(self) -> Tensor:
-        builder = inner_scale_candidates if self.kind == "inner" else inter_scale_candidates
-        return builder(self.topk, self.height, self.width)
+INDEX_KINDS = ("candidates", *PER_MATCH)  # a list, or a top-k with the kind of list it derives
+# The public operators, by the names `kernels` gives them: they run the registered ops below
+# while torch.compile traces (their module docstrings), so this module serves as a namespace of
+# the traceable operators too.
+__all__ = [
+    "INDEX_KINDS",
+    "candidate_attention",
+    "candidate_attention_backward_op",
+    "candidate_attention_op",
+    "dense_attention_backward_op",
+    "dense_attention_op",
+    "dynamic_attention",
+    "traced_candidate_attention",
+    "traced_dynamic_attention",
+]
 
 
 def _check_index_kind(index_kind: str) -> None:
@@ -68,14 +66,14 @@ def _check_index_kind(index_kind: str) -> None:
         raise ValueError(f"index_kind must be one of {INDEX_KINDS}, got {index_kind!r}")
 
 
-def _candidates(index: Tensor, index_kind: str, height: int, width: int) -> Tensor:
+def _candidates(index: Tensor, index_kind: str, height: int, width: int) -> Tensor | CandidateList:
     _check_index_kind(index_kind)
     if index_kind == "candidates":
         return index
-    return DerivedCandidates(index_kind, index, height, width).build()
+    return candidate_list(index_kind, index, height, width)
 
 
-def _pack(result: ops.AttentionOutput, q: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def _pack(result: AttentionOutput, q: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     b, nq = q.shape[:2]
     top = result.topk
     if top is None:
@@ -87,9 +85,8 @@ def _pack(result: ops.AttentionOutput, q: Tensor) -> tuple[Tensor, Tensor, Tenso
     return result.out.contiguous(), result.conf.contiguous(), top.contiguous(), warp.contiguous()
 
 
-def _fake_outputs(
-    q: Tensor, v: Tensor, warp_values: Tensor | None, topk: int
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def _fake_outputs(inputs: AttentionInputs, topk: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    q, _, v, _, _, warp_values = inputs
     b, nq = q.shape[:2]
     cw = 0 if warp_values is None else warp_values.shape[2]
     return (
@@ -120,25 +117,15 @@ def dense_attention_op(
     backend: str,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """`kernels.dynamic_attention` as (out, conf, topk or [B, Nq, 0], warp or [B, Nq, 0])."""
-    result = ops.dynamic_attention(
-        q,
-        k,
-        v,
-        q_prune,
-        k_prune,
-        scale=scale,
-        prune_scale=prune_scale,
-        topk=topk,
-        warp_values=warp_values,
-        warp_over=warp_over,
-        backend=backend,
-    )
+    inputs = AttentionInputs(q, k, v, q_prune, k_prune, warp_values)
+    settings = AttentionSettings(scale, prune_scale, topk, warp_over)
+    result = eager_dynamic_attention(inputs, settings, backend)
     return _pack(result, q)
 
 
 @dense_attention_op.register_fake
 def _dense_fake(q, k, v, q_prune, k_prune, warp_values, scale, prune_scale, topk, *_):
-    return _fake_outputs(q, v, warp_values, topk)
+    return _fake_outputs(AttentionInputs(q, k, v, q_prune, k_prune, warp_values), topk)
 
 
 @torch.library.custom_op("dynast::candidate_attention", mutates_args=())
@@ -161,20 +148,10 @@ def candidate_attention_op(
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """`kernels.candidate_attention` over `index` (index_kind "candidates": the [B, Nq, M] list;
     "inner" / "inter": the previous top-k, the list derived on the height x width query grid)."""
-    result = ops.candidate_attention(
-        q,
-        k,
-        v,
-        q_prune,
-        k_prune,
-        _candidates(index, index_kind, height, width),
-        scale=scale,
-        prune_scale=prune_scale,
-        topk=topk,
-        warp_values=warp_values,
-        warp_over=warp_over,
-        backend=backend,
-    )
+    inputs = AttentionInputs(q, k, v, q_prune, k_prune, warp_values)
+    settings = AttentionSettings(scale, prune_scale, topk, warp_over)
+    listed = _candidates(index, index_kind, height, width)
+    result = eager_candidate_attention(inputs, listed, settings, backend)
     return _pack(result, q)
 
 
@@ -183,7 +160,7 @@ def _candidate_fake(
     q, k, v, q_prune, k_prune, index, warp_values, index_kind, height, width, *params
 ):
     _check_index_kind(index_kind)
-    return _fake_outputs(q, v, warp_values, params[2])
+    return _fake_outputs(AttentionInputs(q, k, v, q_prune, k_prune, warp_values), params[2])
 
 
 # --------------------------------------------------------------------------------------------------
@@ -210,18 +187,18 @@ _Grads = tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]
 
 
 def _recompute_grads(
-    forward: Callable[..., ops.AttentionOutput],
-    floats: list[Tensor | None],
+    forward: Callable[[AttentionInputs], AttentionOutput],
+    inputs: AttentionInputs,
     grad_out: Tensor,
     grad_conf: Tensor,
     grad_warp: Tensor,
 ) -> _Grads:
-    """Gradients of (out, conf, warp) of `forward(*floats)` with respect to the five attention
+    """Gradients of (out, conf, warp) of `forward(inputs)` with respect to the five attention
     inputs and warp_values; zeros where an input does not reach the outputs, and an empty warp
     gradient without warp_values."""
     with _autograd_recording():
-        leaves = [None if x is None else x.detach().requires_grad_() for x in floats]
-        result = forward(*leaves)
+        leaves = inputs.map(lambda x: x.detach().requires_grad_())
+        result = forward(leaves)
         pairs = [(result.out, grad_out), (result.conf, grad_conf)]
         if result.warp is not None:
             pairs.append((result.warp, grad_warp))
@@ -231,16 +208,18 @@ def _recompute_grads(
             [o for o, _ in pairs], wrt, [g for _, g in pairs], allow_unused=True
         )
     grads = [torch.zeros_like(x) if g is None else g for x, g in zip(wrt, grads, strict=True)]
-    if floats[5] is None:
-        q = floats[0]
+    if inputs.warp_values is None:
+        q = inputs.q
         grads.append(q.new_empty(q.shape[0], q.shape[1], 0))
     # Contiguous, as the fake implementation promises (autograd may hand back transposes).
     return tuple(g.detach().contiguous() for g in grads)
 
 
-def _fake_grads(q, k, v, q_prune, k_prune, warp_values) -> _Grads:
-    warp = q.new_empty(q.shape[0], q.shape[1], 0) if warp_values is None else warp_values
-    return tuple(x.new_empty(x.shape) for x in (q, k, v, q_prune, k_prune, warp))
+def _fake_grads(inputs: AttentionInputs) -> _Grads:
+    q = inputs.q
+    if inputs.warp_values is None:
+        inputs = inputs._replace(warp_values=q.new_empty(q.shape[0], q.shape[1], 0))
+    return tuple(x.new_empty(x.shape) for x in inputs)
 
 
 @torch.library.custom_op("dynast::dense_attention_backward", mutates_args=())
@@ -261,28 +240,19 @@ def dense_attention_backward_op(
 ) -> _Grads:
     """(dq, dk, dv, dq_prune, dk_prune, dwarp_values or [B, Nq, 0]) of `dynast::dense_attention`."""
 
-    def forward(q, k, v, q_prune, k_prune, warp_values) -> ops.AttentionOutput:
-        # The top-k carries no gradient: leave it out of the recomputation.
-        return ops.dynamic_attention(
-            q,
-            k,
-            v,
-            q_prune,
-            k_prune,
-            scale=scale,
-            prune_scale=prune_scale,
-            warp_values=warp_values,
-            warp_over=warp_over,
-            backend=backend,
-        )
+    # The top-k carries no gradient: leave it out of the recomputation.
+    settings = AttentionSettings(scale, prune_scale, 0, warp_over)
 
-    floats = [q, k, v, q_prune, k_prune, warp_values]
-    return _recompute_grads(forward, floats, grad_out, grad_conf, grad_warp)
+    def forward(inputs: AttentionInputs) -> AttentionOutput:
+        return eager_dynamic_attention(inputs, settings, backend)
+
+    inputs = AttentionInputs(q, k, v, q_prune, k_prune, warp_values)
+    return _recompute_grads(forward, inputs, grad_out, grad_conf, grad_warp)
 
 
 @dense_attention_backward_op.register_fake
 def _dense_backward_fake(_go, _gc, _gw, q, k, v, q_prune, k_prune, warp_values, *_):
-    return _fake_grads(q, k, v, q_prune, k_prune, warp_values)
+    return _fake_grads(AttentionInputs(q, k, v, q_prune, k_prune, warp_values))
 
 
 @torch.library.custom_op("dynast::candidate_attention_backward", mutates_args=())
@@ -307,32 +277,21 @@ def candidate_attention_backward_op(
 ) -> _Grads:
     """(dq, dk, dv, dq_prune, dk_prune, dwarp_values or [B, Nq, 0]) of
     `dynast::candidate_attention`; the candidate list is derived again from `index`."""
-    candidates = _candidates(index, index_kind, height, width)
+    listed = _candidates(index, index_kind, height, width)
+    settings = AttentionSettings(scale, prune_scale, 0, warp_over)
 
-    def forward(q, k, v, q_prune, k_prune, warp_values) -> ops.AttentionOutput:
-        return ops.candidate_attention(
-            q,
-            k,
-            v,
-            q_prune,
-            k_prune,
-            candidates,
-            scale=scale,
-            prune_scale=prune_scale,
-            warp_values=warp_values,
-            warp_over=warp_over,
-            backend=backend,
-        )
+    def forward(inputs: AttentionInputs) -> AttentionOutput:
+        return eager_candidate_attention(inputs, listed, settings, backend)
 
-    floats = [q, k, v, q_prune, k_prune, warp_values]
-    return _recompute_grads(forward, floats, grad_out, grad_conf, grad_warp)
+    inputs = AttentionInputs(q, k, v, q_prune, k_prune, warp_values)
+    return _recompute_grads(forward, inputs, grad_out, grad_conf, grad_warp)
 
 
 @candidate_attention_backward_op.register_fake
 def _candidate_backward_fake(
     grad_out, grad_conf, grad_warp, q, k, v, q_prune, k_prune, index, warp_values, *_
 ):
-    return _fake_grads(q, k, v, q_prune, k_prune, warp_values)
+    return _fake_grads(AttentionInputs(q, k, v, q_prune, k_prune, warp_values))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -377,23 +336,23 @@ candidate_attention_op.register_autograd(_candidate_backward, setup_context=_set
 
 
 # --------------------------------------------------------------------------------------------------
-# Public wrappers: the signatures of kernels.dynamic_attention / kernels.candidate_attention
+# What the public operators run while torch.compile traces
 # --------------------------------------------------------------------------------------------------
 
 
-def _cast_to_common(tensors: list[Tensor | None]) -> list[Tensor | None]:
-    """Inputs cast to autocast's dtype when autocast is on for their device (as `kernels.ops`
-    does inside the op); otherwise unchanged, and the op's own validation names any mismatch."""
-    device_type = tensors[0].device.type
-    if not torch.is_autocast_enabled(device_type):
-        return tensors
-    dtype = torch.get_autocast_dtype(device_type)
-    return [x if x is None or x.dtype == dtype else x.to(dtype) for x in tensors]
+def _cast_to_common(inputs: AttentionInputs) -> AttentionInputs:
+    """Inputs cast to autocast's dtype when autocast is on for their device (as the eager
+    operators do inside the op); otherwise unchanged, and the op's own validation names any
+    mismatch."""
+    dtype = autocast_dtype(inputs.q.device.type)
+    if dtype is None:
+        return inputs
+    return inputs.map(lambda x: x if x.dtype == dtype else x.to(dtype))
 
 
-def _unpack(outputs, topk: int, warp_values: Tensor | None) -> ops.AttentionOutput:
+def _unpack(outputs, topk: int, warp_values: Tensor | None) -> AttentionOutput:
     out, conf, top, warp = outputs
-    return ops.AttentionOutput(
+    return AttentionOutput(
         out=out,
         conf=conf,
         topk=top if topk > 0 else None,
@@ -401,78 +360,56 @@ def _unpack(outputs, topk: int, warp_values: Tensor | None) -> ops.AttentionOutp
     )
 
 
-def dynamic_attention(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    q_prune: Tensor,
-    k_prune: Tensor,
-    *,
-    scale: float,
-    prune_scale: float,
-    topk: int = 0,
-    warp_values: Tensor | None = None,
-    warp_over: str = "kept",
-    backend: str = "auto",
-) -> ops.AttentionOutput:
+def traced_dynamic_attention(
+    inputs: AttentionInputs, settings: AttentionSettings, backend: str
+) -> AttentionOutput:
     """`kernels.dynamic_attention` through the `dynast::dense_attention` op (traceable)."""
-    if isinstance(topk, bool) or not isinstance(topk, int) or topk < 0:
-        raise ValueError(f"topk must be a non-negative int, got {topk!r}")
-    floats = _cast_to_common([q, k, v, q_prune, k_prune, warp_values])
-    with torch.autocast(q.device.type, enabled=False):
+    check_topk(settings.topk)
+    floats, settings = _cast_to_common(inputs), settings.as_floats()
+    with torch.autocast(inputs.q.device.type, enabled=False):
         outputs = dense_attention_op(
-            *floats, float(scale), float(prune_scale), topk, warp_over, backend
+            *floats,
+            settings.scale,
+            settings.prune_scale,
+            settings.topk,
+            settings.warp_over,
+            backend,
         )
-    return _unpack(outputs, topk, warp_values)
+    return _unpack(outputs, settings.topk, inputs.warp_values)
 
 
-def candidate_attention(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    q_prune: Tensor,
-    k_prune: Tensor,
-    candidates: Tensor | DerivedCandidates,
-    *,
-    scale: float,
-    prune_scale: float,
-    topk: int = 0,
-    warp_values: Tensor | None = None,
-    warp_over: str = "kept",
-    backend: str = "auto",
-) -> ops.AttentionOutput:
+def traced_candidate_attention(
+    inputs: AttentionInputs,
+    candidates: Tensor | CandidateList,
+    settings: AttentionSettings,
+    backend: str,
+) -> AttentionOutput:
     """`kernels.candidate_attention` through the `dynast::candidate_attention` op (traceable).
 
-    `candidates` is a [B, Nq, M] list, or a `DerivedCandidates` whose list the op derives."""
-    if isinstance(topk, bool) or not isinstance(topk, int) or topk < 0:
-        raise ValueError(f"topk must be a non-negative int, got {topk!r}")
-    if isinstance(candidates, DerivedCandidates):
-        index, kind = candidates.topk, candidates.kind
-        height, width = candidates.height, candidates.width
+    `candidates` is a [B, Nq, M] list, or a `CandidateList`, which the op builds again from its
+    builder's arguments."""
+    check_topk(settings.topk)
+    if isinstance(candidates, CandidateList):
+        kind, index, height, width = builder_arguments(candidates)
     elif isinstance(candidates, Tensor):
         index, kind, height, width = candidates, "candidates", 0, 0
     else:
         raise ValueError(
-            "candidates must be a torch.Tensor or a DerivedCandidates, "
-            f"got {type(candidates).__name__}"
+            f"candidates must be a torch.Tensor or a CandidateList, got {type(candidates).__name__}"
         )
-    q, k, v, q_prune, k_prune, warp = _cast_to_common([q, k, v, q_prune, k_prune, warp_values])
-    with torch.autocast(q.device.type, enabled=False):
+    floats, settings = _cast_to_common(inputs), settings.as_floats()
+    with torch.autocast(inputs.q.device.type, enabled=False):
         outputs = candidate_attention_op(
-            q,
-            k,
-            v,
-            q_prune,
-            k_prune,
+            *floats[:5],
             index,
-            warp,
+            floats.warp_values,
             kind,
             height,
             width,
-            float(scale),
-            float(prune_scale),
-            topk,
-            warp_over,
+            settings.scale,
+            settings.prune_scale,
+            settings.topk,
+            settings.warp_over,
             backend,
         )
-    return _unpack(outputs, topk, warp_values)
+    return _unpack(outputs, settings.topk, inputs.warp_values)

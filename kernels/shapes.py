@@ -21,7 +21,7 @@ Shapes are written `block:key=value,...` on command lines, e.g.
 (optional keys: Cw, k, scale, prune_scale; scales default to the release's values per block).
 
 Tuning keys: `AttentionShape.dims(batch)` gives a block's sizes under the names the fused kernels'
-launchers use at run time to look up their tuned launch config (`kernels.tuning`): dense
+launchers use at run time to look up their tuned launch config (`kernels.tuning.table`): dense
 `B, Nq, Nk, Cqk, Cp, Cv, Cw, k` (k = 0 for the backward kernels); candidates
 `Nq, Cqk, Cp, Cv, Cw, M, G` (per sample; G = queries sharing one list: 4 for inter-scale windows,
 1 otherwise). Cw = 0 means no warp output.
@@ -38,12 +38,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .candidate_lists import CandidateList, inner_scale_candidates, inter_scale_candidates
+from .call import AttentionInputs
+from .candidates.lists import (
+    PER_MATCH,
+    CandidateList,
+    inner_scale_candidates,
+    inter_scale_candidates,
+)
 from .checks import check_number
 
 BLOCKS = ("dense", "inter", "inner")
-# Candidates per query, as a multiple of k (docs/method.md section 4).
-CANDIDATES_PER_MATCH = {"inter": 4, "inner": 5}
 
 
 @dataclass(frozen=True)
@@ -91,7 +95,7 @@ class AttentionShape:
         """Keys each query sees: all of them (dense) or M = 4k / 5k."""
         if self.block == "dense":
             return self.tokens
-        return CANDIDATES_PER_MATCH[self.block] * self.k
+        return PER_MATCH[self.block] * self.k
 
     @property
     def op(self) -> str:
@@ -116,8 +120,8 @@ class AttentionShape:
 
     def dims(self, batch: int, *, backward: bool = False) -> dict[str, int]:
         """The sizes under which the fused kernels' launchers look up their tuned config
-        (`kernels.tuning`), named as they name them: the autotuner must record winners under the
-        very same keys. The dense kernels key on the batch and top-k too (a backward computes no
+        (`kernels.tuning.table`), named as they name them: the autotuner must record winners under
+        the very same keys. The dense kernels key on the batch and top-k too (a backward computes no
         top-k: its launches say k = 0); the candidate kernels on per-sample sizes and the window
         group G."""
         if self.block == "dense":
@@ -361,7 +365,7 @@ def realistic_candidates(
 
     The top-k is drawn on the CPU (so a seed gives the same problem on every device) and the
     candidates are built on `device`: a plain copy of their indices would lose the window-sharing
-    fact by which the fused kernels read one list per 2x2 window (`kernels.candidate_lists`)."""
+    fact by which the fused kernels read one list per 2x2 window (`kernels.candidates.lists`)."""
     if shape.block == "inter":
         coarse = plausible_topk(
             batch, shape.height // 2, shape.width // 2, shape.k, generator=generator
@@ -388,16 +392,12 @@ class AttentionProblem:
     candidates: CandidateList | None
 
     def float_inputs(self) -> dict[str, Tensor]:
-        named = {
-            "q": self.q,
-            "k": self.k,
-            "v": self.v,
-            "q_prune": self.q_prune,
-            "k_prune": self.k_prune,
-        }
-        if self.warp_values is not None:
-            named["warp_values"] = self.warp_values
-        return named
+        """The float inputs by name (warp_values only where Cw > 0)."""
+        return self.inputs().named()
+
+    def inputs(self) -> AttentionInputs:
+        """The float inputs as the one call type of the launchers and runners."""
+        return AttentionInputs(self.q, self.k, self.v, self.q_prune, self.k_prune, self.warp_values)
 
     def positional(self) -> tuple[Tensor, ...]:
         """Positional arguments of the operator (and of its backends), in order."""

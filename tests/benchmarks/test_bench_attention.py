@@ -14,7 +14,7 @@ from _assert import assert_close
 
 from benchmarks import bench_attention as bench
 from benchmarks.attention_cost import attention_cost, shape_cost
-from kernels.reference import reference_dynamic_attention
+from kernels.dense.reference import reference_dynamic_attention
 from kernels.runtime import interpreting
 from kernels.shapes import AttentionShape, make_problem
 

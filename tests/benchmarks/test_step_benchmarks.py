@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmarks import bench_generate, bench_optimizer_step, issue13_summary, profile_step
+from benchmarks import bench_generate, bench_optimizer_step, performance_targets, profile_step
 
 
 @pytest.fixture(autouse=True)
@@ -89,7 +89,7 @@ def test_bad_arguments_are_named(capsys: pytest.CaptureFixture) -> None:
 
 
 def test_summary_fills_only_measured_rows(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    assert issue13_summary.main([str(tmp_path)]) == 0
+    assert performance_targets.main([str(tmp_path)]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 9 and all("not measured" in line for line in lines)
     assert " met " not in "".join(lines)
@@ -105,11 +105,12 @@ def test_summary_fills_only_measured_rows(tmp_path: Path, capsys: pytest.Capture
         "triton,512,4,step,ok,900,70000\ntriton,256,8,step,ok,400,1000\n"
     )
     rows = {
-        what: (figure, verdict) for what, figure, _, verdict in issue13_summary.summary(tmp_path)
+        what: (figure, verdict)
+        for what, figure, _, verdict in performance_targets.summary(tmp_path)
     }
     assert rows["training step 256 b8, fused vs reference"] == ("3.20x (150.0 / 480.0 ms)", "met")
     assert rows["training step 256 b8, fused+compile vs reference"][1] == "not met"  # 2.4x
     assert rows["full optimiser step 256 b8 (G+D+VGG)"] == ("400.0 ms", "met")
     assert rows["512 px training, batch 4, full step (fused)"][1] == "met"
     assert rows["inner 256x256 candidate fwd"][1] == "not measured"
-    assert issue13_summary.main([str(tmp_path / "missing")]) == 2
+    assert performance_targets.main([str(tmp_path / "missing")]) == 2

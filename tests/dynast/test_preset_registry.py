@@ -7,7 +7,8 @@ from __future__ import annotations
 import pytest
 
 from dynast.config import PRESETS
-from kernels import autotune, shapes
+from kernels import shapes
+from kernels.tuning import autotune
 
 
 def test_the_kernels_table_has_one_row_per_model_preset():
@@ -42,5 +43,5 @@ def test_the_shapes_of_a_preset_are_the_blocks_of_its_generator(name):
 
 
 def test_the_autotuner_takes_the_model_presets_and_the_tiny_shape_set():
-    choices = next(a.choices for a in autotune._parser()._actions if a.dest == "preset")
+    choices = next(a.choices for a in autotune.argument_parser()._actions if a.dest == "preset")
     assert set(choices) == set(PRESETS) | {"tiny"}

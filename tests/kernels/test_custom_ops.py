@@ -1,6 +1,7 @@
 """The attention operators registered with torch.library (kernels.custom_ops): `opcheck` (schema,
 fake-tensor implementation, autograd registration, AOT dispatch), and the same outputs and
-gradients as the public operators they wrap."""
+gradients as the public operators they wrap, through what the public operators run while
+torch.compile traces (`traced_dynamic_attention`, `traced_candidate_attention`)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from _assert import assert_close
 
 import kernels
 from kernels import custom_ops
-from kernels.custom_ops import DerivedCandidates
+from kernels.call import AttentionInputs, AttentionSettings
+from kernels.candidates import candidate_list
 
 B, H, W, C, CP, CV, CW, TOPK = 2, 4, 6, 6, 3, 5, 3, 2
 N = H * W
@@ -70,6 +72,21 @@ def test_backward_ops_pass_opcheck(with_warp: bool) -> None:
     torch.library.opcheck(custom_ops.candidate_attention_backward_op, args)
 
 
+def _traced(name: str):
+    """`kernels.<name>`'s call through its registered op, with the public operator's signature."""
+    traced = getattr(custom_ops, f"traced_{name}")
+
+    def call(q, k, v, q_prune, k_prune, *candidates, warp_values=None, backend="auto", **kw):
+        inputs = AttentionInputs(q, k, v, q_prune, k_prune, warp_values)
+        return traced(inputs, *candidates, AttentionSettings(**kw), backend)
+
+    return call
+
+
+traced_dynamic_attention = _traced("dynamic_attention")
+traced_candidate_attention = _traced("candidate_attention")
+
+
 def _outputs_and_grads(fn, floats, *extra, **kwargs):
     result = fn(*floats[:5], *extra, warp_values=floats[5], **kwargs)
     gen = torch.Generator().manual_seed(7)
@@ -86,14 +103,13 @@ def test_wrappers_match_the_public_ops(kind: str) -> None:
     floats = _floats(seed=3)
     common = {"scale": 3.0, "prune_scale": 1.5, "topk": TOPK, "warp_over": "all"}
     if kind == "dense":
-        got = _outputs_and_grads(custom_ops.dynamic_attention, floats, **common)
+        got = _outputs_and_grads(traced_dynamic_attention, floats, **common)
         want = _outputs_and_grads(kernels.dynamic_attention, floats, **common)
     else:
         index = _index(kind, seed=4)
-        derived = index if kind == "candidates" else DerivedCandidates(kind, index, H, W)
-        built = index if kind == "candidates" else derived.build()
-        got = _outputs_and_grads(custom_ops.candidate_attention, floats, derived, **common)
-        want = _outputs_and_grads(kernels.candidate_attention, floats, built, **common)
+        listed = index if kind == "candidates" else candidate_list(kind, index, H, W)
+        got = _outputs_and_grads(traced_candidate_attention, floats, listed, **common)
+        want = _outputs_and_grads(kernels.candidate_attention, floats, listed, **common)
     (got_result, got_grads), (want_result, want_grads) = got, want
     for name in ("out", "conf", "warp"):
         assert_close(getattr(got_result, name), getattr(want_result, name), name=name)
@@ -105,10 +121,10 @@ def test_wrappers_match_the_public_ops(kind: str) -> None:
 
 def test_absent_outputs_are_none_and_autocast_sets_the_dtype() -> None:
     q, k, v, qp, kp, _ = (x.detach().float() for x in _floats())
-    result = custom_ops.dynamic_attention(q, k, v, qp, kp, scale=1.0, prune_scale=1.0)
+    result = traced_dynamic_attention(q, k, v, qp, kp, scale=1.0, prune_scale=1.0)
     assert result.topk is None and result.warp is None
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        got = custom_ops.dynamic_attention(q, k, v, qp, kp, scale=1.0, prune_scale=1.0, topk=1)
+        got = traced_dynamic_attention(q, k, v, qp, kp, scale=1.0, prune_scale=1.0, topk=1)
         want = kernels.dynamic_attention(q, k, v, qp, kp, scale=1.0, prune_scale=1.0, topk=1)
     assert got.out.dtype == want.out.dtype == torch.bfloat16
     assert torch.equal(got.out, want.out) and torch.equal(got.topk, want.topk)
@@ -119,11 +135,9 @@ def test_the_fused_backend_runs_inside_the_op() -> None:
     floats = [x.detach().float().requires_grad_() for x in _floats(seed=5)]
     index = _index("inner", seed=6)
     common = {"scale": 3.0, "prune_scale": 1.0, "topk": TOPK, "backend": "triton"}
-    derived = DerivedCandidates("inner", index, H, W)
-    got, got_grads = _outputs_and_grads(custom_ops.candidate_attention, floats, derived, **common)
-    want, want_grads = _outputs_and_grads(
-        kernels.candidate_attention, floats, derived.build(), **common
-    )
+    listed = candidate_list("inner", index, H, W)
+    got, got_grads = _outputs_and_grads(traced_candidate_attention, floats, listed, **common)
+    want, want_grads = _outputs_and_grads(kernels.candidate_attention, floats, listed, **common)
     assert torch.equal(got.out, want.out) and torch.equal(got.topk, want.topk)
     for g, w in zip(got_grads, want_grads, strict=True):
         assert_close(g, w, name="fused gradient")
@@ -132,13 +146,11 @@ def test_the_fused_backend_runs_inside_the_op() -> None:
 def test_bad_arguments_are_named() -> None:
     q, k, v, qp, kp, _ = (x.detach() for x in _floats())
     with pytest.raises(ValueError, match="kind must be one of"):
-        DerivedCandidates("outer", torch.zeros(1, 4, 1, dtype=torch.int64), 2, 2)
-    with pytest.raises(
-        ValueError, match=r"candidates must be a torch\.Tensor or a DerivedCandidates"
-    ):
-        custom_ops.candidate_attention(q, k, v, qp, kp, [1, 2], scale=1.0, prune_scale=1.0)
+        candidate_list("outer", torch.zeros(1, 4, 1, dtype=torch.int64), 2, 2)
+    with pytest.raises(ValueError, match=r"candidates must be a torch\.Tensor or a CandidateList"):
+        traced_candidate_attention(q, k, v, qp, kp, [1, 2], scale=1.0, prune_scale=1.0)
     with pytest.raises(ValueError, match="topk must be a non-negative int"):
-        custom_ops.dynamic_attention(q, k, v, qp, kp, scale=1.0, prune_scale=1.0, topk=-1)
+        traced_dynamic_attention(q, k, v, qp, kp, scale=1.0, prune_scale=1.0, topk=-1)
     with pytest.raises(ValueError, match="index_kind must be one of"):
         custom_ops.candidate_attention_op(
             q, k, v, qp, kp, _index("inner"), None, "outer", H, W, 1.0, 1.0, 0, "kept", "torch"

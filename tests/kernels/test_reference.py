@@ -1,4 +1,5 @@
-"""The PyTorch reference operators against a brute-force per-query loop, and the API's errors.
+"""The PyTorch reference operators (`kernels.dense.reference`, `kernels.candidates.reference`)
+against a brute-force per-query loop, and the API's errors (`kernels.call` and the operators).
 
 The brute force follows docs/method.md section 4 literally, one query at a time, in float64; every
 output and every input gradient of the reference must match it.
@@ -11,7 +12,7 @@ import torch
 from _assert import assert_close
 
 import kernels
-from kernels.reference import straight_through_mask
+from kernels.dense.reference import straight_through_mask
 
 B, H, W = 2, 6, 10
 N = H * W
@@ -279,90 +280,6 @@ def test_autocast_runs_in_autocast_dtype_with_fp32_scores():
 
 
 # ---------------------------------------------------------------------------------------------
-# Candidate builders
-
-
-def brute_inter(coarse: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    cw = width // 2
-    rows = []
-    for b in range(coarse.shape[0]):
-        for y in range(height):
-            for x in range(width):
-                row = []
-                for c in coarse[b, (y // 2) * cw + x // 2].tolist():
-                    u, v = divmod(c, cw)
-                    row += [
-                        2 * u * width + 2 * v,
-                        2 * u * width + 2 * v + 1,
-                        (2 * u + 1) * width + 2 * v,
-                        (2 * u + 1) * width + 2 * v + 1,
-                    ]
-                rows.append(row)
-    return torch.tensor(rows).reshape(coarse.shape[0], height * width, -1)
-
-
-def brute_inner(top: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    def clamp(y, x):
-        return min(max(y, 0), height - 1) * width + min(max(x, 0), width - 1)
-
-    rows = []
-    for b in range(top.shape[0]):
-        for y in range(height):
-            for x in range(width):
-                row = list(top[b, y * width + x].tolist())
-                # (neighbour offset, shift applied to its matches); a missing neighbour -> self
-                for (ny, nx), (sy, sx) in (
-                    ((-1, 0), (1, 0)),
-                    ((1, 0), (-1, 0)),
-                    ((0, -1), (0, 1)),
-                    ((0, 1), (0, -1)),
-                ):
-                    yy, xx = y + ny, x + nx
-                    if not (0 <= yy < height and 0 <= xx < width):
-                        yy, xx = y, x
-                    for t in top[b, yy * width + xx].tolist():
-                        ty, tx = divmod(t, width)
-                        row.append(clamp(ty + sy, tx + sx))
-                rows.append(row)
-    return torch.tensor(rows).reshape(top.shape[0], height * width, -1)
-
-
-@pytest.mark.parametrize("hw", [(6, 10), (2, 2), (4, 14)], ids=lambda s: f"{s[0]}x{s[1]}")
-def test_inter_scale_candidates_match_brute_force(hw):
-    h, w = hw
-    coarse = torch.randint(0, h * w // 4, (2, h * w // 4, 3))
-    coarse[:, :, 2] = coarse[:, :, 0]  # duplicates survive
-    got = kernels.inter_scale_candidates(coarse, h, w)
-    # int32 wherever B * Nk fits (kernels.candidate_lists.index_dtype), whatever the top-k's dtype
-    assert got.dtype == torch.int32 and got.shape == (2, h * w, 12)
-    assert torch.equal(got, brute_inter(coarse, h, w))
-    assert torch.equal(kernels.inter_scale_candidates(coarse.int(), h, w), got)
-    assert got.kind == "inter" and got.grid == (h, w) and torch.equal(got.topk, coarse.int())
-
-
-@pytest.mark.parametrize("hw", [(6, 10), (1, 5), (7, 3)], ids=lambda s: f"{s[0]}x{s[1]}")
-def test_inner_scale_candidates_match_brute_force(hw):
-    h, w = hw
-    top = torch.randint(0, h * w, (2, h * w, 3))
-    # matches on the grid's border, so the shifts must clamp
-    top[:, 0] = torch.tensor([0, w - 1, h * w - 1])
-    got = kernels.inner_scale_candidates(top, h, w)
-    assert got.dtype == torch.int32 and got.shape == (2, h * w, 15)
-    assert torch.equal(got, brute_inner(top, h, w))
-    assert torch.equal(kernels.inner_scale_candidates(top.int(), h, w), got)
-    assert got.kind == "inner" and got.grid == (h, w) and got.window is None
-
-
-def test_index_dtype_narrows_only_where_every_key_row_fits():
-    from kernels.candidate_lists import index_dtype
-
-    assert index_dtype(8, 65536) == torch.int32  # deepfashion-256's finest scale at batch 8
-    assert index_dtype(1, 2**31 - 1) == torch.int32
-    assert index_dtype(2, 2**30) == torch.int64  # b * Nk + index would overflow int32
-    assert index_dtype(2**16, 2**15) == torch.int64
-
-
-# ---------------------------------------------------------------------------------------------
 # Errors
 
 
@@ -444,35 +361,6 @@ def test_triton_backend_on_cpu_without_interpreter_is_a_clear_error(monkeypatch)
         _call_dense(_good(), backend="triton")
 
 
-@pytest.mark.parametrize(
-    "call,match",
-    [
-        (
-            lambda: kernels.inter_scale_candidates(torch.zeros(1, 6, 2, dtype=torch.long), 3, 8),
-            "even",
-        ),
-        (
-            lambda: kernels.inter_scale_candidates(torch.zeros(1, 5, 2, dtype=torch.long), 4, 6),
-            "tokens",
-        ),
-        (lambda: kernels.inter_scale_candidates(torch.full((1, 6, 2), 6), 4, 6), "values"),
-        (lambda: kernels.inter_scale_candidates(torch.zeros(1, 6, 2), 4, 6), "int32 or int64"),
-        (
-            lambda: kernels.inner_scale_candidates(torch.zeros(1, 12, 2, dtype=torch.long), 4, 0),
-            "width",
-        ),
-        (lambda: kernels.inner_scale_candidates(torch.full((1, 12, 2), 12), 3, 4), "values"),
-        (
-            lambda: kernels.inner_scale_candidates(torch.zeros(12, 2, dtype=torch.long), 3, 4),
-            "topk must be",
-        ),
-    ],
-)
-def test_candidate_builders_reject_bad_input(call, match):
-    with pytest.raises(ValueError, match=match):
-        call()
-
-
 @pytest.mark.parametrize("backend", ["torch", "triton"])
 @pytest.mark.parametrize("dense", [True, False], ids=["dense", "candidates"])
 def test_pruned_warp_is_the_release_formula(backend, dense):
@@ -549,7 +437,7 @@ def test_candidate_lists_cannot_be_changed_from_outside():
     in inference mode, through .data or .numpy()) reaches the list the operators read, nor does
     an edit of the top-k it was built from (it keeps a copy, and builds its list from that copy
     on first use), and only the builders construct one."""
-    from kernels.candidate_lists import CandidateList, candidate_indices
+    from kernels.candidates.lists import CandidateList, candidate_indices
 
     t = _good()
     top = _call_dense(t, topk=2).topk
@@ -593,32 +481,11 @@ def test_out_of_range_candidates_are_rejected_on_every_backend(backend):
 def test_reference_gather_never_reads_the_next_sample():
     """Called directly, without the operator's check, an index equal to N reads within its own
     sample (clamped), never the next sample's first row."""
-    from kernels.reference import _gather_rows
+    from kernels.candidates.reference import gather_rows
 
     x = torch.arange(2 * 3, dtype=torch.float32).view(2, 3, 1)
-    rows = _gather_rows(x, torch.tensor([[[3]], [[0]]]))
+    rows = gather_rows(x, torch.tensor([[[3]], [[0]]]))
     assert rows.flatten().tolist() == [2.0, 3.0]
-
-
-def test_deferred_range_checks_raise_once_flagged(monkeypatch):
-    """On a GPU the check only launches a flag (no synchronisation per call): a bad list runs on
-    clamped indices, and the error is raised by `check_index_errors()` (once per step) or by a
-    later check that finds the flag computed. Forced here on the CPU."""
-    from kernels import candidate_lists
-
-    monkeypatch.setattr(candidate_lists, "_defers", lambda index: True)
-    monkeypatch.setattr(candidate_lists, "_pending", [])
-    bad = torch.zeros(2, 12, 3, dtype=torch.long)
-    bad[0, 5, 1] = 12
-    kernels.check_index_errors()  # nothing pending: free
-    cand = kernels.inner_scale_candidates(bad, 3, 4)  # deferred: no error yet
-    assert int(candidate_lists.candidate_indices(cand).max()) < 12  # built from clamped indices
-    with pytest.raises(ValueError, match=r"topk values must lie in \[0, 12\) \(a deferred"):
-        kernels.check_index_errors()
-    kernels.check_index_errors()  # reported once
-    kernels.inner_scale_candidates(bad, 3, 4)
-    with pytest.raises(ValueError, match="deferred range check"):
-        kernels.inner_scale_candidates(torch.zeros_like(bad), 3, 4)  # finds the earlier flag
 
 
 @pytest.mark.parametrize("backend", ["torch", "triton"])
