@@ -5,7 +5,8 @@ pruned, and the confidence.
 The generator returns each block's top-k key indices and confidence; the weights and the mask
 are internal to the attention operators. `AttentionRecorder` keeps the projections the recorded
 blocks compute (forward hooks on their `to_q`, `to_k`, `to_q_prune`, `to_k_prune`; the model is
-not changed), from which `scale_attention` recomputes, as `kernels.reference` defines them:
+not changed), from which `scale_attention` recomputes, as `kernels.candidates.reference`
+defines them:
 
 - the weight of a top-k key, its softmax probability `exp(z - logsumexp(z))` over the block's
   candidates (every key in the dense blocks; the candidate list the block derived from the
@@ -25,8 +26,7 @@ import torch
 from torch import Tensor
 
 from dynast.generator import Generator, GeneratorOutput
-from kernels.candidate_lists import candidate_indices
-from kernels.custom_ops import DerivedCandidates
+from kernels.candidates import candidate_list
 
 PROJECTIONS = ("to_q", "to_k", "to_q_prune", "to_k_prune")
 # Queries per step of the softmax normaliser: bounds the gathered keys to a few tens of MB.
@@ -131,8 +131,8 @@ def scale_attention(
         kind = block_kind(generator, block)
         candidates = None
         if kind != "dense":
-            derived = DerivedCandidates(kind, output.topks[block - 1][sample : sample + 1], h, w)
-            candidates = candidate_indices(derived.build())[0].long()
+            top = output.topks[block - 1][sample : sample + 1]
+            candidates = candidate_list(kind, top, h, w).indices[0].long()
         topk = output.topks[block][sample].long()
         z = attention.scale * torch.einsum("qc,qkc->qk", q, _rows(k, topk))
         weights = torch.exp(z - _log_normaliser(q, k, candidates, attention.scale)[:, None])

@@ -62,7 +62,7 @@ def test_exported_weights_and_mask_follow_the_definition() -> None:
         else:
             previous = output.topks[s.block - 1]
             listed = kernels.inner_scale_candidates(previous, *s.size)
-            candidates = kernels.candidate_lists.candidate_indices(listed)[0].long()
+            candidates = listed.indices[0].long()
         z = block.scale * torch.einsum("qc,qmc->qm", q, k[candidates])
         p = torch.softmax(z, dim=-1)
         position = (candidates[:, :, None] == s.topk[:, None, :]).float().argmax(dim=1)
