@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from dynast.config import DEFAULT_PRESET
 from dynast.discriminator import check_image_size
 from train.config import PRESET_NAMES, RunConfig, run_preset
-from train.overrides import apply_overrides, field_names
+from train.overrides import apply_overrides, field_names, refuse_repeats
 
 # Named flags and the field each one sets.
 NAMED_FLAGS = {
@@ -93,10 +93,13 @@ def resolve_config(argv: Sequence[str] | None = None) -> tuple[RunConfig, bool]:
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
     pairs = parse_overrides(rest)
+    settings = [(f"--{dotted}", dotted) for dotted, _ in pairs]
     for flag, dotted in NAMED_FLAGS.items():
         value = getattr(args, flag)
         if value is not None:
             pairs.append((dotted, value))
+            settings.insert(0, (f"--{flag.replace('_', '-')}", dotted))
+    refuse_repeats(settings)
     preset = run_preset(args.preset)
     named = {dotted for dotted, _ in pairs}
     if preset.train.max_epochs and "train.max_steps" in named and "train.max_epochs" not in named:
