@@ -152,11 +152,12 @@ def _writing(run_dir: Path, what: Path, errors: tuple[type[BaseException], ...] 
         detail = getattr(e, "strerror", None) or (str(e).strip().splitlines() or [repr(e)])[0]
         if disk_full(Path(where), e):
             cause = f"no space left on {device_of(Path(where))} while writing {where} ({detail})"
+            fix = "free some space"
         else:
-            cause = f"{where}: write failed ({detail})"
+            cause, fix = f"{where}: write failed ({detail})", "fix that"
         raise TrainingError(
-            f"{cause}; kept unchanged: {_kept(run_dir)}: fix that and run the same command again "
-            "to resume (what was half-written is removed then)"
+            f"{cause}; kept unchanged: {_kept(run_dir)}. {fix.capitalize()} and run the same "
+            "command again to resume (what was half-written is removed then)"
         ) from None
 
 
