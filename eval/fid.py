@@ -172,8 +172,8 @@ def load_stats(path: str | Path) -> FeatureStats:
     if not zipfile.is_zipfile(path):
         # np.load would read anything else as a pickle and call it "pickled (object) data".
         raise ValueError(
-            f"{path}: not an npz file (not a zip archive); make statistics with "
-            "`python -m eval ref`"
+            f"{path}: cannot be read as a .npz statistics file: not an npz file (not a zip "
+            "archive); make statistics with `python -m eval ref`"
         )
     try:
         with np.load(path, allow_pickle=False) as data:

@@ -343,7 +343,6 @@ def _inputs(args: argparse.Namespace) -> list[str | None]:
 def generate(args: argparse.Namespace) -> int:
     from accelerate import Accelerator
 
-    out = check_output_folder(args.out, "--out", force=args.force, inputs=_inputs(args))
     accelerator = Accelerator(cpu=args.cpu)
 
     def say(message: str) -> None:
@@ -381,6 +380,8 @@ def generate(args: argparse.Namespace) -> int:
         names = {i: f"{i:06d}" for i in indices}
         data_description = {"kind": dcfg.kind, "config": dcfg.to_dict(), "split": args.split}
 
+    # Checked once the model and the pairs are known to be good, before anything is written.
+    out = check_output_folder(args.out, "--out", force=args.force, inputs=_inputs(args))
     staging = staging_path(out)
     layout = OutputLayout(staging, args.format, args.jpeg_quality)
     if args.format == "jpg" and accelerator.is_main_process:

@@ -282,4 +282,5 @@ def test_a_text_file_named_npz_is_not_an_npz_file(sets, tmp_path, capsys) -> Non
     args = ["calc", "--real", str(stats), "--fake", str(fake), "--metrics", "fid"]
     assert main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and f"{stats}: not an npz file" in err[0], err
+    assert len(err) == 1 and "not an npz file (not a zip archive)" in err[0], err
+    assert str(stats) in err[0]
