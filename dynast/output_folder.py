@@ -101,7 +101,7 @@ def swap_in(staging: Path, path: Path, old: Path | None = None) -> Path:
         os.replace(path, old)
     os.replace(staging, path)
     with contextlib.suppress(FileNotFoundError):
-        shutil.rmtree(old)
+        clear(old)  # a symbolic link --out is replaced by the folder, its target left alone
     return path
 
 
