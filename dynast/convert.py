@@ -2,12 +2,15 @@
 `latest_net_G.pth` / `latest_net_D.pth`) into dynast weights.
 
     python -m dynast.convert release --generator latest_net_G.pth \\
-        [--discriminator latest_net_D.pth] --preset deepfashion-256 --out DIR
+        [--discriminator latest_net_D.pth] --preset deepfashion-256 --out DIR [--force]
 
 writes a `save_pretrained` folder (read by `dynast.io.load_generator` and
 `python -m eval.generate --model DIR`) and, with a discriminator, `discriminator.safetensors`
-beside it. `--generator` may also name a release checkpoint folder (`checkpoints/<name>/`): its
-`latest_net_G.pth` is read, and its `latest_net_D.pth` too unless `--discriminator` says otherwise.
+beside it, then a manifest of all its files. `--out` must be new or empty (`--force` replaces a
+folder whole; a training run folder is refused even then): the folder is written beside it and
+swapped in when complete. `--generator` may also name a release checkpoint folder
+(`checkpoints/<name>/`): its `latest_net_G.pth` is read, and its `latest_net_D.pth` too unless
+`--discriminator` says otherwise.
 
 The mapping is one explicit table (`generator_rules`, `discriminator_rules`), built from the
 preset: every release key has a rule, a rule either copies the tensor to one of our keys (reshaped
@@ -45,7 +48,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import pickle
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -61,7 +63,9 @@ from kernels.files import write_atomically
 from .config import PRESETS, DynaSTConfig, preset
 from .discriminator import MultiscaleDiscriminator
 from .generator import Generator
-from .io import CONFIG_FILE, WEIGHTS_FILE, load_state_strict, save_pretrained
+from .io import CONFIG_FILE, WEIGHTS_FILE, load_state_strict, load_torch_file, save_pretrained
+from .manifest import write_manifest
+from .output_folder import check_output_folder, write_folder
 
 GENERATOR_FILE = "latest_net_G.pth"
 DISCRIMINATOR_FILE = "latest_net_D.pth"
@@ -291,19 +295,9 @@ def apply_rules(
 
 
 def load_release_state(path: str | os.PathLike, what: str) -> dict[str, Tensor]:
-    """A release `.pth` state dict, read with `weights_only=True` (a pickle that would run code
-    is refused with a ValueError naming the file)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{what}: {str(path)!r} does not exist or is not a file")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, AttributeError) as err:
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ValueError(
-            f"{what}: {str(path)!r} is not a plain tensor state dict that loads with "
-            f"weights_only=True (refused, nothing in it was run): {first_line}"
-        ) from None
+    """A release `.pth` state dict, read with `weights_only=True` (a pickle that would run code,
+    a text file or a truncated file is refused with a ValueError naming the file)."""
+    state = load_torch_file(path, what)
     if not isinstance(state, dict) or not all(
         isinstance(k, str) and isinstance(v, Tensor) for k, v in state.items()
     ):
@@ -382,9 +376,13 @@ def convert_release(
     preset_name: str,
     discriminator: str | os.PathLike | None = None,
     say=print,
+    force: bool = False,
 ) -> Path:
-    """Convert release checkpoint files (or a release checkpoint folder) into `out`."""
+    """Convert release checkpoint files (or a release checkpoint folder) into the new folder
+    `out`: a folder that is not empty is refused unless `force`, a training run folder always
+    (`dynast.output_folder`); the output is written beside it and swapped in when complete."""
     cfg = preset(preset_name)
+    out = check_output_folder(out, "--out", force=force, inputs=(generator, discriminator))
     g_path, d_path = _resolve(str(generator), str(discriminator) if discriminator else None)
     g_rules = generator_rules(cfg)
     net_g = convert_generator(
@@ -395,23 +393,25 @@ def convert_release(
         net_d = convert_discriminator(
             load_release_state(d_path, "--discriminator"), cfg, f"--discriminator {str(d_path)!r}"
         )
-    out = Path(out)
-    save_pretrained(net_g, out)
-    written = [str(out / CONFIG_FILE), str(out / WEIGHTS_FILE)]
-    stale = out / DISCRIMINATOR_WEIGHTS
-    if net_d is not None:
-        written.append(str(save_discriminator(net_d, out)))
-    elif stale.exists():
-        # A discriminator of an earlier conversion must not pass for this generator's.
-        stale.unlink()
-        say(f"removed {stale} (from an earlier conversion; no --discriminator given now)")
     source = {
         "release": "Huage001/DynaST",
         "preset": cfg.name,
         "generator": str(g_path.resolve()),
         "discriminator": str(d_path.resolve()) if d_path else None,
     }
-    write_atomically(out / SOURCE_FILE, lambda p: p.write_text(json.dumps(source, indent=2)))
+
+    def write(folder: Path) -> None:
+        save_pretrained(net_g, folder)
+        if net_d is not None:
+            save_discriminator(net_d, folder)
+        text = json.dumps(source, indent=2)
+        write_atomically(folder / SOURCE_FILE, lambda p: p.write_text(text))
+        write_manifest(folder)  # again, last: it vouches for the discriminator and source too
+
+    write_folder(out, write)
+    written = [str(out / name) for name in (CONFIG_FILE, WEIGHTS_FILE)]
+    if net_d is not None:
+        written.append(str(out / DISCRIMINATOR_WEIGHTS))
 
     copied = sum(r.action in (COPY, CONV1X1_TO_LINEAR) for r in g_rules)
     say(f"generator: {g_path} -> {out} ({cfg.name}; {copied} tensors mapped)")
@@ -457,7 +457,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     release.add_argument("--discriminator", help=f"{DISCRIMINATOR_FILE} (or its folder); optional")
     release.add_argument("--preset", required=True, choices=sorted(PRESETS))
-    release.add_argument("--out", required=True, help="output folder (save_pretrained layout)")
+    release.add_argument("--out", required=True, help="new output folder (save_pretrained layout)")
+    release.add_argument(
+        "--force",
+        action="store_true",
+        help="replace a non-empty --out whole (never a training run folder)",
+    )
     return parser
 
 
@@ -465,9 +470,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         convert_release(
-            args.generator, args.out, preset_name=args.preset, discriminator=args.discriminator
+            args.generator,
+            args.out,
+            preset_name=args.preset,
+            discriminator=args.discriminator,
+            force=args.force,
         )
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, OSError) as err:
         print(f"dynast-convert: error: {err}", file=sys.stderr)
         return 2
     return 0

@@ -15,6 +15,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from .io import load_torch_file
+
 VGG19_WEIGHTS_FILE = "vgg19-dcbb9e9d.pth"
 
 # torchvision's `cfgs["E"]`: conv widths, "M" = 2x2 max pool.
@@ -93,7 +95,7 @@ class VGG19Features(nn.Module):
     def from_file(cls, path: str | os.PathLike | None = None) -> VGG19Features:
         """Load torchvision's VGG19 state dict from `path` (see `resolve_vgg_weights`)."""
         file = resolve_vgg_weights(path)
-        state = torch.load(file, map_location="cpu", weights_only=True)
+        state = load_torch_file(file, "VGG19 weights")
         if not isinstance(state, dict):
             raise ValueError(
                 f"{str(file)!r} must hold a state dict (a dict of tensors), "

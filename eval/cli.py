@@ -23,7 +23,7 @@ from eval.inception import EXTRACTOR_NAME, FEATURE_DIM, PREPROCESSING
 from eval.inception_weights import LoadedInception, load_inception
 from eval.paired import IMPLEMENTATION as PAIRED_IMPLEMENTATION
 from eval.paired import PAIRED_METRICS, PairedMetrics
-from eval.provenance import append_jsonl, environment, now
+from eval.provenance import append_results, check_results_file, environment, now
 from eval.swd import SWDConfig, swd_from_batches
 
 ALL_METRICS = ("fid", "swd", *PAIRED_METRICS)
@@ -242,6 +242,10 @@ def _compute_paired(args, real: ImageFolder, fake: ImageFolder, names, device) -
 
 def run_calc(args: argparse.Namespace) -> int:
     metrics = parse_metrics(args.metrics)
+    if args.seed < 0:
+        raise ValueError(f"--seed must be an integer >= 0, got {args.seed}")
+    if args.results is not None:
+        check_results_file(args.results)
     fake = scan_folder(args.fake, "--fake")
     real, real_stats = _real_side(args, metrics)
     _check_sets(real, fake, metrics)
@@ -301,8 +305,7 @@ def run_calc(args: argparse.Namespace) -> int:
     }
     print_table(values, fake, real_info)
     if args.results is not None:
-        append_jsonl(args.results, record)
-        print(f"appended to {args.results}")
+        append_results(args.results, record)
     return 0
 
 

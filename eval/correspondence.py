@@ -23,7 +23,7 @@ from dynast.data import DataConfig, build_dataset, correspondence_accuracy
 from dynast.generator import Generator
 from dynast.io import load_generator, resolve_generator_dir
 from eval.device import resolve_device
-from eval.provenance import append_jsonl, environment, now
+from eval.provenance import append_results, check_results_file, environment, now
 
 
 @dataclass(frozen=True)
@@ -85,6 +85,8 @@ def run_corr(args: argparse.Namespace) -> int:
     """`python -m eval corr`: print the accuracies and append a JSON line to --results."""
     if args.count < 1:
         raise ValueError(f"--count: expected >= 1, got {args.count}")
+    if args.results is not None:
+        check_results_file(args.results)
     device = resolve_device(args.device)
     model_dir = resolve_generator_dir(args.model)
     generator = load_generator(model_dir, device=device)
@@ -123,6 +125,5 @@ def run_corr(args: argparse.Namespace) -> int:
             "batch_size": args.batch_size,
             "environment": environment(),
         }
-        append_jsonl(args.results, record)
-        print(f"appended to {args.results}")
+        append_results(args.results, record)
     return 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import warnings
+import zipfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -168,6 +169,12 @@ def load_stats(path: str | Path) -> FeatureStats:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such statistics file")
+    if not zipfile.is_zipfile(path):
+        # np.load would read anything else as a pickle and call it "pickled (object) data".
+        raise ValueError(
+            f"{path}: cannot be read as a .npz statistics file: not an npz file (not a zip "
+            "archive); make statistics with `python -m eval ref`"
+        )
     try:
         with np.load(path, allow_pickle=False) as data:
             keys = set(data.files)

@@ -1,6 +1,6 @@
 """`python -m eval.generate` / `dynast-generate`: run a trained generator and write its images.
 
-  python -m eval.generate --model RUN_OR_DIR --out OUT [--count N] [--format png|jpg]
+  python -m eval.generate --model RUN_OR_DIR --out OUT [--force] [--count N] [--format png|jpg]
                           [--targets] [--visualize] [--explore] [--batch-size 8] [--cpu]
   python -m eval.generate --model DIR --out OUT --preset deepfashion-256 --data.root DIR
                           [--data.field VALUE ...]
@@ -20,8 +20,10 @@ with --visualize, per attention block, the warped exemplar (OUT/warps/), the con
 candidate count) as images, and OUT/panels/<name>.png with everything side by side, labelled;
 with --explore, OUT/explore/<name>.html, the correspondence explorer of each pair (eval.explore),
 and OUT/explore/index.html linking them when there are several; and OUT/generation.json
-recording how the images were made. Several GPUs: `accelerate launch -m
-eval.generate ...` splits the pairs between processes.
+recording how the images were made. OUT must be new or empty: `--force` replaces a folder whole
+(never a training run folder, nor one holding the inputs), so every file in OUT comes from one
+call. The images are written beside it (`.OUT.partial`) and swapped in when all are done.
+Several GPUs: `accelerate launch -m eval.generate ...` splits the pairs between processes.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ from dynast.data.folder import read_image, read_label
 from dynast.data.sample import Sample, build_sample
 from dynast.generator import Generator
 from dynast.io import load_generator, resolve_generator_dir
+from dynast.output_folder import check_output_folder, clear, staging_path, swap_in
 from dynast.run_layout import RUN_CONFIG_FILE
 from eval.attention_export import AttentionRecorder, last_blocks, scale_attention
 from eval.explore import explore_page, index_page
@@ -350,7 +353,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Generate images with a trained DynaST generator (see the module docstring).",
     )
     parser.add_argument("--model", required=True, help="save_pretrained folder, run or checkpoint")
-    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--out", required=True, help="new (or empty) output folder")
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="replace a non-empty --out whole, once the new images are all written",
+    )
     data = parser.add_argument_group("dataset pairs (default: the run's data, else synthetic)")
     data.add_argument("--data-root", default=None, help="a folder dataset (docs/data.md)")
     data.add_argument(
@@ -388,11 +396,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _inputs(args: argparse.Namespace) -> list[str | None]:
+    """The files and folders a call reads: a forced --out must not hold any of them."""
+    roots = [value for name, value in args.data_overrides if name == "root"]
+    singles = (args.semantic, args.exemplar, args.exemplar_semantic)
+    return [args.model, args.data_root, *roots, *singles]
+
+
 def generate(args: argparse.Namespace) -> int:
     from accelerate import Accelerator
 
     accelerator = Accelerator(cpu=args.cpu)
-    model_dir = resolve_generator_dir(args.model)
+
+    def say(message: str) -> None:
+        if accelerator.is_main_process:
+            print(message, file=sys.stderr)
+
+    model_dir = resolve_generator_dir(args.model, say)
     generator: Generator = load_generator(model_dir, device=accelerator.device)
     cfg = generator.config
 
@@ -425,9 +445,16 @@ def generate(args: argparse.Namespace) -> int:
         kind = input_kind(dcfg.kind)
         data_description = {"kind": dcfg.kind, "config": dcfg.to_dict(), "split": args.split}
 
-    layout = OutputLayout(Path(args.out), args.format, args.jpeg_quality)
+    # Checked once the model and the pairs are known to be good, before anything is written.
+    out = check_output_folder(args.out, "--out", force=args.force, inputs=_inputs(args))
+    staging = staging_path(out)
+    layout = OutputLayout(staging, args.format, args.jpeg_quality)
     if args.format == "jpg" and accelerator.is_main_process:
         print(FORMAT_NOTE, file=sys.stderr)
+    if accelerator.is_main_process:
+        clear(staging)  # left by an interrupted call; a failed one leaves OUT as it was
+        staging.mkdir(parents=True)
+    accelerator.wait_for_everyone()
 
     with accelerator.split_between_processes(indices) as mine:
         loader = DataLoader(
@@ -482,7 +509,8 @@ def generate(args: argparse.Namespace) -> int:
             write_explore_index(layout, [names[i] for i in indices])
         path = layout.root / "generation.json"
         write_atomically(path, lambda tmp: tmp.write_text(json.dumps(record, indent=2) + "\n"))
-        print(f"wrote {len(indices)} images to {layout.root / 'images'} ({args.format})")
+        swap_in(staging, out)
+        print(f"wrote {len(indices)} images to {out / 'images'} ({args.format})")
     return 0
 
 
@@ -501,7 +529,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--jpeg-quality must be in [1, 100]")
     try:
         return generate(args)
-    except (ValueError, FileNotFoundError) as error:
+    except (ValueError, OSError) as error:
         print(f"dynast-generate: error: {error}", file=sys.stderr)
         return 2
 

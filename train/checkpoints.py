@@ -16,7 +16,6 @@ also called `model.safetensors`: one level up it would make the checkpoint folde
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -31,10 +30,17 @@ from pathlib import Path
 import numpy as np
 import torch
 from accelerate.utils import load as accelerate_load
-from safetensors import SafetensorError, safe_open
+from safetensors import SafetensorError
 from safetensors.torch import load_model
 
 from dynast.io import CONFIG_FILE, WEIGHTS_FILE
+from dynast.manifest import (
+    MANIFEST_FILE,
+    ManifestError,
+    file_problem,
+    read_manifest,
+)
+from dynast.output_folder import set_aside, swap_in
 from dynast.run_layout import (
     CHECKPOINT_PREFIX,
     CHECKPOINTS_DIR,
@@ -47,10 +53,8 @@ from kernels.files import write_atomically
 from .errors import TrainingError
 
 PROGRESS_FILE = "progress.json"
-MANIFEST_FILE = "manifest.json"
 SCALERS_FILE = "scalers.json"
 STATE_DIR = "state"
-MANIFEST_FORMAT = "dynast-checkpoint-manifest/1"
 # Files a checkpoint cannot resume without (Accelerate's names for two models, two optimizers).
 REQUIRED_FILES = (
     PROGRESS_FILE,
@@ -65,7 +69,6 @@ REQUIRED_FILES = (
 # warning, not the checkpoint.
 _RANDOM_STATE = re.compile(rf"^{STATE_DIR}/random_states_\d+\.pkl$")
 _LEFTOVER_SUFFIXES = (".tmp", ".old", ".deleting")
-_HASH_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -195,59 +198,11 @@ def write_progress(folder: Path, progress: Progress) -> None:
 # ----------------------------------------------------------------------------- manifest
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_HASH_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def write_manifest(folder: Path) -> dict[str, dict[str, object]]:
-    """Record the size and SHA-256 of every file under `folder` (read back from disk) in
-    `manifest.json`, written last: a checkpoint without it was never finished."""
-    files = {}
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        rel = path.relative_to(folder).as_posix()
-        if rel != MANIFEST_FILE:
-            files[rel] = {"size": path.stat().st_size, "sha256": _sha256(path)}
-    write_json_atomic(folder / MANIFEST_FILE, {"format": MANIFEST_FORMAT, "files": files})
-    return files
-
-
 def _read_manifest(folder: Path) -> dict[str, dict[str, object]]:
-    path = folder / MANIFEST_FILE
-    if not path.is_file():
-        raise DamagedCheckpointError(f"{path} is missing (it is written last)")
     try:
-        data = json.loads(path.read_text())
-        files = data["files"]
-        if data.get("format") != MANIFEST_FORMAT or not isinstance(files, dict):
-            raise ValueError(f"format {data.get('format')!r}, expected {MANIFEST_FORMAT!r}")
-        for entry in files.values():
-            if not (isinstance(entry["size"], int) and isinstance(entry["sha256"], str)):
-                raise ValueError("an entry without an integer size and a sha256")
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
-        raise DamagedCheckpointError(f"{path}: not a readable manifest ({e})") from None
-    return files
-
-
-def _file_problem(path: Path, entry: dict[str, object]) -> str | None:
-    """Why `path` does not match its manifest entry, or None."""
-    if not path.is_file():
-        return "missing"
-    size = path.stat().st_size
-    if size != entry["size"]:
-        return f"{size} bytes, {entry['size']} when written"
-    if _sha256(path) != entry["sha256"]:
-        return "contents differ from when it was written (SHA-256)"
-    if path.suffix == ".safetensors":
-        try:
-            with safe_open(str(path), framework="pt"):
-                pass
-        except (SafetensorError, OSError) as e:
-            return f"unreadable safetensors header ({e})"
-    return None
+        return read_manifest(folder)
+    except ManifestError as e:
+        raise DamagedCheckpointError(str(e)) from None
 
 
 @dataclass(frozen=True)
@@ -282,7 +237,7 @@ def verify(folder: Path) -> Verified:
         raise DamagedCheckpointError(f"{folder / MANIFEST_FILE} does not list {absent}")
     warnings = []
     for rel, entry in files.items():
-        problem = _file_problem(folder / rel, entry)
+        problem = file_problem(folder / rel, entry)
         if problem is None:
             continue
         if _RANDOM_STATE.match(rel):
@@ -293,16 +248,6 @@ def verify(folder: Path) -> Verified:
         else:
             raise DamagedCheckpointError(f"{folder / rel}: {problem}")
     return Verified(progress.step, folder, progress, tuple(warnings))
-
-
-def _aside(folder: Path, suffix: str) -> Path:
-    """`folder` renamed with `suffix` (numbered if that name is taken); returns the new path."""
-    target, n = folder.with_name(folder.name + suffix), 1
-    while target.exists():
-        n += 1
-        target = folder.with_name(f"{folder.name}{suffix}-{n}")
-    os.replace(folder, target)
-    return target
 
 
 def select_resume(run_dir: Path, say: Callable[[str], None]) -> Verified | None:
@@ -328,7 +273,7 @@ def select_resume(run_dir: Path, say: Callable[[str], None]) -> Verified | None:
             )
         return None
     for folder, why in damaged:
-        kept = _aside(folder, ".damaged")
+        kept = set_aside(folder, ".damaged")
         say(f"skipped damaged checkpoint {folder.name} ({why}); kept as {kept.name}")
     return chosen
 
@@ -431,15 +376,7 @@ def publish(staging: Path) -> Path:
     if not staging.name.endswith(".tmp") or not (staging / PROGRESS_FILE).is_file():
         raise TrainingError(f"{staging}: not a complete checkpoint staging folder")
     final = staging.with_name(staging.name[: -len(".tmp")])
-    old = final.with_name(final.name + ".old")
-    if final.exists():
-        if old.exists():
-            shutil.rmtree(old)
-        os.replace(final, old)
-    os.replace(staging, final)
-    if old.exists():
-        shutil.rmtree(old)
-    return final
+    return swap_in(staging, final, final.with_name(final.name + ".old"))
 
 
 def rotate(run_dir: Path, limit: int) -> list[Path]:

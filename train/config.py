@@ -126,8 +126,10 @@ class TrainConfig:
             "sample_rows",
         ):
             check_number(f"{owner}.{name}", getattr(self, name), integer=True, low=1)
-        for name in ("decay_steps", "num_workers", "seed", "max_epochs", "decay_epochs"):
+        for name in ("decay_steps", "num_workers", "max_epochs", "decay_epochs"):
             check_number(f"{owner}.{name}", getattr(self, name), integer=True, low=0)
+        # The seeds of numpy and Accelerate's set_seed are 32-bit.
+        check_number(f"{owner}.seed", self.seed, integer=True, low=0, high=2**32 - 1)
         for name in ("lr", "g_lr_ratio", "d_lr_ratio", "g_adam_eps", "d_adam_eps"):
             check_number(f"{owner}.{name}", getattr(self, name), strict=True)
         for name in ("adam_beta1", "adam_beta2"):

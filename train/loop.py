@@ -33,6 +33,7 @@ from dynast.data.config import REAL_KINDS
 from dynast.discriminator import MultiscaleDiscriminator, check_image_size
 from dynast.generator import Generator
 from dynast.io import save_pretrained
+from dynast.manifest import write_manifest
 from dynast.run_layout import (
     FINAL_DIR,
     GENERATOR_DIR,
@@ -46,6 +47,7 @@ from dynast.vgg import VGG19Features, resolve_vgg_weights
 from . import checkpoints as ckpt
 from .config import RESUMABLE_CHANGES, RunConfig
 from .data_order import DataPosition, micro_batches
+from .disk import device_of, disk_full
 from .errors import TrainingError, clean_message
 from .init_from import initialise_from
 from .losses import (
@@ -53,7 +55,13 @@ from .losses import (
 )
 from .metrics_log import MetricsLog, read_metrics
 from .precision import PrecisionChoice, choose_precision, cpu_bf16
-from .run_folder import check_output_paths, lock_run_folder, recover_final, write_final
+from .run_folder import (
+    check_output_paths,
+    check_run_folder,
+    lock_run_folder,
+    recover_final,
+    write_final,
+)
 from .samples import sample_grid, save_png
 from .steps import (
     LossSums,
@@ -63,6 +71,7 @@ from .steps import (
     global_weights,
 )
 from .sync_batch_norm import count_batch_norms, synchronise_batch_norm
+from .threads import follow_free_cores
 
 EVAL_KEYS = ("eval/correspondence_accuracy", "eval/l1", "eval/warp_l1")
 
@@ -97,12 +106,13 @@ def _prepare_run_dir(run_dir: Path) -> None:
 
 
 def _check_resumable(cfg: RunConfig, run_dir: Path) -> None:
-    """Refuse to continue a run whose saved config differs in anything but run length/logging."""
+    """Refuse to continue, or to start again over the `final/` of, a run whose saved config
+    differs in anything but run length/logging."""
     path = run_dir / RUN_CONFIG_FILE
     if not path.is_file():
         raise TrainingError(
-            f"{run_dir}: holds checkpoints but no {RUN_CONFIG_FILE}; cannot tell what run it is "
-            "(use another --output-dir)"
+            f"{run_dir}: holds checkpoints or {FINAL_DIR}/ but no {RUN_CONFIG_FILE}; cannot tell "
+            "what run it is (use another --output-dir)"
         )
     try:
         saved = RunConfig.from_dict(json.loads(path.read_text()), where=str(path))
@@ -124,18 +134,32 @@ def _check_resumable(cfg: RunConfig, run_dir: Path) -> None:
 _WRITE_ERRORS = (OSError, SafetensorError, RuntimeError)
 
 
+def _kept(run_dir: Path) -> str:
+    """What of the run a failed write leaves in place, for its error message."""
+    latest = ckpt.latest_checkpoint(run_dir)
+    kept = [f"{latest[1].name} (step {latest[0]})" if latest else "no checkpoint yet"]
+    if (run_dir / FINAL_DIR).is_dir():
+        kept.append(f"{FINAL_DIR}/")
+    return " and ".join(kept)
+
+
 @contextlib.contextmanager
-def _writing(what: Path, errors: tuple[type[BaseException], ...] = (OSError,)):
-    """Turn a failed write of `what` into one TrainingError naming the file; what was written
-    before (the last good checkpoint, the old final/) stays in place."""
+def _writing(run_dir: Path, what: Path, errors: tuple[type[BaseException], ...] = (OSError,)):
+    """Turn a failed write of `what` into one TrainingError naming the file (or the full device)
+    and what was kept: the last good checkpoint and the old final/ stay in place."""
     try:
         yield
     except errors as e:
         where = getattr(e, "filename", None) or what
-        detail = getattr(e, "strerror", None) or str(e).splitlines()[0]
+        detail = getattr(e, "strerror", None) or (str(e).strip().splitlines() or [repr(e)])[0]
+        if disk_full(Path(where), e):
+            cause = f"no space left on {device_of(Path(where))} while writing {where} ({detail})"
+            fix = "free some space"
+        else:
+            cause, fix = f"{where}: write failed ({detail})", "fix that"
         raise TrainingError(
-            f"{where}: write failed ({detail}); the last complete checkpoint and final/ are "
-            "unchanged: fix that and run the same command again to resume"
+            f"{cause}; kept unchanged: {_kept(run_dir)}. {fix.capitalize()} and run the same "
+            "command again to resume (what was half-written is removed then)"
         ) from None
 
 
@@ -304,6 +328,7 @@ def _open_run_folder(s: _Session) -> tuple[IO[str] | None, ckpt.Verified | None]
     run_dir, tc = s.run_dir, s.cfg.train
     lock = None
     if s.main:
+        check_run_folder(run_dir)
         _prepare_run_dir(run_dir)
         lock = lock_run_folder(run_dir)
         check_output_paths(run_dir)
@@ -313,7 +338,10 @@ def _open_run_folder(s: _Session) -> tuple[IO[str] | None, ckpt.Verified | None]
             s.say(line)
     s.accelerator.wait_for_everyone()
     resume = None
-    if ckpt.complete_checkpoints(run_dir):
+    finished = (run_dir / FINAL_DIR).is_dir()
+    if ckpt.complete_checkpoints(run_dir) or finished:
+        # final/ without checkpoints (deleted to save space) is a finished run as well: another
+        # config must not train from step 0 over it and replace its weights and metrics.
         _check_resumable(s.cfg, run_dir)
     if s.main:
         resume = ckpt.select_resume(run_dir, s.say)
@@ -321,6 +349,11 @@ def _open_run_folder(s: _Session) -> tuple[IO[str] | None, ckpt.Verified | None]
     if not s.main:
         # The main process has renamed the damaged ones: this finds the same checkpoint.
         resume = ckpt.select_resume(run_dir, s.say)
+    if resume is None and finished:
+        s.say(
+            f"{run_dir / FINAL_DIR} is there but no checkpoint: training the same config again "
+            "from step 0; final/ is replaced when this run finishes"
+        )
     if resume is not None:
         # With max_epochs the length is known only from the dataset; max_steps is unused then.
         if not tc.max_epochs and tc.max_steps < resume.step:
@@ -429,7 +462,7 @@ def _evaluate_and_sample(
         metrics, tensors = evaluate(g_inner, eval_batches, s.autocast)
         rows = slice(0, s.cfg.train.sample_rows)
         grid = sample_grid(*(t[rows] for t in tensors.values()))
-        with _writing(s.run_dir / SAMPLES_DIR):
+        with _writing(s.run_dir, s.run_dir / SAMPLES_DIR):
             save_png(grid, s.run_dir / SAMPLES_DIR / sample_name(step))
             log.log(step, metrics)
     s.accelerator.wait_for_everyone()
@@ -447,7 +480,7 @@ def _save_checkpoint(
     it and rotate the old ones. Every process must call."""
     accelerator = s.accelerator
     staging = ckpt.staging_dir(s.run_dir, progress.step)
-    with _writing(staging, _WRITE_ERRORS):
+    with _writing(s.run_dir, staging, _WRITE_ERRORS):
         if s.main:
             if staging.exists():
                 shutil.rmtree(staging)
@@ -460,7 +493,7 @@ def _save_checkpoint(
             if s.fp16:
                 ckpt.save_scalers(staging, scalers)
             ckpt.write_progress(staging, progress)
-            ckpt.write_manifest(staging)  # last: it vouches for every file above
+            write_manifest(staging)  # last: it vouches for every file above
             ckpt.publish(staging)
             ckpt.rotate(s.run_dir, s.cfg.train.checkpoint_limit)
     accelerator.wait_for_everyone()
@@ -539,8 +572,10 @@ def train(cfg: RunConfig, precision: PrecisionChoice | None = None) -> TrainResu
     max_steps, _ = tc.schedule(steps_per_epoch)
     if tc.max_epochs:
         s.say(f"{tc.max_epochs} epochs of {steps_per_epoch} steps: {max_steps} steps")
-    with _writing(run_dir / METRICS_FILE):
-        log = MetricsLog(run_dir, keep_through=step if resume is not None else -1, enabled=s.main)
+    with _writing(run_dir, run_dir / METRICS_FILE):
+        log = MetricsLog(
+            run_dir, keep_through=step if resume is not None else -1, enabled=s.main, say=s.say
+        )
 
     # Evaluation before training (a resumed run reads its own from the log). final/ (the weights
     # of the last finished run) stays until the new one replaces it.
@@ -574,6 +609,9 @@ def train(cfg: RunConfig, precision: PrecisionChoice | None = None) -> TrainResu
             g_total, fakes = generator_step(parts, micro, sample_weights, sums)
             d_total = discriminator_step(parts, micro, fakes, sample_weights, sums)
             step += 1
+            changed = follow_free_cores()
+            if changed is not None:
+                s.say(f"CPU threads: {changed[0]} ({changed[1]:.1f} cores free for this run)")
             # Index range checks the kernels deferred on the GPU (none for the builders' own
             # candidate lists): read once per step, one synchronisation at most.
             kernels.check_index_errors()
@@ -592,7 +630,7 @@ def train(cfg: RunConfig, precision: PrecisionChoice | None = None) -> TrainResu
                 scalars["lr/generator"] = parts.opt_g.param_groups[0]["lr"]
                 scalars["time/train_s"] = elapsed
                 if s.main:
-                    with _writing(run_dir / METRICS_FILE):
+                    with _writing(run_dir, run_dir / METRICS_FILE):
                         log.log(step, scalars)
             if step % tc.sample_every == 0 or step == max_steps:
                 end_metrics = _evaluate_and_sample(s, g_inner, eval_batches, log, step)
@@ -611,7 +649,7 @@ def train(cfg: RunConfig, precision: PrecisionChoice | None = None) -> TrainResu
         done = ckpt.Progress(step, position.epoch, position.batch, s.world, tc.batch_size, elapsed)
         _save_checkpoint(s, g_inner, scalers, done)
     if s.main:
-        with _writing(run_dir / FINAL_DIR, _WRITE_ERRORS):
+        with _writing(run_dir, run_dir / FINAL_DIR, _WRITE_ERRORS):
             write_final(run_dir, lambda folder: save_pretrained(g_inner, folder))
     accelerator.wait_for_everyone()
     log.close()

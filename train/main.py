@@ -29,7 +29,7 @@ import torch
 from dynast.config import DEFAULT_PRESET
 from dynast.discriminator import check_image_size
 from train.config import PRESET_NAMES, RunConfig, run_preset
-from train.overrides import apply_overrides, field_names
+from train.overrides import apply_overrides, field_names, refuse_repeats
 from train.precision import LAUNCHER_VARIABLE, PrecisionChoice, choose_precision, cpu_bf16
 
 # Named flags and the field each one sets.
@@ -117,10 +117,13 @@ def resolve_run(argv: Sequence[str] | None = None) -> ResolvedRun:
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
     pairs = parse_overrides(rest)
+    settings = [(f"--{dotted}", dotted) for dotted, _ in pairs]
     for flag, dotted in NAMED_FLAGS.items():
         value = getattr(args, flag)
         if value is not None:
             pairs.append((dotted, value))
+            settings.insert(0, (f"--{flag.replace('_', '-')}", dotted))
+    refuse_repeats(settings)
     named = {dotted for dotted, _ in pairs}
     if args.no_vgg:
         clash = sorted(named & {dotted for dotted, _ in NO_VGG})

@@ -1,17 +1,38 @@
 """Scalars of a run: `<run>/metrics.jsonl` (one JSON object per logged step) and TensorBoard.
 
 Only the main process writes. A resumed run first drops the records after the step it resumes
-from (they describe training that the checkpoint does not contain) so the JSONL reads as one run.
+from (they describe training that the checkpoint does not contain) so the JSONL reads as one run,
+and any line that is not a JSON object (a torn write, an edit by hand), with a warning naming it.
 """
 
 from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 
 from dynast.run_layout import METRICS_FILE, TENSORBOARD_DIR
 from kernels.files import write_atomically
+
+
+def _parse(lines: list[str]) -> tuple[list[dict], list[int]]:
+    """(records, numbers of the lines that are not JSON objects with an integer step, if any) of
+    the lines of a metrics log."""
+    records, garbled = [], []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            record = None
+        step = record.get("step", -1) if isinstance(record, dict) else None
+        if isinstance(step, int) and not isinstance(step, bool):
+            records.append(record)
+        else:
+            garbled.append(number)
+    return records, garbled
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
@@ -19,18 +40,12 @@ def read_metrics(run_dir: Path) -> list[dict]:
     path = Path(run_dir) / METRICS_FILE
     if not path.is_file():
         return []
-    lines = path.read_text().splitlines()
-    records = []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            # A run killed mid-write leaves at most one torn last line; skip it, keep the rest.
-            if number == len(lines):
-                continue
-            raise ValueError(f"{path}:{number}: not a JSON object") from None
+    lines = path.read_text(errors="replace").splitlines()
+    records, garbled = _parse(lines)
+    # A run killed mid-write leaves at most one torn last line; skip it, keep the rest.
+    wrong = [number for number in garbled if number != len(lines)]
+    if wrong:
+        raise ValueError(f"{path}:{wrong[0]}: not a JSON object")
     return records
 
 
@@ -41,15 +56,31 @@ def _finite(value: float) -> float | None:
 
 class MetricsLog:
     """Append-only scalar log. `keep_through`: records with a larger step are dropped at start
-    (-1 for a fresh run: drop everything)."""
+    (-1 for a fresh run: drop everything); lines that are not JSON objects are dropped too, each
+    reported to `say`."""
 
-    def __init__(self, run_dir: Path, *, keep_through: int, enabled: bool = True) -> None:
+    def __init__(
+        self,
+        run_dir: Path,
+        *,
+        keep_through: int,
+        enabled: bool = True,
+        say: Callable[[str], None] = print,
+    ) -> None:
         self.enabled = enabled
         self.path = Path(run_dir) / METRICS_FILE
         self.writer = None
         if not enabled:
             return
-        kept = [r for r in read_metrics(run_dir) if r.get("step", -1) <= keep_through]
+        lines = self.path.read_text(errors="replace").splitlines() if self.path.is_file() else []
+        records, garbled = _parse(lines)
+        for number in garbled:
+            if keep_through >= 0 and number != len(lines):  # a torn last line is expected
+                say(
+                    f"warning: {self.path}:{number}: not a JSON object, dropped "
+                    f"({lines[number - 1][:60]!r})"
+                )
+        kept = [r for r in records if r.get("step", -1) <= keep_through]
         text = "".join(json.dumps(record) + "\n" for record in kept)
         write_atomically(self.path, lambda tmp: tmp.write_text(text))
         # Imported here: only the main process needs TensorBoard.

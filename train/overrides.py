@@ -216,6 +216,17 @@ def _rebuild(cfg: T, changes: dict[str, Any], prefix: str) -> T:
         raise ValueError(f"{where}: {e}") from e
 
 
+def refuse_repeats(settings: list[tuple[str, str]]) -> None:
+    """ValueError naming both flags when two different flags of `settings` ((flag, dotted field it
+    sets), in command-line order) set the same field: which one wins would be a silent guess. The
+    same flag repeated keeps argparse's rule: the last one wins."""
+    seen: dict[str, str] = {}
+    for flag, dotted in settings:
+        first = seen.setdefault(dotted, flag)
+        if first != flag:
+            raise ValueError(f"{first} and {flag} both set {dotted}; give one of them")
+
+
 def apply_overrides(cfg: T, pairs: list[tuple[str, str]]) -> T:
     """A copy of `cfg` with each dotted field (`"model.ngf"`) set from its string value. Each
     dataclass is rebuilt once with all its changes, so its `__post_init__` validation sees them

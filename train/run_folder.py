@@ -1,9 +1,14 @@
-"""The run folder as a whole: one writer at a time, every output path checked before the run
-starts, and `final/` replaced only by a complete new one.
+"""The run folder as a whole: one writer at a time, nothing but a run written into, every output
+path checked before the run starts, and `final/` replaced only by a complete new one.
 
+- `check_run_folder` refuses, before anything is written, an `--output-dir` whose name is not
+  UTF-8 (TensorBoard cannot write there) or that holds anything a run does not write (a
+  `save_pretrained` folder, someone's files): a run would replace its `config.json`.
 - `lock_run_folder` takes an exclusive `fcntl.flock` on `<run>/run.lock` for the whole run; the
   kernel drops it when the process ends however it ends, so a crashed run never leaves a stale
-  lock. The file holds the holder's pid for the error a second run prints.
+  lock. A forked child (a DataLoader worker) would share the lock and keep it for the seconds it
+  outlives a killed trainer, so every child closes its copy as it starts. The file holds the
+  holder's pid for the error a second run prints.
 - `check_output_paths` proves, before any model is built, that every file and folder the run will
   write can be written, so a read-only `checkpoints/` or a file called `samples` is one error at
   start instead of a traceback hours later.
@@ -13,17 +18,52 @@ starts, and `final/` replaced only by a complete new one.
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import os
-import shutil
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
-from dynast.run_layout import FINAL_DIR, LOCK_FILE, OUTPUT_DIRS, OUTPUT_FILES
+from dynast.output_folder import recover_swap, write_folder
+from dynast.run_layout import FINAL_DIR, LOCK_FILE, OUTPUT_DIRS, OUTPUT_FILES, foreign_entries
 
 from .errors import TrainingError
+
+
+def check_run_folder(run_dir: Path) -> None:
+    """TrainingError naming `--output-dir` when the folder must not hold a run (see above)."""
+    try:
+        str(run_dir).encode("utf-8")
+    except UnicodeEncodeError:
+        raise TrainingError(
+            f"--output-dir {str(run_dir)!r}: the name is not valid UTF-8, which TensorBoard's "
+            "writer needs; rename the folder"
+        ) from None
+    if run_dir.is_dir():
+        foreign = foreign_entries(run_dir)
+        if foreign:
+            raise TrainingError(
+                f"--output-dir {run_dir} holds {', '.join(foreign[:5])}"
+                f"{' ...' if len(foreign) > 5 else ''}, which no training run writes: it is not a "
+                "run folder, and a run would replace its config.json; use another --output-dir"
+            )
+    elif run_dir.exists():
+        raise TrainingError(f"--output-dir {run_dir} is a file; give a folder")
+
+
+# The run locks this process holds: a forked child closes its copies as it starts.
+_HELD_LOCKS: weakref.WeakSet[IO[str]] = weakref.WeakSet()
+
+
+def _close_locks_in_child() -> None:
+    for handle in list(_HELD_LOCKS):
+        if not handle.closed:
+            # Closing a copy of the descriptor does not unlock (LOCK_UN would, for everyone).
+            handle.close()
+
+
+os.register_at_fork(after_in_child=_close_locks_in_child)
 
 
 def lock_run_folder(run_dir: Path) -> IO[str]:
@@ -50,6 +90,7 @@ def lock_run_folder(run_dir: Path) -> IO[str]:
     handle.truncate()
     handle.write(f"{os.getpid()}\n")
     handle.flush()
+    _HELD_LOCKS.add(handle)
     return handle
 
 
@@ -90,37 +131,20 @@ def check_output_paths(run_dir: Path) -> None:
             raise TrainingError(f"{path} is not writable; the run writes it")
 
 
+def _final_paths(run_dir: Path) -> tuple[Path, Path, Path]:
+    return tuple(run_dir / n for n in (FINAL_DIR, FINAL_DIR + ".tmp", FINAL_DIR + ".old"))
+
+
 def recover_final(run_dir: Path) -> list[str]:
     """Undo what a swap of `final/` interrupted by a crash left: a half-written `final.tmp/` is
     deleted; a `final.old/` is put back when `final/` is missing, else deleted. Returns what was
     done, one line each."""
-    final, tmp, old = (run_dir / n for n in (FINAL_DIR, FINAL_DIR + ".tmp", FINAL_DIR + ".old"))
-    done = []
-    if tmp.exists():
-        shutil.rmtree(tmp)
-        done.append(f"removed incomplete {tmp}")
-    if old.exists():
-        if final.exists():
-            shutil.rmtree(old)
-            done.append(f"removed {old} left by an interrupted swap")
-        else:
-            os.replace(old, final)
-            done.append(f"restored {final} from {old}")
-    return done
+    final, tmp, old = _final_paths(run_dir)
+    return recover_swap(final, tmp, old)
 
 
 def write_final(run_dir: Path, write: Callable[[Path], None]) -> Path:
     """`write(folder)` into `final.tmp/`, then swap it with `final/`; the old `final/` is deleted
     only once the new one is in place."""
-    final, tmp, old = (run_dir / n for n in (FINAL_DIR, FINAL_DIR + ".tmp", FINAL_DIR + ".old"))
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    write(tmp)
-    if final.exists():
-        if old.exists():
-            shutil.rmtree(old)
-        os.replace(final, old)
-    os.replace(tmp, final)
-    with contextlib.suppress(FileNotFoundError):
-        shutil.rmtree(old)
-    return final
+    final, tmp, old = _final_paths(run_dir)
+    return write_folder(final, write, staging=tmp, old=old)

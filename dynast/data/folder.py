@@ -1,6 +1,7 @@
 """The plain folder format (docs/method.md section 6, ours): how users bring their own data.
 
-    root/images/<name>.png|.jpg|.jpeg   RGB photos (any mode PIL reads; converted to RGB)
+    root/images/<name>.png|.jpg|.jpeg   RGB photos (any mode PIL reads; converted to RGB; 16-bit
+                                        grey scaled from 0..65535, 32-bit and float refused)
     root/labels/<name>.png              class-index maps: 8-bit grey ("L"), palette ("P", the
                                         index is the class) or 16-bit grey; values < num_classes
     root/pairs_train.csv                header `target,exemplar`, then one pair of names a line
@@ -46,6 +47,8 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 LABEL_SUFFIX = ".png"
 PAIRS_HEADER = ["target", "exemplar"]
 LABEL_MODES = ("L", "P", "I;16", "I;16B", "I;16L", "I", "1")
+# 16-bit grey photos: PIL's RGB conversion would clip them at 255 (all white), so they are scaled.
+SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N")
 
 
 def pairs_file(root: Path, split: str) -> Path:
@@ -170,10 +173,29 @@ def _check_label_mode(path: Path, mode: str) -> None:
         )
 
 
+def _sixteen_bit(image: Image.Image) -> bool:
+    # Pillow opens a 16-bit grey PNG as "I;16", older versions as "I" (PNG has no 32-bit grey).
+    return image.mode in SIXTEEN_BIT_MODES or (image.mode == "I" and image.format == "PNG")
+
+
 def read_image(path: Path, size: int) -> np.ndarray:
-    """[size, size, 3] float32 in [-1, 1] (bilinear resize when the file has another size)."""
+    """[size, size, 3] float32 in [-1, 1] (bilinear resize when the file has another size). A
+    16-bit grey image is scaled from 0..65535 (and resized in float), never clipped; 32-bit and
+    float images, whose range is unknown, are refused."""
     with _open_checked(path) as image:
+        if image.mode in ("I", "F") and not _sixteen_bit(image):
+            raise ValueError(
+                f"{path}: {image.mode!r} images (32-bit integer or float pixels) have no known "
+                "range; save it as 8- or 16-bit"
+            )
         try:
+            if _sixteen_bit(image):
+                grey = np.asarray(image, dtype=np.float32) / 65535.0
+                plane = Image.fromarray(grey)  # float32: mode "F"
+                if plane.size != (size, size):
+                    plane = plane.resize((size, size), Image.Resampling.BILINEAR)
+                unit = np.repeat(np.asarray(plane, dtype=np.float32)[..., None], 3, axis=2)
+                return unit * 2.0 - 1.0
             rgb = image.convert("RGB")
             if rgb.size != (size, size):
                 rgb = rgb.resize((size, size), Image.Resampling.BILINEAR)

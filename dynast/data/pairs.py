@@ -18,13 +18,16 @@ Writes into --out (default: the root), atomically:
     pairs_train.csv, pairs_test.csv           `target,exemplar` with each target's best match:
                                               the folder format's pair lists, ready to train
     exemplars_train.csv, exemplars_test.csv   `target,exemplar_1,...,exemplar_k`, best first
-Lists already there are renamed to `<name>.previous` (--force: replaced without a copy).
+Lists already there are renamed to `<name>.previous`, or `<name>.previous-2`, `-3`, ... when that
+name is taken, so a hand-made list set aside by a first run is never replaced by a later run's
+backup; a list written again unchanged keeps no copy (--force: replaced without a copy).
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import filecmp
 import sys
 import time
 from collections.abc import Sequence
@@ -37,6 +40,7 @@ from PIL import Image
 from torch import Tensor
 from tqdm import tqdm
 
+from ..output_folder import set_aside
 from .folder import (
     IMAGE_DIR,
     IMAGE_SUFFIXES,
@@ -240,15 +244,16 @@ def make_pairs(
         )
     features = features_in_chunks(labels, num_classes, options)
     lists = build_lists(names, features, options, progress)
-    if not force:
-        # Lists already there (the synthetic export's, or hand-made ones) are kept beside the
-        # new ones rather than lost.
-        for path in outputs:
-            if path.exists():
-                path.replace(path.with_name(path.name + ".previous"))
+    # Lists already there (the synthetic export's, or hand-made ones) are kept beside the new
+    # ones rather than lost.
+    existing = [] if force else [path for path in outputs if path.exists()]
+    kept = {path: set_aside(path, ".previous") for path in existing}
     for split, rows in lists.items():
         write_pairs(out / f"pairs_{split}.csv", [(t, found[0]) for t, found in rows])
         write_exemplars(out / f"exemplars_{split}.csv", rows, options.k)
+    for path, backup in kept.items():
+        if path.is_file() and filecmp.cmp(path, backup, shallow=False):
+            backup.unlink()  # written again unchanged: the copy would only pile up
     return {split: len(rows) for split, rows in lists.items()}
 
 

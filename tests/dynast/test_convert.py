@@ -36,7 +36,8 @@ from dynast.convert import (
 )
 from dynast.discriminator import MultiscaleDiscriminator
 from dynast.generator import Generator
-from dynast.io import load_generator
+from dynast.io import load_generator, verify_pretrained
+from dynast.manifest import read_manifest
 
 FIXTURE = Path(__file__).parent / "fixtures" / "release_deepfashion256_keys.json"
 PRESET = "deepfashion-256"
@@ -186,10 +187,19 @@ def test_release_folder_picks_both_files(tmp_path, release_files, capsys):
     assert (out / "model.safetensors").is_file() and (out / DISCRIMINATOR_WEIGHTS).is_file()
     printed = capsys.readouterr().out
     assert "fuse.2" in printed and "embed_q1" in printed
-    # Converting a generator alone into the same folder drops the earlier discriminator.
+    # The folder is not empty: refused, unchanged, unless --force.
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
     args = ["release", "--generator", str(release_files / GENERATOR_FILE), "--preset", PRESET]
-    assert main([*args, "--out", str(out)]) == 0
+    assert main([*args, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--out" in err[0] and "--force" in err[0]
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    # With --force the folder is replaced whole: the earlier discriminator goes with it.
+    assert main([*args, "--out", str(out), "--force"]) == 0
     assert not (out / DISCRIMINATOR_WEIGHTS).exists()
+    assert sorted(p.name for p in out.parent.iterdir()) == ["out"]  # no staging left beside
+    verify_pretrained(out)  # its manifest lists every file the conversion wrote
+    assert sorted(read_manifest(out)) == ["config.json", "converted_from.json", "model.safetensors"]
 
 
 def test_old_spectral_norm_state_gives_the_same_conv_in_eval():
@@ -285,3 +295,27 @@ def test_missing_files_and_folders_name_the_argument(tmp_path, capsys):
     assert "--generator" in capsys.readouterr().err
     assert main(["release", "--generator", str(tmp_path), *args]) == 2
     assert GENERATOR_FILE in capsys.readouterr().err
+
+
+def test_never_into_a_run_folder_and_bad_files_are_one_error_line(tmp_path, capsys):
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps({"model": {}, "data": {}, "train": {}}))
+    good = tmp_path / GENERATOR_FILE
+    torch.save({"pos_embed": torch.zeros(2)}, good)
+    args = ["release", "--preset", PRESET]
+    assert main([*args, "--generator", str(good), "--out", str(run), "--force"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "training run folder" in err[0], err
+    assert json.loads((run / "config.json").read_text()) == {"model": {}, "data": {}, "train": {}}
+    text = tmp_path / "notes.pth"
+    text.write_text("not a checkpoint\n")
+    truncated = tmp_path / "truncated.pth"
+    torch.save({"pos_embed": torch.zeros(100_000)}, truncated)
+    truncated.write_bytes(truncated.read_bytes()[:5000])
+    for path in (text, truncated):
+        assert main([*args, "--generator", str(path), "--out", str(tmp_path / "o")]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("dynast-convert: error: --generator"), err
+        assert str(path) in err[0]
+    assert not (tmp_path / "o").exists()

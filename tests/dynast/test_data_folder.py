@@ -92,6 +92,19 @@ def test_palette_and_16_bit_labels_are_read(folder: Path) -> None:
     assert torch.equal(build_dataset(_config(folder), "test")[0]["label"], want)
 
 
+def test_16_bit_photos_are_scaled_not_clipped(folder: Path) -> None:
+    """A 16-bit grey photo (PIL mode I;16) reads as the same picture as its 8-bit version:
+    scaled from 0..65535, where PIL's RGB conversion would clip it to white."""
+    path = folder / "images" / "test_000000_target.png"
+    grey = np.asarray(Image.open(path).convert("L"))
+    Image.fromarray(grey.astype(np.uint16) * 257).save(path)  # g * 257 / 65535 == g / 255
+    assert Image.open(path).mode == "I;16"
+    target = build_dataset(_config(folder), "test")[0]["target"]
+    expected = torch.from_numpy(grey.astype(np.float32) * (2.0 / 255.0) - 1.0)
+    assert target.shape == (3, SIZE, SIZE)
+    assert (target - expected).abs().max() <= 1e-6
+
+
 def test_missing_target_image_means_no_ground_truth(folder: Path) -> None:
     (folder / "images" / "test_000002_target.png").unlink()
     sample = build_dataset(_config(folder), "test")[2]

@@ -107,3 +107,21 @@ def test_similarity_is_histogram_plus_layout_cosine():
     with pytest.raises(ValueError, match="--k must be a positive integer"):
         PairsOptions(k=0)
     assert torch.isfinite(f).all()
+
+
+def test_a_hand_made_list_survives_runs_again(exported, tmp_path):
+    """Numbered backups: a second run never replaces the first run's backup of the user's list,
+    and a list written again unchanged keeps no copy."""
+    root = tmp_path / "data"
+    shutil.copytree(exported, root)
+    hand_made = "target,exemplar\ntrain_000001_target,train_000002_target\n"
+    (root / "pairs_train.csv").write_text(hand_made)
+    args = ["--root", str(root), "--k", "2", "--no-progress"]
+    assert main(args) == 0
+    first = (root / "pairs_train.csv").read_text()
+    assert main(args) == 0  # the same lists again
+    assert (root / "pairs_train.csv.previous").read_text() == hand_made
+    assert not (root / "pairs_train.csv.previous-2").exists()
+    assert main([*args, "--seed", "5"]) == 0  # another split
+    assert (root / "pairs_train.csv.previous").read_text() == hand_made
+    assert (root / "pairs_train.csv.previous-2").read_text() == first

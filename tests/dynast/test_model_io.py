@@ -22,6 +22,7 @@ from dynast.io import (
     read_config,
     save_pretrained,
 )
+from dynast.manifest import MANIFEST_FILE
 
 TINY = DynaSTConfig(name="tiny", image_size=32, ngf=4, num_scales=3, pos_unit=2, prune_unit=2)
 
@@ -49,7 +50,7 @@ def trained(tmp_path):
 
 def test_round_trip_is_bit_exact(trained):
     g, directory = trained
-    assert sorted(p.name for p in directory.iterdir()) == [CONFIG_FILE, WEIGHTS_FILE]
+    assert sorted(p.name for p in directory.iterdir()) == [CONFIG_FILE, MANIFEST_FILE, WEIGHTS_FILE]
     loaded = from_pretrained(directory)
     assert loaded.config == TINY and not loaded.training
     expected = g.state_dict()
@@ -69,7 +70,7 @@ def test_saving_again_replaces_the_files(trained):
     with torch.no_grad():
         g.to_rgb.bias.add_(1.0)
     save_pretrained(g, directory)
-    assert sorted(p.name for p in directory.iterdir()) == [CONFIG_FILE, WEIGHTS_FILE]
+    assert sorted(p.name for p in directory.iterdir()) == [CONFIG_FILE, MANIFEST_FILE, WEIGHTS_FILE]
     assert torch.equal(from_pretrained(directory).to_rgb.bias, g.to_rgb.bias)
 
 
@@ -165,3 +166,30 @@ def test_load_generator_finds_the_weights_of_runs_and_checkpoints(tmp_path):
         load_generator(tmp_path)
     with pytest.raises(FileNotFoundError, match="is not a folder"):
         load_generator(tmp_path / "missing")
+
+
+def flip_middle(path):
+    """Invert 64 bytes in the middle of a safetensors file, its header left intact."""
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    assert middle > 8 + int.from_bytes(data[:8], "little"), "the middle is in the header"
+    data[middle : middle + 64] = bytes(255 - b for b in data[middle : middle + 64])
+    path.write_bytes(bytes(data))
+
+
+def test_a_damaged_pretrained_folder_is_refused_naming_the_file(trained):
+    from dynast.io import DamagedWeightsError
+    from dynast.manifest import read_manifest
+
+    _, directory = trained
+    assert sorted(read_manifest(directory)) == [CONFIG_FILE, WEIGHTS_FILE]
+    weights = directory / WEIGHTS_FILE
+    intact = weights.read_bytes()
+    flip_middle(weights)
+    with pytest.raises(DamagedWeightsError, match="SHA-256") as info:
+        load_generator(directory)
+    assert str(weights) in str(info.value) and len(str(info.value).splitlines()) == 1
+    weights.write_bytes(intact)
+    (directory / CONFIG_FILE).write_text((directory / CONFIG_FILE).read_text() + "\n")
+    with pytest.raises(DamagedWeightsError, match=f"{directory / CONFIG_FILE}: .* bytes"):
+        from_pretrained(directory)

@@ -214,3 +214,73 @@ def test_bad_inputs_end_with_a_clear_error(sets, tmp_path, capsys) -> None:
         capsys, ["ref", "--images", str(empty), "--out", str(tmp_path / "x.npz")], "no images"
     )
     assert not (tmp_path / "x.npz").exists()
+
+
+def _refused_before_computing(monkeypatch) -> None:
+    import eval.cli
+
+    def computes(*args, **kwargs):
+        raise AssertionError("a metric was computed before the arguments were checked")
+
+    for name in ("_compute_fid", "_compute_swd", "_compute_paired"):
+        monkeypatch.setattr(eval.cli, name, computes)
+
+
+def test_results_lines_start_on_their_own_line(sets, tmp_path, capsys) -> None:
+    real, fake = sets
+    results = tmp_path / "results.jsonl"
+    results.write_text('{"earlier": 1}')  # its last line lacks the newline
+    args = ["calc", "--real", str(real), "--fake", str(fake), "--metrics", "l1"]
+    assert main([*args, "--results", str(results)]) == 0
+    earlier, record = (json.loads(line) for line in results.read_text().splitlines())
+    assert earlier == {"earlier": 1} and "l1" in record["metrics"]
+
+
+@pytest.mark.parametrize(
+    ("results", "needle"),
+    [
+        ("folder", "is a folder"),
+        pytest.param(
+            "/dev/full",
+            "is not a regular file",
+            marks=pytest.mark.skipif(
+                not Path("/dev/full").is_char_device(), reason="no /dev/full device"
+            ),
+        ),
+        ("not-json", "not-json.jsonl:2 is not a JSON object"),
+        ("seed", "--seed must be an integer >= 0, got -1"),
+    ],
+)
+def test_a_results_file_that_cannot_take_the_line_and_a_negative_seed_fail_first(
+    sets, tmp_path, capsys, monkeypatch, results, needle
+) -> None:
+    real, fake = sets
+    args = ["calc", "--real", str(real), "--fake", str(fake), "--metrics", "l1"]
+    if results == "folder":
+        args += ["--results", str(tmp_path)]
+    elif results == "not-json":
+        path = tmp_path / "not-json.jsonl"
+        path.write_text('{"ok": 1}\nsome notes\n')
+        args += ["--results", str(path)]
+    elif results == "seed":
+        args += ["--seed", "-1"]
+    else:
+        args += ["--results", results]
+    _refused_before_computing(monkeypatch)
+    capsys.readouterr()
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("dynast-eval calc: error: ") and needle in err[0]
+    if results == "not-json":
+        assert path.read_text() == '{"ok": 1}\nsome notes\n'
+
+
+def test_a_text_file_named_npz_is_not_an_npz_file(sets, tmp_path, capsys) -> None:
+    _, fake = sets
+    stats = tmp_path / "stats.npz"
+    stats.write_text("mu sigma\n")
+    args = ["calc", "--real", str(stats), "--fake", str(fake), "--metrics", "fid"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not an npz file (not a zip archive)" in err[0], err
+    assert str(stats) in err[0]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +21,7 @@ from dynast.data import DataConfig, build_dataset, correspondence_accuracy
 from dynast.data.export import export_synthetic
 from dynast.generator import Generator
 from dynast.io import load_generator, save_pretrained
+from dynast.manifest import write_manifest
 from eval.generate import main as generate_main
 from eval.visualize import candidate_counts, heat_pixels, to_pixels
 
@@ -214,3 +216,114 @@ def test_corr_per_scale_matches_the_api(model_dir, tmp_path) -> None:
             out.topks[j][..., 0], batch["label"], batch["exemplar_label"], (h, w)
         ).mean()
         assert per_scale[f"{h}x{w}"] == pytest.approx(float(expected), abs=1e-6)
+
+
+def _one_error(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("dynast-generate: error: "), err
+    return err[0]
+
+
+def _files(folder: Path) -> dict[Path, bytes]:
+    return {p: p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _flip_middle(path: Path) -> None:
+    """Invert 64 bytes in the middle of a safetensors file, its header left intact."""
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    assert middle > 8 + int.from_bytes(data[:8], "little"), "the middle is in the header"
+    data[middle : middle + 64] = bytes(255 - b for b in data[middle : middle + 64])
+    path.write_bytes(bytes(data))
+
+
+def test_a_used_out_is_refused_and_force_replaces_it_whole(model_dir, tmp_path, capsys) -> None:
+    out = tmp_path / "out"
+    args = ["--model", str(model_dir), "--out", str(out)]
+    assert generate_main([*args, "--count", "4"]) == 0
+    before = _files(out)
+    capsys.readouterr()
+    assert generate_main([*args, "--count", "2", "--data-seed", "1"]) == 2
+    error = _one_error(capsys)
+    assert f"--out {out} is not empty" in error and "--force" in error
+    assert _files(out) == before
+    assert generate_main([*args, "--count", "2", "--data-seed", "1", "--force"]) == 0
+    assert sorted(p.name for p in (out / "images").iterdir()) == ["000000.png", "000001.png"]
+    record = json.loads((out / "generation.json").read_text())
+    assert record["count"] == 2 and record["data"]["config"]["seed"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no staging left beside
+
+
+def test_out_under_a_file_a_run_folder_or_holding_the_model_is_refused(
+    model_dir, tmp_path, capsys
+) -> None:
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine")
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    model = ["--model", str(model_dir)]
+    for out, needle in (
+        (notes / "gen", f"lies under {notes}, a file"),
+        (run, "is a training run folder"),
+        (model_dir.parent, f"holds {model_dir}"),
+    ):
+        assert generate_main([*model, "--out", str(out), "--force"]) == 2
+        assert needle in _one_error(capsys)
+    assert notes.read_text() == "mine" and list(run.iterdir()) == [run / "checkpoints"]
+    assert (model_dir / "model.safetensors").is_file()
+
+
+def test_damaged_final_is_refused_and_nothing_is_written(model_dir, tmp_path, capsys) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(model_dir, run / "final")
+    weights = run / "final" / "model.safetensors"
+    _flip_middle(weights)
+    out = tmp_path / "out"
+    for model in (run, run / "final"):
+        assert generate_main(["--model", str(model), "--out", str(out)]) == 2
+        error = _one_error(capsys)
+        assert str(weights) in error and "SHA-256" in error
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+def test_a_run_without_final_uses_its_newest_checkpoint_that_verifies(
+    model_dir, tmp_path, capsys
+) -> None:
+    """Checkpoint 4's generator is damaged: generation takes checkpoint 2 and says so. Checkpoint
+    2 is of the older kind whose generator/ has no manifest of its own (the checkpoint's lists
+    it)."""
+    run = tmp_path / "run"
+    for step in (2, 4):
+        folder = run / "checkpoints" / f"checkpoint_{step:08d}"
+        shutil.copytree(model_dir, folder / "generator")
+        if step == 2:
+            (folder / "generator" / "manifest.json").unlink()
+        write_manifest(folder)
+    _flip_middle(run / "checkpoints" / "checkpoint_00000004" / "generator" / "model.safetensors")
+    out = tmp_path / "out"
+    assert generate_main(["--model", str(run), "--out", str(out), "--count", "1"]) == 0
+    err = capsys.readouterr().err
+    assert "skipped damaged checkpoint checkpoint_00000004" in err
+    assert "using checkpoint_00000002, its newest checkpoint that verifies" in err
+    record = json.loads((out / "generation.json").read_text())
+    chosen = run / "checkpoints" / "checkpoint_00000002" / "generator"
+    assert record["model"] == str(chosen.resolve())
+
+
+def test_a_16_bit_exemplar_is_scaled_not_clipped(model_dir, tmp_path) -> None:
+    from eval.generate import SinglePair, build_parser
+
+    grey = (np.arange(32 * 32).reshape(32, 32) * 64).astype(np.uint16)
+    Image.fromarray(grey).save(tmp_path / "photo.png")
+    assert Image.open(tmp_path / "photo.png").mode == "I;16"
+    label = np.zeros((32, 32), dtype=np.uint8)
+    label[:, 16:] = 1
+    Image.fromarray(label).save(tmp_path / "layout.png")
+    layout = str(tmp_path / "layout.png")
+    args = build_parser().parse_args(
+        ["--model", str(model_dir), "--out", str(tmp_path / "out"), "--semantic", layout,
+         "--exemplar", str(tmp_path / "photo.png"), "--exemplar-semantic", layout]
+    )  # fmt: skip
+    exemplar = SinglePair(args, TINY)[0]["exemplar"]
+    expected = torch.from_numpy(grey.astype(np.float32) / 65535 * 2 - 1).expand(3, 32, 32)
+    assert (exemplar - expected).abs().max() <= 1e-6

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import torch
 
@@ -40,6 +42,10 @@ def test_launcher_environment_reads_the_parent_process():
 def test_configure_threads_sets_and_says(monkeypatch):
     before = torch.get_num_threads()
     monkeypatch.setattr(threads, "usable_cores", lambda: 2)
+    monkeypatch.setattr(threads, "usable_cpus", lambda: frozenset({0, 1}))
+    # Both cores idle whatever this machine's load: the count follows the free cores.
+    monkeypatch.setattr(threads, "idle_seconds", lambda cpus: 2 * time.monotonic())
+    monkeypatch.setattr(threads, "_following", None)
     monkeypatch.setattr(threads, "launcher_environment", lambda: {})
     for name, value in LAUNCHED.items():
         monkeypatch.setenv(name, value)
@@ -50,5 +56,58 @@ def test_configure_threads_sets_and_says(monkeypatch):
         assert threads.configure_threads(lines.append) == 2
         assert torch.get_num_threads() == 2
         assert len(lines) == 1 and "OMP_NUM_THREADS=1" in lines[0] and "2 cores" in lines[0]
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize(
+    "env,launcher_env,follows",
+    [
+        pytest.param({}, None, True, id="plain-python"),
+        pytest.param(LAUNCHED, {}, True, id="launcher-default"),
+        pytest.param(LAUNCHED, {"OMP_NUM_THREADS": "1"}, False, id="given-to-the-launcher"),
+        pytest.param({"OMP_NUM_THREADS": "2"}, None, False, id="user-set"),
+        pytest.param({**LAUNCHED, "LOCAL_WORLD_SIZE": "2"}, {}, False, id="two-processes"),
+    ],
+)
+def test_when_the_count_follows_the_free_cores(env, launcher_env, follows):
+    assert threads.follows_free_cores(env, launcher_env) is follows
+
+
+def test_threads_for_whole_free_cores():
+    assert [threads.threads_for(f, 2) for f in (0.0, 0.7, 0.8, 1.5, 1.8, 2.0, 3.5)] == [
+        1, 1, 1, 1, 2, 2, 2,
+    ]  # fmt: skip
+    idle = threads.idle_seconds({0})
+    assert idle is None or idle >= 0
+
+
+def test_the_thread_count_follows_the_free_cores():
+    """Two cores, a fake clock: alone, then a busy neighbour takes a core, then leaves. A count
+    changes only when two measurements 5 s apart agree."""
+    state = {"t": 0.0, "own": 0.0, "idle": 0.0}
+
+    def run(seconds: float, idle_cores: float, own_cores: float) -> int | None:
+        state["t"] += seconds
+        state["idle"] += idle_cores * seconds
+        state["own"] += own_cores * seconds
+        return follower.update()
+
+    before = torch.get_num_threads()
+    follower = threads.FreeCpuThreads(
+        {0, 1}, 5.0, idle=lambda cpus: state["idle"], own=lambda: state["own"],
+        clock=lambda: state["t"],
+    )  # fmt: skip
+    try:
+        torch.set_num_threads(2)
+        assert run(5, 0.0, 2.0) is None and torch.get_num_threads() == 2  # alone
+        assert run(5, 0.0, 1.0) is None  # the neighbour takes a core: one measurement
+        assert run(5, 0.0, 1.0) == 1 and follower.free == 1.0
+        assert torch.get_num_threads() == 1
+        assert run(2, 1.0, 1.0) is None  # within the interval: not measured
+        assert run(3, 1.0, 1.0) is None and follower.free == 2.0  # the neighbour left
+        assert run(5, 1.0, 1.0) == 2 and torch.get_num_threads() == 2
+        assert run(5, 0.0, 1.0) is None and run(5, 0.0, 2.0) is None  # disagreeing: kept
+        assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
