@@ -769,7 +769,7 @@ def test_out_of_range_seed_and_conflicting_flags_are_one_error_line(capsys, args
 def test_vgg_weights_that_do_not_load_are_one_error_naming_the_file(tmp_path):
     import torch
 
-    from train.loop import _load_vgg
+    from train.loop import _find_vgg, _load_vgg
     from train.main import resolve_config
 
     text = tmp_path / "vgg19.pth"
@@ -780,7 +780,7 @@ def test_vgg_weights_that_do_not_load_are_one_error_naming_the_file(tmp_path):
     for path in (text, refused):
         cfg, _ = resolve_config([*TINY, "--vgg-weights", str(path)])
         with pytest.raises(TrainingError, match=r"^--vgg-weights ") as info:
-            _load_vgg(cfg, print)
+            _load_vgg(_find_vgg(cfg)[0])
         assert str(path) in str(info.value) and len(str(info.value).splitlines()) == 1
     assert not marker.exists()
 
