@@ -35,10 +35,33 @@ import triton
 import triton.language as tl
 
 from ..dense.tiles import row_dots
-from .triton import _derived_candidates, _softmax, _store_topk, _warp_weights
+from .triton import _derived_candidates, _softmax, _warp_weights
 
 # The token of an absent (query, slot) pair: sorts after every key (the launcher keeps Nk below).
 ABSENT = tl.constexpr(2**30)
+
+
+@triton.jit
+def _store_topk(z, valid, cand, j, q_row, q_ok, TOPK, top_k, BLOCK_N: tl.constexpr):
+    """Writes TOPK[q_row, :top_k], the keys cand [G, N] of the top_k largest scores z [G, A, N]
+    (`valid` ones), exactly as `candidate_fwd_kernel` selects them: repeated max-and-mask, equal
+    scores to the lower candidate position (the reference's stable sort; duplicated candidates
+    score exactly equal), a NaN ranking as -inf, `taken` (not the score) marking picks so that
+    -inf ties resolve too. The gather kernel keeps its own inline copy of these lines: behind a
+    call, its inner-scale default compiles to 64 registers and 8 bytes of stack at sm_90 instead
+    of 68 and none."""
+    pos = j[None, None, :]
+    taken = valid == 0
+    z_rank = tl.where(z != z, float("-inf"), z)
+    for t in range(0, top_k):
+        zt = tl.where(taken, float("-inf"), z_rank)
+        best = tl.max(zt, axis=2)
+        hit = (zt == best[:, :, None]) & (taken == 0)
+        first = tl.min(tl.where(hit, pos, BLOCK_N), axis=2)  # [G, A]
+        chosen = pos == first[:, :, None]
+        key = tl.sum(tl.where(chosen, cand[:, None, :], 0), axis=2)
+        tl.store(TOPK + q_row * top_k + t, key.to(tl.int64), mask=q_ok)
+        taken = taken | chosen
 
 
 @triton.jit

@@ -233,26 +233,6 @@ def _warp_weights(z, s, valid, WARP_MODE: tl.constexpr):
 
 
 @triton.jit
-def _store_topk(z, valid, cand, j, q_row, q_ok, TOPK, top_k, BLOCK_N: tl.constexpr):
-    """Writes TOPK[q_row, :top_k], the keys cand [G, N] of the top_k largest scores z [G, A, N]
-    (`valid` ones), by repeated max-and-mask: equal scores go to the lower candidate position, as
-    the reference's stable sort does (duplicated candidates score exactly equal). A NaN score
-    ranks as -inf; `taken` (not the score) marks picks, so -inf ties resolve too."""
-    pos = j[None, None, :]
-    taken = valid == 0
-    z_rank = tl.where(z != z, float("-inf"), z)
-    for t in range(0, top_k):
-        zt = tl.where(taken, float("-inf"), z_rank)
-        best = tl.max(zt, axis=2)
-        hit = (zt == best[:, :, None]) & (taken == 0)
-        first = tl.min(tl.where(hit, pos, BLOCK_N), axis=2)  # [G, A]
-        chosen = pos == first[:, :, None]
-        key = tl.sum(tl.where(chosen, cand[:, None, :], 0), axis=2)
-        tl.store(TOPK + q_row * top_k + t, key.to(tl.int64), mask=q_ok)
-        taken = taken | chosen
-
-
-@triton.jit
 def candidate_fwd_kernel(
     Q,
     K,
@@ -308,7 +288,21 @@ def candidate_fwd_kernel(
         tl.store(Z + at, z, mask=valid)
         tl.store(S + at, s, mask=valid)
 
-    _store_topk(z, valid, cand, j, q_row, q_ok, TOPK, top_k, BLOCK_N)
+    # Top-k by repeated max-and-mask; equal scores go to the lower candidate position, as the
+    # reference's stable sort does (duplicated candidates score exactly equal).
+    # A NaN score ranks as -inf; `taken` (not the score) marks picks, so -inf ties resolve too.
+    pos = j[None, None, :]
+    taken = valid == 0
+    z_rank = tl.where(z != z, float("-inf"), z)
+    for t in range(0, top_k):
+        zt = tl.where(taken, float("-inf"), z_rank)
+        best = tl.max(zt, axis=2)
+        hit = (zt == best[:, :, None]) & (taken == 0)
+        first = tl.min(tl.where(hit, pos, BLOCK_N), axis=2)  # [G, A]
+        chosen = pos == first[:, :, None]
+        key = tl.sum(tl.where(chosen, cand[:, None, :], 0), axis=2)
+        tl.store(TOPK + q_row * top_k + t, key.to(tl.int64), mask=q_ok)
+        taken = taken | chosen
 
     # Only the two weight rows stay live through the gathers of V and the warp values.
     if WARP_MODE != 0:
