@@ -139,7 +139,7 @@ def _page(union, n_unique, slot, c_ok, page, b, Nk, BLOCK_U: tl.constexpr):
 def _staged(x, at):
     """x gathered at the flat positions `at` (any shape): x is flattened first, so the gather
     spans every warp and goes through shared memory. (Gathering along one axis of a 2-D tile lets
-    Triton lay it out warp by warp and gather with shuffles: about 100 registers more here, and
+    Triton lay it out warp by warp and gather with shuffles: some 50-120 registers more here, and
     an assertion in Triton 3.6 for some shapes.)"""
     flat = tl.reshape(x, [x.numel])
     return tl.reshape(tl.gather(flat, tl.reshape(at, [at.numel]), 0), at.shape)
