@@ -35,6 +35,17 @@ The written top-k is int64 (t = 8) in all three.
 `python -m benchmarks.attention_cost` prints all three for the model's blocks; with `--csv` (a
 bench_attention.py CSV) it recomputes the measured rows' GB/s and % of copy bandwidth under the old
 ("list") and the new ("derived") one.
+
+What two forward kernels read (not compulsory traffic: what reaches the SMs from L2 or memory),
+beside the compulsory bytes, for candidate blocks (`tile_table`, printed with `--tile`):
+- "gather" (`candidate_fwd_kernel`): every query loads each of its M candidates' rows of K,
+  K_prune, V, W itself, B*Nq*M*(Cqk+Cp+Cv+Cw)*e, if no cache caught any of it;
+- "tile" (`candidate_fwd_tile_kernel`): every TILE_Y x TILE_X tile of queries loads the distinct
+  keys of its candidate lists once, B*tiles*U*(Cqk+Cp+Cv+Cw)*e, U the mean distinct keys per tile,
+  measured on the benchmark's plausible correspondence (`kernels.shapes.realistic_candidates`,
+  `distinct_keys_per_tile`).
+Both also read the queries and the previous top-k and write the outputs as the compulsory count
+does (the inference forward: no scores saved).
 """
 
 from __future__ import annotations
@@ -45,6 +56,8 @@ import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+
+import torch
 
 from kernels.candidates.lists import PER_MATCH  # candidates per previous match, by kind of list
 
@@ -148,6 +161,80 @@ def shape_cost(shape, batch: int, element_bytes: int, pass_: str, accounting: st
     )
 
 
+TILE = (4, 4)  # the query-tile forward's tile (`kernels.candidates.fused.FORWARD_TILE`)
+
+
+def distinct_keys_per_tile(shape, tile: tuple[int, int] = TILE, *, batch: int = 1) -> float:
+    """Mean number of distinct candidate keys per tile of tile[0] x tile[1] queries of a candidate
+    block, on the benchmark's plausible correspondence (seed 0, the problem `bench_attention.py`
+    times). Partial tiles at the grid's edge count as tiles."""
+    from kernels.candidates.lists import candidate_indices
+    from kernels.shapes import realistic_candidates
+
+    if shape.block not in PER_MATCH:
+        raise ValueError(f"a {shape.block} block has no candidate lists to count")
+    gen = torch.Generator().manual_seed(0)
+    lists = candidate_indices(realistic_candidates(shape, batch, generator=gen)).long()
+    ty, tx = tile
+    height, width, m = shape.height, shape.width, lists.shape[2]
+    pad_y, pad_x = -height % ty, -width % tx
+    grid = lists.view(batch, height, width, m)
+    # Pad partial tiles by repeating their last row / column: no new keys, the same union.
+    grid = torch.cat([grid, grid[:, -1:].expand(-1, pad_y, -1, -1)], dim=1)
+    grid = torch.cat([grid, grid[:, :, -1:].expand(-1, -1, pad_x, -1)], dim=2)
+    rows, cols = grid.shape[1] // ty, grid.shape[2] // tx
+    tiles = grid.view(batch, rows, ty, cols, tx, m).permute(0, 1, 3, 2, 4, 5)
+    keys = tiles.reshape(batch * rows * cols, ty * tx * m).sort(dim=1).values
+    distinct = (keys[:, 1:] != keys[:, :-1]).sum(dim=1) + 1
+    return float(distinct.float().mean())
+
+
+def forward_reads(
+    shape, batch: int, element_bytes: int, kernel: str, distinct: float | None = None
+) -> float:
+    """Bytes a candidate forward moves under the model of the module docstring: "gather" (each
+    query loads its candidates' rows) or "tile" (each tile loads its `distinct` keys once; measured
+    by `distinct_keys_per_tile` when None)."""
+    if kernel not in ("gather", "tile"):
+        raise ValueError(f"kernel must be 'gather' or 'tile', got {kernel!r}")
+    compulsory = shape_cost(shape, batch, element_bytes, "fwd", "derived").bytes
+    row = (shape.cqk + shape.cp + shape.cv + shape.cw) * element_bytes
+    keys_once = batch * shape.tokens * row  # the compulsory key side, replaced by the kernel's
+    if kernel == "gather":
+        return compulsory - keys_once + batch * shape.tokens * shape.candidates * row
+    distinct = distinct_keys_per_tile(shape) if distinct is None else distinct
+    tiles = batch * -(-shape.height // TILE[0]) * -(-shape.width // TILE[1])
+    return compulsory - keys_once + tiles * distinct * row
+
+
+def tile_table(presets: list[str], batch: int, element_bytes: int) -> str:
+    """Forward MB per candidate block: compulsory (derived), the gather kernel's and the tile
+    kernel's reads, with the measured distinct keys per tile and per query."""
+    from kernels.shapes import preset_shapes
+
+    lines = [
+        f"candidate forward MB at batch {batch}, {element_bytes}-byte floats: compulsory "
+        f"(derived), gather (every query loads its candidates' rows), tile (every {TILE[0]}x"
+        f"{TILE[1]} tile loads its distinct keys once; measured on the plausible top-k)",
+        f"{'preset':<16} {'block':<16} {'keys/tile':>9} {'keys/query':>10} {'compulsory':>10} "
+        f"{'gather':>9} {'tile':>9} {'tile/comp':>9}",
+    ]
+    for name in presets:
+        for shape in preset_shapes(name):
+            if shape.block == "dense":
+                continue
+            distinct = distinct_keys_per_tile(shape)
+            compulsory = shape_cost(shape, batch, element_bytes, "fwd", "derived").bytes / 1e6
+            gather = forward_reads(shape, batch, element_bytes, "gather") / 1e6
+            tile = forward_reads(shape, batch, element_bytes, "tile", distinct) / 1e6
+            per_query = distinct / (TILE[0] * TILE[1])
+            lines.append(
+                f"{name:<16} {shape.label:<16} {distinct:>9.1f} {per_query:>10.2f} "
+                f"{compulsory:>10.1f} {gather:>9.1f} {tile:>9.1f} {tile / compulsory:>9.2f}"
+            )
+    return "\n".join(lines)
+
+
 def accounting_table(presets: list[str], batch: int, element_bytes: int) -> str:
     """MB per pass of every block of the presets under each accounting, and what the new
     ("derived") saves against the old ("list")."""
@@ -228,9 +315,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--element-bytes", type=int, default=2, help="2: bf16 (default), 4: fp32")
     parser.add_argument("--csv", type=Path, default=None, help="a bench_attention.py CSV")
+    parser.add_argument(
+        "--tile",
+        action="store_true",
+        help="also the candidate forwards' reads: gather vs query-tile (measured key overlap)",
+    )
     args = parser.parse_args(argv)
     try:
-        print(accounting_table(args.preset or ["deepfashion-256"], args.batch, args.element_bytes))
+        presets = args.preset or ["deepfashion-256"]
+        print(accounting_table(presets, args.batch, args.element_bytes))
+        if args.tile:
+            print(tile_table(presets, args.batch, args.element_bytes))
         if args.csv is not None:
             print(remeasure(args.csv))
     except (ValueError, OSError) as err:

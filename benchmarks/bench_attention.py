@@ -13,6 +13,8 @@ forward + backward), it times:
   CandidateList holds (`$DYNAST_CANDIDATES`, default "derived");
 - fused-derived, fused-list (candidate blocks only): the candidate kernels forced to derive the
   candidates, or to read the builder's materialised int32 list (built once, before the timing);
+- fused-tile (candidate blocks only): the query-tile forward (`kernels.candidates.tile`, what
+  `$DYNAST_CANDIDATE_FORWARD=tile` selects) on derived candidates, then the same backward;
 - reference: the PyTorch reference (`kernels.dense.reference` / `kernels.candidates.reference`),
   the specification;
 - compiled: `torch.compile` of the reference;
@@ -74,9 +76,11 @@ from kernels.shapes import (
 
 ROOT = Path(__file__).resolve().parents[1]
 
-IMPLS = ("fused", "fused-derived", "fused-list", "reference", "compiled", "flex")
+IMPLS = ("fused", "fused-derived", "fused-list", "fused-tile", "reference", "compiled", "flex")
 # The candidate kernels with the candidates derived in the kernel, or the list read.
 CANDIDATE_SOURCES = {"fused-derived": True, "fused-list": False}
+# The candidate kernels with the query-tile forward, on derived candidates.
+CANDIDATE_TILE = "fused-tile"
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 # Worst relative RMS error allowed against the fp32/fp64 reference, per input dtype: a few times
 # the rounding of one output element, so that a real bug (a wrong row, a missed key) fails.
@@ -213,12 +217,16 @@ def implementation(name: str, shape: AttentionShape, device: torch.device) -> Im
         else:
             from kernels.candidates.fused import attention
         fn = _with_reference_signature(attention)
-    elif name in CANDIDATE_SOURCES:
+    elif name in CANDIDATE_SOURCES or name == CANDIDATE_TILE:
         if shape.block == "dense":
             return None
         from kernels.candidates.fused import attention
 
-        fn = _with_reference_signature(functools.partial(attention, derive=CANDIDATE_SOURCES[name]))
+        if name == CANDIDATE_TILE:
+            fn = _with_reference_signature(functools.partial(attention, derive=True, tile=True))
+        else:
+            derive = CANDIDATE_SOURCES[name]
+            fn = _with_reference_signature(functools.partial(attention, derive=derive))
     elif name == "flex":
         if shape.block != "dense":
             return None

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # One lent-GPU session measuring every row of issue 13's target table (docs/benchmarks.md), in
 # priority order, each stage under its own time limit so that a slow stage cannot starve the later
-# ones. The default stages add up to at most 585 s of limits (under 10 minutes); a stage that
-# finishes early leaves its time unused. Everything lands in $OUT (one log per stage and the CSVs);
-# the last stage prints the target table filled from those CSVs.
+# ones. The default stages add up to 735 s of limits, more than one 10-minute call: run them in two
+# calls with the same OUT, splitting STAGES; a stage that finishes early leaves its time unused.
+# Everything lands in $OUT (one log per stage and the CSVs); the last stage prints the target
+# table filled from those CSVs.
 #   OUT=/tmp/out bash benchmarks/device_session.sh
 #   STAGES="step256 summary" bash benchmarks/device_session.sh      # rerun some stages
 #   STAGES="derived" bash benchmarks/device_session.sh              # derived vs list candidates
@@ -29,7 +30,7 @@ stage() {  # stage NAME SECONDS CMD...
 }
 
 # Which stages run, in order (space-separated). Limits in seconds, each overridable (T_<STAGE>).
-STAGES=${STAGES:-"env step256 attn256 attn512 optstep generate mem512 profile step256c summary"}
+STAGES=${STAGES:-"env step256 attn256 attn512 optstep generate mem512 profile step256c tile summary"}
 for name in $STAGES; do
   case $name in
     env) stage env ${T_ENV:-20} bash -c "nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv; \
@@ -64,6 +65,14 @@ for name in $STAGES; do
     step256c) stage step256c ${T_STEP256C:-110} $PY benchmarks/bench_train_step.py $P256 \
       --batch 8 --sizes 256 --backends triton --compile --warmup 25 --rep 300 \
       --csv "$OUT/train_step.csv" ;;
+    # Lever: the query-tile candidate forward (`fused-tile`, $DYNAST_CANDIDATE_FORWARD=tile)
+    # against the gather forward the operators run (`fused`) and the reference, every sparse
+    # block, fwd (% of copy on compulsory bytes) and fwd+bwd; then each row's GB/s under both byte
+    # accountings and the tile kernel's modelled reads. Its JIT compiles take most of the limit.
+    tile) stage tile ${T_TILE:-150} bash -c "$PY benchmarks/bench_attention.py $P256 \
+      --blocks inter,inner --impls fused-tile,fused,reference --passes fwd,both --warmup 10 \
+      --rep 60 --csv $OUT/attention.csv && $PY benchmarks/attention_cost.py $P256 --tile \
+      --csv $OUT/attention.csv" ;;
     summary) stage summary ${T_SUMMARY:-10} $PY benchmarks/performance_targets.py "$OUT" ;;
     # Not in the default list (the issue's rows do not need them; earlier sessions ran them):
     dense) stage dense ${T_DENSE:-150} bash -c "$PY benchmarks/bench_attention.py $P256 \

@@ -18,6 +18,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from ..candidates.aot import aot_cases as candidate_cases
+from ..candidates.aot import tile_aot_cases
 from ..dense.aot import aot_cases as dense_cases
 from ..files import write_atomically
 from ..norm.aot import aot_cases as norm_cases
@@ -25,9 +26,9 @@ from .compile import AotCase, compile_all, format_table
 
 
 def collect_cases(defaults_only: bool = False) -> list[AotCase]:
-    """Every operator's cases, dense, candidates, normalisation in that order (only the default
-    configs' with `defaults_only`)."""
-    cases = [*dense_cases(), *candidate_cases(), *norm_cases()]
+    """Every operator's cases, dense, candidates (the query-tile forward last), normalisation in
+    that order (only the default configs' with `defaults_only`)."""
+    cases = [*dense_cases(), *candidate_cases(), *tile_aot_cases(), *norm_cases()]
     return [c for c in cases if c.is_default or not defaults_only]
 
 

@@ -81,7 +81,8 @@ def candidate_attention(
     values in [0, Nk): a CandidateList from the builders, or a plain int32 or int64 tensor, which
     is range-checked (on a GPU the error surfaces at `kernels.check_index_errors()` or a later
     call; see `kernels.candidates.lists`). On the fused backend a CandidateList's candidates are
-    derived in the kernel from the top-k it holds (`$DYNAST_CANDIDATES=list` reads its list).
+    derived in the kernel from the top-k it holds (`$DYNAST_CANDIDATES=list` reads its list), and
+    `$DYNAST_CANDIDATE_FORWARD=tile` runs their forward through the query-tile kernel.
     `topk` returns int64 key indices, ties going to the lower candidate position; a NaN score
     ranks below every number (see `kernels.dense.reference.topk_positions`).
     """

@@ -2,7 +2,8 @@
 kernel, building a fresh problem of the model's kind and launching the kernel once.
 
 `TUNABLE` pairs each kernel's launch space (declared beside the kernel) with its runner;
-`python -m kernels.autotune` sweeps them.
+`python -m kernels.autotune` sweeps them. `TILE_TUNABLE` is the query-tile forward, which runs only
+behind `$DYNAST_CANDIDATE_FORWARD=tile`: the autotuner sweeps it when `--kernel` names it.
 """
 
 from __future__ import annotations
@@ -100,7 +101,29 @@ def _backward_runner(
     return run
 
 
+def _tile_forward_runner(
+    dims: dict[str, int], config: LaunchConfig, device: torch.device, dtype: torch.dtype
+) -> Callable[[], object]:
+    problem = _random_problem(dims, device, dtype)
+    x = _launch_args(problem)
+
+    def run() -> object:
+        return fused.launch_forward_tile(
+            x["inputs"],
+            problem.candidates,  # derived in the kernel, whatever $DYNAST_CANDIDATES says
+            scale=x["scale"],
+            prune_scale=x["prune_scale"],
+            topk=problem.shape.k,
+            warp_mode=x["warp_mode"],
+            save_scores=True,
+            config=config,
+        )
+
+    return run
+
+
 TUNABLE: list[TunableKernel] = [
     TunableKernel.of(fused.FORWARD, _forward_runner),
     TunableKernel.of(fused.BACKWARD, _backward_runner),
 ]
+TILE_TUNABLE: list[TunableKernel] = [TunableKernel.of(fused.FORWARD_TILE, _tile_forward_runner)]

@@ -3,6 +3,7 @@
     python -m kernels.autotune                                # deepfashion-256, bf16, every kernel
     python -m kernels.autotune --preset deepfashion-512 --kernel candidate_fwd
     python -m kernels.autotune --shape inner:H=256,W=256,Cqk=80,Cp=16,Cv=64 --dry-run
+    python -m kernels.autotune --kernel candidate_fwd_tile   # the query-tile forward (optional)
 
 For each attention block of the chosen shapes and each kernel that runs it (the `TUNABLE` lists of
 `kernels.dense.tuning` and `kernels.candidates.tuning`), every config of the kernel's search space
@@ -31,6 +32,7 @@ from pathlib import Path
 
 import torch
 
+from ..candidates.tuning import TILE_TUNABLE
 from ..candidates.tuning import TUNABLE as CANDIDATE_KERNELS
 from ..dense.tuning import TUNABLE as DENSE_KERNELS
 from ..runtime import interpreting
@@ -50,6 +52,9 @@ KERNELS: dict[str, list[TunableKernel]] = {
     "inter": CANDIDATE_KERNELS,
     "inner": CANDIDATE_KERNELS,
 }
+# Kernels the operators run only behind a switch (the query-tile candidate forward,
+# `$DYNAST_CANDIDATE_FORWARD=tile`): swept only when `--kernel` names them.
+OPTIONAL_KERNELS: dict[str, list[TunableKernel]] = {"inter": TILE_TUNABLE, "inner": TILE_TUNABLE}
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 NO_GPU_MESSAGE = (
     "kernels.autotune: no CUDA GPU is visible. The autotuner times the kernels on the GPU it "
@@ -296,8 +301,17 @@ def main(argv: list[str] | None = None) -> int:
             return 2
 
     only = set(args.kernel)
-    jobs = plan_jobs(shapes, KERNELS.__getitem__, only, batch=args.batch)
-    known = {k.name for _, shape in shapes for k in KERNELS[shape.block]}
+
+    def kernels_for(block: str) -> list[TunableKernel]:
+        optional = [k for k in OPTIONAL_KERNELS.get(block, []) if k.name in only]
+        return KERNELS[block] + optional
+
+    jobs = plan_jobs(shapes, kernels_for, only, batch=args.batch)
+    known = {
+        k.name
+        for _, shape in shapes
+        for k in KERNELS[shape.block] + OPTIONAL_KERNELS.get(shape.block, [])
+    }
     if only - known:
         print(
             f"kernels.autotune: unknown kernel(s) {sorted(only - known)}; "

@@ -98,3 +98,42 @@ def test_cli_prints_both_accountings_and_remeasures_a_csv(
                     "bfloat16,fwd,fused,ok,1.0,1.0\n")  # fmt: skip
     assert model.main(["--csv", str(path)]) == 2
     assert "cannot read the shape" in capsys.readouterr().err
+
+
+def test_distinct_keys_per_tile_counts_each_tiles_union() -> None:
+    """Against a count with Python sets over the same plausible lists (a partial tile at the
+    right and bottom edges); a tile can hold no more keys than its lists' slots."""
+    import torch
+
+    from kernels.candidates.lists import candidate_indices
+    from kernels.shapes import realistic_candidates
+
+    shape = AttentionShape(block="inner", height=6, width=10, cqk=4, cp=2, cv=2, k=2)
+    lists = candidate_indices(
+        realistic_candidates(shape, 1, generator=torch.Generator().manual_seed(0))
+    )[0].view(6, 10, -1)
+    counts = [
+        len(set(lists[y : y + 4, x : x + 4].flatten().tolist()))
+        for y in range(0, 6, 4)
+        for x in range(0, 10, 4)
+    ]
+    assert model.distinct_keys_per_tile(shape) == pytest.approx(sum(counts) / len(counts))
+    assert max(counts) <= 16 * shape.candidates
+
+
+def test_forward_reads_of_the_gather_and_tile_kernels() -> None:
+    """Both replace the compulsory key rows by what they load: every query's candidates
+    (gather), every tile's distinct keys (tile); a tile whose lists share no key loads as much
+    as the gather kernel."""
+    shape = AttentionShape(block="inter", height=8, width=8, cqk=16, cp=4, cv=8, cw=3, k=2)
+    row = (16 + 4 + 8 + 3) * 2
+    compulsory = shape_cost(shape, 2, 2, "fwd", "derived").bytes
+    gather = model.forward_reads(shape, 2, 2, "gather")
+    assert gather == compulsory - 2 * 64 * row + 2 * 64 * shape.candidates * row
+    tiles = 2 * 4  # 4x4 tiles of an 8x8 grid
+    assert (
+        model.forward_reads(shape, 2, 2, "tile", 5.0) == compulsory - 2 * 64 * row + tiles * 5 * row
+    )
+    assert model.forward_reads(shape, 2, 2, "tile", 16.0 * shape.candidates) == gather
+    with pytest.raises(ValueError, match="kernel must be 'gather' or 'tile'"):
+        model.forward_reads(shape, 2, 2, "query")

@@ -210,3 +210,18 @@ def test_rows_divide_by_the_chosen_accounting(monkeypatch: pytest.MonkeyPatch) -
         shape_cost(shape, 1, 4, "fwd", "derived").bytes
         < shape_cost(shape, 1, 4, "fwd", "list").bytes
     )
+
+
+def test_the_tile_rows_pass_their_correctness_check() -> None:
+    """`fused-tile`: the query-tile forward on derived candidates, then the fused backward,
+    passes the check that gates its timing; no such row for a dense block."""
+    if not interpreting() and not torch.cuda.is_available():
+        pytest.skip("needs CUDA or TRITON_INTERPRET=1 (set by conftest on CPU machines)")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    shape = AttentionShape("inner", 4, 6, cqk=24, cp=8, cv=20, k=2)
+    check = make_problem(shape, 2, device=device, seed=1, requires_grad=True)
+    gold = bench.gold_run(check, with_grads=True)
+    tile = bench.implementation(bench.CANDIDATE_TILE, shape, device)
+    assert bench.check_error(tile, check, gold, with_grads=True) < bench.TOLERANCE[torch.float32]
+    dense = AttentionShape("dense", 4, 6, cqk=24, cp=8, cv=20, k=2)
+    assert bench.implementation(bench.CANDIDATE_TILE, dense, device) is None

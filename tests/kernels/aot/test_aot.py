@@ -73,3 +73,12 @@ def test_large_k_forward_is_reported(reports: list[dict]) -> None:
     assert {r["label"].split(" k=")[1].split()[0] for r in large} == {"8", "16", "32"}
     assert not [r for r in large if r["error"]]
     assert all(r["fits"] for r in large)
+
+
+def test_query_tile_forward_is_reported(reports: list[dict]) -> None:
+    """The query-tile candidate forward (`kernels.candidates.aot.tile_aot_cases`) compiles for
+    inner- and inter-scale candidates on both architectures (its defaults are held to the no-spill
+    rule above)."""
+    tile = [r for r in reports if r["label"].startswith("candidate_fwd_tile ")]
+    kinds = {(r["label"].split()[1], r["arch"]) for r in tile if r["is_default"]}
+    assert kinds == {(kind, arch) for kind in ("inner", "inter") for arch in (80, 90)}
