@@ -13,10 +13,10 @@ Reads top to bottom as the forward pass does, coarsest scale first:
 5. a decoder: the coarsest transformer output is upsampled, added to the next scale's transformer
    output and fused by a SPADE residual block, scale after scale; a 3x3 conv and tanh at the end.
 
-Ours differs from the release where docs/method.md says so: a dedicated fusion block at the
-finest scale
-(the release reuses its query embedding there), the interpolated positional map, any number of
-scales and blocks per scale.
+Ours differs from the release where docs/method.md says so: the interpolated positional map, any
+number of scales and blocks per scale, and, unless `tie_finest_fusion` (on in the released
+presets), a fusion block of its own at the finest scale where the release reuses its query
+embedding.
 """
 
 from __future__ import annotations
@@ -105,7 +105,9 @@ class Generator(nn.Module):
             self.transformer.append(blocks)
 
         self.up_x = nn.ModuleList(Upsample2x(a, b, nn.ReLU(), gain=gain) for a, b in transitions)
-        self.fuse = nn.ModuleList(SPADEResBlock(c, cfg.semantic_nc, **norm) for c in widths[1:])
+        # Tied, the finest fusion is embed_q[-1] itself (`fusion_block`), registered once.
+        fused = widths[1:-1] if cfg.tie_finest_fusion else widths[1:]
+        self.fuse = nn.ModuleList(SPADEResBlock(c, cfg.semantic_nc, **norm) for c in fused)
         self.to_rgb = conv2d(widths[-1], 3, 3, gain=gain)
         if cfg.output_from_warp:
             # The correction starts at zero: the first image is the warped exemplar, not the
@@ -141,6 +143,12 @@ class Generator(nn.Module):
                 f"image height and width must be multiples of {factor} and at least {2 * factor} "
                 f"(num_scales={cfg.num_scales}), got {height}x{width}"
             )
+
+    def fusion_block(self, scale: int) -> SPADEResBlock:
+        """The block fusing the decoder with the transformer output at scale `scale` >= 1."""
+        if self.config.tie_finest_fusion and scale == self.config.num_scales - 1:
+            return self.embed_q[scale]
+        return self.fuse[scale - 1]
 
     def positional_map(self, height: int, width: int) -> Tensor:
         """The learned positional map at the coarsest grid of an input of this size: bilinear
@@ -214,7 +222,7 @@ class Generator(nn.Module):
             if s == 0:
                 decoded = x
             else:
-                decoded = self.fuse[s - 1](self.up_x[s - 1](decoded) + x, sem)
+                decoded = self.fusion_block(s)(self.up_x[s - 1](decoded) + x, sem)
 
         image = torch.tanh(self.to_rgb(decoded))
         if self.config.output_from_warp:

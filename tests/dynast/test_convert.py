@@ -7,6 +7,7 @@ table says, that the converted model loads and runs, and that bad files give one
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -40,7 +41,10 @@ from dynast.io import load_generator
 
 FIXTURE = Path(__file__).parent / "fixtures" / "release_deepfashion256_keys.json"
 PRESET = "deepfashion-256"
-OURS_GENERATOR_PARAMETERS = 92_459_470  # docs/model.md
+RELEASE_GENERATOR_PARAMETERS = 92_459_470
+# docs/model.md: the release's count less its never-called embed_1 (244,737), since the preset's
+# finest fusion block is embed_q1 itself (tie_finest_fusion).
+OURS_GENERATOR_PARAMETERS = 92_214_733
 
 
 @pytest.fixture(scope="module")
@@ -93,17 +97,22 @@ def test_fixture_has_provenance_and_the_released_sizes(layout):
     prov = layout["provenance"]
     assert prov["repo"] == "Huage001/DynaST" and len(prov["commit"]) == 40
     assert "models/networks/generator.py" in prov["files"]
-    learned = [
-        math.prod(shape)
+    learned = {
+        key: math.prod(shape)
         for key, shape in layout["generator"]
         if not key.endswith(("_u", "_v", "running_mean", "running_var", "num_batches_tracked"))
-    ]
+    }
     duplicates = [key for key, _ in layout["generator"] if key.endswith("model.2.weight")]
     # The release counts each shared PReLU once; the state dict lists it twice.
-    assert sum(learned) - len(duplicates) == OURS_GENERATOR_PARAMETERS
+    assert sum(learned.values()) - len(duplicates) == RELEASE_GENERATOR_PARAMETERS
+    embed_1 = sum(n for key, n in learned.items() if key.startswith("embed_1."))
+    assert RELEASE_GENERATOR_PARAMETERS - embed_1 == OURS_GENERATOR_PARAMETERS
     assert sum(p.numel() for p in Generator(preset(PRESET)).parameters()) == (
         OURS_GENERATOR_PARAMETERS
     )
+    # Untied, the finest fusion block is a module of its own, as large as embed_1.
+    untied = dataclasses.replace(preset(PRESET), tie_finest_fusion=False)
+    assert sum(p.numel() for p in Generator(untied).parameters()) == (RELEASE_GENERATOR_PARAMETERS)
 
 
 def test_every_release_key_has_exactly_the_rules_the_layout_needs(layout):
@@ -138,13 +147,13 @@ def test_converted_generator_holds_the_release_tensors_and_runs(converted, relea
         "decoder_32.1.weight": "up_x.1.conv.weight",
         "pos_21.1.bias": "up_pos.2.conv.bias",
         "embed_2.conv_1.weight_v": "fuse.1.conv_1.parametrizations.weight.0._v",
-        "embed_q1.conv_0.weight_orig": "fuse.2.conv_0.parametrizations.weight.original",
+        "embed_q1.conv_0.weight_orig": "embed_q.3.conv_0.parametrizations.weight.original",
         "decoder_10.0.weight": "to_rgb.weight",
     }
     for theirs, mine in pairs.items():
         assert torch.equal(release[theirs], ours[mine]), (theirs, mine)
-    # fuse[-1] and embed_q[-1] both hold embed_q1.
-    assert torch.equal(ours["embed_q.3.norm_0.beta.weight"], ours["fuse.2.norm_0.beta.weight"])
+    # Tied: the finest fusion block is embed_q.3, no fuse.2 of its own.
+    assert not any(key.startswith("fuse.2.") for key in ours)
     assert torch.equal(
         release["transformer_4.1.f.weight"][:, :, 0, 0], ours["transformer.0.1.to_q.weight"]
     )
@@ -185,11 +194,22 @@ def test_release_folder_picks_both_files(tmp_path, release_files, capsys):
     )
     assert (out / "model.safetensors").is_file() and (out / DISCRIMINATOR_WEIGHTS).is_file()
     printed = capsys.readouterr().out
-    assert "fuse.2" in printed and "embed_q1" in printed
+    assert "embed_q.3 itself (tie_finest_fusion)" in printed and "embed_q1" in printed
     # Converting a generator alone into the same folder drops the earlier discriminator.
     args = ["release", "--generator", str(release_files / GENERATOR_FILE), "--preset", PRESET]
     assert main([*args, "--out", str(out)]) == 0
     assert not (out / DISCRIMINATOR_WEIGHTS).exists()
+
+
+def test_untied_model_gets_a_copy_of_embed_q1_as_its_finest_fusion(release_state):
+    cfg = dataclasses.replace(preset(PRESET), tie_finest_fusion=False)
+    model = convert_generator(release_state, cfg, "test")
+    ours = model.state_dict()
+    for key in ("conv_0.parametrizations.weight.original", "norm_1.beta.weight", "act.weight"):
+        assert torch.equal(ours[f"fuse.2.{key}"], ours[f"embed_q.3.{key}"]), key
+    assert model.fusion_block(3) is model.fuse[2]
+    tied = convert_generator(release_state, preset(PRESET), "test")
+    assert tied.fusion_block(3) is tied.embed_q[3]
 
 
 def test_old_spectral_norm_state_gives_the_same_conv_in_eval():
