@@ -23,6 +23,7 @@ from kernels.checks import check_number
 from .overrides import diff, from_plain, to_plain
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
+VGG_L1_SAMPLES = ("same_appearance", "with_target")
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,10 @@ class LossWeights:
     lowers its L1 by spreading its attention, which trains the coarse matches away from the
     right ones (docs/training.md, "The warp loss at the dense level"); the synthetic presets
     set 0.
+    `vgg_l1_samples`: the pairs the VGG-L1 term averages over: "same_appearance" (the release's
+    `fm` term, weighted by its self_ref: pairs whose exemplar shows the target's own appearance)
+    or "with_target" (every pair with a ground truth). The VGG-MSE term averages over every pair
+    with a ground truth either way (the release's `perc`).
     """
 
     warp: float = 1000.0
@@ -49,10 +54,17 @@ class LossWeights:
     l1: float = 0.0
     discriminator: float = 1.0
     warp_dense: float = 1.0
+    vgg_l1_samples: str = "same_appearance"
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
-            check_number(f"train.loss.{f.name}", getattr(self, f.name))
+            if f.name != "vgg_l1_samples":
+                check_number(f"train.loss.{f.name}", getattr(self, f.name))
+        if self.vgg_l1_samples not in VGG_L1_SAMPLES:
+            raise ValueError(
+                f"train.loss.vgg_l1_samples must be one of {list(VGG_L1_SAMPLES)}, "
+                f"got {self.vgg_l1_samples!r}"
+            )
 
 
 @dataclass(frozen=True)
