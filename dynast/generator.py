@@ -30,6 +30,7 @@ from torch import Tensor, nn
 
 from kernels.custom_ops import DerivedCandidates
 
+from .activation_checkpoint import checkpointed
 from .attention_block import DynamicAttentionBlock
 from .blocks import Encoder, SPADEResBlock, Upsample2x, conv2d, resize_nearest
 from .config import DynaSTConfig
@@ -53,7 +54,14 @@ class GeneratorOutput:
 
 
 class Generator(nn.Module):
-    """DynaST generator. `forward(semantic, exemplar, exemplar_semantic)` -> GeneratorOutput."""
+    """DynaST generator. `forward(semantic, exemplar, exemplar_semantic)` -> GeneratorOutput.
+
+    `checkpoint_activations` (default False; training sets it from `train.checkpoint_activations`):
+    with gradients enabled, every attention block and SPADE residual block (embeddings, fusion)
+    runs under activation checkpointing (`dynast.activation_checkpoint`): its activations are
+    rebuilt in the backward instead of kept, the gradients are the same bit for bit."""
+
+    checkpoint_activations: bool = False
 
     def __init__(self, cfg: DynaSTConfig) -> None:
         super().__init__()
@@ -180,12 +188,12 @@ class Generator(nn.Module):
             sem = resize_nearest(semantic, (h, w))
             ex_cond = resize_nearest(exemplar_input, (h, w))
             if s == 0:
-                q = self.embed_q[0](q_skips[0], sem)
-                kv = self.embed_kv[0](kv_skips[0], ex_cond)
+                q = self._run(self.embed_q[0], q_skips[0], sem)
+                kv = self._run(self.embed_kv[0], kv_skips[0], ex_cond)
                 pos = self.positional_map(h, w)
             else:
-                q = self.embed_q[s](self.up_q[s - 1](q) + q_skips[s], sem)
-                kv = self.embed_kv[s](self.up_kv[s - 1](kv) + kv_skips[s], ex_cond)
+                q = self._run(self.embed_q[s], self.up_q[s - 1](q) + q_skips[s], sem)
+                kv = self._run(self.embed_kv[s], self.up_kv[s - 1](kv) + kv_skips[s], ex_cond)
                 pos = self.up_pos[s - 1](pos)
             pooled = None
             finest = s == len(self.transformer) - 1
@@ -199,7 +207,8 @@ class Generator(nn.Module):
                     candidates = DerivedCandidates("inter" if i == 0 else "inner", topk, h, w)
                 # output_from_warp needs the last block's warp of the finest scale, always.
                 last = finest and i == len(blocks) - 1
-                result = block(
+                result = self._run(
+                    block,
                     x,
                     kv,
                     pos,
@@ -222,7 +231,7 @@ class Generator(nn.Module):
             if s == 0:
                 decoded = x
             else:
-                decoded = self.fusion_block(s)(self.up_x[s - 1](decoded) + x, sem)
+                decoded = self._run(self.fusion_block(s), self.up_x[s - 1](decoded) + x, sem)
 
         image = torch.tanh(self.to_rgb(decoded))
         if self.config.output_from_warp:
@@ -240,6 +249,13 @@ class Generator(nn.Module):
             block_sizes=sizes,
             kept=kept,
         )
+
+    def _run(self, block: nn.Module, *args: object, **kwargs: object):
+        """`block(*args, **kwargs)`, checkpointed when `checkpoint_activations` is on and the
+        call records gradients."""
+        if self.checkpoint_activations and torch.is_grad_enabled():
+            return checkpointed(block, *args, **kwargs)
+        return block(*args, **kwargs)
 
     def extra_repr(self) -> str:
         return f"preset={self.config.name!r}"

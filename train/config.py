@@ -85,6 +85,9 @@ class TrainConfig:
     or over each process's own samples (False, the release's per-GPU SynchronizedBatchNorm under
     DataParallel). `init_from`: a folder written by `dynast.convert` or `save_pretrained` whose
     generator (and `discriminator.safetensors`, when present) a new run starts from.
+    `checkpoint_activations`: the generator's attention blocks and SPADE residual blocks keep
+    their inputs instead of their activations and run again in the backward
+    (`Generator.checkpoint_activations`): less memory, more time, the same gradients bit for bit.
     """
 
     output_dir: str = "runs/synthetic-64"
@@ -116,11 +119,23 @@ class TrainConfig:
     eval_batch_size: int = 16
     sample_rows: int = 4
     compile: bool = False  # torch.compile the generator (kernels.custom_ops keeps it one graph)
+    checkpoint_activations: bool = False
 
     def __post_init__(self) -> None:
         owner = "train"
-        if not isinstance(self.compile, bool):
-            raise ValueError(f"{owner}.compile must be true or false, got {self.compile!r}")
+        for name in ("compile", "checkpoint_activations"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(
+                    f"{owner}.{name} must be true or false, got {getattr(self, name)!r}"
+                )
+        if self.compile and self.checkpoint_activations:
+            # The checkpointed blocks rewind their buffers for the recomputation through
+            # checkpoint's context_fn, which torch.compile accepts only for regions without
+            # in-place ops; spectral norm and batch norm update buffers in place, and compiling
+            # fails (BackendCompilerFailed, torch 2.13).
+            raise ValueError(
+                f"{owner}.checkpoint_activations and {owner}.compile cannot both be on: choose one"
+            )
         if not isinstance(self.output_dir, str) or not self.output_dir:
             raise ValueError(
                 f"{owner}.output_dir must be a non-empty path, got {self.output_dir!r}"
@@ -214,6 +229,7 @@ RESUMABLE_CHANGES = frozenset(
         "train.vgg_weights",
         "train.init_from",
         "train.compile",
+        "train.checkpoint_activations",
     }
 )
 
