@@ -15,8 +15,9 @@ work: G and D, every loss term, both optimiser updates) and its `g_step` rows.
 
 Without CUDA the default (256 px, batch 8) is refused: pass `--device cpu`, or a `--size` of at
 most 64. `--ngf` narrows the release's generator (its DeepFashion width is 64; the row's config
-then names the width): a CPU smoke run in seconds with every module of the real one. On a GPU the rows go to benchmarks/results/train_step.csv unless `--csv` says otherwise;
-on the CPU only to an explicit `--csv`.
+then names the width): a CPU smoke run in seconds with every module of the real one. On a GPU
+the row goes to benchmarks/results/train_step.csv unless `--csv` says otherwise; on the CPU only
+to an explicit `--csv`.
 """
 
 from __future__ import annotations
