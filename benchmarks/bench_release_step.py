@@ -38,6 +38,7 @@ from benchmarks.measure import (
     first_line,
     is_out_of_memory,
     median_ms,
+    peak_rss_mb,
     step_peak_mb,
 )
 from benchmarks.release_code import (
@@ -142,8 +143,15 @@ def bench(
             trainer.run_generator_one_step(data)
             trainer.run_discriminator_one_step(data)
 
-        ms = median_ms(step, device, warmup_ms=warmup_ms, rep_ms=rep_ms)
-        return "ok", ms, step_peak_mb(step, device)
+        if device.type == "cuda":
+            ms = median_ms(step, device, warmup_ms=warmup_ms, rep_ms=rep_ms)
+            return "ok", ms, step_peak_mb(step, device)
+        # On the CPU the timed steps give the peak too (each step is the same work).
+        timed: list[float] = []
+        peak = peak_rss_mb(
+            lambda: timed.append(median_ms(step, device, warmup_ms=warmup_ms, rep_ms=rep_ms))
+        )
+        return "ok", timed[0], peak
     except Exception as err:  # a step that does not fit is a result, reported as a row
         return ("oom" if is_out_of_memory(err) else f"error {first_line(err)}"), None, None
 

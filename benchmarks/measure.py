@@ -85,11 +85,13 @@ def peak_rss_mb(fn: Callable[[], object]) -> float | None:
     """Peak resident set size of this process during one call of `fn`, in MiB: the CPU's
     counterpart of `peak_mb(..., above_live=False)`, everything resident included (weights,
     Python, libraries). Linux: the high-water mark is reset through /proc/self/clear_refs before
-    the call and read from /proc/self/status after it; None where that is unavailable."""
+    the call and read from /proc/self/status after it; None where that is unavailable (`fn` is
+    called either way)."""
     status = Path("/proc/self/status")
     try:
         Path("/proc/self/clear_refs").write_text("5")
     except OSError:
+        fn()
         return None
     fn()
     for line in status.read_text().splitlines():
