@@ -16,9 +16,9 @@ file). Rows per backend:
 - g_step, d_step: its two halves;
 - and the parts, timed alone: g_fwd_bwd (generator forward with warps and the backward of a
   stand-in loss, the `bench_train_step.py` step), vgg_fwd_bwd (features of fake and real, the
-  backward into the image), d_critic_fwd_bwd (discriminator on the fake, backward into the image,
-  plus the no-grad real pass of feature matching), d_fwd_bwd (the discriminator step's forward on
-  fake and real, backward), adam (both optimisers' updates).
+  backward into the image), d_critic_fwd_bwd (discriminator on fake and real in one call, as the
+  generator step makes it, backward into the fake image), d_fwd_bwd (the discriminator step's
+  forward on fake and real, backward), adam (both optimisers' updates).
 
 The parts overlap the halves (g_step holds g_fwd_bwd, vgg_fwd_bwd, d_critic_fwd_bwd and the G
 update): their sum against `step` shows what is left (loss terms, gradient scaling, syncs).
@@ -190,10 +190,9 @@ def part_functions(setup: StepSetup) -> dict[str, Callable[[], object]]:
     def d_critic_fwd_bwd() -> None:
         p.d_inner.requires_grad_(False)
         with p.autocast():
-            preds = p.d_inner(sem, fake_image)
-            with torch.no_grad():
-                p.d_inner(sem, target)
-            loss = sum(scale[-1].float().mean() for scale in preds)
+            # One call on fake and real, as generator_step makes it for feature matching.
+            preds = p.d_inner(torch.cat([sem, sem]), torch.cat([fake_image, target]))
+            loss = sum(scale[-1][: sem.shape[0]].float().mean() for scale in preds)
         loss.backward()
         p.d_inner.requires_grad_(True)
 

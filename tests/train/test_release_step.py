@@ -4,7 +4,7 @@
 float64 training steps on each, on batches of a self-reference pair and another pair. The
 release's DeepFashion options at 64 px (the smallest its discriminator takes), with the generator
 narrowed to ngf 16: every module stays, and float64 convolutions on the CPU take about a minute
-for both sides on two cores instead of about ten at ngf 64 (`python -m
+for both sides on one thread, against about two at ngf 64 (`python -m
 benchmarks.release_step_parity` runs the full width; docs/training.md has its table). Every loss
 term and total in the release's weighting, the image, both networks' gradients per parameter and
 their state after each optimiser step agree to 1e-9 relative. What dynast does differently on
