@@ -64,7 +64,13 @@ from dynast.convert import (
     generator_rules,
 )
 from dynast.discriminator import check_image_size
-from dynast.vgg import VGG19Features, caffe_input
+from dynast.vgg import (
+    CAFFE_BGR_MEAN,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    VGG19Features,
+    caffe_input,
+)
 from train.config import LossWeights, release_recipe
 from train.steps import LossSums, StepParts, discriminator_step, generator_step, global_weights
 
@@ -397,26 +403,38 @@ def compare(ours: StepRecord, theirs: StepRecord) -> Comparison:
 
 def check_deliberate_differences() -> list[str]:
     """The choices where dynast's presets differ from the release on purpose and the comparison
-    follows the release instead (docs/training.md); each line is checked here, exactly."""
-    lines = []
-    cfg = preset(PRESET)
-    assert cfg.warp_over == "kept" and cfg.tie_finest_fusion
-    lines.append("warp_over: the preset warps over the kept keys, the release over the pruned ones")
-    lines.append(
-        "VGG input: dynast's VGG19Features normalises (x - mean) / std (torchvision's weights), "
-        "the release feeds BGR minus the BGR mean, x255 (dynast.vgg.caffe_input)"
-    )
+    follows the release instead (docs/training.md), one line each; AssertionError when one of
+    the statements no longer holds."""
+
+    def check(holds: bool, statement: str) -> str:
+        if not holds:
+            raise AssertionError(f"no longer true: {statement}")
+        return statement
+
+    cfg, recipe = preset(PRESET), release_recipe(PRESET).loss
     release = release_loss_weights(torch.ones(5, dtype=torch.float64))
-    recipe = release_recipe(PRESET).loss
-    assert (recipe.warp, recipe.vgg) == (RELEASE_WARP / 5, RELEASE_VGG / 5)
-    for name in ("warp", "vgg"):
-        ratio = getattr(recipe, name) / getattr(release, name)
-        assert abs(ratio - (5 + SELF_REF_EPS) / 5) < 1e-15, name
-    lines.append(
-        "loss weights: RELEASE_LOSS's warp 200 and VGG-L1 2 are the release's 1000 and 10 at 5 "
-        "self-reference pairs per GPU without its +1e-5: x (5 + 1e-5) / 5"
-    )
-    return lines
+    factor = (5 + SELF_REF_EPS) / 5
+    return [
+        check(
+            cfg.warp_over == "kept",
+            "warp_over: the preset warps over the kept keys, the release over the pruned ones",
+        ),
+        check(
+            (IMAGENET_MEAN, IMAGENET_STD) == ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+            and CAFFE_BGR_MEAN == (0.40760392, 0.45795686, 0.48501961),
+            "VGG input: dynast's VGG19Features normalises (x - mean) / std (torchvision's "
+            "weights), the release feeds BGR minus the BGR mean, x255 (dynast.vgg.caffe_input)",
+        ),
+        check(
+            (recipe.warp, recipe.vgg) == (RELEASE_WARP / 5, RELEASE_VGG / 5)
+            and all(
+                abs(getattr(recipe, n) / getattr(release, n) - factor) < 1e-15
+                for n in ("warp", "vgg")
+            ),
+            "loss weights: RELEASE_LOSS's warp 200 and VGG-L1 2 are the release's 1000 and 10 at "
+            "5 self-reference pairs per GPU without its +1e-5: x (5 + 1e-5) / 5",
+        ),
+    ]
 
 
 # ----------------------------------------------------------------------------- run
