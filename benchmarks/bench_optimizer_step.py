@@ -16,13 +16,19 @@ file). Rows per backend:
 - g_step, d_step: its two halves;
 - and the parts, timed alone: g_fwd_bwd (generator forward with warps and the backward of a
   stand-in loss, the `bench_train_step.py` step), vgg_fwd_bwd (features of fake and real, the
-  backward into the image), d_critic_fwd_bwd (discriminator on the fake, backward into the image,
-  plus the no-grad real pass of feature matching), d_fwd_bwd (the discriminator step's forward on
-  fake and real, backward), adam (both optimisers' updates).
+  backward into the image), d_critic_fwd_bwd (discriminator on fake and real in one call, as the
+  generator step makes it, backward into the fake image), d_fwd_bwd (the discriminator step's
+  forward on fake and real, backward), adam (both optimisers' updates).
 
 The parts overlap the halves (g_step holds g_fwd_bwd, vgg_fwd_bwd, d_critic_fwd_bwd and the G
 update): their sum against `step` shows what is left (loss terms, gradient scaling, syncs).
 Median times, peak CUDA memory of one step; rows are printed and appended to a CSV.
+
+The `step` rows also go to `--step-csv` (train_step.csv's columns) with work `full_step`, beside
+the release's (`bench_release_step.py`) and the generator-only `g_step` rows of
+`bench_train_step.py`; their peak memory on the CPU is the process's peak resident set. Default:
+benchmarks/results/train_step.csv on a GPU, none on the CPU. `--checkpoint-activations` runs the
+generator with activation checkpointing (`train.checkpoint_activations`; backend `BACKEND+ckpt`).
 """
 
 from __future__ import annotations
@@ -46,6 +52,8 @@ from benchmarks.bench_train_step import (
     generator_loss,
     make_inputs,
 )
+from benchmarks.bench_train_step import COLUMNS as STEP_COLUMNS
+from benchmarks.bench_train_step import DEFAULT_CSV as STEP_CSV
 from benchmarks.measure import (
     append_rows,
     cell,
@@ -55,6 +63,7 @@ from benchmarks.measure import (
     is_out_of_memory,
     median_ms,
     peak_mb,
+    step_peak_mb,
 )
 from benchmarks.tiny import TINY_BATCH, TINY_SIZE, tiny_config
 from dynast.config import PRESETS, DynaSTConfig, preset
@@ -103,10 +112,12 @@ def build(
     device: torch.device,
     amp: torch.dtype | None,
     compile_generator: bool,
+    checkpoint_activations: bool = False,
 ) -> StepSetup:
     """Models, optimisers and one micro-batch, assembled as `train.loop.train` assembles them."""
     torch.manual_seed(0)
     generator = Generator(cfg).to(device)
+    generator.checkpoint_activations = checkpoint_activations
     discriminator = MultiscaleDiscriminator(cfg).to(device)
     vgg = VGG19Features().to(device)
     tc = TrainConfig()  # the default optimisation settings, as the loop reads them
@@ -179,10 +190,9 @@ def part_functions(setup: StepSetup) -> dict[str, Callable[[], object]]:
     def d_critic_fwd_bwd() -> None:
         p.d_inner.requires_grad_(False)
         with p.autocast():
-            preds = p.d_inner(sem, fake_image)
-            with torch.no_grad():
-                p.d_inner(sem, target)
-            loss = sum(scale[-1].float().mean() for scale in preds)
+            # One call on fake and real, as generator_step makes it for feature matching.
+            preds = p.d_inner(torch.cat([sem, sem]), torch.cat([fake_image, target]))
+            loss = sum(scale[-1][: sem.shape[0]].float().mean() for scale in preds)
         loss.backward()
         p.d_inner.requires_grad_(True)
 
@@ -224,8 +234,10 @@ def bench(
     amp: torch.dtype | None,
     warmup_ms: int,
     rep_ms: int,
+    checkpoint_activations: bool = False,
 ) -> dict[str, tuple[str, float | None, float | None]]:
-    """part -> (status, median ms, peak MiB) for one backend."""
+    """part -> (status, median ms, peak MiB) for one backend (peak resident set on the CPU for
+    the whole `step`, None for the other parts there)."""
     results: dict[str, tuple[str, float | None, float | None]] = {}
     try:
         setup = build(
@@ -235,6 +247,7 @@ def bench(
             device,
             amp,
             compile_generator,
+            checkpoint_activations,
         )
         functions = part_functions(setup)
     except Exception as err:  # a model that does not fit is a result: every part reports it
@@ -244,7 +257,10 @@ def bench(
         fn = functions[part]
         try:
             ms = median_ms(fn, device, warmup_ms=warmup_ms, rep_ms=rep_ms)
-            peak = peak_mb(fn, device, above_live=False)
+            if part == "step":
+                peak = step_peak_mb(fn, device)
+            else:
+                peak = peak_mb(fn, device, above_live=False)
             results[part] = ("ok", ms, peak)
         except Exception as err:  # reported as a row, see above
             status = "oom" if is_out_of_memory(err) else f"error {first_line(err)}"
@@ -268,6 +284,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--compile", action="store_true", help="torch.compile the generator")
     parser.add_argument(
+        "--checkpoint-activations",
+        action="store_true",
+        help="activation checkpointing in the generator (train.checkpoint_activations)",
+    )
+    parser.add_argument(
         "--parts", default=",".join(PARTS), help=f"what to time, some of {','.join(PARTS)}"
     )
     parser.add_argument("--amp", choices=sorted(AMP), default=None, help="default bf16 on GPU")
@@ -275,6 +296,13 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--warmup", type=int, default=100, help="warm-up per timing, ms")
     parser.add_argument("--rep", type=int, default=500, help="measurement per timing, ms")
     parser.add_argument("--csv", type=Path, default=DEFAULT_CSV, help="rows are appended here")
+    parser.add_argument(
+        "--step-csv",
+        type=Path,
+        default=None,
+        help="the step rows as work full_step (default on a GPU: benchmarks/results/"
+        "train_step.csv; on the CPU only when given)",
+    )
     return parser
 
 
@@ -309,10 +337,22 @@ def main(argv: list[str] | None = None) -> int:
     )
     results = {
         b: bench(
-            cfg, b, args.compile, parts, size, batch, device, AMP[amp_name], args.warmup, args.rep
+            cfg,
+            b,
+            args.compile,
+            parts,
+            size,
+            batch,
+            device,
+            AMP[amp_name],
+            args.warmup,
+            args.rep,
+            args.checkpoint_activations,
         )
         for b in backends
     }
+    # Row labels: the backend, and what the run adds to it.
+    label = {b: b + ("+ckpt" if args.checkpoint_activations else "") for b in backends}
     print(
         f"{'part':<17}"
         + "".join(f" {b + ' ms':>12} {'peak MB':>9}" for b in backends)
@@ -334,7 +374,7 @@ def main(argv: list[str] | None = None) -> int:
                     "image_size": size,
                     "batch": batch,
                     "amp": amp_name,
-                    "backend": b,
+                    "backend": label[b],
                     "compile": args.compile,
                     "part": part,
                     "status": status,
@@ -348,7 +388,19 @@ def main(argv: list[str] | None = None) -> int:
         print(line)
     append_rows(args.csv, COLUMNS, rows)
     print(f"appended {len(rows)} rows to {args.csv}")
+    step_csv = args.step_csv or (STEP_CSV if on_gpu else None)
+    full_steps = [full_step_row(r) for r in rows if r["part"] == "step"]
+    if step_csv is not None and full_steps:
+        append_rows(step_csv, STEP_COLUMNS, full_steps)
+        print(f"appended {len(full_steps)} full_step rows to {step_csv}")
     return 1 if any(r["status"].startswith("error") for r in rows) else 0
+
+
+def full_step_row(row: dict[str, object]) -> dict[str, object]:
+    """A `step` row of this script as a train_step.csv row of work `full_step`."""
+    backend = str(row["backend"]) + ("+compile" if row["compile"] else "")
+    kept = {k: v for k, v in row.items() if k in STEP_COLUMNS}
+    return {**kept, "backend": backend, "work": "full_step", "image_rel_rms": None}
 
 
 if __name__ == "__main__":

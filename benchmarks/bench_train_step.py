@@ -14,8 +14,10 @@ median step time, peak CUDA memory (all of it: weights, gradients, activations; 
 not fit is reported "oom"), and the generated image's relative RMS difference from the reference
 backend's (a sanity check, not a test: a top-k near-tie may route a sparse block differently).
 Sizes other than the config's image size run the same model, its positional map interpolated.
-Rows are printed and appended to a CSV. `--compile` wraps the generator in `torch.compile` (the
-attention then runs through the custom ops of `kernels.custom_ops`); its rows name the backend
+Rows are printed and appended to a CSV, with work `g_step` (the CSV also holds `full_step` rows,
+whole optimiser steps of dynast and of the release; see COLUMNS). `--compile` wraps the
+generator in `torch.compile` (the attention then runs through the custom ops of
+`kernels.custom_ops`); its rows name the backend
 `triton+compile` / `torch+compile`, and the compilation happens in the warm-up, outside the timing.
 `--channels-last` puts the weights and inputs in the channels_last layout (rows `BACKEND+cl`),
 `--cudnn-benchmark` lets cuDNN time its convolution algorithms in the warm-up (`BACKEND+bench`).
@@ -65,9 +67,12 @@ def backend_config(cfg: DynaSTConfig, backend: str) -> DynaSTConfig:
 
 AMP = {"bf16": torch.bfloat16, "fp16": torch.float16, "none": None}
 WARP_WEIGHT = 1000.0  # docs/method.md section 5
+# `work`: what a row times. `g_step` is this script's step (the generator's forward and backward
+# with a stand-in loss); `full_step` a whole optimiser step, G and D with every loss term and both
+# updates (`bench_optimizer_step.py` for dynast, `bench_release_step.py` for the release).
 COLUMNS = [
     "timestamp", "gpu", "torch", "triton", "commit", "config", "image_size", "batch", "amp",
-    "backend", "status", "median_ms", "peak_mb", "image_rel_rms",
+    "backend", "work", "status", "median_ms", "peak_mb", "image_rel_rms",
 ]  # fmt: skip
 DEFAULT_CSV = ROOT / "benchmarks" / "results" / "train_step.csv"
 HEADER = (
@@ -301,6 +306,7 @@ def main(argv: list[str] | None = None) -> int:
                     "batch": args.batch,
                     "amp": amp_name,
                     "backend": backend,
+                    "work": "g_step",
                     "status": status,
                     "median_ms": ms,
                     "peak_mb": peak,

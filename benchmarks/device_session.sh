@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # One lent-GPU session measuring every row of issue 13's target table (docs/benchmarks.md), in
 # priority order, each stage under its own time limit so that a slow stage cannot starve the later
-# ones. The default stages add up to 735 s of limits, more than one 10-minute call: run them in two
-# calls with the same OUT, splitting STAGES; a stage that finishes early leaves its time unused.
-# Everything lands in $OUT (one log per stage and the CSVs); the last stage prints the target
-# table filled from those CSVs.
+# ones. The default stages run in two calls with the same $OUT, each under 10 minutes of limits:
+# call 1 (the default) at most 585 s, CALL=2 at most 580 s (the release's training step beside
+# dynast's full step, the 512 px step with activation checkpointing, and the query-tile candidate
+# forward). A stage that finishes early leaves its time unused. Everything lands in $OUT (one log
+# per stage and the CSVs); the last stage of each call prints the target table filled from those
+# CSVs.
 #   OUT=/tmp/out bash benchmarks/device_session.sh
+#   OUT=/tmp/out CALL=2 RELEASE_ROOT=shared/release-dynast bash benchmarks/device_session.sh
 #   STAGES="step256 summary" bash benchmarks/device_session.sh      # rerun some stages
 #   STAGES="derived" bash benchmarks/device_session.sh              # derived vs list candidates
 #   STAGES="norm" bash benchmarks/device_session.sh                 # fused SPADE modulation
@@ -17,6 +20,8 @@ export TRITON_CACHE_DIR=/tmp/triton-cache
 export TORCHINDUCTOR_CACHE_DIR=/tmp/inductor-cache
 PY=${PY:-python3}
 P256="--preset deepfashion-256"
+# The authors' code (benchmarks/release_code.py): beside the repository, or a copy inside it.
+RELEASE_ROOT=${RELEASE_ROOT:-../shared/release-dynast}
 
 stage() {  # stage NAME SECONDS CMD...
   local name=$1 limit=$2
@@ -30,7 +35,11 @@ stage() {  # stage NAME SECONDS CMD...
 }
 
 # Which stages run, in order (space-separated). Limits in seconds, each overridable (T_<STAGE>).
-STAGES=${STAGES:-"env step256 attn256 attn512 optstep generate mem512 profile step256c tile summary"}
+if [ "${CALL:-1}" = 2 ]; then
+  STAGES=${STAGES:-"env release ckpt512 tile summary"}
+else
+  STAGES=${STAGES:-"env step256 attn256 attn512 optstep generate mem512 profile step256c summary"}
+fi
 for name in $STAGES; do
   case $name in
     env) stage env ${T_ENV:-20} bash -c "nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv; \
@@ -74,6 +83,19 @@ for name in $STAGES; do
       --rep 60 --csv $OUT/attention.csv && $PY benchmarks/attention_cost.py $P256 --tile \
       --csv $OUT/attention.csv" ;;
     summary) stage summary ${T_SUMMARY:-10} $PY benchmarks/performance_targets.py "$OUT" ;;
+    # Issue 24, the yardstick: the release's full training step (its Pix2PixTrainer, fp16 amp,
+    # batch 8, 256 px), then dynast's full step on the same card (train/loop.py's code, bf16,
+    # fused and reference): full_step rows of train_step.csv. About 150 s.
+    release) stage release ${T_RELEASE:-240} bash -c "$PY benchmarks/bench_release_step.py \
+      --release-root $RELEASE_ROOT --batch 8 --size 256 --amp --warmup 1000 --rep 5000 \
+      --csv $OUT/train_step.csv; $PY benchmarks/bench_optimizer_step.py $P256 --batch 8 \
+      --parts step --warmup 500 --rep 3000 --csv $OUT/optimizer_step.csv \
+      --step-csv $OUT/train_step.csv" ;;
+    # Issue 24: deepfashion-512 at batch 4 with activation checkpointing (fused, bf16): peak
+    # memory (target < 24 GiB) and the step's time, beside mem512's run without it.
+    ckpt512) stage ckpt512 ${T_CKPT512:-160} $PY benchmarks/bench_optimizer_step.py $P256 \
+      --size 512 --batch 4 --backends triton --parts step --checkpoint-activations --warmup 500 \
+      --rep 3000 --csv "$OUT/optimizer_step.csv" --step-csv "$OUT/train_step.csv" ;;
     # Not in the default list (the issue's rows do not need them; earlier sessions ran them):
     dense) stage dense ${T_DENSE:-150} bash -c "$PY benchmarks/bench_attention.py $P256 \
       --blocks dense --impls fused,reference,flex --passes fwd,both --csv $OUT/attention.csv && \

@@ -81,6 +81,33 @@ def peak_mb(
     return (torch.cuda.max_memory_allocated(device) - base) / 2**20
 
 
+def peak_rss_mb(fn: Callable[[], object]) -> float | None:
+    """Peak resident set size of this process during one call of `fn`, in MiB: the CPU's
+    counterpart of `peak_mb(..., above_live=False)`, everything resident included (weights,
+    Python, libraries). Linux: the high-water mark is reset through /proc/self/clear_refs before
+    the call and read from /proc/self/status after it; None where that is unavailable (`fn` is
+    called either way)."""
+    status = Path("/proc/self/status")
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        fn()
+        return None
+    fn()
+    for line in status.read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024  # kB
+    return None
+
+
+def step_peak_mb(fn: Callable[[], object], device: torch.device) -> float | None:
+    """Peak memory of one call of a training step in MiB: all CUDA memory allocated on a GPU,
+    the process's resident set on the CPU (see `peak_rss_mb`)."""
+    if device.type == "cuda":
+        return peak_mb(fn, device, above_live=False)
+    return peak_rss_mb(fn)
+
+
 def is_out_of_memory(err: BaseException) -> bool:
     return isinstance(err, torch.cuda.OutOfMemoryError) or "out of memory" in str(err)
 

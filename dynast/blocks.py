@@ -12,9 +12,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.nn.utils.parametrizations import spectral_norm
 
 from kernels import norm as norm_ops
+
+from .spectral_norm import spectral_norm
 
 
 def positional_norm(x: Tensor, eps: float = 1e-8, *, backend: str = "torch") -> Tensor:

@@ -45,6 +45,10 @@ class DynaSTConfig:
     `kernels.norm` ("torch": the plain expressions, bit for bit the model as it always ran;
     "triton" / "auto": one fused kernel each way, `kernels.norm.fused`). Default "torch" until a
     GPU measurement says the fused kernels pay (docs/benchmarks.md, "Issue 13").
+    `tie_finest_fusion` (the release; on in the released presets): the finest scale's fusion block
+    is that scale's query embedding block itself, one module called at both places (the release's
+    forward runs `embed_q1` there), so its weights, gradients and spectral-norm state are shared;
+    off, the fusion block is a module of its own (`fuse[-1]`).
     """
 
     name: str = "synthetic-64-narrow"
@@ -67,6 +71,7 @@ class DynaSTConfig:
     init_gain: float = 0.02
     output_from_warp: bool = False
     region_gate: bool = False
+    tie_finest_fusion: bool = False
     ndf: int = 16
     disc_layers: int = 4
     num_discriminators: int = 2
@@ -113,12 +118,10 @@ class DynaSTConfig:
                 check_number(f"DynaSTConfig.{name}", value, strict=True)
         for name in ("sparse_scale", "sparse_prune_scale", "init_gain"):
             check_number(f"DynaSTConfig.{name}", getattr(self, name), strict=True)
-        if not isinstance(self.output_from_warp, bool):
-            value = self.output_from_warp
-            raise ValueError(f"DynaSTConfig.output_from_warp must be true or false, got {value!r}")
-        if not isinstance(self.region_gate, bool):
-            value = self.region_gate
-            raise ValueError(f"DynaSTConfig.region_gate must be true or false, got {value!r}")
+        for name in ("output_from_warp", "region_gate", "tie_finest_fusion"):
+            value = getattr(self, name)
+            if not isinstance(value, bool):
+                raise ValueError(f"DynaSTConfig.{name} must be true or false, got {value!r}")
         if self.region_gate and not self.output_from_warp:
             raise ValueError(
                 "DynaSTConfig.region_gate blends the warped exemplar that output_from_warp "
@@ -213,6 +216,7 @@ def _released(name: str, semantic_nc: int) -> DynaSTConfig:
         pos_unit=16,
         prune_unit=16,
         max_multiplier=8,
+        tie_finest_fusion=True,
         ndf=64,
     )
 

@@ -30,15 +30,18 @@ index `s` runs 0 = coarsest ... 3 = finest, so release level = 4 - s):
   `.spade` -> `.spade`, `.res_block` -> `.residual`;
 - `decoder_{l+1}{l}.1`, `decoder_q{l+1}{l}.1`, `decoder_kv{l+1}{l}.1`, `pos_{l+1}{l}.1` ->
   `up_x.{s-1}.conv`, `up_q...`, `up_kv...`, `up_pos...`;
-- `embed_3`, `embed_2` -> `fuse.0`, `fuse.1`; `embed_q1` -> `embed_q.3` *and* `fuse.2` (the
-  release's forward runs `embed_q1` as its last fusion block); `embed_1` (never called) dropped;
+- `embed_3`, `embed_2` -> `fuse.0`, `fuse.1`; `embed_q1` -> `embed_q.3`, which the released
+  presets (`tie_finest_fusion`) also run as their finest fusion block, as the release's forward
+  runs `embed_q1` there; a model without the tie gets a copy in `fuse.2`; `embed_1` (never
+  called) dropped;
 - `decoder_10.0` -> `to_rgb`;
 - SPADE `mlp_shared.0`, `mlp_gamma`, `mlp_beta` -> `shared`, `gamma`, `beta`;
 - ResidualBlock `model.{0,1,3,4}`, `relu` -> `conv_0`, `norm_0`, `conv_1`, `norm_1`, `act`;
   `model.2.weight` is the same PReLU listed again: checked equal to `relu.weight`, dropped;
 - SPADEResnetBlock `relu` -> `act`;
 - old spectral norm `weight_orig`, `weight_u`, `weight_v` -> `parametrizations.weight.original`,
-  `parametrizations.weight.0._u`, `parametrizations.weight.0._v`;
+  `parametrizations.weight.0._u`, `parametrizations.weight.0._v` (`dynast.spectral_norm`, which
+  iterates in the hook-based order of the release);
 - `discriminator_{i}.model{n}.0` -> `scales.{i}.layers.{n}.0`; the biases of the instance-normed
   convs (the norm removes them) and the never-called `dec` branch are dropped.
 """
@@ -111,7 +114,7 @@ def _conv1x1(src: str, dst: str) -> list[Rule]:
 
 
 def _spectral_conv(src: str, dst: str, *, bias: str = "copy") -> list[Rule]:
-    """Old hook-based spectral norm -> `torch.nn.utils.parametrizations.spectral_norm`."""
+    """The release's hook-based spectral norm -> `dynast.spectral_norm` (same state, other keys)."""
     p = f"{dst}.parametrizations.weight"
     rules = [
         Rule(f"{src}.weight_orig", COPY, f"{p}.original"),
@@ -205,9 +208,11 @@ def generator_rules(cfg: DynaSTConfig) -> list[Rule]:
             rules += _conv(f"pos_{pair}.1", f"up_pos.{s - 1}.conv")
             fusion = _spade_res(f"embed_{level}", f"fuse.{s - 1}")
             if level == 1:
-                # The release's forward fuses the finest scale with embed_q1, not embed_1.
+                # The release's forward fuses the finest scale with embed_q1, not embed_1: tied,
+                # that is embed_q.3 itself (mapped above); untied, fuse.2 gets a copy.
                 rules += _dropped(fusion, "embed_1 is built but never called by the release")
-                rules += _spade_res("embed_q1", f"fuse.{s - 1}")
+                if not cfg.tie_finest_fusion:
+                    rules += _spade_res("embed_q1", f"fuse.{s - 1}")
             else:
                 rules += fusion
     rules += _conv("decoder_10.0", "to_rgb")
@@ -415,10 +420,14 @@ def convert_release(
 
     copied = sum(r.action in (COPY, CONV1X1_TO_LINEAR) for r in g_rules)
     say(f"generator: {g_path} -> {out} ({cfg.name}; {copied} tensors mapped)")
-    last = f"fuse.{cfg.num_scales - 2}"
+    finest = cfg.num_scales - 1
+    if cfg.tie_finest_fusion:
+        where = f"is embed_q.{finest} itself (tie_finest_fusion), which holds embed_q1's weights"
+    else:
+        where = f"fuse.{finest - 1} receives a copy of embed_q1's weights"
     say(
-        f"  note: our {last} (the finest fusion block) receives embed_q1's weights, because the "
-        "release's forward runs embed_q1 there; its embed_1 is never called and is dropped"
+        f"  note: our finest fusion block {where}, because the release's forward runs embed_q1 "
+        "there; its embed_1 is never called and is dropped"
     )
     say(
         "  dropped: "

@@ -18,10 +18,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.nn.utils.parametrizations import spectral_norm
 
 from .blocks import init_module_
 from .config import DynaSTConfig
+from .spectral_norm import spectral_norm
 
 KERNEL = 4
 PADDING = 1  # int((4 - 1) / 2), as the release

@@ -13,10 +13,10 @@ Reads top to bottom as the forward pass does, coarsest scale first:
 5. a decoder: the coarsest transformer output is upsampled, added to the next scale's transformer
    output and fused by a SPADE residual block, scale after scale; a 3x3 conv and tanh at the end.
 
-Ours differs from the release where docs/method.md says so: a dedicated fusion block at the
-finest scale
-(the release reuses its query embedding there), the interpolated positional map, any number of
-scales and blocks per scale.
+Ours differs from the release where docs/method.md says so: the interpolated positional map, any
+number of scales and blocks per scale, and, unless `tie_finest_fusion` (on in the released
+presets), a fusion block of its own at the finest scale where the release reuses its query
+embedding.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from torch import Tensor, nn
 
 from kernels.candidates import candidate_list
 
+from .activation_checkpoint import checkpointed
 from .attention_block import DynamicAttentionBlock
 from .blocks import Encoder, SPADEResBlock, Upsample2x, conv2d, resize_nearest
 from .config import DynaSTConfig
@@ -53,7 +54,14 @@ class GeneratorOutput:
 
 
 class Generator(nn.Module):
-    """DynaST generator. `forward(semantic, exemplar, exemplar_semantic)` -> GeneratorOutput."""
+    """DynaST generator. `forward(semantic, exemplar, exemplar_semantic)` -> GeneratorOutput.
+
+    `checkpoint_activations` (default False; training sets it from `train.checkpoint_activations`):
+    with gradients enabled, every attention block and SPADE residual block (embeddings, fusion)
+    runs under activation checkpointing (`dynast.activation_checkpoint`): its activations are
+    rebuilt in the backward instead of kept, the gradients are the same bit for bit."""
+
+    checkpoint_activations: bool = False
 
     def __init__(self, cfg: DynaSTConfig) -> None:
         super().__init__()
@@ -105,7 +113,9 @@ class Generator(nn.Module):
             self.transformer.append(blocks)
 
         self.up_x = nn.ModuleList(Upsample2x(a, b, nn.ReLU(), gain=gain) for a, b in transitions)
-        self.fuse = nn.ModuleList(SPADEResBlock(c, cfg.semantic_nc, **norm) for c in widths[1:])
+        # Tied, the finest fusion is embed_q[-1] itself (`fusion_block`), registered once.
+        fused = widths[1:-1] if cfg.tie_finest_fusion else widths[1:]
+        self.fuse = nn.ModuleList(SPADEResBlock(c, cfg.semantic_nc, **norm) for c in fused)
         self.to_rgb = conv2d(widths[-1], 3, 3, gain=gain)
         if cfg.output_from_warp:
             # The correction starts at zero: the first image is the warped exemplar, not the
@@ -142,6 +152,12 @@ class Generator(nn.Module):
                 f"(num_scales={cfg.num_scales}), got {height}x{width}"
             )
 
+    def fusion_block(self, scale: int) -> SPADEResBlock:
+        """The block fusing the decoder with the transformer output at scale `scale` >= 1."""
+        if self.config.tie_finest_fusion and scale == self.config.num_scales - 1:
+            return self.embed_q[scale]
+        return self.fuse[scale - 1]
+
     def positional_map(self, height: int, width: int) -> Tensor:
         """The learned positional map at the coarsest grid of an input of this size: bilinear
         interpolation when the size differs from the one trained at."""
@@ -172,12 +188,12 @@ class Generator(nn.Module):
             sem = resize_nearest(semantic, (h, w))
             ex_cond = resize_nearest(exemplar_input, (h, w))
             if s == 0:
-                q = self.embed_q[0](q_skips[0], sem)
-                kv = self.embed_kv[0](kv_skips[0], ex_cond)
+                q = self._run(self.embed_q[0], q_skips[0], sem)
+                kv = self._run(self.embed_kv[0], kv_skips[0], ex_cond)
                 pos = self.positional_map(h, w)
             else:
-                q = self.embed_q[s](self.up_q[s - 1](q) + q_skips[s], sem)
-                kv = self.embed_kv[s](self.up_kv[s - 1](kv) + kv_skips[s], ex_cond)
+                q = self._run(self.embed_q[s], self.up_q[s - 1](q) + q_skips[s], sem)
+                kv = self._run(self.embed_kv[s], self.up_kv[s - 1](kv) + kv_skips[s], ex_cond)
                 pos = self.up_pos[s - 1](pos)
             pooled = None
             finest = s == len(self.transformer) - 1
@@ -191,7 +207,8 @@ class Generator(nn.Module):
                     candidates = candidate_list("inter" if i == 0 else "inner", topk, h, w)
                 # output_from_warp needs the last block's warp of the finest scale, always.
                 last = finest and i == len(blocks) - 1
-                result = block(
+                result = self._run(
+                    block,
                     x,
                     kv,
                     pos,
@@ -214,7 +231,7 @@ class Generator(nn.Module):
             if s == 0:
                 decoded = x
             else:
-                decoded = self.fuse[s - 1](self.up_x[s - 1](decoded) + x, sem)
+                decoded = self._run(self.fusion_block(s), self.up_x[s - 1](decoded) + x, sem)
 
         image = torch.tanh(self.to_rgb(decoded))
         if self.config.output_from_warp:
@@ -232,6 +249,13 @@ class Generator(nn.Module):
             block_sizes=sizes,
             kept=kept,
         )
+
+    def _run(self, block: nn.Module, *args: object, **kwargs: object):
+        """`block(*args, **kwargs)`, checkpointed when `checkpoint_activations` is on and the
+        call records gradients."""
+        if self.checkpoint_activations and torch.is_grad_enabled():
+            return checkpointed(block, *args, **kwargs)
+        return block(*args, **kwargs)
 
     def extra_repr(self) -> str:
         return f"preset={self.config.name!r}"

@@ -64,8 +64,11 @@ def resolve_vgg_weights(path: str | os.PathLike | None) -> Path:
 def caffe_input(image: Tensor) -> Tensor:
     """The release's VGG input for an image in [-1, 1] (its `vgg_preprocess` with
     `--vgg_normal_correct`): [0, 1], RGB -> BGR, minus the BGR ImageNet mean, times 255. Against
-    torchvision's `(x - mean) / std` this is about 255 * 0.226 = 57.5 times larger."""
-    mean = torch.tensor(CAFFE_BGR_MEAN, dtype=image.dtype, device=image.device).view(1, 3, 1, 1)
+    torchvision's `(x - mean) / std` this is about 255 * 0.226 = 57.5 times larger. The mean is
+    a float32 tensor cast to the image's dtype, as the release builds it (`torch.Tensor([...])`):
+    in float64 its decimal values would differ from the release's by float32 rounding."""
+    mean = torch.tensor(CAFFE_BGR_MEAN, dtype=torch.float32, device=image.device)
+    mean = mean.to(image.dtype).view(1, 3, 1, 1)
     return (((image + 1) / 2).flip(1) - mean) * 255
 
 

@@ -23,6 +23,7 @@ from kernels.checks import check_number
 from .overrides import diff, from_plain, to_plain
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
+VGG_L1_SAMPLES = ("same_appearance", "with_target")
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,10 @@ class LossWeights:
     lowers its L1 by spreading its attention, which trains the coarse matches away from the
     right ones (docs/training.md, "The warp loss at the dense level"); the synthetic presets
     set 0.
+    `vgg_l1_samples`: the pairs the VGG-L1 term averages over: "same_appearance" (the release's
+    `fm` term, weighted by its self_ref: pairs whose exemplar shows the target's own appearance)
+    or "with_target" (every pair with a ground truth). The VGG-MSE term averages over every pair
+    with a ground truth either way (the release's `perc`).
     """
 
     warp: float = 1000.0
@@ -49,10 +54,17 @@ class LossWeights:
     l1: float = 0.0
     discriminator: float = 1.0
     warp_dense: float = 1.0
+    vgg_l1_samples: str = "same_appearance"
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
-            check_number(f"train.loss.{f.name}", getattr(self, f.name))
+            if f.name != "vgg_l1_samples":
+                check_number(f"train.loss.{f.name}", getattr(self, f.name))
+        if self.vgg_l1_samples not in VGG_L1_SAMPLES:
+            raise ValueError(
+                f"train.loss.vgg_l1_samples must be one of {list(VGG_L1_SAMPLES)}, "
+                f"got {self.vgg_l1_samples!r}"
+            )
 
 
 @dataclass(frozen=True)
@@ -73,6 +85,9 @@ class TrainConfig:
     or over each process's own samples (False, the release's per-GPU SynchronizedBatchNorm under
     DataParallel). `init_from`: a folder written by `dynast.convert` or `save_pretrained` whose
     generator (and `discriminator.safetensors`, when present) a new run starts from.
+    `checkpoint_activations`: the generator's attention blocks and SPADE residual blocks keep
+    their inputs instead of their activations and run again in the backward
+    (`Generator.checkpoint_activations`): less memory, more time, the same gradients bit for bit.
     """
 
     output_dir: str = "runs/synthetic-64"
@@ -104,11 +119,23 @@ class TrainConfig:
     eval_batch_size: int = 16
     sample_rows: int = 4
     compile: bool = False  # torch.compile the generator (kernels.custom_ops keeps it one graph)
+    checkpoint_activations: bool = False
 
     def __post_init__(self) -> None:
         owner = "train"
-        if not isinstance(self.compile, bool):
-            raise ValueError(f"{owner}.compile must be true or false, got {self.compile!r}")
+        for name in ("compile", "checkpoint_activations"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(
+                    f"{owner}.{name} must be true or false, got {getattr(self, name)!r}"
+                )
+        if self.compile and self.checkpoint_activations:
+            # The checkpointed blocks rewind their buffers for the recomputation through
+            # checkpoint's context_fn, which torch.compile accepts only for regions without
+            # in-place ops; spectral norm and batch norm update buffers in place, and compiling
+            # fails (BackendCompilerFailed, torch 2.13).
+            raise ValueError(
+                f"{owner}.checkpoint_activations and {owner}.compile cannot both be on: choose one"
+            )
         if not isinstance(self.output_dir, str) or not self.output_dir:
             raise ValueError(
                 f"{owner}.output_dir must be a non-empty path, got {self.output_dir!r}"
@@ -204,6 +231,7 @@ RESUMABLE_CHANGES = frozenset(
         "train.vgg_weights",
         "train.init_from",
         "train.compile",
+        "train.checkpoint_activations",
     }
 )
 

@@ -377,6 +377,7 @@ def _build_models(
     cfg, tc, accelerator, device = s.cfg, s.cfg.train, s.accelerator, s.accelerator.device
     set_seed(tc.seed)
     generator = Generator(cfg.model)
+    generator.checkpoint_activations = tc.checkpoint_activations
     discriminator = MultiscaleDiscriminator(cfg.model)
     if tc.init_from is not None and resume is None:
         # A new run starting from given weights (a resumed run takes its checkpoint's instead).

@@ -1,8 +1,10 @@
 """Losses of DynaST training (docs/method.md section 5), per sample.
 
-Every function returns one value per sample ([B], fp32) so the loop can weight samples (only pairs
+Every function returns one value per sample ([B]) so the loop can weight samples (only pairs
 with a ground truth count for the reconstruction terms) and normalise the weights over the global
-batch with `normalised_sum`.
+batch with `normalised_sum`. Values are computed in fp32 for half-precision inputs (autocast) and
+in the inputs' own dtype otherwise, so a float64 step is exact to float64 (the comparison with the
+release's step, tests/train/test_release_step.py, checks it to 1e-9).
 """
 
 from __future__ import annotations
@@ -19,18 +21,28 @@ VGG_LAYER_WEIGHTS = (1 / 32, 1 / 16, 1 / 8, 1 / 4, 1.0)
 VGG_MSE_LAYER = 3
 
 
+def loss_dtype(*tensors: Tensor) -> torch.dtype:
+    """The dtype a loss over `tensors` is computed in: theirs, at least fp32."""
+    dtype = torch.float32
+    for t in tensors:
+        dtype = torch.promote_types(dtype, t.dtype)
+    return dtype
+
+
 def per_sample_l1(a: Tensor, b: Tensor) -> Tensor:
-    """Mean absolute difference per sample: [B, ...] x [B, ...] -> [B] (fp32)."""
+    """Mean absolute difference per sample: [B, ...] x [B, ...] -> [B] (`loss_dtype`)."""
     if a.shape != b.shape:
         raise ValueError(f"per_sample_l1: shapes differ, {tuple(a.shape)} vs {tuple(b.shape)}")
-    return (a.float() - b.float()).abs().flatten(1).mean(1)
+    dtype = loss_dtype(a, b)
+    return (a.to(dtype) - b.to(dtype)).abs().flatten(1).mean(1)
 
 
 def per_sample_mse(a: Tensor, b: Tensor) -> Tensor:
-    """Mean squared difference per sample: [B, ...] x [B, ...] -> [B] (fp32)."""
+    """Mean squared difference per sample: [B, ...] x [B, ...] -> [B] (`loss_dtype`)."""
     if a.shape != b.shape:
         raise ValueError(f"per_sample_mse: shapes differ, {tuple(a.shape)} vs {tuple(b.shape)}")
-    return (a.float() - b.float()).pow(2).flatten(1).mean(1)
+    dtype = loss_dtype(a, b)
+    return (a.to(dtype) - b.to(dtype)).pow(2).flatten(1).mean(1)
 
 
 def warp_loss(
@@ -47,11 +59,12 @@ def warp_loss(
         raise ValueError(
             f"warp_loss: weights must have one entry per block ({len(warps)}), got {len(weights)}"
         )
-    total = torch.zeros(target.shape[0], device=target.device, dtype=torch.float32)
+    dtype = loss_dtype(target, *warps)
+    total = torch.zeros(target.shape[0], device=target.device, dtype=dtype)
     for warp, weight in zip(warps, weights, strict=True):
         if weight == 0:
             continue
-        pooled = F.adaptive_avg_pool2d(target.float(), warp.shape[-2:])
+        pooled = F.adaptive_avg_pool2d(target.to(dtype), warp.shape[-2:])
         total = total + weight * per_sample_l1(warp, pooled)
     return total
 
@@ -62,8 +75,12 @@ def warp_block_weights(blocks: int, blocks_per_scale: int, dense: float) -> list
     return [dense] * blocks_per_scale + [1.0] * (blocks - blocks_per_scale)
 
 
+def _at_least_fp32(x: Tensor) -> Tensor:
+    return x.to(loss_dtype(x))
+
+
 def _patch_mean(logits: Tensor) -> Tensor:
-    return logits.float().flatten(1).mean(1)
+    return _at_least_fp32(logits).flatten(1).mean(1)
 
 
 def generator_hinge(fake_preds: Sequence[Sequence[Tensor]]) -> Tensor:
@@ -75,9 +92,9 @@ def discriminator_hinge(
     real_preds: Sequence[Sequence[Tensor]], fake_preds: Sequence[Sequence[Tensor]]
 ) -> tuple[Tensor, Tensor]:
     """(`mean relu(1 - D(Y))`, `mean relu(1 + D(F))`) per sample, averaged over scales."""
-    real = torch.stack([_patch_mean(F.relu(1 - s[-1].float())) for s in real_preds]).mean(0)
-    fake = torch.stack([_patch_mean(F.relu(1 + s[-1].float())) for s in fake_preds]).mean(0)
-    return real, fake
+    real = torch.stack([_patch_mean(F.relu(1 - _at_least_fp32(s[-1]))) for s in real_preds])
+    fake = torch.stack([_patch_mean(F.relu(1 + _at_least_fp32(s[-1]))) for s in fake_preds])
+    return real.mean(0), fake.mean(0)
 
 
 def feature_matching(

@@ -128,7 +128,10 @@ def generator_step(
     the generated images (detached) for the discriminator step.
 
     The discriminator runs unwrapped with frozen parameters: gradients reach the image, not D,
-    and D's DDP wrapper (which would expect D's gradients) is not involved."""
+    and D's DDP wrapper (which would expect D's gradients) is not involved. With feature matching
+    it runs once, on the fakes and the ground truths concatenated, as the release's
+    `discriminate` does: one power iteration of its spectral norms, and the real features the
+    fake ones are matched to come from the same normalised weights."""
     p, w, world = parts, parts.weights, parts.accelerator.num_processes
     p.d_inner.requires_grad_(False)
     p.opt_g.zero_grad(set_to_none=True)
@@ -140,10 +143,11 @@ def generator_step(
                 out = p.generator(
                     sem, batch["exemplar"], batch["exemplar_semantic"], with_warps=True
                 )
-                fake_preds = p.d_inner(sem, out.image) if p.uses_discriminator else None
                 if w.feature_matching > 0:
-                    with torch.no_grad():
-                        real_preds = p.d_inner(sem, target)
+                    preds = p.d_inner(torch.cat([sem, sem]), torch.cat([out.image, target]))
+                    fake_preds, real_preds = _split_preds(preds, sem.shape[0])
+                elif p.uses_discriminator:
+                    fake_preds = p.d_inner(sem, out.image)
                 if p.vgg is not None:
                     fake_feats = p.vgg(out.image)
                     with torch.no_grad():
@@ -151,6 +155,7 @@ def generator_step(
             # name -> (per-sample value, sample weights, their global sum)
             with_target = (sw.has_target[m], sw.global_target)
             same = (sw.same_appearance[m], sw.global_same)
+            vgg_l1_pairs = same if w.vgg_l1_samples == "same_appearance" else with_target
             block_weights = warp_block_weights(len(out.warps), p.blocks_per_scale, w.warp_dense)
             terms = {"warp": (warp_loss(out.warps, target, block_weights), *same)}
             if w.gan > 0:
@@ -161,7 +166,7 @@ def generator_step(
                 terms["l1"] = (per_sample_l1(out.image, target), *with_target)
             if p.vgg is not None:
                 vgg_l1, vgg_mse = vgg_losses(fake_feats, real_feats)
-                terms["vgg"] = (vgg_l1, *with_target)
+                terms["vgg"] = (vgg_l1, *vgg_l1_pairs)
                 terms["vgg_mse"] = (vgg_mse, *with_target)
             loss = sum(
                 getattr(w, name) * normalised_sum(value, weights, global_sum, world)

@@ -57,6 +57,14 @@ def test_cpu_step_from_a_json_config(tmp_path: Path) -> None:
         "torch",
     )
     assert row["status"] == "ok" and float(row["median_ms"]) > 0 and row["gpu"].startswith("cpu")
+    assert row["work"] == "g_step"
+
+
+def test_the_tracked_results_have_the_columns_the_scripts_write() -> None:
+    with open(ROOT / "benchmarks" / "results" / "train_step.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert rows and list(rows[0]) == bench.COLUMNS
+    assert {row["work"] for row in rows} <= {"g_step", "full_step"}
 
 
 def test_bad_arguments_are_named(tmp_path: Path, capsys) -> None:

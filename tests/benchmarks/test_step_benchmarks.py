@@ -10,7 +10,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmarks import bench_generate, bench_optimizer_step, performance_targets, profile_step
+from benchmarks import (
+    bench_generate,
+    bench_optimizer_step,
+    bench_train_step,
+    performance_targets,
+    profile_step,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -54,10 +60,9 @@ def test_kernel_categories() -> None:
 
 
 def test_optimizer_step_tiny(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    out = tmp_path / "step.csv"
-    assert (
-        bench_optimizer_step.main(["--tiny", "--warmup", "1", "--rep", "1", "--csv", str(out)]) == 0
-    )
+    out, steps = tmp_path / "step.csv", tmp_path / "train_step.csv"
+    args = ["--tiny", "--warmup", "1", "--rep", "1", "--csv", str(out), "--step-csv", str(steps)]
+    assert bench_optimizer_step.main(args) == 0
     printed = capsys.readouterr().out
     rows = _rows(out)
     assert list(rows[0]) == bench_optimizer_step.COLUMNS
@@ -66,6 +71,12 @@ def test_optimizer_step_tiny(tmp_path: Path, capsys: pytest.CaptureFixture) -> N
     assert all(r["backend"] == "torch" and r["config"] == "tiny" for r in rows)
     for part in bench_optimizer_step.PARTS:
         assert any(line.startswith(part) for line in printed.splitlines()), part
+    # The whole step again, as train_step.csv's full_step row (peak: the resident set on a CPU).
+    (full,) = _rows(steps)
+    assert list(full) == bench_train_step.COLUMNS
+    assert (full["backend"], full["work"], full["config"]) == ("torch", "full_step", "tiny")
+    step_row = next(r for r in rows if r["part"] == "step")
+    assert full["median_ms"] == step_row["median_ms"] and float(full["peak_mb"]) > 0
 
 
 def test_generate_tiny(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -91,7 +102,7 @@ def test_bad_arguments_are_named(capsys: pytest.CaptureFixture) -> None:
 def test_summary_fills_only_measured_rows(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert performance_targets.main([str(tmp_path)]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert len(lines) == 9 and all("not measured" in line for line in lines)
+    assert len(lines) == 11 and all("not measured" in line for line in lines)
     assert " met " not in "".join(lines)
     # A GPU-shaped run: the step's rows at 256 px, batch 8, and the full step at 512 px.
     step = tmp_path / "train_step.csv"
@@ -114,3 +125,25 @@ def test_summary_fills_only_measured_rows(tmp_path: Path, capsys: pytest.Capture
     assert rows["512 px training, batch 4, full step (fused)"][1] == "met"
     assert rows["inner 256x256 candidate fwd"][1] == "not measured"
     assert performance_targets.main([str(tmp_path / "missing")]) == 2
+    # With the work column: the full steps against the release's, and neither kind of step
+    # taken for the other.
+    step.write_text(
+        "backend,work,image_size,batch,amp,status,median_ms,peak_mb\n"
+        "torch,g_step,256,8,bf16,ok,480,\n"
+        "release,full_step,256,8,fp16,ok,1200,50000\n"
+        "triton,full_step,256,8,bf16,ok,380,20000\n"
+        "torch,full_step,256,8,bf16,ok,450,40000\n"
+        "triton+ckpt,full_step,512,4,bf16,ok,700,20000\n"
+    )
+    rows = {
+        what: (figure, verdict) for what, figure, _, verdict in performance_targets.summary(tmp_path)
+    }
+    assert rows["full step 256 b8, dynast fastest vs the release"] == (
+        "3.16x (triton bf16 380.0 ms, release fp16 1200.0 ms)",
+        "met",
+    )
+    assert rows["512 px batch 4 full step, activation checkpointing"] == (
+        "peak 19.5 GiB, step 700 ms",
+        "met",
+    )
+    assert rows["training step 256 b8, fused vs reference"][1] == "not measured"

@@ -7,6 +7,7 @@ table says, that the converted model loads and runs, and that bad files give one
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -41,7 +42,10 @@ from dynast.manifest import read_manifest
 
 FIXTURE = Path(__file__).parent / "fixtures" / "release_deepfashion256_keys.json"
 PRESET = "deepfashion-256"
-OURS_GENERATOR_PARAMETERS = 92_459_470  # docs/model.md
+RELEASE_GENERATOR_PARAMETERS = 92_459_470
+# docs/model.md: the release's count less its never-called embed_1 (244,737), since the preset's
+# finest fusion block is embed_q1 itself (tie_finest_fusion).
+OURS_GENERATOR_PARAMETERS = 92_214_733
 
 
 @pytest.fixture(scope="module")
@@ -94,17 +98,22 @@ def test_fixture_has_provenance_and_the_released_sizes(layout):
     prov = layout["provenance"]
     assert prov["repo"] == "Huage001/DynaST" and len(prov["commit"]) == 40
     assert "models/networks/generator.py" in prov["files"]
-    learned = [
-        math.prod(shape)
+    learned = {
+        key: math.prod(shape)
         for key, shape in layout["generator"]
         if not key.endswith(("_u", "_v", "running_mean", "running_var", "num_batches_tracked"))
-    ]
+    }
     duplicates = [key for key, _ in layout["generator"] if key.endswith("model.2.weight")]
     # The release counts each shared PReLU once; the state dict lists it twice.
-    assert sum(learned) - len(duplicates) == OURS_GENERATOR_PARAMETERS
+    assert sum(learned.values()) - len(duplicates) == RELEASE_GENERATOR_PARAMETERS
+    embed_1 = sum(n for key, n in learned.items() if key.startswith("embed_1."))
+    assert RELEASE_GENERATOR_PARAMETERS - embed_1 == OURS_GENERATOR_PARAMETERS
     assert sum(p.numel() for p in Generator(preset(PRESET)).parameters()) == (
         OURS_GENERATOR_PARAMETERS
     )
+    # Untied, the finest fusion block is a module of its own, as large as embed_1.
+    untied = dataclasses.replace(preset(PRESET), tie_finest_fusion=False)
+    assert sum(p.numel() for p in Generator(untied).parameters()) == (RELEASE_GENERATOR_PARAMETERS)
 
 
 def test_every_release_key_has_exactly_the_rules_the_layout_needs(layout):
@@ -139,13 +148,13 @@ def test_converted_generator_holds_the_release_tensors_and_runs(converted, relea
         "decoder_32.1.weight": "up_x.1.conv.weight",
         "pos_21.1.bias": "up_pos.2.conv.bias",
         "embed_2.conv_1.weight_v": "fuse.1.conv_1.parametrizations.weight.0._v",
-        "embed_q1.conv_0.weight_orig": "fuse.2.conv_0.parametrizations.weight.original",
+        "embed_q1.conv_0.weight_orig": "embed_q.3.conv_0.parametrizations.weight.original",
         "decoder_10.0.weight": "to_rgb.weight",
     }
     for theirs, mine in pairs.items():
         assert torch.equal(release[theirs], ours[mine]), (theirs, mine)
-    # fuse[-1] and embed_q[-1] both hold embed_q1.
-    assert torch.equal(ours["embed_q.3.norm_0.beta.weight"], ours["fuse.2.norm_0.beta.weight"])
+    # Tied: the finest fusion block is embed_q.3, no fuse.2 of its own.
+    assert not any(key.startswith("fuse.2.") for key in ours)
     assert torch.equal(
         release["transformer_4.1.f.weight"][:, :, 0, 0], ours["transformer.0.1.to_q.weight"]
     )
@@ -186,7 +195,7 @@ def test_release_folder_picks_both_files(tmp_path, release_files, capsys):
     )
     assert (out / "model.safetensors").is_file() and (out / DISCRIMINATOR_WEIGHTS).is_file()
     printed = capsys.readouterr().out
-    assert "fuse.2" in printed and "embed_q1" in printed
+    assert "embed_q.3 itself (tie_finest_fusion)" in printed and "embed_q1" in printed
     # The folder is not empty: refused, unchanged, unless --force.
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     args = ["release", "--generator", str(release_files / GENERATOR_FILE), "--preset", PRESET]
@@ -200,6 +209,19 @@ def test_release_folder_picks_both_files(tmp_path, release_files, capsys):
     assert sorted(p.name for p in out.parent.iterdir()) == ["out"]  # no staging left beside
     verify_pretrained(out)  # its manifest lists every file the conversion wrote
     assert sorted(read_manifest(out)) == ["config.json", "converted_from.json", "model.safetensors"]
+
+
+def test_untied_model_gets_a_copy_of_embed_q1_as_its_finest_fusion():
+    # The names do not depend on the widths: a narrow copy of the preset builds in a blink.
+    narrow = dataclasses.replace(preset(PRESET), ngf=4, pos_unit=2, prune_unit=2)
+    untied = dataclasses.replace(narrow, tie_finest_fusion=False)
+    for cfg, homes in ((untied, {"embed_q.3", "fuse.2"}), (narrow, {"embed_q.3"})):
+        rules = generator_rules(cfg)
+        source = "embed_q1.conv_0.weight_orig"
+        assert {r.target.split(".conv_0")[0] for r in rules if r.source == source} == homes
+        model = Generator(cfg)
+        finest = model.fuse[2] if "fuse.2" in homes else model.embed_q[3]
+        assert model.fusion_block(3) is finest
 
 
 def test_old_spectral_norm_state_gives_the_same_conv_in_eval():

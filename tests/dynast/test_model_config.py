@@ -125,3 +125,15 @@ def test_config_is_frozen():
     cfg = DynaSTConfig()
     with pytest.raises(AttributeError):
         cfg.ngf = 32  # type: ignore[misc]
+
+
+def test_a_config_saved_without_tie_finest_fusion_loads_untied():
+    """Folders written before the field existed hold a fusion block of their own (`fuse.2`):
+    the field's default keeps them loading as saved; the released presets set it."""
+    saved = preset("deepfashion-256").to_dict()
+    del saved["tie_finest_fusion"]
+    assert DynaSTConfig.from_dict(saved).tie_finest_fusion is False
+    assert preset("deepfashion-256").tie_finest_fusion is True
+    assert preset("synthetic-64").tie_finest_fusion is False
+    with pytest.raises(ValueError, match="tie_finest_fusion must be true or false"):
+        DynaSTConfig(tie_finest_fusion="yes")

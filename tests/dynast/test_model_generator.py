@@ -8,7 +8,7 @@ import dataclasses
 
 import pytest
 import torch
-from _assert import assert_close, assert_error_within
+from _assert import assert_close, assert_error_within, unit_roundoff
 from torch import nn
 
 import kernels
@@ -292,11 +292,20 @@ def test_fused_backend_matches_the_reference_through_the_whole_model(fused_field
         assert_error_within(a, b, c, name=f"warp of block {i}")
     for i, (a, b, c) in enumerate(zip(got.confs, ref.confs, ex.confs, strict=True)):
         assert_error_within(a, b, c, name=f"conf of block {i}")
+    # Some gradients are small only by cancellation (the prune projections' biases: ~1e-11
+    # against ~1e-2 elsewhere), and both fp32 errors on them are noise near 1e-16, either of
+    # which may be near zero by luck of the seed and the weights' last bits: an error below fp32's
+    # resolution of the model's largest gradient, by a further 1e-5, is allowed (about 2e-14
+    # here; the other gradients' errors are 1e-10 and above).
+    largest = max(float(p.grad.abs().max()) for p in exact.parameters())
+    resolution = unit_roundoff(torch.float32) * 1e-5 * largest
     named = zip(reference.named_parameters(), fused.parameters(), exact.parameters(), strict=True)
     for (name, p_ref), p_got, p_exact in named:
         # A bias that feeds a normalisation has a zero gradient: float64 noise in `exact`, fp32
         # noise in both others, which the baseline's error then measures.
-        assert_error_within(p_got.grad, p_ref.grad, p_exact.grad, name=f"grad {name}")
+        assert_error_within(
+            p_got.grad, p_ref.grad, p_exact.grad, name=f"grad {name}", atol=resolution
+        )
 
 
 @pytest.mark.parametrize("norm_backend", ["torch", "triton"])

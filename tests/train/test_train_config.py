@@ -7,7 +7,7 @@ import json
 import pytest
 
 from dynast.config import PRESETS
-from train.config import LossWeights, RunConfig, TrainConfig, run_preset
+from train.config import RESUMABLE_CHANGES, LossWeights, RunConfig, TrainConfig, run_preset
 from train.main import main, parse_overrides, resolve_config
 from train.overrides import apply_overrides, diff, field_names, parse_text
 
@@ -175,3 +175,12 @@ def test_compile_switch_is_a_bool_set_from_the_command_line_and_resumable():
     from train.config import RESUMABLE_CHANGES
 
     assert "train.compile" in RESUMABLE_CHANGES
+
+
+def test_checkpoint_activations_is_a_resumable_switch_refused_with_compile():
+    assert TrainConfig().checkpoint_activations is False
+    assert "train.checkpoint_activations" in RESUMABLE_CHANGES
+    with pytest.raises(ValueError, match=r"train\.checkpoint_activations must be true or false"):
+        TrainConfig(checkpoint_activations="yes")
+    with pytest.raises(ValueError, match="cannot both be on"):
+        TrainConfig(checkpoint_activations=True, compile=True)

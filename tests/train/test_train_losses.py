@@ -152,3 +152,33 @@ def test_normalised_sum_gradient_does_not_depend_on_the_process_split():
 def test_normalised_sum_of_an_empty_weight_set_is_zero():
     out = normalised_sum(torch.rand(3), torch.zeros(3), torch.tensor(0.0), 2)
     assert float(out) == 0.0
+
+
+def test_losses_keep_float64_and_lift_half_precision_to_float32():
+    gen = torch.Generator().manual_seed(5)
+    target = torch.rand(2, 3, 8, 8, generator=gen, dtype=torch.float64)
+    warps = [torch.rand(2, 3, s, s, generator=gen, dtype=torch.float64) for s in (2, 4, 8)]
+    preds = [[t.double() for t in scale] for scale in _preds(2, gen)]
+    feats = [torch.randn(2, 3, 4, 4, generator=gen, dtype=torch.float64) for _ in range(5)]
+    for value in (
+        warp_loss(warps, target),
+        generator_hinge(preds),
+        *discriminator_hinge(preds, preds),
+        feature_matching(preds, preds),
+        *vgg_losses(feats, [f.flip(0) for f in feats]),
+    ):
+        assert value.dtype == torch.float64
+    # The float64 value is the exact one: no float32 rounding on the way.
+    exact = (warps[0] - F.avg_pool2d(target, 4)).abs().mean(dim=(1, 2, 3))
+    assert_close(warp_loss(warps[:1], target), exact, name="float64 warp", atol=0, rtol=1e-14)
+    half = per_sample_l1(target.bfloat16(), target.flip(0).bfloat16())
+    assert half.dtype == torch.float32
+
+
+def test_vgg_l1_samples_follows_the_release_by_default_and_is_checked():
+    assert LossWeights().vgg_l1_samples == "same_appearance"
+    for name in PRESET_NAMES:
+        assert run_preset(name).train.loss.vgg_l1_samples == "same_appearance", name
+    assert LossWeights(vgg_l1_samples="with_target").vgg_l1_samples == "with_target"
+    with pytest.raises(ValueError, match=r"train\.loss\.vgg_l1_samples must be one of"):
+        LossWeights(vgg_l1_samples="all")
