@@ -136,7 +136,8 @@ def test_summary_fills_only_measured_rows(tmp_path: Path, capsys: pytest.Capture
         "triton+ckpt,full_step,512,4,bf16,ok,700,20000\n"
     )
     rows = {
-        what: (figure, verdict) for what, figure, _, verdict in performance_targets.summary(tmp_path)
+        what: (figure, verdict)
+        for what, figure, _, verdict in performance_targets.summary(tmp_path)
     }
     assert rows["full step 256 b8, dynast fastest vs the release"] == (
         "3.16x (triton bf16 380.0 ms, release fp16 1200.0 ms)",
