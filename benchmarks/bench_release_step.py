@@ -2,6 +2,7 @@
 
     python -m benchmarks.bench_release_step --release-root PATH [--batch 8] [--size 256] [--amp]
     python -m benchmarks.bench_release_step --device cpu --size 128 --batch 1 --csv FILE   # CPU
+    python -m benchmarks.bench_release_step --release-root PATH --work generate [--batch 16] [--amp]
 
 Builds the release's generator, discriminator, VGG19 and losses with its DeepFashion training
 options (`benchmarks.release_code`; random weights, a random VGG19 file) and times one full
@@ -12,6 +13,11 @@ reference). Reported: median step time and peak memory (all CUDA memory allocate
 process's peak resident set on the CPU). The row goes to `train_step.csv` with backend `release`
 and work `full_step`, beside dynast's `full_step` rows from `bench_optimizer_step.py` (the same
 work: G and D, every loss term, both optimiser updates) and its `g_step` rows.
+
+`--work generate` times the release's test forward instead, `Pix2PixModel(data, "inference")`
+as its test script calls it (no gradients, the generator alone, under its autocast with `--amp`),
+at batch 16 unless `--batch` says otherwise: images per second, the yardstick of
+`bench_generate.py`. Its row goes to `generate.csv` (backend `release`), beside dynast's.
 
 Without CUDA the default (256 px, batch 8) is refused: pass `--device cpu`, or a `--size` of at
 most 64. `--ngf` narrows the release's generator (its DeepFashion width is 64; the row's config
@@ -30,7 +36,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.bench_train_step import COLUMNS, DEFAULT_CSV
+from benchmarks import bench_generate, bench_train_step
 from benchmarks.measure import (
     append_rows,
     cell,
@@ -52,6 +58,8 @@ from benchmarks.release_code import (
 
 CONFIG = "release-deepfashion"
 TINY_SIZE = 64  # the smallest size the release's two-scale discriminator takes
+WORKS = ("full_step", "generate")
+DEFAULT_BATCH = {"full_step": 8, "generate": 16}  # bench_optimizer_step's and bench_generate's
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -63,7 +71,13 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="the release's folder (default $DYNAST_RELEASE_ROOT, else ../shared/release-dynast)",
     )
-    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument(
+        "--work",
+        choices=WORKS,
+        default="full_step",
+        help="full_step: the training step (G then D); generate: the test forward",
+    )
+    parser.add_argument("--batch", type=int, default=None, help="default 8 (generate: 16)")
     parser.add_argument("--size", type=int, default=None, help="image size (default 256)")
     parser.add_argument("--amp", action="store_true", help="the release's fp16 amp (CUDA only)")
     parser.add_argument(
@@ -95,7 +109,7 @@ def _check(args: argparse.Namespace) -> torch.device:
     device = torch.device(args.device or ("cuda" if cuda else "cpu"))
     if args.amp and device.type != "cuda":
         raise ValueError("--amp: the release's amp is torch.cuda.amp, it needs a CUDA device")
-    if args.batch < 1:
+    if args.batch is not None and args.batch < 1:
         raise ValueError(f"--batch must be positive, got {args.batch}")
     if args.ngf < 1:
         raise ValueError(f"--ngf must be positive, got {args.ngf}")
@@ -108,10 +122,14 @@ def _check(args: argparse.Namespace) -> torch.device:
     return device
 
 
-def csv_destination(given: Path | None, device: torch.device) -> Path | None:
-    """Where the row goes: `--csv`, else the tracked train_step.csv for a GPU run; a CPU run
-    writes nowhere unless asked (a smoke run must not append to the tracked results)."""
-    return given or (DEFAULT_CSV if device.type == "cuda" else None)
+def csv_destination(
+    given: Path | None, device: torch.device, work: str = "full_step"
+) -> Path | None:
+    """Where the row goes: `--csv`, else the tracked train_step.csv (generate.csv for
+    `--work generate`) for a GPU run; a CPU run writes nowhere unless asked (a smoke run must not
+    append to the tracked results)."""
+    tracked = bench_generate.DEFAULT_CSV if work == "generate" else bench_train_step.DEFAULT_CSV
+    return given or (tracked if device.type == "cuda" else None)
 
 
 def bench(
@@ -125,8 +143,10 @@ def bench(
     seed: int,
     warmup_ms: int,
     rep_ms: int,
+    work: str = "full_step",
 ) -> tuple[str, float | None, float | None]:
-    """(status, median ms, peak MiB) of the release's full training step."""
+    """(status, median ms, peak MiB) of the release's full training step, or (`work`
+    "generate") of its test forward on a batch."""
     try:
         with tempfile.TemporaryDirectory(prefix="release-vgg-") as folder:
             vgg_file = write_release_vgg(random_vgg(seed), Path(folder) / "vgg19.pth")
@@ -138,10 +158,18 @@ def bench(
                 trainer = release.trainer(opt)
         # DeepFashion's training command draws no other reference: every pair is a self one.
         data = release_batch(size, (1.0,) * batch, seed, dtype=torch.float32)
+        if work == "generate":
+            # On the device already, like bench_generate's inputs: the figure is the model's.
+            data = {name: value.to(device) for name, value in data.items()}
+            model = trainer.pix2pix_model_on_one_gpu.eval()
 
-        def step() -> None:
-            trainer.run_generator_one_step(data)
-            trainer.run_discriminator_one_step(data)
+            def step() -> None:
+                model(data, mode="inference")
+        else:
+
+            def step() -> None:
+                trainer.run_generator_one_step(data)
+                trainer.run_discriminator_one_step(data)
 
         if device.type == "cuda":
             ms = median_ms(step, device, warmup_ms=warmup_ms, rep_ms=rep_ms)
@@ -168,45 +196,53 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench_release_step: error: --release-root: {err}", file=sys.stderr)
         return 2
     size = args.size or 256
-    csv_path = csv_destination(args.csv, device)
+    batch = args.batch or DEFAULT_BATCH[args.work]
+    csv_path = csv_destination(args.csv, device, args.work)
     env = environment(device)
     amp_name = "fp16" if args.amp else "none"
     print(
         f"{env['gpu']} | torch {env['torch']} | commit {env['commit']} | the release's "
-        f"DeepFashion step | {size} px | batch {args.batch} | amp {amp_name}"
+        f"DeepFashion {args.work} | {size} px | batch {batch} | amp {amp_name}"
     )
     status, ms, peak = bench(
         root,
         size,
-        args.batch,
+        batch,
         args.amp,
         device,
         ngf=args.ngf,
         seed=args.seed,
         warmup_ms=args.warmup,
         rep_ms=args.rep,
+        work=args.work,
     )
-    print(f"{'work':<10} {'backend':<8} {'ms':>10} {'peak MB':>10}  status")
-    shown = f"{cell(ms, '.1f'):>10} {cell(peak, '.0f'):>10}"
-    print(f"{'full_step':<10} {'release':<8} {shown}  {status}")
+    rate = batch / (ms / 1e3) if ms else None
+    print(f"{'work':<10} {'backend':<8} {'ms':>10} {'images/s':>10} {'peak MB':>10}  status")
+    shown = f"{cell(ms, '.1f'):>10} {cell(rate, '.1f'):>10} {cell(peak, '.0f'):>10}"
+    print(f"{args.work:<10} {'release':<8} {shown}  {status}")
     row = {
         "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         **env,
         "config": CONFIG if args.ngf == DEEPFASHION_NGF else f"{CONFIG}-ngf{args.ngf}",
         "image_size": size,
-        "batch": args.batch,
+        "batch": batch,
         "amp": amp_name,
         "backend": "release",
-        "work": "full_step",
         "status": status,
         "median_ms": ms,
         "peak_mb": peak,
         "image_rel_rms": None,
     }
+    if args.work == "generate":
+        row.update(compile=False, images_per_s=rate)
+        columns = bench_generate.COLUMNS
+    else:
+        row["work"] = "full_step"
+        columns = bench_train_step.COLUMNS
     if csv_path is None:
         print("row not written (a CPU run writes a CSV only with --csv PATH)")
     else:
-        append_rows(csv_path, COLUMNS, [row])
+        append_rows(csv_path, columns, [row])
         print(f"appended 1 row to {csv_path}")
     return 1 if status.startswith("error") else 0
 

@@ -2,9 +2,9 @@
 # One lent-GPU session measuring every row of issue 13's target table (docs/benchmarks.md), in
 # priority order, each stage under its own time limit so that a slow stage cannot starve the later
 # ones. The default stages run in two calls with the same $OUT, each under 10 minutes of limits:
-# call 1 (the default) at most 585 s, CALL=2 at most 580 s (the release's training step beside
-# dynast's full step, the 512 px step with activation checkpointing, and the query-tile candidate
-# forward). A stage that finishes early leaves its time unused. Everything lands in $OUT (one log
+# call 1 (the default) at most 585 s, CALL=2 at most 590 s (the release's training step beside
+# dynast's full step, the release's test forward, the 256 px step at batch 1, the 512 px step with
+# activation checkpointing, and the query-tile candidate forward). A stage that finishes early leaves its time unused. Everything lands in $OUT (one log
 # per stage and the CSVs); the last stage of each call prints the target table filled from those
 # CSVs.
 #   OUT=/tmp/out bash benchmarks/device_session.sh
@@ -36,7 +36,7 @@ stage() {  # stage NAME SECONDS CMD...
 
 # Which stages run, in order (space-separated). Limits in seconds, each overridable (T_<STAGE>).
 if [ "${CALL:-1}" = 2 ]; then
-  STAGES=${STAGES:-"env release ckpt512 tile summary"}
+  STAGES=${STAGES:-"env release relgen mem256b1 ckpt512 tile summary"}
 else
   STAGES=${STAGES:-"env step256 attn256 attn512 optstep generate mem512 profile step256c summary"}
 fi
@@ -78,7 +78,7 @@ for name in $STAGES; do
     # against the gather forward the operators run (`fused`) and the reference, every sparse
     # block, fwd (% of copy on compulsory bytes) and fwd+bwd; then each row's GB/s under both byte
     # accountings and the tile kernel's modelled reads. Its JIT compiles take most of the limit.
-    tile) stage tile ${T_TILE:-150} bash -c "$PY benchmarks/bench_attention.py $P256 \
+    tile) stage tile ${T_TILE:-120} bash -c "$PY benchmarks/bench_attention.py $P256 \
       --blocks inter,inner --impls fused-tile,fused,reference --passes fwd,both --warmup 10 \
       --rep 60 --csv $OUT/attention.csv && $PY benchmarks/attention_cost.py $P256 --tile \
       --csv $OUT/attention.csv" ;;
@@ -86,14 +86,24 @@ for name in $STAGES; do
     # Issue 24, the yardstick: the release's full training step (its Pix2PixTrainer, fp16 amp,
     # batch 8, 256 px), then dynast's full step on the same card (train/loop.py's code, bf16,
     # fused and reference): full_step rows of train_step.csv. About 150 s.
-    release) stage release ${T_RELEASE:-240} bash -c "$PY benchmarks/bench_release_step.py \
+    release) stage release ${T_RELEASE:-200} bash -c "$PY benchmarks/bench_release_step.py \
       --release-root $RELEASE_ROOT --batch 8 --size 256 --amp --warmup 1000 --rep 5000 \
       --csv $OUT/train_step.csv; $PY benchmarks/bench_optimizer_step.py $P256 --batch 8 \
       --parts step --warmup 500 --rep 3000 --csv $OUT/optimizer_step.csv \
       --step-csv $OUT/train_step.csv" ;;
+    # Generation against the release's test forward (its Pix2PixModel "inference", fp16 amp,
+    # batch 16, 256 px): a release row of generate.csv beside the generate stage's rows.
+    relgen) stage relgen ${T_RELGEN:-50} $PY benchmarks/bench_release_step.py \
+      --release-root $RELEASE_ROOT --work generate --batch 16 --size 256 --amp --warmup 500 \
+      --rep 3000 --csv "$OUT/generate.csv" ;;
+    # The paper's setting on a consumer card: deepfashion-256 at batch 1, full step (fused,
+    # bf16), peak memory (target < 8 GiB).
+    mem256b1) stage mem256b1 ${T_MEM256B1:-60} $PY benchmarks/bench_optimizer_step.py $P256 \
+      --size 256 --batch 1 --backends triton --parts step --warmup 200 --rep 1500 \
+      --csv "$OUT/optimizer_step.csv" ;;
     # Issue 24: deepfashion-512 at batch 4 with activation checkpointing (fused, bf16): peak
     # memory (target < 24 GiB) and the step's time, beside mem512's run without it.
-    ckpt512) stage ckpt512 ${T_CKPT512:-160} $PY benchmarks/bench_optimizer_step.py $P256 \
+    ckpt512) stage ckpt512 ${T_CKPT512:-130} $PY benchmarks/bench_optimizer_step.py $P256 \
       --size 512 --batch 4 --backends triton --parts step --checkpoint-activations --warmup 500 \
       --rep 3000 --csv "$OUT/optimizer_step.csv" --step-csv "$OUT/train_step.csv" ;;
     # Not in the default list (the issue's rows do not need them; earlier sessions ran them):

@@ -4,9 +4,9 @@
 
 Reads train_step.csv, optimizer_step.csv, attention.csv and generate.csv from the folder (a
 missing file or row leaves its cells "not measured") and prints one line per target: the measured
-figure, the target and whether it is met. "met" is only ever printed from measured numbers. Two
-rows are issue 24's: the full step against the release's and the 512 px step's memory with
-activation checkpointing.
+figure, the target and whether it is met. "met" is only ever printed from measured numbers. The
+roofline floor of the generator step comes from `benchmarks/results/step_cost.csv` (written on
+the CPU by `python -m benchmarks.step_cost`, no GPU needed).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from benchmarks.attention_cost import shape_cost
 from kernels.shapes import preset_shapes
 
 NOT_MEASURED = "not measured"
+STEP_COST_CSV = Path(__file__).resolve().parent / "results" / "step_cost.csv"
 
 
 def read_rows(folder: Path, name: str) -> list[dict[str, str]]:
@@ -68,6 +69,45 @@ def step_rows(train: list[dict[str, str]]) -> list[tuple[str, str, str, str]]:
     return out
 
 
+def step_floor_ms(path: Path = STEP_COST_CSV) -> float | None:
+    """The roofline floor of the deepfashion-256 generator step (256 px, batch 8, bf16, eager
+    normalisation, NCHW) in ms: the sum over the newest step_cost run's phases and categories."""
+    if not path.exists():
+        return None
+    with open(path, newline="") as f:
+        rows = [
+            r
+            for r in csv.DictReader(f)
+            if (r["config"], r["image_size"], r["batch"], r["amp"], r["norm"], r["layout"])
+            == ("deepfashion-256", "256", "8", "bf16", "eager", "NCHW")
+        ]
+    if not rows:
+        return None
+    newest = max(r["timestamp"] for r in rows)
+    return sum(float(r["floor_ms"]) for r in rows if r["timestamp"] == newest)
+
+
+def floor_rows(train: list[dict[str, str]]) -> list[tuple[str, str, str, str]]:
+    """The fastest generator step (fused, with or without compile) against its roofline floor:
+    the step `benchmarks/step_cost.py` models (generator forward and backward with its losses)."""
+    common = {"image_size": "256", "batch": "8", "work": "g_step"}
+    timed = [
+        (ms, backend)
+        for backend in ("triton", "triton+compile")
+        if (ms := _ms(_last(train, backend=backend, **common)))
+    ]
+    floor = step_floor_ms()
+    figure, ok = NOT_MEASURED, None
+    if timed and floor:
+        ms, backend = min(timed)
+        figure, ok = (
+            f"{ms / floor:.2f}x ({backend} {ms:.1f} ms, floor {floor:.1f} ms)",
+            ms <= 2 * floor,
+        )
+    return [("generator step 256 b8 vs its roofline floor", figure, "<= 2x the floor",
+             _verdict(ok))]  # fmt: skip
+
+
 def optimizer_rows(opt: list[dict[str, str]]) -> list[tuple[str, str, str, str]]:
     common = {"image_size": "256", "batch": "8", "part": "step"}
     fused, ref = (_ms(_last(opt, backend=b, **common)) for b in ("triton", "torch"))
@@ -108,10 +148,57 @@ def attention_rows(attn: list[dict[str, str]]) -> list[tuple[str, str, str, str]
         out.append((label, figure, f">= {target:g}x", _verdict(ok)))
 
     speedup(inner.describe(), 15, "inner 256x256 candidate fwd+bwd vs reference")
+    out.append(every_scale_row(attn))
     for preset, tokens in (("deepfashion-256", 1024), ("deepfashion-512", 4096)):
         dense = next(s for s in preset_shapes(preset) if s.block == "dense")
         speedup(dense.describe(), 3, f"dense fwd+bwd at {tokens:,} tokens vs reference")
+    out.append(dense_4096_row(attn))
     return out
+
+
+def every_scale_row(attn: list[dict[str, str]]) -> tuple[str, str, str, str]:
+    """Candidate fwd+bwd against the reference at every sparse block of deepfashion-256 (the
+    gather kernel, or the tile forward where it was timed and is faster): met when every block
+    is measured and each is at least 15x."""
+    ratios = []
+    for shape in preset_shapes("deepfashion-256"):
+        if shape.block == "dense":
+            continue
+        both = {"shape": shape.describe(), "pass": "both"}
+        fused = [m for i in ("fused", "fused-tile") if (m := _ms(_last(attn, impl=i, **both)))]
+        ref = _ms(_last(attn, impl="reference", **both))
+        ratios.append((shape.label, _ratio(ref, min(fused)) if fused else None))
+    measured = [(label, r) for label, r in ratios if r is not None]
+    figure = NOT_MEASURED
+    if measured:
+        figure = ", ".join(f"{label} {r:.1f}x" for label, r in measured)
+    ok = None if len(measured) < len(ratios) else all(r >= 15 for _, r in measured)
+    if measured and any(r < 15 for _, r in measured):
+        ok = False
+    return ("candidate fwd+bwd vs reference, every scale", figure, ">= 15x at each", _verdict(ok))
+
+
+def dense_4096_row(attn: list[dict[str, str]]) -> tuple[str, str, str, str]:
+    """The dense block's fused fwd+bwd at 4,096 tokens (deepfashion-512): its time, and its peak
+    memory against the same at 1,024 tokens (deepfashion-256), the ratio the tiled backward's
+    scratch budget is chosen for (docs/kernels-dense.md); the 4,096-token forward's peak is shown
+    beside it."""
+    shapes = [
+        next(s for s in preset_shapes(p) if s.block == "dense").describe()
+        for p in ("deepfashion-256", "deepfashion-512")
+    ]
+    small, big = (_last(attn, shape=s, impl="fused", **{"pass": "both"}) for s in shapes)
+    fwd = _last(attn, shape=shapes[1], impl="fused", **{"pass": "fwd"})
+    figure, ok = NOT_MEASURED, None
+    if small and big and small.get("peak_mb") and big.get("peak_mb"):
+        ratio, ms = float(big["peak_mb"]) / float(small["peak_mb"]), _ms(big)
+        figure = f"peak {float(big['peak_mb']):.0f} MB, {ratio:.2f}x the 1,024-token one"
+        if fwd and fwd.get("peak_mb"):
+            figure += f" ({float(big['peak_mb']) / float(fwd['peak_mb']):.1f}x its forward's)"
+        figure += f"; {ms:.2f} ms ({big['gpu']})"
+        ok = ratio <= 4.2 and ms <= 15.7
+    return ("dense fwd+bwd at 4,096 tokens, fused", figure, "peak <= 4.2x 1,024's, <= 15.7 ms",
+            _verdict(ok))  # fmt: skip
 
 
 def memory_rows(opt: list[dict[str, str]]) -> list[tuple[str, str, str, str]]:
@@ -122,7 +209,14 @@ def memory_rows(opt: list[dict[str, str]]) -> list[tuple[str, str, str, str]]:
         ok = float(row["peak_mb"]) * 2**20 <= 80e9
     else:
         ok = None
-    return [("512 px training, batch 4, full step (fused)", figure, "fits 80 GB", _verdict(ok))]
+    out = [("512 px training, batch 4, full step (fused)", figure, "fits 80 GB", _verdict(ok))]
+    row = _last(opt, backend="triton", image_size="256", batch="1", part="step")
+    figure, ok = NOT_MEASURED, None
+    if row and row.get("peak_mb"):
+        gib = float(row["peak_mb"]) / 1024
+        figure, ok = f"peak {gib:.1f} GiB, step {_ms(row):.0f} ms", gib < 8
+    out.append(("256 px training, batch 1, full step (fused)", figure, "< 8 GiB", _verdict(ok)))
+    return out
 
 
 def release_rows(train: list[dict[str, str]]) -> list[tuple[str, str, str, str]]:
@@ -163,12 +257,26 @@ def generate_rows(gen: list[dict[str, str]]) -> list[tuple[str, str, str, str]]:
         figure = f"{float(fused['images_per_s']):.1f} images/s fused"
         if ref:
             figure += f", {float(ref['images_per_s']):.1f} reference"
-    return [("generation throughput 256 px bf16", figure, "measured",
-             _verdict(None if fused is None else True))]  # fmt: skip
+    out = [("generation throughput 256 px bf16", figure, "measured",
+            _verdict(None if fused is None else True))]  # fmt: skip
+    release = _last(gen, backend="release", image_size="256")
+    ours = [r for r in gen if r.get("image_size") == "256" and r.get("backend") != "release"]
+    fastest = max(ours, key=lambda r: float(r["images_per_s"] or 0)) if ours else None
+    figure, ok = NOT_MEASURED, None
+    if release and fastest and release.get("images_per_s") and fastest.get("images_per_s"):
+        ours_rate, theirs = float(fastest["images_per_s"]), float(release["images_per_s"])
+        figure = (
+            f"{ours_rate / theirs:.2f}x ({fastest['backend']} {fastest['amp']} {ours_rate:.1f} "
+            f"images/s, release {release['amp']} {theirs:.1f})"
+        )
+        ok = ours_rate >= 3 * theirs
+    out.append(("generation 256 px, dynast fastest vs the release", figure, ">= 3x", _verdict(ok)))
+    return out
 
 
 SECTIONS: list[tuple[str, Callable]] = [
     ("train_step.csv", step_rows),
+    ("train_step.csv", floor_rows),
     ("train_step.csv", release_rows),
     ("optimizer_step.csv", optimizer_rows),
     ("attention.csv", attention_rows),

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmarks import bench_release_step, bench_train_step
+from benchmarks import bench_generate, bench_release_step, bench_train_step
 from benchmarks.release_code import release_root
 
 
@@ -40,11 +40,35 @@ def test_the_releases_step_at_64_px_on_the_cpu_narrowed(
     assert float(row["peak_mb"]) > 100  # the process's peak resident set: models and all
 
 
+def test_the_releases_test_forward_at_64_px_on_the_cpu_narrowed(
+    release: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    out = tmp_path / "generate.csv"
+    args = ["--release-root", str(release), "--device", "cpu", "--size", "64", "--batch", "2"]
+    args += ["--ngf", "8", "--work", "generate", "--warmup", "0", "--rep", "0", "--csv", str(out)]
+    assert bench_release_step.main(args) == 0
+    assert "generate   release" in capsys.readouterr().out
+    with open(out, newline="") as f:
+        (row,) = list(csv.DictReader(f))
+    assert list(row) == bench_generate.COLUMNS
+    assert (row["backend"], row["status"], row["batch"], row["compile"]) == (
+        "release",
+        "ok",
+        "2",
+        "False",
+    )
+    ms, rate = float(row["median_ms"]), float(row["images_per_s"])
+    assert ms > 0 and rate == pytest.approx(2 / (ms / 1e3))
+
+
 def test_a_cpu_run_writes_a_csv_only_when_asked(tmp_path: Path) -> None:
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert bench_release_step.csv_destination(None, cpu) is None
     assert bench_release_step.csv_destination(None, cuda) == bench_train_step.DEFAULT_CSV
     assert bench_release_step.csv_destination(tmp_path / "x.csv", cpu) == tmp_path / "x.csv"
+    tracked = bench_generate.DEFAULT_CSV
+    assert bench_release_step.csv_destination(None, cuda, "generate") == tracked
+    assert bench_release_step.csv_destination(None, cpu, "generate") is None
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal is for machines without CUDA")

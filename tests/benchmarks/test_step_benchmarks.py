@@ -102,7 +102,7 @@ def test_bad_arguments_are_named(capsys: pytest.CaptureFixture) -> None:
 def test_summary_fills_only_measured_rows(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert performance_targets.main([str(tmp_path)]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert len(lines) == 11 and all("not measured" in line for line in lines)
+    assert len(lines) == 16 and all("not measured" in line for line in lines)
     assert " met " not in "".join(lines)
     # A GPU-shaped run: the step's rows at 256 px, batch 8, and the full step at 512 px.
     step = tmp_path / "train_step.csv"
@@ -148,3 +148,44 @@ def test_summary_fills_only_measured_rows(tmp_path: Path, capsys: pytest.Capture
         "met",
     )
     assert rows["training step 256 b8, fused vs reference"][1] == "not measured"
+
+
+def test_summary_rows_against_the_floor_the_release_and_memory(tmp_path: Path) -> None:
+    floor = performance_targets.step_floor_ms()
+    assert floor is not None and 20 < floor < 200  # the committed step_cost.csv's newest run
+    (tmp_path / "train_step.csv").write_text(
+        "backend,work,image_size,batch,status,median_ms\n"
+        f"triton,g_step,256,8,ok,{3 * floor}\ntriton+compile,g_step,256,8,ok,{1.5 * floor}\n"
+    )
+    (tmp_path / "optimizer_step.csv").write_text(
+        "backend,image_size,batch,part,status,median_ms,peak_mb\ntriton,256,1,step,ok,90,7000\n"
+    )
+    (tmp_path / "generate.csv").write_text(
+        "backend,image_size,batch,amp,status,images_per_s\n"
+        "release,256,16,fp16,ok,20\ntriton,256,16,bf16,ok,50\ntorch,256,16,bf16,ok,30\n"
+    )
+    dense = [
+        next(s for s in performance_targets.preset_shapes(p) if s.block == "dense").describe()
+        for p in ("deepfashion-256", "deepfashion-512")
+    ]
+    (tmp_path / "attention.csv").write_text(
+        "gpu,shape,impl,pass,status,median_ms,peak_mb\n"
+        f"H,{dense[0]},fused,both,ok,2,100\nH,{dense[1]},fused,both,ok,15,410\n"
+        f"H,{dense[1]},fused,fwd,ok,3,40\n"
+    )
+    rows = {
+        what: (figure, verdict)
+        for what, figure, _, verdict in performance_targets.summary(tmp_path)
+    }
+    figure, verdict = rows["generator step 256 b8 vs its roofline floor"]
+    assert figure.startswith("1.50x (triton+compile") and verdict == "met"
+    b1 = rows["256 px training, batch 1, full step (fused)"]
+    assert b1 == ("peak 6.8 GiB, step 90 ms", "met")
+    assert rows["generation 256 px, dynast fastest vs the release"] == (
+        "2.50x (triton bf16 50.0 images/s, release fp16 20.0)",
+        "not met",
+    )
+    figure, verdict = rows["dense fwd+bwd at 4,096 tokens, fused"]
+    assert figure.startswith("peak 410 MB, 4.10x the 1,024-token one (10.2x") and verdict == "met"
+    # No sparse block timed: not measured.
+    assert rows["candidate fwd+bwd vs reference, every scale"][1] == "not measured"
