@@ -34,6 +34,7 @@ from benchmarks.bench_train_step import COLUMNS, DEFAULT_CSV
 from benchmarks.measure import (
     append_rows,
     cell,
+    csv_destination,
     environment,
     first_line,
     is_out_of_memory,
@@ -108,12 +109,6 @@ def _check(args: argparse.Namespace) -> torch.device:
     return device
 
 
-def csv_destination(given: Path | None, device: torch.device) -> Path | None:
-    """Where the row goes: `--csv`, else the tracked train_step.csv for a GPU run; a CPU run
-    writes nowhere unless asked (a smoke run must not append to the tracked results)."""
-    return given or (DEFAULT_CSV if device.type == "cuda" else None)
-
-
 def bench(
     root: Path,
     size: int,
@@ -168,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench_release_step: error: --release-root: {err}", file=sys.stderr)
         return 2
     size = args.size or 256
-    csv_path = csv_destination(args.csv, device)
+    csv_path = csv_destination(args.csv, DEFAULT_CSV, device)
     env = environment(device)
     amp_name = "fp16" if args.amp else "none"
     print(

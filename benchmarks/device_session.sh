@@ -13,6 +13,12 @@
 #   STAGES="derived" bash benchmarks/device_session.sh              # derived vs list candidates
 #   STAGES="norm" bash benchmarks/device_session.sh                 # fused SPADE modulation
 set -u
+# Every stage is GPU-sized: without an NVIDIA GPU, refuse rather than start hours of CPU work.
+if ! command -v nvidia-smi > /dev/null 2>&1 || ! nvidia-smi -L > /dev/null 2>&1; then
+  echo "device_session.sh: error: no CUDA device (nvidia-smi finds no GPU); every stage is a GPU" \
+    "measurement: run the benchmarks' --tiny smoke runs on a CPU instead" >&2
+  exit 2
+fi
 OUT=${OUT:-/tmp/dynast-device}
 mkdir -p "$OUT"
 export PYTHONPATH=.
