@@ -7,7 +7,7 @@ what `torch.compile` makes of the chain, forward and forward + backward.
     python -m benchmarks.bench_norm --tiny                            # CPU smoke run
 
 One row per scale of the preset (C_v channels at that scale's resolution), implementation and
-pass. Issue 13 asks whether a fused kernel or the compiler cuts the traffic of these
+pass. The question is whether a fused kernel or the compiler cuts the traffic of these
 memory-bound chains; the figures answer it against the compulsory bytes, what any implementation
 must move: forward, x, gamma and beta read and the output written (4 maps); forward + backward, 5
 maps more (x, gamma and dout read, dx and dgamma written; dbeta is dout). GB/s are on those bytes,

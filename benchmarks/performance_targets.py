@@ -5,8 +5,8 @@
 Reads train_step.csv, optimizer_step.csv, attention.csv and generate.csv from the folder (a
 missing file or row leaves its cells "not measured") and prints one line per target: the measured
 figure, the target and whether it is met. "met" is only ever printed from measured numbers. Two
-rows are issue 24's: the full step against the release's and the 512 px step's memory with
-activation checkpointing.
+rows compare with the release: the full step against the release's, and the 512 px step's memory
+with activation checkpointing.
 """
 
 from __future__ import annotations
