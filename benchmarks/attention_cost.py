@@ -21,8 +21,8 @@ Bytes (compulsory traffic: each distinct tensor read or written once; what a per
   the input gradients (the inputs' float sizes again);
 - both = forward + backward.
 
-Three accountings of the candidate indices (issue 13 reports them side by side):
-- "list" (the kernels before issue 13, the old accounting): the [B, Nq, M] list the builders of
+Three accountings of the candidate indices (docs/benchmarks.md reports them side by side):
+- "list" (the old accounting, before the derived lists): the [B, Nq, M] list the builders of
   `kernels.candidates.lists` write is read as int64, B*Nq*M*8;
 - "list32": the same list as the builders make it now, int32 wherever B*Nk < 2^31, B*Nq*M*4
   (the fused kernels' list path, `$DYNAST_CANDIDATES=list`);

@@ -31,8 +31,10 @@ allocator's peak above what was allocated before the call; TFLOP/s and GB/s divi
 FLOP and byte model of benchmarks/attention_cost.py, the same for every implementation
 (`--accounting`: the new compulsory bytes, "derived", by default; "list" the old ones); "% copy"
 compares with a device-to-device copy measured in the same run. Rows are printed and appended to
-a CSV. On a CPU the default is reference vs compiled reference, which is how the test suite
-exercises this script.
+a CSV: `--csv`, else benchmarks/results/attention.csv for a GPU run (a CPU run writes a CSV only
+with `--csv`). Without CUDA the default run is refused: `--tiny` runs the tiny shapes on the CPU
+(reference vs compiled reference, how the test suite exercises this script), `--device cpu` any
+other choice.
 """
 
 from __future__ import annotations
@@ -54,12 +56,15 @@ from benchmarks.attention_cost import ACCOUNTINGS, PASSES, shape_cost
 from benchmarks.measure import (
     append_rows,
     cell,
+    csv_destination,
     environment,
     first_line,
     is_out_of_memory,
     median_ms,
     peak_mb,
     rel_rms,
+    run_device,
+    write_rows,
 )
 from kernels.call import AttentionInputs, AttentionSettings
 from kernels.candidates.reference import reference_candidate_attention
@@ -425,9 +430,12 @@ HEADER = (
 )
 
 
+def csv_records(rows: list[Row]) -> list[dict[str, object]]:
+    return [dict(zip(CSV_COLUMNS, asdict(row).values(), strict=True)) for row in rows]
+
+
 def append_csv(path: Path, rows: list[Row]) -> None:
-    records = [dict(zip(CSV_COLUMNS, asdict(row).values(), strict=True)) for row in rows]
-    append_rows(path, CSV_COLUMNS, records)
+    append_rows(path, CSV_COLUMNS, csv_records(rows))
 
 
 def format_row(row: Row, ref: Row | None) -> str:
@@ -561,7 +569,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--dtype", choices=sorted(DTYPES), default=None, help="default bf16 on GPU, fp32 on CPU"
     )
-    parser.add_argument("--device", default=None, help="default cuda when available, else cpu")
+    parser.add_argument(
+        "--device",
+        default=None,
+        help="default cuda; without CUDA the default run is refused (--tiny runs on the cpu)",
+    )
     parser.add_argument(
         "--accounting",
         choices=ACCOUNTINGS,
@@ -570,7 +582,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--warmup", type=int, default=25, help="warm-up per timing, ms")
     parser.add_argument("--rep", type=int, default=100, help="measurement per timing, ms")
-    parser.add_argument("--csv", type=Path, default=DEFAULT_CSV, help="rows are appended here")
+    parser.add_argument(
+        "--csv",
+        type=Path,
+        default=None,
+        help=f"rows are appended here (default on a GPU: {DEFAULT_CSV.relative_to(ROOT)}; "
+        "a CPU run writes only here)",
+    )
     return parser
 
 
@@ -584,29 +602,29 @@ def _split(text: str, allowed: tuple[str, ...], what: str) -> tuple[str, ...]:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    on_gpu = device.type == "cuda"
     try:
         blocks = _split(args.blocks, ("dense", "inter", "inner"), "blocks")
         passes = _split(args.passes, PASSES, "passes")
-        impls = _split(
-            args.impls or ("fused,reference,compiled,flex" if on_gpu else "reference,compiled"),
-            IMPLS,
-            "impls",
-        )
         presets = args.preset + (["tiny"] if args.tiny else [])
         if not presets and not args.shape:
             presets = ["deepfashion-256", "deepfashion-512"]
         shapes = [(p, s) for p in presets for s in preset_shapes(p)]
         shapes += [("shape", parse_shape(spec)) for spec in args.shape]
+        device = run_device(args.device, tiny=args.tiny, gpu_work="the attention blocks")
+        on_gpu = device.type == "cuda"
+        impls = _split(
+            args.impls or ("fused,reference,compiled,flex" if on_gpu else "reference,compiled"),
+            IMPLS,
+            "impls",
+        )
     except ValueError as err:
-        print(f"bench_attention: {err}", file=sys.stderr)
+        print(f"bench_attention: error: {err}", file=sys.stderr)
         return 2
     shapes = [(p, s) for p, s in shapes if s.block in blocks]
     on_interpreter = interpreting()
     if any(i.startswith("fused") for i in impls) and not on_gpu and not on_interpreter:
         print(
-            "bench_attention: the fused kernels need a CUDA device (or TRITON_INTERPRET=1); "
+            "bench_attention: error: the fused kernels need a CUDA device (or TRITON_INTERPRET=1); "
             "leave 'fused' out of --impls on a CPU",
             file=sys.stderr,
         )
@@ -643,8 +661,7 @@ def main(argv: list[str] | None = None) -> int:
             )
             print(format_row(row, ref), flush=True)
         rows += new
-    append_csv(args.csv, rows)
-    print(f"appended {len(rows)} rows to {args.csv}")
+    write_rows(csv_destination(args.csv, DEFAULT_CSV, device), CSV_COLUMNS, csv_records(rows))
     bad = [r for r in rows if r.status == "wrong" or r.status.startswith("error")]
     return 1 if bad else 0
 

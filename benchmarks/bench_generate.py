@@ -23,8 +23,8 @@ import torch
 
 from benchmarks.bench_train_step import AMP, BACKENDS, backend_config, make_inputs
 from benchmarks.measure import (
-    append_rows,
     cell,
+    csv_destination,
     device_and_backends,
     environment,
     first_line,
@@ -32,6 +32,7 @@ from benchmarks.measure import (
     median_ms,
     peak_mb,
     rel_rms,
+    write_rows,
 )
 from benchmarks.tiny import TINY_BATCH, TINY_SIZE, tiny_config
 from dynast.config import PRESETS, preset
@@ -59,10 +60,20 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--compile", action="store_true", help="torch.compile the generator")
     parser.add_argument("--amp", choices=sorted(AMP), default=None, help="default bf16 on GPU")
-    parser.add_argument("--device", default=None, help="default cuda when available, else cpu")
+    parser.add_argument(
+        "--device",
+        default=None,
+        help="default cuda; without CUDA the default run is refused (--tiny runs on the cpu)",
+    )
     parser.add_argument("--warmup", type=int, default=100, help="warm-up per timing, ms")
     parser.add_argument("--rep", type=int, default=1000, help="measurement per timing, ms")
-    parser.add_argument("--csv", type=Path, default=DEFAULT_CSV, help="rows are appended here")
+    parser.add_argument(
+        "--csv",
+        type=Path,
+        default=None,
+        help=f"rows are appended here (default on a GPU: {DEFAULT_CSV.relative_to(ROOT)}; a CPU "
+        "run writes only here)",
+    )
     return parser
 
 
@@ -70,10 +81,14 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         device, backends = device_and_backends(
-            args.device, args.backends, tiny=args.tiny, known=BACKENDS
+            args.device,
+            args.backends,
+            tiny=args.tiny,
+            known=BACKENDS,
+            gpu_work="generation",
         )
     except ValueError as e:
-        print(f"bench_generate: {e}", file=sys.stderr)
+        print(f"bench_generate: error: {e}", file=sys.stderr)
         return 2
     on_gpu = device.type == "cuda"
     if args.batch is not None and args.batch < 1:
@@ -146,8 +161,7 @@ def main(argv: list[str] | None = None) -> int:
                 "image_rel_rms": diff,
             }
         )
-    append_rows(args.csv, COLUMNS, rows)
-    print(f"appended {len(rows)} rows to {args.csv}")
+    write_rows(csv_destination(args.csv, DEFAULT_CSV, device), COLUMNS, rows)
     return 1 if any(r["status"].startswith("error") for r in rows) else 0
 
 

@@ -7,7 +7,7 @@ what `torch.compile` makes of the chain, forward and forward + backward.
     python -m benchmarks.bench_norm --tiny                            # CPU smoke run
 
 One row per scale of the preset (C_v channels at that scale's resolution), implementation and
-pass. Issue 13 asks whether a fused kernel or the compiler cuts the traffic of these
+pass. The question is whether a fused kernel or the compiler cuts the traffic of these
 memory-bound chains; the figures answer it against the compulsory bytes, what any implementation
 must move: forward, x, gamma and beta read and the output written (4 maps); forward + backward, 5
 maps more (x, gamma and dout read, dx and dgamma written; dbeta is dout). GB/s are on those bytes,
@@ -26,7 +26,16 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from benchmarks.measure import append_rows, cell, environment, first_line, median_ms, rel_rms
+from benchmarks.measure import (
+    cell,
+    csv_destination,
+    environment,
+    first_line,
+    median_ms,
+    rel_rms,
+    run_device,
+    write_rows,
+)
 from dynast.config import PRESETS, preset
 from kernels import norm
 from kernels.norm.reference import reference_spade_modulation
@@ -146,21 +155,34 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--passes", default="fwd,both", help="some of fwd,both")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="default bf16 on GPU")
-    parser.add_argument("--device", default=None, help="default cuda when available, else cpu")
+    parser.add_argument(
+        "--device",
+        default=None,
+        help="default cuda; without CUDA the default run is refused (--tiny runs on the cpu)",
+    )
     parser.add_argument(
         "--channels-last", action="store_true", help="maps in the channels_last layout (NHWC)"
     )
     parser.add_argument("--tiny", action="store_true", help="small CPU sizes (a smoke run)")
     parser.add_argument("--warmup", type=int, default=25, help="warm-up per timing, ms")
     parser.add_argument("--rep", type=int, default=200, help="measurement per timing, ms")
-    parser.add_argument("--csv", type=Path, default=DEFAULT_CSV, help="rows are appended here")
+    parser.add_argument(
+        "--csv",
+        type=Path,
+        default=None,
+        help=f"rows are appended here (default on a GPU: {DEFAULT_CSV.relative_to(ROOT)}; a CPU "
+        "run writes only here)",
+    )
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    gpu = torch.cuda.is_available() and not args.tiny
-    device = torch.device(args.device or ("cuda" if gpu else "cpu"))
+    try:
+        device = run_device(args.device, tiny=args.tiny, gpu_work="the model's normalisations")
+    except ValueError as err:
+        print(f"bench_norm: error: {err}", file=sys.stderr)
+        return 2
     args.dtype = args.dtype or ("bf16" if device.type == "cuda" else "fp32")
     impls = (args.impls or ("eager,fused,compiled" if device.type == "cuda" else "eager")).split(
         ","
@@ -169,8 +191,8 @@ def main(argv: list[str] | None = None) -> int:
     bad = [i for i in impls if i not in IMPLS] + [p for p in passes if p not in PASSES]
     if bad or args.batch < 1:
         print(
-            f"bench_norm: --impls must list some of {IMPLS}, --passes some of {PASSES}, --batch "
-            f"a positive count; got {args.impls!r}, {args.passes!r}, {args.batch}",
+            f"bench_norm: error: --impls must list some of {IMPLS}, --passes some of {PASSES}, "
+            f"--batch a positive count; got {args.impls!r}, {args.passes!r}, {args.batch}",
             file=sys.stderr,
         )
         return 2
@@ -207,8 +229,7 @@ def main(argv: list[str] | None = None) -> int:
                     **row,
                 }
             )
-    append_rows(args.csv, COLUMNS, rows)
-    print(f"appended {len(rows)} rows to {args.csv}")
+    write_rows(csv_destination(args.csv, DEFAULT_CSV, device), COLUMNS, rows)
     return 1 if any(str(r["status"]).startswith("error") for r in rows) else 0
 
 

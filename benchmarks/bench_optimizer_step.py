@@ -57,6 +57,7 @@ from benchmarks.bench_train_step import DEFAULT_CSV as STEP_CSV
 from benchmarks.measure import (
     append_rows,
     cell,
+    csv_destination,
     device_and_backends,
     environment,
     first_line,
@@ -64,6 +65,7 @@ from benchmarks.measure import (
     median_ms,
     peak_mb,
     step_peak_mb,
+    write_rows,
 )
 from benchmarks.tiny import TINY_BATCH, TINY_SIZE, tiny_config
 from dynast.config import PRESETS, DynaSTConfig, preset
@@ -292,10 +294,20 @@ def _parser() -> argparse.ArgumentParser:
         "--parts", default=",".join(PARTS), help=f"what to time, some of {','.join(PARTS)}"
     )
     parser.add_argument("--amp", choices=sorted(AMP), default=None, help="default bf16 on GPU")
-    parser.add_argument("--device", default=None, help="default cuda when available, else cpu")
+    parser.add_argument(
+        "--device",
+        default=None,
+        help="default cuda; without CUDA the default run is refused (--tiny runs on the cpu)",
+    )
     parser.add_argument("--warmup", type=int, default=100, help="warm-up per timing, ms")
     parser.add_argument("--rep", type=int, default=500, help="measurement per timing, ms")
-    parser.add_argument("--csv", type=Path, default=DEFAULT_CSV, help="rows are appended here")
+    parser.add_argument(
+        "--csv",
+        type=Path,
+        default=None,
+        help=f"rows are appended here (default on a GPU: {DEFAULT_CSV.relative_to(ROOT)}; a CPU "
+        "run writes only here)",
+    )
     parser.add_argument(
         "--step-csv",
         type=Path,
@@ -310,10 +322,14 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         device, backends = device_and_backends(
-            args.device, args.backends, tiny=args.tiny, known=BACKENDS
+            args.device,
+            args.backends,
+            tiny=args.tiny,
+            known=BACKENDS,
+            gpu_work="the full optimiser step",
         )
     except ValueError as e:
-        print(f"bench_optimizer_step: {e}", file=sys.stderr)
+        print(f"bench_optimizer_step: error: {e}", file=sys.stderr)
         return 2
     on_gpu = device.type == "cuda"
     parts = args.parts.split(",")
@@ -386,8 +402,7 @@ def main(argv: list[str] | None = None) -> int:
         if base and fused and base[1] and fused[1]:
             line += f"  {base[1] / fused[1]:.2f}x"
         print(line)
-    append_rows(args.csv, COLUMNS, rows)
-    print(f"appended {len(rows)} rows to {args.csv}")
+    write_rows(csv_destination(args.csv, DEFAULT_CSV, device), COLUMNS, rows)
     step_csv = args.step_csv or (STEP_CSV if on_gpu else None)
     full_steps = [full_step_row(r) for r in rows if r["part"] == "step"]
     if step_csv is not None and full_steps:

@@ -38,14 +38,15 @@ import torch
 
 from benchmarks import bench_generate, bench_train_step
 from benchmarks.measure import (
-    append_rows,
     cell,
+    csv_destination,
     environment,
     first_line,
     is_out_of_memory,
     median_ms,
     peak_rss_mb,
     step_peak_mb,
+    write_rows,
 )
 from benchmarks.release_code import (
     DEEPFASHION_NGF,
@@ -122,16 +123,6 @@ def _check(args: argparse.Namespace) -> torch.device:
     return device
 
 
-def csv_destination(
-    given: Path | None, device: torch.device, work: str = "full_step"
-) -> Path | None:
-    """Where the row goes: `--csv`, else the tracked train_step.csv (generate.csv for
-    `--work generate`) for a GPU run; a CPU run writes nowhere unless asked (a smoke run must not
-    append to the tracked results)."""
-    tracked = bench_generate.DEFAULT_CSV if work == "generate" else bench_train_step.DEFAULT_CSV
-    return given or (tracked if device.type == "cuda" else None)
-
-
 def bench(
     root: Path,
     size: int,
@@ -197,7 +188,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     size = args.size or 256
     batch = args.batch or DEFAULT_BATCH[args.work]
-    csv_path = csv_destination(args.csv, device, args.work)
+    tracked = (
+        bench_generate.DEFAULT_CSV if args.work == "generate" else bench_train_step.DEFAULT_CSV
+    )
+    csv_path = csv_destination(args.csv, tracked, device)
     env = environment(device)
     amp_name = "fp16" if args.amp else "none"
     print(
@@ -239,11 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         row["work"] = "full_step"
         columns = bench_train_step.COLUMNS
-    if csv_path is None:
-        print("row not written (a CPU run writes a CSV only with --csv PATH)")
-    else:
-        append_rows(csv_path, columns, [row])
-        print(f"appended 1 row to {csv_path}")
+    write_rows(csv_path, columns, [row])
     return 1 if status.startswith("error") else 0
 
 

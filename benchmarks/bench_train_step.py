@@ -3,7 +3,8 @@
     python -m benchmarks.bench_train_step --preset deepfashion-256 --batch 8 \
         --sizes 256
     python -m benchmarks.bench_train_step --batch 1 --sizes 512                # does it fit?
-    python -m benchmarks.bench_train_step --config run/config.json --sizes 64 --batch 2   # CPU
+    python -m benchmarks.bench_train_step --tiny                               # CPU, seconds
+    python -m benchmarks.bench_train_step --config run/config.json --sizes 64 --batch 2 --device cpu
 
 One step is the generator's forward with warped exemplars, a stand-in for its loss (L1 to a target
 plus the warp loss with the release's weight 1000; no VGG and no discriminator, which do not
@@ -23,6 +24,11 @@ generator in `torch.compile` (the attention then runs through the custom ops of
 `--cudnn-benchmark` lets cuDNN time its convolution algorithms in the warm-up (`BACKEND+bench`).
 The backend `triton+norm` is `triton` with `norm_backend="triton"` too: the positional
 normalisations and SPADE modulations as the fused kernels of `kernels.norm.fused`.
+
+Without CUDA the default run (deepfashion-256 at 256 and 512 px) is refused: `--tiny` runs the
+benchmarks' tiny model on the CPU, `--device cpu` any other model there. A GPU run appends to
+benchmarks/results/train_step.csv unless `--csv` names another file; a CPU run writes a CSV only
+with `--csv`.
 """
 
 from __future__ import annotations
@@ -39,15 +45,18 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from benchmarks.measure import (
-    append_rows,
     cell,
+    csv_destination,
     environment,
     first_line,
     is_out_of_memory,
     median_ms,
     peak_mb,
     rel_rms,
+    run_device,
+    write_rows,
 )
+from benchmarks.tiny import TINY_BATCH, TINY_SIZE, tiny_config
 from dynast.config import PRESETS, DynaSTConfig, preset
 from dynast.generator import Generator
 
@@ -196,11 +205,14 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    model_source_arguments(parser)
+    source = model_source_arguments(parser)
+    source.add_argument(
+        "--tiny", action="store_true", help="the benchmarks' tiny model on the CPU, seconds"
+    )
     parser.add_argument(
         "--sizes", default=None, help="image sizes, comma-separated (default: the config's, x2)"
     )
-    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--batch", type=int, default=None, help=f"default 1 ({TINY_BATCH} tiny)")
     parser.add_argument(
         "--backends",
         default=None,
@@ -209,7 +221,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--amp", choices=sorted(AMP), default=None, help="autocast dtype (default bf16 on GPU)"
     )
-    parser.add_argument("--device", default=None, help="default cuda when available, else cpu")
+    parser.add_argument(
+        "--device",
+        default=None,
+        help="default cuda; without CUDA the default run is refused (--tiny runs on the cpu)",
+    )
     parser.add_argument(
         "--compile",
         action="store_true",
@@ -227,29 +243,36 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--warmup", type=int, default=100, help="warm-up per timing, ms")
     parser.add_argument("--rep", type=int, default=1000, help="measurement per timing, ms")
-    parser.add_argument("--csv", type=Path, default=DEFAULT_CSV, help="rows are appended here")
+    parser.add_argument(
+        "--csv",
+        type=Path,
+        default=None,
+        help="rows are appended here (default on a GPU: benchmarks/results/train_step.csv; a CPU "
+        "run writes only here)",
+    )
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    on_gpu = device.type == "cuda"
     try:
-        cfg = load_config(args.preset, args.config)
-        sizes = [int(s) for s in (args.sizes or "").split(",") if s] or [
-            cfg.image_size,
-            2 * cfg.image_size,
-        ]
-        backends = [
-            b for b in (args.backends or ("triton,torch" if on_gpu else "torch")).split(",")
-        ]
-        if not backends or any(b not in BACKENDS for b in backends):
-            raise ValueError(f"--backends must list some of {BACKENDS}, got {args.backends!r}")
-        if args.batch < 1:
-            raise ValueError(f"--batch must be positive, got {args.batch}")
+        cfg = tiny_config() if args.tiny else load_config(args.preset, args.config)
+        sizes = [int(s) for s in (args.sizes or "").split(",") if s] or (
+            [TINY_SIZE] if args.tiny else [cfg.image_size, 2 * cfg.image_size]
+        )
+        batch = args.batch if args.batch is not None else (TINY_BATCH if args.tiny else 1)
+        if batch < 1:
+            raise ValueError(f"--batch must be positive, got {batch}")
+        if args.backends is not None:
+            backends = args.backends.split(",")
+            if not all(backends) or any(b not in BACKENDS for b in backends):
+                raise ValueError(f"--backends must list some of {BACKENDS}, got {args.backends!r}")
+        device = run_device(args.device, tiny=args.tiny, gpu_work="a generator training step")
+        on_gpu = device.type == "cuda"
+        if args.backends is None:
+            backends = ["triton", "torch"] if on_gpu else ["torch"]
     except ValueError as err:
-        print(f"bench_train_step: {err}", file=sys.stderr)
+        print(f"bench_train_step: error: {err}", file=sys.stderr)
         return 2
     amp_name = args.amp or ("bf16" if on_gpu else "none")
     suffix = "".join(
@@ -265,12 +288,12 @@ def main(argv: list[str] | None = None) -> int:
     env = environment(device)
     print(
         f"{env['gpu']} | torch {env['torch']} | triton {env['triton']} | commit {env['commit']} | "
-        f"config {cfg.name} | batch {args.batch} | amp {amp_name}"
+        f"config {cfg.name} | batch {batch} | amp {amp_name}"
     )
     print(HEADER)
     rows = []
     for size in sizes:
-        x = make_inputs(cfg, size, args.batch, device)
+        x = make_inputs(cfg, size, batch, device)
         results = {}
         for backend in backends:
             label = backend + suffix
@@ -303,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
                     **env,
                     "config": cfg.name,
                     "image_size": size,
-                    "batch": args.batch,
+                    "batch": batch,
                     "amp": amp_name,
                     "backend": backend,
                     "work": "g_step",
@@ -313,8 +336,7 @@ def main(argv: list[str] | None = None) -> int:
                     "image_rel_rms": diff,
                 }
             )
-    append_rows(args.csv, COLUMNS, rows)
-    print(f"appended {len(rows)} rows to {args.csv}")
+    write_rows(csv_destination(args.csv, DEFAULT_CSV, device), COLUMNS, rows)
     return 1 if any(r["status"].startswith("error") for r in rows) else 0
 
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One lent-GPU session measuring every row of issue 13's target table (docs/benchmarks.md), in
+# One lent-GPU session measuring every row of the step's target table (docs/benchmarks.md), in
 # priority order, each stage under its own time limit so that a slow stage cannot starve the later
 # ones. The default stages run in two calls with the same $OUT, each under 10 minutes of limits:
 # call 1 (the default) at most 585 s, CALL=2 at most 590 s (the release's training step beside
@@ -13,6 +13,12 @@
 #   STAGES="derived" bash benchmarks/device_session.sh              # derived vs list candidates
 #   STAGES="norm" bash benchmarks/device_session.sh                 # fused SPADE modulation
 set -u
+# Every stage is GPU-sized: without an NVIDIA GPU, refuse rather than start hours of CPU work.
+if ! command -v nvidia-smi > /dev/null 2>&1 || ! nvidia-smi -L > /dev/null 2>&1; then
+  echo "device_session.sh: error: no CUDA device (nvidia-smi finds no GPU); every stage is a GPU" \
+    "measurement: run the benchmarks' --tiny smoke runs on a CPU instead" >&2
+  exit 2
+fi
 OUT=${OUT:-/tmp/dynast-device}
 mkdir -p "$OUT"
 export PYTHONPATH=.
@@ -83,7 +89,7 @@ for name in $STAGES; do
       --rep 60 --csv $OUT/attention.csv && $PY benchmarks/attention_cost.py $P256 --tile \
       --csv $OUT/attention.csv" ;;
     summary) stage summary ${T_SUMMARY:-10} $PY benchmarks/performance_targets.py "$OUT" ;;
-    # Issue 24, the yardstick: the release's full training step (its Pix2PixTrainer, fp16 amp,
+    # The yardstick: the release's full training step (its Pix2PixTrainer, fp16 amp,
     # batch 8, 256 px), then dynast's full step on the same card (train/loop.py's code, bf16,
     # fused and reference): full_step rows of train_step.csv. About 150 s.
     release) stage release ${T_RELEASE:-200} bash -c "$PY benchmarks/bench_release_step.py \
@@ -101,7 +107,7 @@ for name in $STAGES; do
     mem256b1) stage mem256b1 ${T_MEM256B1:-60} $PY benchmarks/bench_optimizer_step.py $P256 \
       --size 256 --batch 1 --backends triton --parts step --warmup 200 --rep 1500 \
       --csv "$OUT/optimizer_step.csv" ;;
-    # Issue 24: deepfashion-512 at batch 4 with activation checkpointing (fused, bf16): peak
+    # deepfashion-512 at batch 4 with activation checkpointing (fused, bf16): peak
     # memory (target < 24 GiB) and the step's time, beside mem512's run without it.
     ckpt512) stage ckpt512 ${T_CKPT512:-130} $PY benchmarks/bench_optimizer_step.py $P256 \
       --size 512 --batch 4 --backends triton --parts step --checkpoint-activations --warmup 500 \
@@ -118,13 +124,13 @@ for name in $STAGES; do
     autotune) stage autotune ${T_TUNE:-150} $PY -m kernels.autotune $P256 --dtype "${DTYPE:-bf16}" \
       --kernel dense_fwd --kernel dense_bwd_tile --kernel candidate_fwd --kernel candidate_bwd \
       --out "$OUT/kernel_tuning.json" ;;
-    # Issue 13: the inner 256x256 candidate block with its candidates derived in the kernel from
+    # The inner 256x256 candidate block with its candidates derived in the kernel from
     # the previous top-k (the operators' default) against the int32 list read, and the reference;
     # fwd (% of copy on the derived bytes) and fwd+bwd. About 90 s; `STAGES="derived"` alone.
     derived) stage derived ${T_DERIVED:-90} $PY benchmarks/bench_attention.py \
       --shape inner:H=256,W=256,Cqk=80,Cp=16,Cv=64 --impls fused-derived,fused-list,reference \
       --passes fwd,both --warmup 10 --rep 60 --csv "$OUT/attention.csv" ;;
-    # Issue 8: the dense block alone at 1,024 tokens, the dense GPU tests, and the tiled backward
+    # The dense block alone at 1,024 tokens, the dense GPU tests, and the tiled backward
     # with an unbounded scratch budget (one pass, the backward before the budget) for comparison.
     dense256) stage dense256 ${T_DENSE256:-40} $PY benchmarks/bench_attention.py $P256 \
       --blocks dense --impls fused,reference --passes fwd,both --warmup 10 --rep 60 \
@@ -133,13 +139,13 @@ for name in $STAGES; do
       -m gpu tests/kernels/dense/test_dense_fused.py ;;
     unbounded) stage unbounded ${T_UNBOUNDED:-80} env OUT="$OUT" BUDGETS="${BUDGETS:-4096}" \
       bash benchmarks/dense_budget_sweep.sh ;;
-    # Issue 13: the SPADE modulation alone at every deepfashion-256 scale (eager chain, fused
+    # The SPADE modulation alone at every deepfashion-256 scale (eager chain, fused
     # kernels, torch.compile of the chain), then the generator step with the fused normalisation
     # kernels on top of the fused attention (`triton+norm`) next to `triton`. About 100 s.
     norm) stage norm ${T_NORM:-120} bash -c "$PY benchmarks/bench_norm.py $P256 --batch 8 \
       --csv $OUT/norm.csv && $PY benchmarks/bench_train_step.py $P256 --batch 8 --sizes 256 \
       --backends triton,triton+norm --warmup 25 --rep 300 --csv $OUT/train_step.csv" ;;
-    # Issue 13: the convolutions' layout. The step with weights and inputs in channels_last (the
+    # The convolutions' layout. The step with weights and inputs in channels_last (the
     # attention's token-major views are then free, the fused normalisations read NHWC), the
     # normalisations alone in NHWC, and cuDNN's benchmark mode. About 100 s.
     layout) stage layout ${T_LAYOUT:-150} bash -c "$PY benchmarks/bench_train_step.py $P256 \

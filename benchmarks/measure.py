@@ -22,18 +22,67 @@ from kernels.files import write_atomically
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def run_device(device: str | None, *, tiny: bool, gpu_work: str) -> torch.device:
+    """The device a benchmark runs on: `--device` when given, the CPU with `--tiny`, else CUDA.
+
+    Without CUDA and without either flag the run is refused (ValueError, for one `error:` line):
+    a GPU benchmark's work (`gpu_work`, e.g. "the attention blocks of deepfashion-256 at batch
+    8") takes hours or all the memory of a CPU machine, so a CPU run must be asked for."""
+    if device is not None:
+        try:
+            chosen = torch.device(device)
+        except RuntimeError as err:
+            raise ValueError(f"--device: expected cpu, cuda or cuda:N, got {device!r}") from err
+        if chosen.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"--device {device}: no CUDA device here")
+        return chosen
+    if tiny:
+        return torch.device("cpu")
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    raise ValueError(
+        f"no CUDA device: this benchmark times {gpu_work} on a GPU; pass --tiny for a CPU smoke "
+        "run in seconds, or --device cpu to run it on the CPU anyway"
+    )
+
+
 def device_and_backends(
-    device: str | None, backends: str | None, *, tiny: bool, known: Sequence[str]
+    device: str | None,
+    backends: str | None,
+    *,
+    tiny: bool,
+    known: Sequence[str],
+    gpu_work: str,
 ) -> tuple[torch.device, list[str]]:
-    """The device a step benchmark runs on (the GPU when there is one, unless `tiny`) and the
-    attention backends it compares (both on a GPU, the reference on a CPU, unless given).
-    ValueError naming --backends when it lists anything but `known`."""
-    gpu = torch.cuda.is_available() and not tiny
-    chosen = torch.device(device or ("cuda" if gpu else "cpu"))
+    """The device a step benchmark runs on (`run_device`) and the attention backends it compares
+    (both on a GPU, the reference on a CPU, unless given). ValueError naming --backends when it
+    lists anything but `known`."""
+    chosen = run_device(device, tiny=tiny, gpu_work=gpu_work)
     names = (backends or ("triton,torch" if chosen.type == "cuda" else "torch")).split(",")
     if not names or any(b not in known for b in names):
         raise ValueError(f"--backends must list some of {tuple(known)}, got {backends!r}")
     return chosen, names
+
+
+def csv_destination(given: Path | None, default: Path, device: torch.device) -> Path | None:
+    """Where a benchmark's rows go: `--csv` when given, else the tracked `default` under
+    benchmarks/results/ for a GPU run; a CPU run writes nowhere unless asked, so that a smoke
+    run never appends to the tracked results."""
+    return given or (default if device.type == "cuda" else None)
+
+
+def write_rows(path: Path | None, columns: list[str], rows: list[dict[str, object]]) -> None:
+    """Append `rows` to `path` (`append_rows`) and say so; with no path (a CPU run without
+    --csv), say that nothing was written and how to write it."""
+    if path is None:
+        print(f"{_rows(len(rows))} not written: a CPU run writes a CSV only with --csv PATH")
+        return
+    append_rows(path, columns, rows)
+    print(f"appended {_rows(len(rows))} to {path}")
+
+
+def _rows(count: int) -> str:
+    return f"{count} row" if count == 1 else f"{count} rows"
 
 
 def median_ms(

@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.bench_train_step import AMP, generator_loss, make_inputs
-from benchmarks.measure import append_rows, environment
+from benchmarks.measure import csv_destination, environment, run_device, write_rows
 from benchmarks.tiny import TINY_BATCH, TINY_SIZE, tiny_config
 from dynast.config import PRESETS, preset
 from dynast.generator import Generator
@@ -153,25 +153,37 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--backend", choices=("triton", "torch"), default=None)
     parser.add_argument("--compile", action="store_true", help="torch.compile the generator")
     parser.add_argument("--amp", choices=sorted(AMP), default=None, help="default bf16 on GPU")
-    parser.add_argument("--device", default=None, help="default cuda when available, else cpu")
+    parser.add_argument(
+        "--device",
+        default=None,
+        help="default cuda; without CUDA the default run is refused (--tiny runs on the cpu)",
+    )
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     parser.add_argument("--steps", type=int, default=3, help="profiled steps")
     parser.add_argument("--top", type=int, default=25, help="rows of the printed table")
-    parser.add_argument("--csv", type=Path, default=DEFAULT_CSV, help="rows are appended here")
+    parser.add_argument(
+        "--csv",
+        type=Path,
+        default=None,
+        help=f"rows are appended here (default on a GPU: {DEFAULT_CSV.relative_to(ROOT)}; a CPU "
+        "run writes only here)",
+    )
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    device = torch.device(
-        args.device or ("cpu" if args.tiny or not torch.cuda.is_available() else "cuda")
-    )
+    try:
+        device = run_device(args.device, tiny=args.tiny, gpu_work="a training step")
+    except ValueError as err:
+        print(f"profile_step: error: {err}", file=sys.stderr)
+        return 2
     on_gpu = device.type == "cuda"
     backend = args.backend or ("triton" if on_gpu else "torch")
     for name in ("warmup", "steps", "top"):
         if getattr(args, name) < (0 if name == "warmup" else 1):
             print(
-                f"profile_step: --{name} must be positive, got {getattr(args, name)}",
+                f"profile_step: error: --{name} must be positive, got {getattr(args, name)}",
                 file=sys.stderr,
             )
             return 2
@@ -221,8 +233,7 @@ def main(argv: list[str] | None = None) -> int:
         }
         for i, r in enumerate(rows, 1)
     ]
-    append_rows(args.csv, COLUMNS, records)
-    print(f"appended {len(records)} rows to {args.csv}")
+    write_rows(csv_destination(args.csv, DEFAULT_CSV, device), COLUMNS, records)
     return 0
 
 

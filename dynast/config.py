@@ -33,8 +33,8 @@ class DynaSTConfig:
     The defaults are the `synthetic-64-narrow` preset: small enough that tests build and run it in
     seconds on a CPU.
     `dense_scale` None means 1/sqrt(C_qk) and `dense_prune_scale` None means 1/C_p (the release).
-    `output_from_warp` (ours, not in the release, off in every model preset; the synthetic
-    training presets turn it on): the image is the finest block's warped exemplar plus the
+    `output_from_warp` (ours, not in the release, off by default and in the release presets; the
+    synthetic-64 preset sets it): the image is the finest block's warped exemplar plus the
     decoder's tanh output, clamped to [-1, 1], instead of the decoder's tanh output alone; it adds
     no parameter, and starts the decoder's last convolution at zero, so that the first image is
     the warped exemplar itself (docs/method.md section 2).
@@ -44,7 +44,7 @@ class DynaSTConfig:
     `norm_backend` (ours): how the positional normalisations and SPADE modulations run, as
     `kernels.norm` ("torch": the plain expressions, bit for bit the model as it always ran;
     "triton" / "auto": one fused kernel each way, `kernels.norm.fused`). Default "torch" until a
-    GPU measurement says the fused kernels pay (docs/benchmarks.md, "Issue 13").
+    GPU measurement says the fused kernels pay (docs/benchmarks.md, "Fused SPADE modulation").
     `tie_finest_fusion` (the release; on in the released presets): the finest scale's fusion block
     is that scale's query embedding block itself, one module called at both places (the release's
     forward runs `embed_q1` there), so its weights, gradients and spectral-norm state are shared;

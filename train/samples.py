@@ -1,5 +1,6 @@
-"""Sample grids: one row per pair, columns semantic map | exemplar | warped exemplar | output |
-ground truth, saved as PNG through a temporary file."""
+"""Sample grids: one row per pair, labelled "pair N" on the left, and the columns semantic map |
+exemplar | warped exemplar | output | ground truth, captioned above the first row; saved as PNG
+through a temporary file."""
 
 from __future__ import annotations
 
@@ -8,21 +9,20 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from einops import rearrange
 from PIL import Image
 from torch import Tensor
 
+from dynast.panel import PanelRow, labelled_panel
 from kernels.files import write_atomically
 
 COLUMNS = ("semantic", "exemplar", "warped exemplar", "output", "ground truth")
-_GAP = 2  # white pixels between tiles
 
 
-def sample_grid(
+def sample_tiles(
     semantic_rgb: Tensor, exemplar: Tensor, warp: Tensor, output: Tensor, target: Tensor
 ) -> np.ndarray:
     """[B, 3, H, W] images in [-1, 1] (the warp may be smaller: it is upsampled, nearest) ->
-    uint8 [B*H + gaps, 5*W + gaps, 3]."""
+    uint8 tiles [B, 5, H, W, 3], in the order of COLUMNS."""
     height, width = output.shape[-2:]
     columns = []
     for name, image in zip(COLUMNS, (semantic_rgb, exemplar, warp, output, target), strict=True):
@@ -35,9 +35,18 @@ def sample_grid(
         columns.append(image)
     tiles = torch.stack(columns, dim=1)  # [B, 5, 3, H, W]
     tiles = ((tiles.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    tiles = F.pad(tiles, (0, _GAP, 0, _GAP), value=255)
-    grid = rearrange(tiles, "b col c h w -> (b h) (col w) c")
-    return grid[:-_GAP, :-_GAP].numpy()
+    return tiles.permute(0, 1, 3, 4, 2).contiguous().numpy()
+
+
+def sample_grid(
+    semantic_rgb: Tensor, exemplar: Tensor, warp: Tensor, output: Tensor, target: Tensor
+) -> np.ndarray:
+    """The labelled picture (`dynast.panel.labelled_panel`) of `sample_tiles`: uint8 [H, W, 3]."""
+    tiles = sample_tiles(semantic_rgb, exemplar, warp, output, target)
+    rows = [
+        PanelRow(f"pair {i}", list(row), COLUMNS if i == 0 else None) for i, row in enumerate(tiles)
+    ]
+    return labelled_panel(rows)
 
 
 def save_png(image: np.ndarray, path: Path) -> None:

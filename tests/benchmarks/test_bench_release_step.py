@@ -61,16 +61,6 @@ def test_the_releases_test_forward_at_64_px_on_the_cpu_narrowed(
     assert ms > 0 and rate == pytest.approx(2 / (ms / 1e3))
 
 
-def test_a_cpu_run_writes_a_csv_only_when_asked(tmp_path: Path) -> None:
-    cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert bench_release_step.csv_destination(None, cpu) is None
-    assert bench_release_step.csv_destination(None, cuda) == bench_train_step.DEFAULT_CSV
-    assert bench_release_step.csv_destination(tmp_path / "x.csv", cpu) == tmp_path / "x.csv"
-    tracked = bench_generate.DEFAULT_CSV
-    assert bench_release_step.csv_destination(None, cuda, "generate") == tracked
-    assert bench_release_step.csv_destination(None, cpu, "generate") is None
-
-
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal is for machines without CUDA")
 def test_the_gpu_default_is_refused_without_cuda(capsys: pytest.CaptureFixture) -> None:
     assert bench_release_step.main([]) == 2

@@ -31,6 +31,8 @@ def test_cpu_step_from_a_json_config(tmp_path: Path) -> None:
         "2",
         "--rep",
         "1",
+        "--device",
+        "cpu",
         "--csv",
         str(out),
     ]

@@ -11,19 +11,11 @@ import json
 
 import pytest
 import torch
+from _tiny_run import TINY_RUN
 from safetensors.torch import load_file
 
 from train.loop import train
 from train.main import resolve_config
-
-TINY = [
-    "--model.image_size", "32", "--data.image_size", "32", "--model.ngf", "4",
-    "--model.num_scales", "3", "--model.ndf", "8", "--model.disc_layers", "3",
-    "--data.train_length", "8", "--data.test_length", "4", "--data.textures", "procedural",
-    "--train.eval_pairs", "4", "--train.eval_batch_size", "4", "--train.sample_rows", "2",
-    "--train.log_every", "2", "--train.sample_every", "100", "--train.checkpoint_every", "100",
-    "--train.batch_size", "2", "--max-steps", "2",
-]  # fmt: skip
 
 
 @pytest.mark.slow
@@ -40,7 +32,7 @@ def test_compiled_training_logs_the_eager_losses_and_saves_plain_weights(tmp_pat
     losses = {}
     for compiled in (False, True):
         run_dir = tmp_path / f"run-{compiled}"
-        cfg, _ = resolve_config([*TINY, "--output-dir", str(run_dir),
+        cfg, _ = resolve_config([*TINY_RUN, "--output-dir", str(run_dir),
                                  "--train.compile", str(compiled).lower()])  # fmt: skip
         with monkeypatch.context() as patch:
             patch.setattr(torch, "compile", functools.partial(aot_eager_compile))

@@ -4,6 +4,7 @@ clean error messages."""
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -11,11 +12,12 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
+from dynast.panel import MIN_TILE
 from train import checkpoints as ckpt
 from train.data_order import DataPosition, EpochSampler, micro_batches
 from train.errors import TrainingError, clean_message
 from train.metrics_log import MetricsLog, read_metrics
-from train.samples import sample_grid, save_png
+from train.samples import sample_grid, sample_tiles, save_png
 
 
 def _fake_checkpoint(run_dir, step, complete=True):
@@ -170,14 +172,38 @@ def test_metrics_log_truncates_on_resume_and_skips_a_torn_line(tmp_path):
     assert any((tmp_path / "tensorboard").iterdir())
 
 
+def _find_tile(picture: np.ndarray, tile: np.ndarray) -> tuple[int, int]:
+    """(y, x) of the one place `tile` sits in `picture`."""
+    h, w = tile.shape[:2]
+    starts = np.argwhere((picture == tile[0, 0]).all(axis=-1))
+    found = [
+        (int(y), int(x)) for y, x in starts if np.array_equal(picture[y : y + h, x : x + w], tile)
+    ]
+    assert len(found) == 1, found
+    return found[0]
+
+
 def test_sample_grid_layout_and_png(tmp_path):
     gen = torch.Generator().manual_seed(0)
     images = [torch.rand(2, 3, 12, 10, generator=gen) * 2 - 1 for _ in range(5)]
     images[2] = torch.rand(2, 3, 6, 5, generator=gen) * 2 - 1  # the warp may be coarser
-    grid = sample_grid(*images)
-    assert grid.shape == (2 * 12 + 2, 5 * 10 + 4 * 2, 3) and grid.dtype == np.uint8
+    tiles = sample_tiles(*images)
+    assert tiles.shape == (2, 5, 12, 10, 3) and tiles.dtype == np.uint8
     expected = ((images[3][1].clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy()
-    np.testing.assert_array_equal(grid[14:26, 36:46], expected)  # row 1, column "output"
+    np.testing.assert_array_equal(tiles[1, 3], expected)  # row 1, column "output"
+    grid = sample_grid(*images)
+    assert grid.dtype == np.uint8 and grid.shape[2] == 3
+    # Every tile is in the picture, enlarged by a whole factor, in its row and column order.
+    zoom = math.ceil(MIN_TILE / 10)
+    places = [
+        [_find_tile(grid, tiles[r, c].repeat(zoom, axis=0).repeat(zoom, axis=1)) for c in range(5)]
+        for r in range(2)
+    ]
+    assert all(row[c][1] < row[c + 1][1] for row in places for c in range(4))
+    assert all(places[0][c][0] < places[1][c][0] for c in range(5))
+    # The column captions above the first row and the row labels left of the tiles are drawn.
+    top, left = places[0][0]
+    assert (grid[:top, left:] < 128).any() and (grid[:, :left] < 128).any()
     save_png(grid, tmp_path / "s" / "step_00000001.png")
     with Image.open(tmp_path / "s" / "step_00000001.png") as im:
         np.testing.assert_array_equal(np.asarray(im), grid)
