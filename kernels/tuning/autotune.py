@@ -57,8 +57,8 @@ KERNELS: dict[str, list[TunableKernel]] = {
 OPTIONAL_KERNELS: dict[str, list[TunableKernel]] = {"inter": TILE_TUNABLE, "inner": TILE_TUNABLE}
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 NO_GPU_MESSAGE = (
-    "kernels.autotune: no CUDA GPU is visible. The autotuner times the kernels on the GPU it "
-    "tunes them for: run it on that machine, or add --dry-run to print the search space."
+    "kernels.autotune: error: no CUDA GPU is visible. The autotuner times the kernels on the "
+    "GPU it tunes them for: run it on that machine, or add --dry-run to print the search space."
 )
 
 # Times one launch of a runner in milliseconds (the median of many).
@@ -286,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         shapes = _shapes_from(args)
     except ValueError as err:
-        print(f"kernels.autotune: {err}", file=sys.stderr)
+        print(f"kernels.autotune: error: {err}", file=sys.stderr)
         return 2
     if not args.dry_run:
         if not torch.cuda.is_available():
@@ -294,8 +294,8 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         if interpreting():
             print(
-                "kernels.autotune: TRITON_INTERPRET is set, so the kernels would run on the CPU "
-                "interpreter; unset it to tune.",
+                "kernels.autotune: error: TRITON_INTERPRET is set, so the kernels would run on the "
+                "CPU interpreter; unset it to tune.",
                 file=sys.stderr,
             )
             return 2
@@ -314,13 +314,13 @@ def main(argv: list[str] | None = None) -> int:
     }
     if only - known:
         print(
-            f"kernels.autotune: unknown kernel(s) {sorted(only - known)}; "
+            f"kernels.autotune: error: unknown kernel(s) {sorted(only - known)}; "
             f"these shapes run {sorted(known) or 'none'}",
             file=sys.stderr,
         )
         return 2
     if not jobs:
-        print("kernels.autotune: no kernel to tune for these shapes", file=sys.stderr)
+        print("kernels.autotune: error: no kernel to tune for these shapes", file=sys.stderr)
         return 2
 
     if args.dry_run:
@@ -348,3 +348,7 @@ def main(argv: list[str] | None = None) -> int:
         f"{torch.cuda.get_device_name(device)} in {path}"
     )
     return 0 if recorded == len(results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
