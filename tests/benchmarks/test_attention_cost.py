@@ -1,4 +1,4 @@
-"""The byte model's accountings of the candidate indices (issue 13): the list the builders write,
+"""The byte model's accountings of the candidate indices: the list the builders write,
 read as int64 (old) or int32 (the builders' lists now), against candidates derived in the kernel
 from the previous int32 top-k (new)."""
 
