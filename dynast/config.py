@@ -33,11 +33,12 @@ class DynaSTConfig:
     The defaults are the `synthetic-64-narrow` preset: small enough that tests build and run it in
     seconds on a CPU.
     `dense_scale` None means 1/sqrt(C_qk) and `dense_prune_scale` None means 1/C_p (the release).
-    `output_from_warp` (ours, not in the release, off in every model preset; the synthetic
-    training presets turn it on): the image is the finest block's warped exemplar plus the
-    decoder's tanh output, clamped to [-1, 1], instead of the decoder's tanh output alone; it adds
-    no parameter, and starts the decoder's last convolution at zero, so that the first image is
-    the warped exemplar itself (docs/method.md section 2).
+    `output_from_warp` (ours, not in the release; on in the synthetic-64 preset, so in the
+    synthetic-64 and synthetic-64-long training presets, off in the released presets and in
+    synthetic-64-narrow): the image is the finest block's warped exemplar plus the decoder's tanh
+    output, clamped to [-1, 1], instead of the decoder's tanh output alone; it adds no parameter,
+    and starts the decoder's last convolution at zero, so that the first image is the warped
+    exemplar itself (docs/method.md section 2).
     `region_gate` (ours, needs `output_from_warp`; on in the synthetic-64 preset): the warped
     exemplar the decoder corrects is first blended, per pixel and by a learned gate, with its mean
     over the target's semantic regions (`dynast.region_gate`); one 3x3 convolution more.
