@@ -105,14 +105,10 @@ def _check_name(name: str, where: str) -> str:
     return name
 
 
-def read_pairs(path: Path) -> list[tuple[str, str]]:
-    """The (target, exemplar) names of a pairs CSV. Raises FileNotFoundError when it is missing,
-    ValueError (file and line) for a wrong header, a row without exactly two names, or no rows."""
-    return [(target, exemplar) for _, target, exemplar in read_numbered_pairs(path)]
-
-
 def read_numbered_pairs(path: Path) -> list[tuple[int, str, str]]:
-    """(line number, target, exemplar) of every pair of a pairs CSV (see `read_pairs`)."""
+    """(line number, target, exemplar) of every pair of a pairs CSV. Raises FileNotFoundError
+    when it is missing, ValueError (file and line) for a wrong header, a row without exactly two
+    names, or no rows."""
     if not path.is_file():
         raise FileNotFoundError(f"{path}: pairs file not found (header `target,exemplar`)")
     with path.open(newline="", encoding="utf-8") as f:
