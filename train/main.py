@@ -28,8 +28,8 @@ import torch
 
 from dynast.config import DEFAULT_PRESET
 from dynast.discriminator import check_image_size
+from dynast.overrides import apply_overrides, field_names, refuse_repeats
 from train.config import PRESET_NAMES, RunConfig, run_preset
-from train.overrides import apply_overrides, field_names, refuse_repeats
 from train.precision import LAUNCHER_VARIABLE, PrecisionChoice, choose_precision, cpu_bf16
 
 # Named flags and the field each one sets.
