@@ -133,7 +133,7 @@ def read_numbered_pairs(path: Path) -> list[tuple[int, str, str]]:
     return pairs
 
 
-def _index_files(folder: Path, suffixes: tuple[str, ...]) -> dict[str, list[Path]]:
+def index_files(folder: Path, suffixes: tuple[str, ...]) -> dict[str, list[Path]]:
     """name (relative path without extension) -> files with one of `suffixes` (any case)."""
     found: dict[str, list[Path]] = {}
     for directory, _, files in os.walk(folder):
@@ -276,8 +276,8 @@ class FolderDataset(Dataset):
         return found[0] if found else None
 
     def _resolve(self, root: Path, pairs: list[tuple[str, str]]) -> list[PairFiles]:
-        images = _index_files(root / IMAGE_DIR, IMAGE_SUFFIXES)
-        labels = _index_files(root / LABEL_DIR, (LABEL_SUFFIX,))
+        images = index_files(root / IMAGE_DIR, IMAGE_SUFFIXES)
+        labels = index_files(root / LABEL_DIR, (LABEL_SUFFIX,))
         headers: dict[Path, tuple[tuple[int, int], str]] = {}
 
         def header(path: Path) -> tuple[tuple[int, int], str]:

@@ -259,7 +259,12 @@ def test_rotation_finishes_half_deleted_checkpoints(tmp_path):
         folder.mkdir(parents=True)
         (folder / "state").mkdir()
         (folder / "state" / "x.bin").write_bytes(b"x")
-        ckpt.write_progress(folder, ckpt.Progress(step, 0, step, 1, 2, 1.0))
+        ckpt.write_progress(
+            folder,
+            ckpt.Progress(
+                step=step, epoch=0, batch_in_epoch=step, world_size=1, batch_size=2, elapsed_s=1.0
+            ),
+        )
         final = ckpt.publish(folder)
         if not complete:
             (final / ckpt.PROGRESS_FILE).unlink()  # what an rmtree cut short leaves
@@ -769,7 +774,7 @@ def test_out_of_range_seed_and_conflicting_flags_are_one_error_line(capsys, args
 def test_vgg_weights_that_do_not_load_are_one_error_naming_the_file(tmp_path):
     import torch
 
-    from train.loop import _find_vgg, _load_vgg
+    from train.loop import find_vgg, load_vgg
     from train.main import resolve_config
 
     text = tmp_path / "vgg19.pth"
@@ -780,7 +785,7 @@ def test_vgg_weights_that_do_not_load_are_one_error_naming_the_file(tmp_path):
     for path in (text, refused):
         cfg, _ = resolve_config([*TINY, "--vgg-weights", str(path)])
         with pytest.raises(TrainingError, match=r"^--vgg-weights ") as info:
-            _load_vgg(_find_vgg(cfg)[0])
+            load_vgg(find_vgg(cfg)[0])
         assert str(path) in str(info.value) and len(str(info.value).splitlines()) == 1
     assert not marker.exists()
 
@@ -806,12 +811,12 @@ def test_a_full_disk_during_a_checkpoint_names_the_device_and_what_was_kept(run_
     with monkeypatch.context() as patch:
         patch.setattr(os, "statvfs", full)
         with pytest.raises(TrainingError) as info:
-            with loop._writing(run_dir, staging, loop._WRITE_ERRORS):
+            with loop.writing(run_dir, staging, loop.WRITE_ERRORS):
                 raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 7")
     message = str(info.value)
     assert message.startswith("no space left on ") and "unexpected pos" in message, message
     assert f"while writing {staging}" in message
     assert "kept unchanged: checkpoint_00000004 (step 4) and final/" in message
     with pytest.raises(TrainingError, match=r"^no space left on .*kept unchanged: checkpoint_0+4"):
-        with loop._writing(run_dir, staging, loop._WRITE_ERRORS):
+        with loop.writing(run_dir, staging, loop.WRITE_ERRORS):
             raise OSError(errno.ENOSPC, "No space left on device", str(staging / "x.bin"))
