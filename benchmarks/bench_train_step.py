@@ -105,7 +105,7 @@ def model_source_arguments(parser: argparse.ArgumentParser) -> argparse._Mutuall
     return source
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(kw_only=True)
 class StepInputs:
     semantic: Tensor
     exemplar: Tensor
