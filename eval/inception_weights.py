@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from dynast.state_dicts import key_mismatches
 from eval.inception import FIDInceptionV3, InceptionFeatures
 
 PYTORCH_FID_FILE = "pt_inception-2015-12-05-6726825d.pth"
@@ -118,13 +119,7 @@ def state_dict_sha256(state: dict[str, Tensor]) -> str:
 
 
 def _check_keys(state: dict[str, Tensor], expected: dict[str, Tensor], what: str) -> None:
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    wrong = sorted(
-        f"{k}: {tuple(state[k].shape)} != {tuple(expected[k].shape)}"
-        for k in set(state) & set(expected)
-        if state[k].shape != expected[k].shape
-    )
+    missing, unexpected, wrong = key_mismatches(state, expected)
     if missing or unexpected or wrong:
         raise ValueError(
             f"{what} does not fit the FID Inception network: missing keys {missing}, "
