@@ -235,16 +235,16 @@ def tiny_shapes() -> list[AttentionShape]:
 
 # Shape sets by name: every model preset, and `tiny` (no model: awkward sizes for CPU runs; not
 # the step benchmarks' tiny model, benchmarks/tiny_model.py).
-PRESETS: dict[str, Callable[[], list[AttentionShape]]] = {
+SHAPE_SETS: dict[str, Callable[[], list[AttentionShape]]] = {
     **{name: partial(model_shapes, sizes) for name, sizes in MODELS.items()},
     "tiny": tiny_shapes,
 }
 
 
 def preset_shapes(name: str) -> list[AttentionShape]:
-    if name not in PRESETS:
-        raise ValueError(f"unknown shape preset {name!r}; expected one of {sorted(PRESETS)}")
-    return PRESETS[name]()
+    if name not in SHAPE_SETS:
+        raise ValueError(f"unknown shape preset {name!r}; expected one of {sorted(SHAPE_SETS)}")
+    return SHAPE_SETS[name]()
 
 
 def sparse_scale_sizes(name: str) -> list[tuple[int, int, int, int]]:
