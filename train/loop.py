@@ -301,6 +301,17 @@ class _Session:
     def world(self) -> int:
         return self.accelerator.num_processes
 
+    def progress(self, step: int, position: DataPosition, elapsed_s: float) -> ckpt.Progress:
+        """Where the run stands after `step`, with this session's process layout."""
+        return ckpt.Progress(
+            step=step,
+            epoch=position.epoch,
+            batch_in_epoch=position.batch,
+            world_size=self.world,
+            batch_size=self.cfg.train.batch_size,
+            elapsed_s=elapsed_s,
+        )
+
     def say(self, message: str) -> None:
         if self.main:
             tqdm.write(message)
@@ -438,14 +449,7 @@ def _restore(
     """Load the checkpoint `resume` into the models, optimisers, loss scalers and random states;
     returns where the run stands (step 0 at the start of the data for a new run)."""
     if resume is None:
-        return ckpt.Progress(
-            step=0,
-            epoch=0,
-            batch_in_epoch=0,
-            world_size=s.world,
-            batch_size=s.cfg.train.batch_size,
-            elapsed_s=0.0,
-        )
+        return s.progress(0, DataPosition(), 0.0)
     folder, progress = resume.folder, resume.progress
     if progress.world_size != s.world:
         raise TrainingError(
@@ -571,7 +575,7 @@ def train(cfg: RunConfig, precision: PrecisionChoice | None = None) -> TrainResu
     # Where the run stands, advanced by the loop below and recorded by every checkpoint: optimizer
     # steps taken, the next micro-batch to read, training time before this invocation.
     step = progress.step
-    position = DataPosition(progress.epoch, progress.batch_in_epoch)
+    position = DataPosition(epoch=progress.epoch, batch=progress.batch_in_epoch)
     elapsed_before = progress.elapsed_s
     batches = micro_batches(
         train_set,
@@ -655,15 +659,7 @@ def train(cfg: RunConfig, precision: PrecisionChoice | None = None) -> TrainResu
             if step % tc.sample_every == 0 or step == max_steps:
                 end_metrics = _evaluate_and_sample(s, g_inner, eval_batches, log, step)
             if step % tc.checkpoint_every == 0 or step == max_steps:
-                done = ckpt.Progress(
-                    step=step,
-                    epoch=position.epoch,
-                    batch_in_epoch=position.batch,
-                    world_size=s.world,
-                    batch_size=tc.batch_size,
-                    elapsed_s=elapsed,
-                )
-                _save_checkpoint(s, g_inner, scalers, done)
+                _save_checkpoint(s, g_inner, scalers, s.progress(step, position, elapsed))
                 last_saved = step
 
     if not end_metrics and s.main:
@@ -671,15 +667,7 @@ def train(cfg: RunConfig, precision: PrecisionChoice | None = None) -> TrainResu
         end_metrics = _logged_eval(run_dir, at_start=False)
     if last_saved != step:
         elapsed = elapsed_before + time.perf_counter() - session_start
-        done = ckpt.Progress(
-            step=step,
-            epoch=position.epoch,
-            batch_in_epoch=position.batch,
-            world_size=s.world,
-            batch_size=tc.batch_size,
-            elapsed_s=elapsed,
-        )
-        _save_checkpoint(s, g_inner, scalers, done)
+        _save_checkpoint(s, g_inner, scalers, s.progress(step, position, elapsed))
     if s.main:
         with writing(run_dir, run_dir / FINAL_DIR, WRITE_ERRORS):
             write_final(run_dir, lambda folder: save_pretrained(g_inner, folder))
