@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from dynast.manifest import sha256_file
 from dynast.state_dicts import key_mismatches
 from eval.inception import FIDInceptionV3, InceptionFeatures
 
@@ -95,14 +96,6 @@ def resolve_inception_weights(path: str | Path | None = None) -> WeightsSource:
         f"Or download pytorch-fid's weights from {PYTORCH_FID_URL} and put the file at {hub} "
         "(or pass it with --inception-weights)."
     )
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def state_dict_sha256(state: dict[str, Tensor]) -> str:
@@ -308,7 +301,7 @@ class LoadedInception:
 def load_inception(path: str | Path | None = None) -> LoadedInception:
     """Resolve the weights, load them strictly, return the extractor (on the CPU, eval mode)."""
     source = resolve_inception_weights(path)
-    file_digest = file_sha256(source.path)
+    file_digest = sha256_file(source.path)
     state = load_state_dict(source, file_digest)
     network = FIDInceptionV3()
     network.load_state_dict(state, strict=True)
