@@ -129,25 +129,19 @@ def test_micro_batches_resume_mid_epoch_and_across_epochs():
 
 @pytest.mark.parametrize("workers", [0, 1])
 def test_data_errors_surface_as_one_clean_message(workers):
-    it = micro_batches(
-        _Numbers(6, bad=None),
-        DataPosition(),
-        batch_size=6,
-        rank=0,
-        world_size=1,
-        seed=0,
-        num_workers=workers,
-    )
-    bad = next(it)[0]["index"].tolist()[2]
-    it = micro_batches(
-        _Numbers(6, bad=bad),
-        DataPosition(),
-        batch_size=6,
-        rank=0,
-        world_size=1,
-        seed=0,
-        num_workers=workers,
-    )
+    def batches(bad: int | None):
+        return micro_batches(
+            _Numbers(6, bad=bad),
+            DataPosition(),
+            batch_size=6,
+            rank=0,
+            world_size=1,
+            seed=0,
+            num_workers=workers,
+        )
+
+    bad = next(batches(None))[0]["index"].tolist()[2]
+    it = batches(bad)
     with pytest.raises(TrainingError) as info:
         next(it)
     message = str(info.value)
