@@ -1,7 +1,13 @@
-"""No module reaches into another project module's private (`_name`) names: what two files share
-is public in the one that owns it. The check reads every .py file of the repository (tests
-included) as a syntax tree: `from X import _y`, and `X._y` where `X` names a project module.
-Privates of libraries (torch._dynamo, argparse internals) are not this check's business."""
+"""How the project's modules may import each other, checked on the syntax tree of every .py file.
+
+- No module reaches into another project module's private (`_name`) names: what two files share
+  is public in the one that owns it. Flagged: `from X import _y`, and `X._y` where `X` names a
+  project module (tests included). Privates of libraries (torch._dynamo, argparse internals)
+  are not this check's business.
+- The floors `kernels <- dynast <- train <- eval / benchmarks`: a package imports only its own
+  floor and those below. eval imports no train either: what generation shares with training
+  lives in dynast.
+"""
 
 from __future__ import annotations
 
@@ -68,11 +74,44 @@ def _dotted(node: ast.expr) -> str | None:
     return None
 
 
+# What each package may import of the project; benchmarks sit on the top floor.
+FLOORS = {
+    "kernels": {"kernels"},
+    "dynast": {"kernels", "dynast"},
+    "train": {"kernels", "dynast", "train"},
+    "eval": {"kernels", "dynast", "eval"},
+    "benchmarks": {"kernels", "dynast", "train", "eval", "benchmarks"},
+}
+
+
+@functools.cache
+def _tree(path: Path) -> ast.Module:
+    return ast.parse(path.read_text(encoding="utf-8"), str(path))
+
+
+def upward_imports(path: Path, tree: ast.Module | None = None) -> list[str]:
+    """`file:line: module` for every import in `path` (a file of one of the FLOORS packages) of a
+    project package its floor may not import; lazy imports inside functions count too."""
+    allowed = FLOORS[path.relative_to(ROOT).parts[0]]
+    found = []
+    for node in ast.walk(_tree(path) if tree is None else tree):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and not node.level:
+            names = [node.module or ""]
+        else:
+            continue
+        for name in names:
+            package = name.split(".")[0]
+            if package in FLOORS and package not in allowed:
+                found.append(f"{path.relative_to(ROOT)}:{node.lineno}: {name}")
+    return found
+
+
 def private_uses(path: Path, text: str | None = None) -> list[str]:
     """`file:line: what` for every use in `path` (or `text`, read as that file) of another
     project module's private name."""
-    text = path.read_text(encoding="utf-8") if text is None else text
-    tree = ast.parse(text, str(path))
+    tree = _tree(path) if text is None else ast.parse(text, str(path))
     own = _module_name(path)
     modules: dict[str, str] = {}  # local name -> project module it is bound to
     found = []
@@ -114,6 +153,18 @@ def private_uses(path: Path, text: str | None = None) -> list[str]:
 def test_no_module_uses_another_modules_private_names():
     uses = [use for path in _python_files() for use in private_uses(path)]
     assert not uses, "private names used across modules:\n" + "\n".join(uses)
+
+
+def test_each_package_imports_only_its_floor_and_those_below():
+    files = [p for p in _python_files() if p.relative_to(ROOT).parts[0] in FLOORS]
+    uses = [use for path in files for use in upward_imports(path)]
+    assert not uses, "imports from a floor above:\n" + "\n".join(uses)
+
+
+def test_the_floor_check_sees_a_lazy_import():
+    tree = ast.parse("def f():\n    from train.config import run_preset\nimport dynast\n")
+    uses = upward_imports(ROOT / "eval" / "probe.py", tree)
+    assert uses == ["eval/probe.py:2: train.config"]
 
 
 def test_the_check_sees_both_forms():
