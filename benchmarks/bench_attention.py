@@ -66,7 +66,7 @@ from kernels.candidates.reference import reference_candidate_attention
 from kernels.dense.reference import reference_dynamic_attention
 from kernels.runtime import interpreting
 from kernels.shapes import (
-    PRESETS,
+    SHAPE_SETS,
     AttentionProblem,
     AttentionShape,
     make_problem,
@@ -539,7 +539,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--preset", action="append", default=[], choices=sorted(PRESETS))
+    parser.add_argument("--preset", action="append", default=[], choices=sorted(SHAPE_SETS))
     parser.add_argument(
         "--shape", action="append", default=[], help="explicit block, BLOCK:key=value,..."
     )
