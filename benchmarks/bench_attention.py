@@ -71,7 +71,7 @@ from kernels.candidates.reference import reference_candidate_attention
 from kernels.dense.reference import reference_dynamic_attention
 from kernels.runtime import interpreting
 from kernels.shapes import (
-    PRESETS,
+    SHAPE_SETS,
     AttentionProblem,
     AttentionShape,
     make_problem,
@@ -134,13 +134,15 @@ CSV_COLUMNS = [f.name.rstrip("_") for f in fields(Row)]
 # --------------------------------------------------------------------------------------------------
 
 
-def _call(fn: Callable[..., Outputs], problem: AttentionProblem) -> Outputs:
+def call_problem(fn: Callable[..., Outputs], problem: AttentionProblem) -> Outputs:
+    """`fn` (an attention implementation with the reference's signature) on `problem`, its warp
+    over the kept candidates as every benchmarked implementation computes it."""
     return fn(*problem.positional(), **problem.keywords(), warp_over="kept")
 
 
 def _with_reference_signature(attention: Callable[..., Outputs]) -> Callable[..., Outputs]:
     """A fused backend entry, which takes the call type (`AttentionInputs`, `AttentionSettings`),
-    called as the references are (`_call`)."""
+    called as the references are (`call_problem`)."""
 
     def call(q, k, v, q_prune, k_prune, *candidates, warp_values=None, **settings) -> Outputs:
         inputs = AttentionInputs(q, k, v, q_prune, k_prune, warp_values)
@@ -242,7 +244,7 @@ def implementation(name: str, shape: AttentionShape, device: torch.device) -> Im
             return _flex_on_gpu()
     else:
         raise ValueError(f"unknown implementation {name!r}; expected one of {IMPLS}")
-    return lambda problem: _call(fn, problem)
+    return lambda problem: call_problem(fn, problem)
 
 
 # FlexAttention's default tiles run out of shared memory at Cqk 640 (its template pads the head
@@ -260,14 +262,14 @@ def _flex_on_gpu() -> Impl:
 
     def run(problem: AttentionProblem) -> Outputs:
         if "fn" in state:
-            return _call(state["fn"], problem)
+            return call_problem(state["fn"], problem)
         errors = []
         for options in FLEX_TILINGS:
             fn = torch.compile(
                 functools.partial(flex_dense_attention, kernel_options=options), dynamic=False
             )
             try:
-                result = _call(fn, problem)
+                result = call_problem(fn, problem)
             except Exception as err:  # Inductor raises many kinds
                 errors.append(f"{options}: {first_line(err)}")
                 torch._dynamo.reset()
@@ -325,7 +327,7 @@ def gold_run(check: AttentionProblem, with_grads: bool) -> Gold:
         warp_values=named.get("warp_values"),
         **{n: named[n] for n in ("q", "k", "v", "q_prune", "k_prune")},
     )
-    outputs = _call(_reference_fn(check.shape), problem)
+    outputs = call_problem(_reference_fn(check.shape), problem)
     gen = torch.Generator().manual_seed(7)
     upstream = [
         torch.randn(t.shape, generator=gen).to(device=t.device, dtype=precise)
@@ -545,7 +547,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--preset", action="append", default=[], choices=sorted(PRESETS))
+    parser.add_argument("--preset", action="append", default=[], choices=sorted(SHAPE_SETS))
     parser.add_argument(
         "--shape", action="append", default=[], help="explicit block, BLOCK:key=value,..."
     )

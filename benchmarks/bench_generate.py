@@ -34,7 +34,7 @@ from benchmarks.measure import (
     rel_rms,
     write_rows,
 )
-from benchmarks.tiny import TINY_BATCH, TINY_SIZE, tiny_config
+from benchmarks.tiny_model import TINY_BATCH, TINY_SIZE, tiny_model_config
 from dynast.config import PRESETS, preset
 from dynast.generator import Generator
 
@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.batch is not None and args.batch < 1:
         print(f"bench_generate: --batch must be positive, got {args.batch}", file=sys.stderr)
         return 2
-    cfg = tiny_config() if args.tiny else preset(args.preset)
+    cfg = tiny_model_config() if args.tiny else preset(args.preset)
     size = args.size or (TINY_SIZE if args.tiny else cfg.image_size)
     batch = args.batch or (TINY_BATCH if args.tiny else 16)
     amp_name = args.amp or ("bf16" if on_gpu else "none")

@@ -67,7 +67,7 @@ from benchmarks.measure import (
     step_peak_mb,
     write_rows,
 )
-from benchmarks.tiny import TINY_BATCH, TINY_SIZE, tiny_config
+from benchmarks.tiny_model import TINY_BATCH, TINY_SIZE, tiny_model_config
 from dynast.config import PRESETS, DynaSTConfig, preset
 from dynast.discriminator import MultiscaleDiscriminator
 from dynast.generator import Generator
@@ -100,7 +100,7 @@ COLUMNS = [
 DEFAULT_CSV = ROOT / "benchmarks" / "results" / "optimizer_step.csv"
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(kw_only=True)
 class StepSetup:
     parts: StepParts
     generator: Generator
@@ -136,9 +136,19 @@ def build(
         return torch.autocast(device.type, dtype=amp, enabled=amp is not None)
 
     parts = StepParts(
-        accelerator, run, discriminator, discriminator, opt_g, opt_d, scaler_g, scaler_d, vgg,
-        LossWeights(), autocast, cfg.blocks_per_scale,
-    )  # fmt: skip
+        accelerator=accelerator,
+        generator=run,
+        discriminator=discriminator,
+        d_inner=discriminator,
+        opt_g=opt_g,
+        opt_d=opt_d,
+        scaler_g=scaler_g,
+        scaler_d=scaler_d,
+        vgg=vgg,
+        weights=LossWeights(),
+        autocast=autocast,
+        blocks_per_scale=cfg.blocks_per_scale,
+    )
     x = make_inputs(cfg, size, batch, device)
     micro = [
         {
@@ -149,7 +159,7 @@ def build(
             "has_target": torch.ones(batch, dtype=torch.bool, device=device),
         }
     ]
-    return StepSetup(parts, generator, micro)
+    return StepSetup(parts=parts, generator=generator, micro=micro)
 
 
 def part_functions(setup: StepSetup) -> dict[str, Callable[[], object]]:
@@ -172,7 +182,12 @@ def part_functions(setup: StepSetup) -> dict[str, Callable[[], object]]:
         made = generator_step(p, micro, weights, sums)[1]
         discriminator_step(p, micro, made, weights, sums)
 
-    x = StepInputs(sem, batch["exemplar"], batch["exemplar_semantic"], target)
+    x = StepInputs(
+        semantic=sem,
+        exemplar=batch["exemplar"],
+        exemplar_semantic=batch["exemplar_semantic"],
+        target=target,
+    )
 
     def g_fwd_bwd() -> None:
         with p.autocast():
@@ -342,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.batch is not None and args.batch < 1:
         print(f"bench_optimizer_step: --batch must be positive, got {args.batch}", file=sys.stderr)
         return 2
-    cfg = tiny_config() if args.tiny else preset(args.preset)
+    cfg = tiny_model_config() if args.tiny else preset(args.preset)
     size = args.size or (TINY_SIZE if args.tiny else cfg.image_size)
     batch = args.batch or (TINY_BATCH if args.tiny else 8)
     amp_name = args.amp or ("bf16" if on_gpu else "none")

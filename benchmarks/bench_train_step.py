@@ -56,7 +56,7 @@ from benchmarks.measure import (
     run_device,
     write_rows,
 )
-from benchmarks.tiny import TINY_BATCH, TINY_SIZE, tiny_config
+from benchmarks.tiny_model import TINY_BATCH, TINY_SIZE, tiny_model_config
 from dynast.config import PRESETS, DynaSTConfig, preset
 from dynast.generator import Generator
 
@@ -114,7 +114,7 @@ def model_source_arguments(parser: argparse.ArgumentParser) -> argparse._Mutuall
     return source
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(kw_only=True)
 class StepInputs:
     semantic: Tensor
     exemplar: Tensor
@@ -256,7 +256,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        cfg = tiny_config() if args.tiny else load_config(args.preset, args.config)
+        cfg = tiny_model_config() if args.tiny else load_config(args.preset, args.config)
         sizes = [int(s) for s in (args.sizes or "").split(",") if s] or (
             [TINY_SIZE] if args.tiny else [cfg.image_size, 2 * cfg.image_size]
         )

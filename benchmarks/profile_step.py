@@ -29,7 +29,7 @@ import torch
 
 from benchmarks.bench_train_step import AMP, generator_loss, make_inputs
 from benchmarks.measure import csv_destination, environment, run_device, write_rows
-from benchmarks.tiny import TINY_BATCH, TINY_SIZE, tiny_config
+from benchmarks.tiny_model import TINY_BATCH, TINY_SIZE, tiny_model_config
 from dynast.config import PRESETS, preset
 from dynast.generator import Generator
 
@@ -187,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
                 file=sys.stderr,
             )
             return 2
-    cfg = tiny_config() if args.tiny else preset(args.preset)
+    cfg = tiny_model_config() if args.tiny else preset(args.preset)
     cfg = dataclasses.replace(cfg, attention_backend=backend)
     size = args.size or (TINY_SIZE if args.tiny else cfg.image_size)
     batch = args.batch or (TINY_BATCH if args.tiny else 8)

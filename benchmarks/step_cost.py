@@ -67,7 +67,7 @@ from benchmarks.bench_train_step import (
     to_channels_last,
 )
 from benchmarks.measure import append_rows, cell
-from benchmarks.tiny import TINY_BATCH, TINY_SIZE, tiny_config
+from benchmarks.tiny_model import TINY_BATCH, TINY_SIZE, tiny_model_config
 from dynast.config import PRESETS, DynaSTConfig
 from dynast.generator import Generator
 from kernels.candidates.lists import PER_MATCH
@@ -254,7 +254,7 @@ class CostRecorder(TorchDispatchMode):
         self.ops.append(OpCost(name, self.phase, category_name, flops, moved, _node()))
 
 
-class _FusedNormCost(torch.autograd.Function):
+class FusedNormCost(torch.autograd.Function):
     """Stands in for `kernels.norm.fused.spade_modulation` on fake tensors: records the bytes
     its two kernels move (module docstring there) and returns outputs of the right shapes.
 
@@ -294,10 +294,10 @@ def _norm_bytes(x: torch.Tensor, maps: int) -> float:
 @contextlib.contextmanager
 def _fused_norm(recorder: CostRecorder) -> Iterator[None]:
     """`norm_backend="triton"` on fake tensors: the operators of `kernels.norm` take their fused
-    path (casts and layout as they run them), whose kernels `_FusedNormCost` models."""
+    path (casts and layout as they run them), whose kernels `FusedNormCost` models."""
 
     def kernels(x, gamma, beta, eps):
-        return _FusedNormCost.apply(x, gamma, beta, recorder)
+        return FusedNormCost.apply(x, gamma, beta, recorder)
 
     with (
         mock.patch("kernels.norm.op.use_fused", return_value=True),
@@ -311,7 +311,7 @@ _CPU_ONLY_FP32 = ("reflection_pad2d", "replication_pad2d")
 
 
 @contextlib.contextmanager
-def _cuda_autocast_pads() -> Iterator[None]:
+def cuda_autocast_pads() -> Iterator[None]:
     """CPU autocast with CUDA's policy for the padding operators: without it every reflect-padded
     convolution of a bf16 map would count a cast to fp32, an fp32 pad and a cast back, which a
     GPU never runs. The override is removed on exit (the dispatcher restores the CPU kernel)."""
@@ -335,7 +335,7 @@ def _fake_step_environment() -> Iterator[None]:
 
     with contextlib.ExitStack() as stack:
         stack.enter_context(FakeTensorMode(allow_non_fake_inputs=True))
-        stack.enter_context(_cuda_autocast_pads())
+        stack.enter_context(cuda_autocast_pads())
         # The blocks call the registered ops while compiling; these have fake implementations.
         stack.enter_context(mock.patch("torch.compiler.is_compiling", return_value=True))
         yield
@@ -612,7 +612,7 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(str(err)) from err
         _adopt_profile(args, profile)
     if args.tiny:
-        cfg, size, batch = tiny_config(), TINY_SIZE, TINY_BATCH
+        cfg, size, batch = tiny_model_config(), TINY_SIZE, TINY_BATCH
     else:
         try:
             cfg = load_config(args.preset, args.config)

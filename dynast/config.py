@@ -33,11 +33,12 @@ class DynaSTConfig:
     The defaults are the `synthetic-64-narrow` preset: small enough that tests build and run it in
     seconds on a CPU.
     `dense_scale` None means 1/sqrt(C_qk) and `dense_prune_scale` None means 1/C_p (the release).
-    `output_from_warp` (ours, not in the release, off by default and in the release presets; the
-    synthetic-64 preset sets it): the image is the finest block's warped exemplar plus the
-    decoder's tanh output, clamped to [-1, 1], instead of the decoder's tanh output alone; it adds
-    no parameter, and starts the decoder's last convolution at zero, so that the first image is
-    the warped exemplar itself (docs/method.md section 2).
+    `output_from_warp` (ours, not in the release; on in the synthetic-64 preset, so in the
+    synthetic-64 and synthetic-64-long training presets, off in the released presets and in
+    synthetic-64-narrow): the image is the finest block's warped exemplar plus the decoder's tanh
+    output, clamped to [-1, 1], instead of the decoder's tanh output alone; it adds no parameter,
+    and starts the decoder's last convolution at zero, so that the first image is the warped
+    exemplar itself (docs/method.md section 2).
     `region_gate` (ours, needs `output_from_warp`; on in the synthetic-64 preset): the warped
     exemplar the decoder corrects is first blended, per pixel and by a learned gate, with its mean
     over the target's semantic regions (`dynast.region_gate`); one 3x3 convolution more.
@@ -191,6 +192,12 @@ class DynaSTConfig:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def differences(self, other: DynaSTConfig) -> str:
+        """`field: ours vs other's` for every field that differs, comma-separated ("" when none):
+        what an error or a log line about two configs says."""
+        a, b = self.to_dict(), other.to_dict()
+        return ", ".join(f"{k}: {a[k]!r} vs {b[k]!r}" for k in a if a[k] != b[k])
+
     @classmethod
     def from_dict(cls, d: dict) -> DynaSTConfig:
         """Strict: keys that are not fields raise; missing keys take the field defaults."""
@@ -203,7 +210,7 @@ class DynaSTConfig:
         return cls(**d)
 
 
-def _released(name: str, semantic_nc: int) -> DynaSTConfig:
+def _released_model(name: str, semantic_nc: int) -> DynaSTConfig:
     """The released DeepFashion architecture (docs/method.md section 2), another semantic input."""
     return DynaSTConfig(
         name=name,
@@ -222,13 +229,13 @@ def _released(name: str, semantic_nc: int) -> DynaSTConfig:
 
 
 PRESETS: dict[str, DynaSTConfig] = {
-    "deepfashion-256": _released("deepfashion-256", 20),
+    "deepfashion-256": _released_model("deepfashion-256", 20),
     # The same model at 512 pixels (the release cannot run it: it materialises every sparse
     # candidate; the fused kernels do not). Its coarsest scale, dense, is 64 x 64 tokens.
-    "deepfashion-512": dataclasses.replace(_released("deepfashion-512", 20), image_size=512),
-    "celebahq-edge-256": _released("celebahq-edge-256", 15),
+    "deepfashion-512": dataclasses.replace(_released_model("deepfashion-512", 20), image_size=512),
+    "celebahq-edge-256": _released_model("celebahq-edge-256", 15),
     # 150 classes plus "other", one-hot (docs/method.md section 6).
-    "ade20k-256": _released("ade20k-256", 151),
+    "ade20k-256": _released_model("ade20k-256", 151),
     # The default: trained by `dynast-train` with nothing else set (docs/training.md, "How the
     # preset was chosen"). ngf 16 rather than 8: in the same CPU time the wider model finds
     # clearly better correspondences. init_gain 0.3 rather than the release's 0.02 (0.1 and 1.0

@@ -85,17 +85,6 @@ class NLayerDiscriminator(nn.Module):
         layers.append(nn.Sequential(last))
         self.layers = nn.ModuleList(layers)
 
-    def output_sizes(self, height: int, width: int) -> list[tuple[int, int]]:
-        """Spatial size after each layer for an input of this size."""
-        sizes = []
-        for layer in self.layers:
-            conv = layer[0]
-            stride = conv.stride[0]
-            height = (height + 2 * PADDING - KERNEL) // stride + 1
-            width = (width + 2 * PADDING - KERNEL) // stride + 1
-            sizes.append((height, width))
-        return sizes
-
     def forward(self, x: Tensor) -> list[Tensor]:
         features = []
         for layer in self.layers:

@@ -34,6 +34,7 @@ from .config import DynaSTConfig
 from .generator import Generator
 from .manifest import MANIFEST_FILE, ManifestError, read_manifest, verify_entries, write_manifest
 from .run_layout import CHECKPOINTS_DIR, FINAL_DIR, GENERATOR_DIR, checkpoint_step
+from .state_dicts import key_mismatches
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -164,22 +165,10 @@ def read_config(directory: str | os.PathLike) -> DynaSTConfig:
         raise ValueError(f"{str(path)!r} does not hold a valid DynaSTConfig: {err}") from err
 
 
-def _config_difference(a: DynaSTConfig, b: DynaSTConfig) -> str:
-    da, db = a.to_dict(), b.to_dict()
-    return ", ".join(f"{k}: {da[k]!r} vs {db[k]!r}" for k in da if da[k] != db[k])
-
-
 def load_state_strict(generator: Generator, state: dict[str, torch.Tensor], source: str) -> None:
     """`load_state_dict(strict=True)` with an error that lists every missing, unexpected and
     mis-shaped key (and names the source)."""
-    expected = generator.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    wrong = sorted(
-        f"{k}: {tuple(state[k].shape)} in checkpoint, {tuple(expected[k].shape)} in model"
-        for k in set(state) & set(expected)
-        if state[k].shape != expected[k].shape
-    )
+    missing, unexpected, wrong = key_mismatches(state, generator.state_dict())
     if missing or unexpected or wrong:
         raise CheckpointMismatchError(
             f"weights in {source} do not fit the {generator.config.name!r} generator: "
@@ -220,12 +209,12 @@ def from_pretrained(
     if weights_config != saved:
         raise CheckpointMismatchError(
             f"{CONFIG_FILE} and {WEIGHTS_FILE} in {str(directory)!r} come from different saves "
-            f"(config.json vs weights: {_config_difference(saved, weights_config)})"
+            f"(config.json vs weights: {saved.differences(weights_config)})"
         )
     if config is not None and config != saved:
         raise CheckpointMismatchError(
             f"checkpoint {str(directory)!r} is a {saved.name!r} generator but a {config.name!r} "
-            f"generator was asked for (checkpoint vs asked: {_config_difference(saved, config)})"
+            f"generator was asked for (checkpoint vs asked: {saved.differences(config)})"
         )
     generator = Generator(saved)
     load_state_strict(generator, load_safetensors(weights), repr(str(weights)))

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from .io import load_torch_file
+from .state_dicts import key_mismatches
 
 VGG19_WEIGHTS_FILE = "vgg19-dcbb9e9d.pth"
 
@@ -106,19 +107,12 @@ class VGG19Features(nn.Module):
             )
         state = {k: v for k, v in state.items() if not k.startswith(_IGNORED_PREFIX)}
         model = cls()
-        expected = model.state_dict()
-        missing = sorted(set(expected) - set(state))
-        unexpected = sorted(set(state) - set(expected))
+        missing, unexpected, wrong = key_mismatches(state, model.state_dict())
         if missing or unexpected:
             raise ValueError(
                 f"{str(file)!r} is not torchvision's VGG19 state dict: missing keys {missing}, "
                 f"unexpected keys {unexpected} ({_IGNORED_PREFIX}* keys are ignored)"
             )
-        wrong = [
-            f"{k}: {tuple(v.shape)} (expected {tuple(expected[k].shape)})"
-            for k, v in state.items()
-            if v.shape != expected[k].shape
-        ]
         if wrong:
             raise ValueError(f"{str(file)!r} has tensors of the wrong shape: {wrong}")
         model.load_state_dict(state, strict=True)

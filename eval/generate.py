@@ -46,10 +46,12 @@ from tqdm import tqdm
 from dynast.config import DynaSTConfig
 from dynast.data import DataConfig, build_dataset
 from dynast.data.folder import read_image, read_label
+from dynast.data.presets import preset_data
 from dynast.data.sample import Sample, build_sample
 from dynast.generator import Generator
 from dynast.io import load_generator, resolve_generator_dir
 from dynast.output_folder import check_output_folder, clear, staging_path, swap_in
+from dynast.overrides import apply_overrides
 from dynast.run_layout import RUN_CONFIG_FILE
 from eval.attention_export import AttentionRecorder, last_blocks, scale_attention
 from eval.explore import explore_page, index_page
@@ -118,11 +120,8 @@ def preset_data_config(args: argparse.Namespace, cfg: DynaSTConfig, model_dir: P
     """--preset NAME (a training preset's data: kind, sizes, options) and --data.* overrides,
     like training; without --preset the overrides apply to the run's data config (else synthetic
     data at the model's size). The image size follows the model unless --data.image_size."""
-    from train.config import run_preset
-    from train.overrides import apply_overrides
-
     if args.preset is not None:
-        base = run_preset(args.preset).data
+        base = preset_data(args.preset)
     else:
         run = find_run_config(model_dir)
         base = (

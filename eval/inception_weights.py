@@ -23,6 +23,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from dynast.manifest import sha256_file
+from dynast.state_dicts import key_mismatches
 from eval.inception import FIDInceptionV3, InceptionFeatures
 
 PYTORCH_FID_FILE = "pt_inception-2015-12-05-6726825d.pth"
@@ -96,14 +98,6 @@ def resolve_inception_weights(path: str | Path | None = None) -> WeightsSource:
     )
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def state_dict_sha256(state: dict[str, Tensor]) -> str:
     """A hash of the tensors themselves (names, shapes, float32 bytes), independent of the file
     format that carried them. `num_batches_tracked` is left out: inference never reads it."""
@@ -118,13 +112,7 @@ def state_dict_sha256(state: dict[str, Tensor]) -> str:
 
 
 def _check_keys(state: dict[str, Tensor], expected: dict[str, Tensor], what: str) -> None:
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    wrong = sorted(
-        f"{k}: {tuple(state[k].shape)} != {tuple(expected[k].shape)}"
-        for k in set(state) & set(expected)
-        if state[k].shape != expected[k].shape
-    )
+    missing, unexpected, wrong = key_mismatches(state, expected)
     if missing or unexpected or wrong:
         raise ValueError(
             f"{what} does not fit the FID Inception network: missing keys {missing}, "
@@ -313,7 +301,7 @@ class LoadedInception:
 def load_inception(path: str | Path | None = None) -> LoadedInception:
     """Resolve the weights, load them strictly, return the extractor (on the CPU, eval mode)."""
     source = resolve_inception_weights(path)
-    file_digest = file_sha256(source.path)
+    file_digest = sha256_file(source.path)
     state = load_state_dict(source, file_digest)
     network = FIDInceptionV3()
     network.load_state_dict(state, strict=True)

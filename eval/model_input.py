@@ -15,6 +15,7 @@ from pathlib import Path
 
 from dynast.config import DynaSTConfig
 from dynast.data import DataConfig
+from dynast.data.presets import PRESET_MODELS, preset_data
 
 POSE, EDGES, CLASSES = "pose", "edges", "classes"
 INPUT_KINDS = {"deepfashion": POSE, "celebahq-edge": EDGES}
@@ -45,10 +46,9 @@ class ModelData:
 def model_data(model_dir: Path, cfg: DynaSTConfig, preset: str | None = None) -> ModelData:
     """The model's data pipeline (see the module docstring); the image size is the model's."""
     from eval.generate import find_run_config
-    from train.config import TRAINING_PRESETS, run_preset
 
     if preset is not None:
-        data, source = run_preset(preset).data, f"--preset {preset}"
+        data, source = preset_data(preset), f"--preset {preset}"
     elif (run := find_run_config(model_dir)) is not None:
         path, config = run
         try:
@@ -56,8 +56,8 @@ def model_data(model_dir: Path, cfg: DynaSTConfig, preset: str | None = None) ->
         except (TypeError, ValueError) as error:
             raise ValueError(f"{path}: its 'data' section is not a DataConfig: {error}") from None
         source = str(path)
-    elif cfg.name in TRAINING_PRESETS:
-        data, source = run_preset(cfg.name).data, f"the model's preset {cfg.name!r}"
+    elif cfg.name in PRESET_MODELS:
+        data, source = preset_data(cfg.name), f"the model's preset {cfg.name!r}"
     else:
         data = DataConfig(kind="folder", num_classes=cfg.semantic_nc, image_size=cfg.image_size)
         source = f"no run config and no preset named {cfg.name!r}: class maps assumed"

@@ -179,7 +179,7 @@ class ModelSizes:
         return tuple(self.image_size // 2 ** (n - 1 - i) for i in range(n))
 
 
-def _released(image_size: int) -> ModelSizes:
+def _released_sizes(image_size: int) -> ModelSizes:
     # The released DeepFashion architecture: ngf 64, pos and prune units 16, widths capped at 8x.
     return ModelSizes(
         image_size=image_size,
@@ -193,10 +193,10 @@ def _released(image_size: int) -> ModelSizes:
 # The model presets of `dynast.config.PRESETS`, by the same names. CelebA-HQ and ADE20K differ
 # from DeepFashion only in their semantic input, which no attention block sees.
 MODELS: dict[str, ModelSizes] = {
-    "deepfashion-256": _released(256),
-    "deepfashion-512": _released(512),
-    "celebahq-edge-256": _released(256),
-    "ade20k-256": _released(256),
+    "deepfashion-256": _released_sizes(256),
+    "deepfashion-512": _released_sizes(512),
+    "celebahq-edge-256": _released_sizes(256),
+    "ade20k-256": _released_sizes(256),
     "synthetic-64": ModelSizes(64, (128, 64, 32, 16), (32, 16, 8, 4), (32, 16, 8, 4), topk=4),
     "synthetic-64-narrow": ModelSizes(64, (64, 32, 16, 8), (32, 16, 8, 4), (32, 16, 8, 4), topk=4),
 }
@@ -233,17 +233,18 @@ def tiny_shapes() -> list[AttentionShape]:
     ]
 
 
-# Shape sets by name: every model preset, and `tiny` (no model: awkward sizes for CPU runs).
-PRESETS: dict[str, Callable[[], list[AttentionShape]]] = {
+# Shape sets by name: every model preset, and `tiny` (no model: awkward sizes for CPU runs; not
+# the step benchmarks' tiny model, benchmarks/tiny_model.py).
+SHAPE_SETS: dict[str, Callable[[], list[AttentionShape]]] = {
     **{name: partial(model_shapes, sizes) for name, sizes in MODELS.items()},
     "tiny": tiny_shapes,
 }
 
 
 def preset_shapes(name: str) -> list[AttentionShape]:
-    if name not in PRESETS:
-        raise ValueError(f"unknown shape preset {name!r}; expected one of {sorted(PRESETS)}")
-    return PRESETS[name]()
+    if name not in SHAPE_SETS:
+        raise ValueError(f"unknown shape preset {name!r}; expected one of {sorted(SHAPE_SETS)}")
+    return SHAPE_SETS[name]()
 
 
 def sparse_scale_sizes(name: str) -> list[tuple[int, int, int, int]]:

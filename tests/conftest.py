@@ -40,3 +40,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip_slow)
         if "gpu" in item.keywords and not torch.cuda.is_available():
             item.add_marker(skip_gpu)
+
+
+@pytest.fixture(scope="module")
+def release():
+    """The authors' released code folder (benchmarks.release_code); the test is skipped where it
+    is not available."""
+    from benchmarks.release_code import release_root
+
+    try:
+        return release_root()
+    except FileNotFoundError as err:
+        pytest.skip(f"the authors' released code is not available: {err}")

@@ -71,7 +71,7 @@ _RANDOM_STATE = re.compile(rf"^{STATE_DIR}/random_states_\d+\.pkl$")
 _LEFTOVER_SUFFIXES = (".tmp", ".old", ".deleting")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Progress:
     """Where a run stands after optimizer step `step`: the data position (`epoch`, micro-batches
     of that epoch already consumed per process), the process layout that wrote it and the
@@ -205,7 +205,7 @@ def _read_manifest(folder: Path) -> dict[str, dict[str, object]]:
         raise DamagedCheckpointError(str(e)) from None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Verified:
     """A checkpoint that verified: its progress, and warnings about files it can resume without
     (random states)."""
@@ -247,7 +247,7 @@ def verify(folder: Path) -> Verified:
             )
         else:
             raise DamagedCheckpointError(f"{folder / rel}: {problem}")
-    return Verified(progress.step, folder, progress, tuple(warnings))
+    return Verified(step=progress.step, folder=folder, progress=progress, warnings=tuple(warnings))
 
 
 def select_resume(run_dir: Path, say: Callable[[str], None]) -> Verified | None:

@@ -18,9 +18,9 @@ from typing import Any
 from dynast.config import DynaSTConfig
 from dynast.config import preset as model_preset
 from dynast.data import DataConfig
+from dynast.data.presets import PRESET_NAMES, RELEASED_PRESETS, preset_data
+from dynast.overrides import diff, from_plain, to_plain
 from kernels.checks import check_number
-
-from .overrides import diff, from_plain, to_plain
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
 VGG_L1_SAMPLES = ("same_appearance", "with_target")
@@ -306,7 +306,7 @@ def _synthetic_64(*, long: bool = False, model_name: str = "synthetic-64") -> Ru
     model = model_preset(model_name)
     return RunConfig(
         model=model,
-        data=DataConfig(image_size=model.image_size, num_classes=model.semantic_nc),
+        data=preset_data(model_name),
         train=TrainConfig(
             output_dir=f"runs/{model_name}-long" if long else f"runs/{model_name}",
             max_steps=3000 if long else 400,
@@ -353,60 +353,23 @@ def release_recipe(name: str) -> TrainConfig:
     )
 
 
-# The data side of each released preset (docs/method.md section 6; docs/data.md). DeepFashion
-# follows
-# DynaST's train_deepfashion.sh (load 256 = crop, --no_flip, --video_like, reference
-# probabilities 0); CelebA-HQ edges and ADE20K follow CoCosNet's dataset defaults (load 286, crop
-# 256, flips) and its training defaults real_reference_probability 0.7 / hard 0.2, since DynaST
-# released no recipe for them.
-_RELEASED_DATA: dict[str, dict[str, Any]] = {
-    "deepfashion-256": {"kind": "deepfashion"},
-    "deepfashion-512": {"kind": "deepfashion"},
-    "celebahq-edge-256": {
-        "kind": "celebahq-edge",
-        "load_size": 286,
-        "flip": True,
-        "real_reference_probability": 0.7,
-        "hard_reference_probability": 0.2,
-    },
-    "ade20k-256": {
-        "kind": "ade20k",
-        "load_size": 286,
-        "flip": True,
-        "real_reference_probability": 0.7,
-        "hard_reference_probability": 0.2,
-    },
-}
-
-
-def _released_data(name: str, model: DynaSTConfig) -> DataConfig:
-    """The data config of a released preset; the folder is given on the command line
-    (`--data.root DIR`)."""
-    options = _RELEASED_DATA.get(name, {"kind": "folder"})
-    return DataConfig(image_size=model.image_size, num_classes=model.semantic_nc, **options)
-
-
-def _released(name: str) -> RunConfig:
+def _released_run(name: str) -> RunConfig:
     # The data folder is given on the command line: `--data.root DIR`.
-    model = model_preset(name)
     return RunConfig(
-        model=model,
-        data=_released_data(name, model),
+        model=model_preset(name),
+        data=preset_data(name),
         train=release_recipe(name),
     )
 
 
-# The real-data presets: the release's recipe on each released model.
-RELEASED_PRESETS = ("ade20k-256", "celebahq-edge-256", "deepfashion-256", "deepfashion-512")
-# Every training preset. Each builds on the model preset of its name (dynast.config.PRESETS), or,
-# for another recipe of the same model, of its name without the suffix.
+# Every training preset (the names of dynast.data.presets.PRESET_MODELS), the real-data ones the
+# release's recipe on each released model.
 TRAINING_PRESETS: dict[str, Callable[[], RunConfig]] = {
     "synthetic-64": _synthetic_64,
     "synthetic-64-long": lambda: _synthetic_64(long=True),
     "synthetic-64-narrow": lambda: _synthetic_64(model_name="synthetic-64-narrow"),
-    **{name: partial(_released, name) for name in RELEASED_PRESETS},
+    **{name: partial(_released_run, name) for name in RELEASED_PRESETS},
 }
-PRESET_NAMES = tuple(sorted(TRAINING_PRESETS))
 
 
 def run_preset(name: str) -> RunConfig:

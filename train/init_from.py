@@ -23,6 +23,7 @@ from dynast.io import (
     read_config,
     resolve_generator_dir,
 )
+from dynast.state_dicts import key_mismatches
 
 from .errors import TrainingError
 
@@ -37,14 +38,7 @@ def load_discriminator_weights(path: Path, discriminator: MultiscaleDiscriminato
             f"{metadata.get('format')!r}, expected {DISCRIMINATOR_FORMAT!r})"
         )
     state = load_file(str(path), device="cpu")
-    expected = discriminator.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    wrong = sorted(
-        f"{k}: {tuple(state[k].shape)} vs {tuple(expected[k].shape)}"
-        for k in set(state) & set(expected)
-        if state[k].shape != expected[k].shape
-    )
+    missing, unexpected, wrong = key_mismatches(state, discriminator.state_dict())
     if missing or unexpected or wrong:
         raise TrainingError(
             f"--train.init_from: {path} does not fit the {discriminator.config.name!r} "
@@ -52,12 +46,6 @@ def load_discriminator_weights(path: Path, discriminator: MultiscaleDiscriminato
             f"mismatches {wrong}"
         )
     discriminator.load_state_dict(state, strict=True)
-
-
-def _differences(saved: dict, wanted: dict) -> str:
-    return ", ".join(
-        f"{k}: {saved[k]!r} vs {wanted[k]!r}" for k in wanted if saved.get(k) != wanted[k]
-    )
 
 
 def initialise_from(
@@ -72,7 +60,7 @@ def initialise_from(
         loaded = load_generator(source)
     except (FileNotFoundError, ValueError) as err:
         raise TrainingError(f"--train.init_from: {err}") from None
-    differences = _differences(saved.to_dict(), generator.config.to_dict())
+    differences = saved.differences(generator.config)
     try:
         load_state_strict(generator, loaded.state_dict(), str(source))
     except CheckpointMismatchError as err:

@@ -76,7 +76,7 @@ from .threads import follow_free_cores
 EVAL_KEYS = ("eval/correspondence_accuracy", "eval/l1", "eval/warp_l1")
 
 
-@dataclass
+@dataclass(kw_only=True)
 class TrainResult:
     """What a finished `train` reports: the run folder, the last step, the evaluation at step 0
     and at the end (`eval/correspondence_accuracy`, `eval/l1`), and wall times."""
@@ -131,7 +131,7 @@ def _check_resumable(cfg: RunConfig, run_dir: Path) -> None:
 
 # What a failed write raises: OSError (disk full, permissions), safetensors' own error, and
 # RuntimeError from torch.save's zip writer.
-_WRITE_ERRORS = (OSError, SafetensorError, RuntimeError)
+WRITE_ERRORS = (OSError, SafetensorError, RuntimeError)
 
 
 def _kept(run_dir: Path) -> str:
@@ -144,7 +144,7 @@ def _kept(run_dir: Path) -> str:
 
 
 @contextlib.contextmanager
-def _writing(run_dir: Path, what: Path, errors: tuple[type[BaseException], ...] = (OSError,)):
+def writing(run_dir: Path, what: Path, errors: tuple[type[BaseException], ...] = (OSError,)):
     """Turn a failed write of `what` into one TrainingError naming the file (or the full device)
     and what was kept: the last good checkpoint and the old final/ stay in place."""
     try:
@@ -179,7 +179,7 @@ def _to_device(batch: dict, device: torch.device) -> dict:
     }
 
 
-def _find_vgg(cfg: RunConfig) -> tuple[Path | None, str]:
+def find_vgg(cfg: RunConfig) -> tuple[Path | None, str]:
     """The VGG19 weights file the run loads (None: the VGG terms are off) and the line that says
     so. Checked before anything is written: the paper's datasets train with the VGG terms, so
     there a missing file is a TrainingError saying where it goes and how to turn them off; other
@@ -203,7 +203,9 @@ def _find_vgg(cfg: RunConfig) -> tuple[Path | None, str]:
     return path, f"VGG losses: on, weights {path}"
 
 
-def _load_vgg(path: Path | None) -> nn.Module | None:
+def load_vgg(path: Path | None) -> nn.Module | None:
+    """The frozen VGG19 features of the weights file `find_vgg` chose (None: the VGG terms are
+    off); a file that does not load is one TrainingError naming it."""
     if path is None:
         return None
     try:
@@ -270,7 +272,7 @@ def evaluate(
 # ----------------------------------------------------------------------------- setup
 
 
-@dataclass
+@dataclass(kw_only=True)
 class _Session:
     """What every stage of a run uses: its config and folder, Accelerate, and the precision."""
 
@@ -289,7 +291,7 @@ class _Session:
             cpu=not torch.cuda.is_available(),
             mixed_precision="no" if fp16 else cfg.train.mixed_precision,
         )
-        return cls(cfg, Path(cfg.train.output_dir), accelerator, fp16)
+        return cls(cfg=cfg, run_dir=Path(cfg.train.output_dir), accelerator=accelerator, fp16=fp16)
 
     @property
     def main(self) -> bool:
@@ -298,6 +300,17 @@ class _Session:
     @property
     def world(self) -> int:
         return self.accelerator.num_processes
+
+    def progress(self, step: int, position: DataPosition, elapsed_s: float) -> ckpt.Progress:
+        """Where the run stands after `step`, with the current processes' layout."""
+        return ckpt.Progress(
+            step=step,
+            epoch=position.epoch,
+            batch_in_epoch=position.batch,
+            world_size=self.world,
+            batch_size=self.cfg.train.batch_size,
+            elapsed_s=elapsed_s,
+        )
 
     def say(self, message: str) -> None:
         if self.main:
@@ -388,7 +401,7 @@ def _build_models(
     if s.world > 1 and tc.sync_batch_norm and count_batch_norms(generator):
         generator = synchronise_batch_norm(generator, device)
         s.say(f"batch norm synchronised across {s.world} processes")
-    vgg = _load_vgg(vgg_path)
+    vgg = load_vgg(vgg_path)
     betas = (tc.adam_beta1, tc.adam_beta2)
     opt_g = torch.optim.Adam(
         generator.parameters(), lr=tc.lr * tc.g_lr_ratio, betas=betas, eps=tc.g_adam_eps
@@ -410,9 +423,19 @@ def _build_models(
     scaler_g = torch.amp.GradScaler(device.type, enabled=s.fp16)
     scaler_d = torch.amp.GradScaler(device.type, enabled=s.fp16)
     parts = StepParts(
-        accelerator, generator, discriminator, d_inner, opt_g, opt_d, scaler_g, scaler_d, vgg,
-        tc.loss, s.autocast, cfg.model.blocks_per_scale,
-    )  # fmt: skip
+        accelerator=accelerator,
+        generator=generator,
+        discriminator=discriminator,
+        d_inner=d_inner,
+        opt_g=opt_g,
+        opt_d=opt_d,
+        scaler_g=scaler_g,
+        scaler_d=scaler_d,
+        vgg=vgg,
+        weights=tc.loss,
+        autocast=s.autocast,
+        blocks_per_scale=cfg.model.blocks_per_scale,
+    )
     return parts, g_inner, {"generator": scaler_g, "discriminator": scaler_d}
 
 
@@ -426,7 +449,7 @@ def _restore(
     """Load the checkpoint `resume` into the models, optimisers, loss scalers and random states;
     returns where the run stands (step 0 at the start of the data for a new run)."""
     if resume is None:
-        return ckpt.Progress(0, 0, 0, s.world, s.cfg.train.batch_size, 0.0)
+        return s.progress(0, DataPosition(), 0.0)
     folder, progress = resume.folder, resume.progress
     if progress.world_size != s.world:
         raise TrainingError(
@@ -463,7 +486,7 @@ def _evaluate_and_sample(
         metrics, tensors = evaluate(g_inner, eval_batches, s.autocast)
         rows = slice(0, s.cfg.train.sample_rows)
         grid = sample_grid(*(t[rows] for t in tensors.values()))
-        with _writing(s.run_dir, s.run_dir / SAMPLES_DIR):
+        with writing(s.run_dir, s.run_dir / SAMPLES_DIR):
             save_png(grid, s.run_dir / SAMPLES_DIR / sample_name(step))
             log.log(step, metrics)
     s.accelerator.wait_for_everyone()
@@ -481,7 +504,7 @@ def _save_checkpoint(
     it and rotate the old ones. Every process must call."""
     accelerator = s.accelerator
     staging = ckpt.staging_dir(s.run_dir, progress.step)
-    with _writing(s.run_dir, staging, _WRITE_ERRORS):
+    with writing(s.run_dir, staging, WRITE_ERRORS):
         if s.main:
             if staging.exists():
                 shutil.rmtree(staging)
@@ -540,7 +563,7 @@ def train(cfg: RunConfig, precision: PrecisionChoice | None = None) -> TrainResu
     except ValueError as e:
         raise TrainingError(f"model: {e}") from None
     train_set, eval_samples = _load_data(cfg)
-    vgg_path, vgg_line = _find_vgg(cfg)
+    vgg_path, vgg_line = find_vgg(cfg)
     s = _Session.start(cfg)
     s.say(precision.line)
     s.say(vgg_line)
@@ -552,7 +575,7 @@ def train(cfg: RunConfig, precision: PrecisionChoice | None = None) -> TrainResu
     # Where the run stands, advanced by the loop below and recorded by every checkpoint: optimizer
     # steps taken, the next micro-batch to read, training time before this invocation.
     step = progress.step
-    position = DataPosition(progress.epoch, progress.batch_in_epoch)
+    position = DataPosition(epoch=progress.epoch, batch=progress.batch_in_epoch)
     elapsed_before = progress.elapsed_s
     batches = micro_batches(
         train_set,
@@ -573,7 +596,7 @@ def train(cfg: RunConfig, precision: PrecisionChoice | None = None) -> TrainResu
     max_steps, _ = tc.schedule(steps_per_epoch)
     if tc.max_epochs:
         s.say(f"{tc.max_epochs} epochs of {steps_per_epoch} steps: {max_steps} steps")
-    with _writing(run_dir, run_dir / METRICS_FILE):
+    with writing(run_dir, run_dir / METRICS_FILE):
         log = MetricsLog(
             run_dir, keep_through=step if resume is not None else -1, enabled=s.main, say=s.say
         )
@@ -631,15 +654,12 @@ def train(cfg: RunConfig, precision: PrecisionChoice | None = None) -> TrainResu
                 scalars["lr/generator"] = parts.opt_g.param_groups[0]["lr"]
                 scalars["time/train_s"] = elapsed
                 if s.main:
-                    with _writing(run_dir, run_dir / METRICS_FILE):
+                    with writing(run_dir, run_dir / METRICS_FILE):
                         log.log(step, scalars)
             if step % tc.sample_every == 0 or step == max_steps:
                 end_metrics = _evaluate_and_sample(s, g_inner, eval_batches, log, step)
             if step % tc.checkpoint_every == 0 or step == max_steps:
-                done = ckpt.Progress(
-                    step, position.epoch, position.batch, s.world, tc.batch_size, elapsed
-                )
-                _save_checkpoint(s, g_inner, scalers, done)
+                _save_checkpoint(s, g_inner, scalers, s.progress(step, position, elapsed))
                 last_saved = step
 
     if not end_metrics and s.main:
@@ -647,10 +667,9 @@ def train(cfg: RunConfig, precision: PrecisionChoice | None = None) -> TrainResu
         end_metrics = _logged_eval(run_dir, at_start=False)
     if last_saved != step:
         elapsed = elapsed_before + time.perf_counter() - session_start
-        done = ckpt.Progress(step, position.epoch, position.batch, s.world, tc.batch_size, elapsed)
-        _save_checkpoint(s, g_inner, scalers, done)
+        _save_checkpoint(s, g_inner, scalers, s.progress(step, position, elapsed))
     if s.main:
-        with _writing(run_dir, run_dir / FINAL_DIR, _WRITE_ERRORS):
+        with writing(run_dir, run_dir / FINAL_DIR, WRITE_ERRORS):
             write_final(run_dir, lambda folder: save_pretrained(g_inner, folder))
     accelerator.wait_for_everyone()
     log.close()

@@ -28,8 +28,8 @@ import torch
 
 from dynast.config import DEFAULT_PRESET
 from dynast.discriminator import check_image_size
+from dynast.overrides import apply_overrides, field_names, refuse_repeats
 from train.config import PRESET_NAMES, RunConfig, run_preset
-from train.overrides import apply_overrides, field_names, refuse_repeats
 from train.precision import LAUNCHER_VARIABLE, PrecisionChoice, choose_precision, cpu_bf16
 
 # Named flags and the field each one sets.
@@ -102,7 +102,7 @@ def parse_overrides(tokens: Sequence[str]) -> list[tuple[str, str]]:
     return pairs
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ResolvedRun:
     """A command line resolved: the run's config (with the precision it will use), whether it is
     a dry run, and the precision line the run prints."""
@@ -147,7 +147,9 @@ def resolve_run(argv: Sequence[str] | None = None) -> ResolvedRun:
     )
     # The config records the precision the run uses (the run folder's config.json too).
     train_cfg = dataclasses.replace(cfg.train, mixed_precision=precision.precision)
-    return ResolvedRun(dataclasses.replace(cfg, train=train_cfg), args.dry_run, precision)
+    return ResolvedRun(
+        config=dataclasses.replace(cfg, train=train_cfg), dry_run=args.dry_run, precision=precision
+    )
 
 
 def resolve_config(argv: Sequence[str] | None = None) -> tuple[RunConfig, bool]:

@@ -63,7 +63,7 @@ class LossSums:
         }
 
 
-@dataclass
+@dataclass(kw_only=True)
 class StepParts:
     """What a training step uses: the prepared models (DDP-wrapped when distributed), the
     unwrapped discriminator, optimisers with their loss scalers, VGG (None: off), loss weights."""
@@ -86,7 +86,7 @@ class StepParts:
         return self.weights.gan > 0 or self.weights.feature_matching > 0
 
 
-@dataclass
+@dataclass(kw_only=True)
 class SampleWeights:
     """Per micro-batch sample weights (1 for pairs with a ground truth / 1 for pairs whose
     exemplar shows the target's own appearance / 1 for all) and their sums over the global
@@ -113,7 +113,14 @@ def global_weights(accelerator: Accelerator, micro: list[dict]) -> SampleWeights
         [sum(w.sum() for w in has_target), sum(w.sum() for w in same), sum(o.sum() for o in ones)]
     )
     total = accelerator.reduce(local.double(), reduction="sum").float()
-    return SampleWeights(has_target, same, ones, total[0], total[1], total[2])
+    return SampleWeights(
+        has_target=has_target,
+        same_appearance=same,
+        ones=ones,
+        global_target=total[0],
+        global_same=total[1],
+        global_all=total[2],
+    )
 
 
 def _sync_unless(last: bool, accelerator: Accelerator, model: nn.Module):

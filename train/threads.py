@@ -54,11 +54,6 @@ def usable_cpus() -> frozenset[int]:
     return frozenset(range(os.cpu_count() or 1))
 
 
-def usable_cores() -> int:
-    """Cores this process may run on (its CPU affinity where the OS reports it)."""
-    return max(1, len(usable_cpus()))
-
-
 def processes_on_machine(env: Mapping[str, str]) -> int:
     """Training processes on this machine according to the launcher's variables (1 if none)."""
     for name in LOCAL_SIZE_VARIABLES:

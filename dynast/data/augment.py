@@ -83,11 +83,3 @@ def image_tensor(pixels: np.ndarray) -> Tensor:
     release's ToTensor + Normalize(0.5, 0.5)."""
     t = rearrange(torch.from_numpy(np.ascontiguousarray(pixels)), "h w c -> c h w")
     return t.float().div(255).sub(0.5).div(0.5).contiguous()
-
-
-def map_tensor(pixels: np.ndarray) -> Tensor:
-    """uint8 [H, W] or [H, W, C] -> [C, H, W] float32 in [0, 1] (ToTensor)."""
-    if pixels.ndim == 2:
-        pixels = pixels[:, :, None]
-    t = rearrange(torch.from_numpy(np.ascontiguousarray(pixels)), "h w c -> c h w")
-    return t.float().div(255).contiguous()

@@ -119,11 +119,6 @@ class DataConfig:
             if self.textures == "auto":
                 object.__setattr__(self, "textures", "photo" if available else "procedural")
 
-    @property
-    def has_classes(self) -> bool:
-        """Whether samples carry class maps (labels); pose and edge encodings have none."""
-        return self.kind not in ("deepfashion", "celebahq-edge")
-
     def train_load_size(self) -> int:
         """The size training images are resized to before the image_size crop."""
         return self.image_size if self.load_size is None else self.load_size

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from ..output_folder import swap_in
 from .config import SPLITS, DataConfig
 from .folder import (
     IMAGE_DIR,
@@ -85,13 +86,7 @@ def export_synthetic(
         source = {"generator": "dynast.data.synthetic", **cfg.to_dict()}
         write_info(staging / INFO_FILE, DatasetInfo(cfg.num_classes, class_names), source)
         _check_destination(out, force)  # again: something may have appeared meanwhile
-        if out.exists():
-            retired = out.with_name(f".{out.name}.{os.getpid()}.old")
-            os.replace(out, retired)
-            os.replace(staging, out)
-            shutil.rmtree(retired)
-        else:
-            os.replace(staging, out)
+        swap_in(staging, out, out.with_name(f".{out.name}.{os.getpid()}.old"))
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

@@ -105,14 +105,10 @@ def _check_name(name: str, where: str) -> str:
     return name
 
 
-def read_pairs(path: Path) -> list[tuple[str, str]]:
-    """The (target, exemplar) names of a pairs CSV. Raises FileNotFoundError when it is missing,
-    ValueError (file and line) for a wrong header, a row without exactly two names, or no rows."""
-    return [(target, exemplar) for _, target, exemplar in read_numbered_pairs(path)]
-
-
 def read_numbered_pairs(path: Path) -> list[tuple[int, str, str]]:
-    """(line number, target, exemplar) of every pair of a pairs CSV (see `read_pairs`)."""
+    """(line number, target, exemplar) of every pair of a pairs CSV. Raises FileNotFoundError
+    when it is missing, ValueError (file and line) for a wrong header, a row without exactly two
+    names, or no rows."""
     if not path.is_file():
         raise FileNotFoundError(f"{path}: pairs file not found (header `target,exemplar`)")
     with path.open(newline="", encoding="utf-8") as f:
@@ -137,7 +133,7 @@ def read_numbered_pairs(path: Path) -> list[tuple[int, str, str]]:
     return pairs
 
 
-def _index_files(folder: Path, suffixes: tuple[str, ...]) -> dict[str, list[Path]]:
+def index_files(folder: Path, suffixes: tuple[str, ...]) -> dict[str, list[Path]]:
     """name (relative path without extension) -> files with one of `suffixes` (any case)."""
     found: dict[str, list[Path]] = {}
     for directory, _, files in os.walk(folder):
@@ -280,8 +276,8 @@ class FolderDataset(Dataset):
         return found[0] if found else None
 
     def _resolve(self, root: Path, pairs: list[tuple[str, str]]) -> list[PairFiles]:
-        images = _index_files(root / IMAGE_DIR, IMAGE_SUFFIXES)
-        labels = _index_files(root / LABEL_DIR, (LABEL_SUFFIX,))
+        images = index_files(root / IMAGE_DIR, IMAGE_SUFFIXES)
+        labels = index_files(root / LABEL_DIR, (LABEL_SUFFIX,))
         headers: dict[Path, tuple[tuple[int, int], str]] = {}
 
         def header(path: Path) -> tuple[tuple[int, int], str]:

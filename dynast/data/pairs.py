@@ -47,7 +47,7 @@ from .folder import (
     INFO_FILE,
     LABEL_DIR,
     LABEL_SUFFIX,
-    _index_files,
+    index_files,
     read_info,
     write_atomically,
     write_pairs,
@@ -225,8 +225,8 @@ def make_pairs(
         for split in ("train", "test")
     ]
     info = read_info(root / INFO_FILE)
-    labels_index = _index_files(root / LABEL_DIR, (LABEL_SUFFIX,))
-    images_index = _index_files(root / IMAGE_DIR, IMAGE_SUFFIXES)
+    labels_index = index_files(root / LABEL_DIR, (LABEL_SUFFIX,))
+    images_index = index_files(root / IMAGE_DIR, IMAGE_SUFFIXES)
     names = sorted(n for n in labels_index if n in images_index)
     if len(names) < 2:
         raise ValueError(f"{root}: need at least 2 images with label maps, found {len(names)}")

@@ -35,7 +35,7 @@ import triton
 import triton.language as tl
 
 from ..dense.tiles import row_dots
-from .triton import _derived_candidates, _softmax, _warp_weights
+from .triton import derived_candidates, masked_softmax, warp_weights
 
 # The token of an absent (query, slot) pair: sorts after every key (the launcher keeps Nk below).
 ABSENT = tl.constexpr(2**30)
@@ -234,7 +234,7 @@ def candidate_fwd_tile_kernel(
 ):
     """Grid (tiles, B), tiles row-major over the grid_h x grid_w query grid. BLOCK_Q = TILE_Y *
     TILE_X, BLOCK_L = BLOCK_Q * BLOCK_N = 2**LOG_L. SRC is the previous top-k the candidates
-    derive from (`_derived_candidates`)."""
+    derive from (`derived_candidates`)."""
     pid_t = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
     tiles_w = tl.cdiv(grid_w, TILE_X)
@@ -246,7 +246,7 @@ def candidate_fwd_tile_kernel(
     q_row = b * Nq + tok.to(tl.int64)
     j = tl.arange(0, BLOCK_N)
     c_ok = q_ok[:, None] & (j < n_cand)[None, :]
-    cand = _derived_candidates(SRC, b, tok, c_ok, j, n_src, src_k, grid_h, grid_w, DERIVE)
+    cand = derived_candidates(SRC, b, tok, c_ok, j, n_src, src_k, grid_h, grid_w, DERIVE)
 
     union, n_unique, slot = _tile_union(cand, c_ok, BLOCK_L, LOG_L)
     n_pages = tl.cdiv(n_unique, BLOCK_U)
@@ -268,8 +268,8 @@ def candidate_fwd_tile_kernel(
     z3, s3, valid = z[:, None, :], s[:, None, :], c_ok[:, None, :]
     _store_topk(z3, valid, cand, j, q_row[:, None], q_ok[:, None], TOPK, top_k, BLOCK_N)
     if WARP_MODE != 0:
-        w = tl.reshape(_warp_weights(z3, s3, valid, WARP_MODE), [BLOCK_Q, BLOCK_N])
-    pm = tl.where(s3 > 0, _softmax(z3, valid), 0.0)
+        w = tl.reshape(warp_weights(z3, s3, valid, WARP_MODE), [BLOCK_Q, BLOCK_N])
+    pm = tl.where(s3 > 0, masked_softmax(z3, valid), 0.0)
     tl.store(CONF + q_row[:, None], tl.sum(pm, axis=2), mask=q_ok[:, None])
     pm = tl.reshape(pm, [BLOCK_Q, BLOCK_N])
 

@@ -55,7 +55,7 @@ def _clamp(x, hi):
 
 
 @triton.jit
-def _derived_candidates(SRC, b, lead, c_ok, j, n_src, src_k, grid_h, grid_w, DERIVE: tl.constexpr):
+def derived_candidates(SRC, b, lead, c_ok, j, n_src, src_k, grid_h, grid_w, DERIVE: tl.constexpr):
     """Candidate key tokens [G, N] (int32) of the groups whose list belongs to token `lead` [G],
     computed from the previous top-k SRC [B, n_src, src_k] in the order of the builders
     (`kernels.candidates.lists`), on the grid_h x grid_w grid:
@@ -119,7 +119,7 @@ def _tile_rows(
     candidate) pairs. Rows count from the batch's first token: sample b's start at b * Nq
     (queries) and b * Nk (keys). DERIVE 0: CAND is the list [B, Nq, n_cand] (int32 or int64);
     1 / 2: CAND is the previous top-k [B, n_src, src_k] the inner / inter list derives from
-    (`_derived_candidates`; grid_h x grid_w is the query grid)."""
+    (`derived_candidates`; grid_h x grid_w is the query grid)."""
     pid_t = tl.program_id(0).to(tl.int64)
     b = tl.program_id(1).to(tl.int64)
     tok, lead, g_ok = _group_tokens(pid_t, n_groups, grid_w, BLOCK_G, GROUP)
@@ -130,7 +130,7 @@ def _tile_rows(
     if DERIVE == 0:
         cand = tl.load(CAND + (b * Nq + lead)[:, None] * n_cand + j[None, :], mask=c_ok, other=0)
     else:
-        cand = _derived_candidates(CAND, b, lead, c_ok, j, n_src, src_k, grid_h, grid_w, DERIVE)
+        cand = derived_candidates(CAND, b, lead, c_ok, j, n_src, src_k, grid_h, grid_w, DERIVE)
     k_row = b * Nk + cand.to(tl.int64)
     valid = c_ok[:, None, :] & q_ok[:, :, None]
     return q_row, q_ok, j, cand, k_row, c_ok, valid
@@ -154,7 +154,7 @@ def _row_scores(
     [BLOCK_G, GROUP] are query rows and row_y [BLOCK_G, BLOCK_N] gathered candidate rows."""
     acc = tl.zeros([BLOCK_G, GROUP, BLOCK_N], dtype=tl.float32)
     # Row offsets formed once, outside the channel loop (Triton 3.6 miscompiles the candidates'
-    # offsets when they are expanded inside several loops: see `_derived_candidates`).
+    # offsets when they are expanded inside several loops: see `derived_candidates`).
     x_at, x_in = row_x[:, :, None] * C, x_ok[:, :, None]
     y_at, y_in = row_y[:, :, None] * C, y_ok[:, :, None]
     for c0 in range(0, C, BLOCK_C):
@@ -200,7 +200,7 @@ def _weighted_rows(
 
 
 @triton.jit
-def _softmax(z, valid):
+def masked_softmax(z, valid):
     """Softmax over the last axis restricted to `valid`; rows without a valid entry give zeros."""
     z = tl.where(valid, z, float("-inf"))
     top = tl.max(z, axis=2)
@@ -211,7 +211,7 @@ def _softmax(z, valid):
 
 
 @triton.jit
-def _warp_weights(z, s, valid, WARP_MODE: tl.constexpr):
+def warp_weights(z, s, valid, WARP_MODE: tl.constexpr):
     """Softmax of z over the kept (1) or all (3) candidates, kept falling back to all when none is
     kept; "pruned" (2) is the release's formula: kept scores filled with -1e4, softmax over all,
     so a query keeping every candidate gets their uniform mean. No gradient flows through the
@@ -222,14 +222,14 @@ def _warp_weights(z, s, valid, WARP_MODE: tl.constexpr):
         # filled keys weigh 0 unless every key is kept; then all scores are equal: uniform.
         sel = valid & (kept == 0)
         flat = (tl.max(sel.to(tl.int32), axis=2) == 0)[:, :, None]
-        return _softmax(tl.where(flat, 0.0, z), sel | (valid & flat))
+        return masked_softmax(tl.where(flat, 0.0, z), sel | (valid & flat))
     if WARP_MODE == 1:
         sel = valid & kept
     else:
         sel = valid
     found = tl.max(sel.to(tl.int32), axis=2) > 0
     sel = sel | (valid & (found == 0)[:, :, None])
-    return _softmax(z, sel)
+    return masked_softmax(z, sel)
 
 
 @triton.jit
@@ -306,8 +306,8 @@ def candidate_fwd_kernel(
 
     # Only the two weight rows stay live through the gathers of V and the warp values.
     if WARP_MODE != 0:
-        w = _warp_weights(z, s, valid, WARP_MODE)
-    pm = tl.where(s > 0, _softmax(z, valid), 0.0)
+        w = warp_weights(z, s, valid, WARP_MODE)
+    pm = tl.where(s > 0, masked_softmax(z, valid), 0.0)
     tl.store(CONF + q_row, tl.sum(pm, axis=2), mask=q_ok)
     _weighted_rows(pm, V, k_row, c_ok, q_row, q_ok, OUT, Cv, BLOCK_G, GROUP, BLOCK_N, BLOCK_DV)
     if WARP_MODE != 0:
@@ -414,7 +414,7 @@ def candidate_bwd_kernel(
     # The warp's share of dz first, so that w and z die before the value gathers.
     dz = tl.zeros([BLOCK_G, GROUP, BLOCK_N], dtype=tl.float32)
     if WARP_MODE != 0:
-        w = _warp_weights(z, s, valid, WARP_MODE)
+        w = warp_weights(z, s, valid, WARP_MODE)
         # dw_j = dwarp . W_j while DW_j += w_j dwarp is scattered (Cw is small: one chunk).
         gw = tl.zeros([BLOCK_G, GROUP, BLOCK_N], dtype=tl.float32)
         w_row, dw_row = k_row[:, :, None] * Cw, q_row[:, :, None] * Cw  # once (`_row_scores`)
@@ -434,7 +434,7 @@ def candidate_bwd_kernel(
             tl.atomic_add(DWV + w_at, dwv, mask=w_mask, sem="relaxed")
         dz = warp_z_part(w * (gw - tl.sum(w * gw, axis=2)[:, :, None]), s, WARP_MODE)
 
-    p = _softmax(z, valid)
+    p = masked_softmax(z, valid)
     pm = tl.where(s > 0, p, 0.0)
     sig = tl.sigmoid(s)
     p_sig = tl.where(valid, p * sig * (1.0 - sig), 0.0)

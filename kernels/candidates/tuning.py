@@ -19,7 +19,7 @@ from . import fused
 from .lists import PER_MATCH, candidate_indices, window_shared_grid
 
 
-def _random_problem(dims: dict[str, int], device: torch.device, dtype: torch.dtype):
+def random_problem(dims: dict[str, int], device: torch.device, dtype: torch.dtype):
     """Fresh inputs of the given dims, one sample, as the model would feed them
     (`kernels.shapes`): unit-norm rows at scale 100 and spatially coherent candidates, since the
     cache hit rate of the gathers depends on it. G = 4 gives window-shared inter-scale lists
@@ -62,7 +62,7 @@ def _launch_args(problem) -> dict:
 def _forward_runner(
     dims: dict[str, int], config: LaunchConfig, device: torch.device, dtype: torch.dtype
 ) -> Callable[[], object]:
-    problem = _random_problem(dims, device, dtype)
+    problem = random_problem(dims, device, dtype)
     x = _launch_args(problem)
 
     def run() -> object:
@@ -84,7 +84,7 @@ def _forward_runner(
 def _backward_runner(
     dims: dict[str, int], config: LaunchConfig, device: torch.device, dtype: torch.dtype
 ) -> Callable[[], object]:
-    problem = _random_problem(dims, device, dtype)
+    problem = random_problem(dims, device, dtype)
     x = _launch_args(problem)
     common = {k: x[k] for k in ("window", "scale", "prune_scale", "warp_mode")}
     head = (x["inputs"], x["candidates"])
@@ -104,7 +104,7 @@ def _backward_runner(
 def _tile_forward_runner(
     dims: dict[str, int], config: LaunchConfig, device: torch.device, dtype: torch.dtype
 ) -> Callable[[], object]:
-    problem = _random_problem(dims, device, dtype)
+    problem = random_problem(dims, device, dtype)
     x = _launch_args(problem)
 
     def run() -> object:

@@ -36,7 +36,7 @@ from ..candidates.tuning import TILE_TUNABLE
 from ..candidates.tuning import TUNABLE as CANDIDATE_KERNELS
 from ..dense.tuning import TUNABLE as DENSE_KERNELS
 from ..runtime import interpreting
-from ..shapes import PRESETS, AttentionShape, parse_shape, preset_shapes
+from ..shapes import SHAPE_SETS, AttentionShape, parse_shape, preset_shapes
 from .table import (
     TUNING_FILE_ENV,
     LaunchConfig,
@@ -254,7 +254,7 @@ def argument_parser() -> argparse.ArgumentParser:
         "(kernels/shapes.py). Without --preset or --shape: deepfashion-256.",
     )
     parser.add_argument(
-        "--preset", action="append", default=[], choices=sorted(PRESETS), help="model sizes"
+        "--preset", action="append", default=[], choices=sorted(SHAPE_SETS), help="model sizes"
     )
     parser.add_argument(
         "--shape", action="append", default=[], help="explicit block, BLOCK:key=value,..."

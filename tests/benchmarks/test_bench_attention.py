@@ -101,7 +101,7 @@ def test_flex_attention_gives_out_and_conf_exactly(batch: int) -> None:
 
 
 def _reference(problem):
-    return bench._call(reference_dynamic_attention, problem)
+    return bench.call_problem(reference_dynamic_attention, problem)
 
 
 def test_the_correctness_check_catches_wrong_and_missing_results() -> None:

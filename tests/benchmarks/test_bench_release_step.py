@@ -11,15 +11,6 @@ import pytest
 import torch
 
 from benchmarks import bench_generate, bench_release_step, bench_train_step
-from benchmarks.release_code import release_root
-
-
-@pytest.fixture(scope="module")
-def release() -> Path:
-    try:
-        return release_root()
-    except FileNotFoundError as err:
-        pytest.skip(f"the authors' released code is not available: {err}")
 
 
 def test_the_releases_step_at_64_px_on_the_cpu_narrowed(

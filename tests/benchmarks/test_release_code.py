@@ -12,14 +12,6 @@ import pytest
 from benchmarks.release_code import RELEASE_ROOT_ENV, imported_release, release_root
 
 
-@pytest.fixture(scope="module")
-def release() -> Path:
-    try:
-        return release_root()
-    except FileNotFoundError as err:
-        pytest.skip(f"the authors' released code is not available: {err}")
-
-
 def test_the_release_is_importable_only_inside_the_block(release: Path, monkeypatch) -> None:
     # A module of one of the release's generic names, loaded before: set aside, then restored.
     ours = types.ModuleType("util")

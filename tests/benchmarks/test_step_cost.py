@@ -14,7 +14,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 
 from benchmarks import step_cost
 from benchmarks.attention_cost import attention_cost
-from benchmarks.tiny import TINY_BATCH, TINY_SIZE, tiny_config
+from benchmarks.tiny_model import TINY_BATCH, TINY_SIZE, tiny_model_config
 from dynast.blocks import SPADE
 from dynast.generator import Generator
 
@@ -106,17 +106,19 @@ def test_pads_keep_their_dtype_inside_and_the_cpu_policy_returns() -> None:
             return F.pad(x, (1, 1, 1, 1), mode="reflect").dtype
 
     before = pad_dtype()
-    with step_cost._cuda_autocast_pads():
+    with step_cost.cuda_autocast_pads():
         assert pad_dtype() == torch.bfloat16
     assert pad_dtype() == before
 
 
 def _tiny_step(**kwargs) -> list[step_cost.OpCost]:
-    return step_cost.count_step(tiny_config(), TINY_SIZE, TINY_BATCH, torch.bfloat16, **kwargs)
+    return step_cost.count_step(
+        tiny_model_config(), TINY_SIZE, TINY_BATCH, torch.bfloat16, **kwargs
+    )
 
 
 def test_every_attention_block_is_counted_once_per_pass() -> None:
-    blocks = sum(len(scale) for scale in Generator(tiny_config()).transformer)
+    blocks = sum(len(scale) for scale in Generator(tiny_model_config()).transformer)
     ops = _tiny_step()
     attention = [op for op in ops if op.category == "attention"]
     assert sorted({op.name for op in attention}) == [
@@ -134,7 +136,7 @@ def test_every_attention_block_is_counted_once_per_pass() -> None:
 
 
 def test_the_fused_normalisation_replaces_the_eager_chain() -> None:
-    spades = sum(isinstance(m, SPADE) for m in Generator(tiny_config()).modules())
+    spades = sum(isinstance(m, SPADE) for m in Generator(tiny_model_config()).modules())
     eager, fused = _tiny_step(), _tiny_step(fused_norm=True)
     assert not any(op.name.startswith("fused_") for op in eager)
     for phase in ("forward", "backward"):
@@ -156,7 +158,7 @@ def test_the_fused_normalisation_model_bytes() -> None:
     with FakeTensorMode():
         x = torch.empty(2, 3, 4, 5, dtype=torch.bfloat16, requires_grad=True)
         g = torch.empty_like(x, requires_grad=True)
-        out = step_cost._FusedNormCost.apply(x, g, torch.empty_like(x), recorder)
+        out = step_cost.FusedNormCost.apply(x, g, torch.empty_like(x), recorder)
         recorder.phase = "backward"
         out.backward(torch.empty_like(out))
     maps, stats = x.numel() * 2, 2 * 4 * 2 * 4 * 5

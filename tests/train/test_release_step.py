@@ -16,24 +16,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
-
 from benchmarks import release_step_parity as parity
-from benchmarks.release_code import release_root
 
 TOLERANCE = 1e-9
 # Gradients the converter drops with their parameters (never-called branches, biases an instance
 # norm cancels) are zero in exact arithmetic: at most 1e-9 of the network's largest parameter
 # gradient, i.e. 1e-3 of the comparison's floor (1e-6 of it).
 DROPPED = 1e-9 / parity.GRADIENT_FLOOR
-
-
-@pytest.fixture(scope="module")
-def release() -> Path:
-    try:
-        return release_root()
-    except FileNotFoundError as err:
-        pytest.skip(f"the authors' released code is not available: {err}")
 
 
 def test_two_training_steps_equal_the_releases_term_by_term(release: Path) -> None:

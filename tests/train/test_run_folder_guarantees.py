@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _training_process import TRAIN_MAIN, training_env
 from PIL import Image
 
 from train import checkpoints as ckpt
@@ -29,8 +30,6 @@ from train.run_folder import (
     write_final,
 )
 
-REPO = Path(__file__).resolve().parents[2]
-MAIN = str(REPO / "train" / "main.py")
 TINY = [
     "--model.image_size", "32", "--data.image_size", "32", "--model.ngf", "8",
     "--model.ndf", "8", "--model.disc_layers", "3",
@@ -41,22 +40,11 @@ TINY = [
 ]  # fmt: skip
 
 
-def _env(tmp: Path) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(
-        PYTHONPATH=str(REPO),
-        OMP_NUM_THREADS="1",
-        TORCH_HOME=str(tmp / "torch_home"),
-        TQDM_DISABLE="1",
-    )
-    return env
-
-
 def _train(args: list[str], tmp: Path, **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, MAIN, *args],
+        [sys.executable, TRAIN_MAIN, *args],
         cwd=tmp,
-        env=_env(tmp),
+        env=training_env(tmp),
         capture_output=True,
         text=True,
         timeout=300,
@@ -259,7 +247,12 @@ def test_rotation_finishes_half_deleted_checkpoints(tmp_path):
         folder.mkdir(parents=True)
         (folder / "state").mkdir()
         (folder / "state" / "x.bin").write_bytes(b"x")
-        ckpt.write_progress(folder, ckpt.Progress(step, 0, step, 1, 2, 1.0))
+        ckpt.write_progress(
+            folder,
+            ckpt.Progress(
+                step=step, epoch=0, batch_in_epoch=step, world_size=1, batch_size=2, elapsed_s=1.0
+            ),
+        )
         final = ckpt.publish(folder)
         if not complete:
             (final / ckpt.PROGRESS_FILE).unlink()  # what an rmtree cut short leaves
@@ -329,9 +322,10 @@ def test_a_killed_launcher_takes_its_trainer_with_it(tmp_path):
     ends, releasing the run folder."""
     run_dir = tmp_path / "run"
     launcher = subprocess.Popen(
-        [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", MAIN,
+        [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", TRAIN_MAIN,
          *TINY, "--output-dir", str(run_dir), "--max-steps", "10000"],
-        cwd=tmp_path, env=_env(tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        cwd=tmp_path, env=training_env(tmp_path),
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     lock, trainer = run_dir / "run.lock", None
     try:
@@ -577,7 +571,7 @@ def test_the_documented_command_prints_one_line_and_keeps_the_status(
     result = subprocess.run(
         [*_dynast_train(), *args, "--output-dir", str(tmp_path / "run")],
         cwd=tmp_path,
-        env=_env(tmp_path),
+        env=training_env(tmp_path),
         capture_output=True,
         text=True,
         timeout=120,
@@ -592,8 +586,8 @@ def test_accelerate_launch_quiet_prints_only_our_line(tmp_path):
     turns every failure into status 1 whatever the trainer's own status."""
     result = subprocess.run(
         [sys.executable, "-m", "accelerate.commands.launch", "--quiet", "--num_processes", "1",
-         MAIN, "--no-such-flag", "1"],
-        cwd=tmp_path, env=_env(tmp_path), capture_output=True, text=True, timeout=120,
+         TRAIN_MAIN, "--no-such-flag", "1"],
+        cwd=tmp_path, env=training_env(tmp_path), capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert _one_error(result, 1).startswith("error: unknown argument '--no-such-flag'")
     assert "CalledProcessError" not in result.stderr
@@ -604,7 +598,7 @@ def test_two_processes_resume_past_a_damaged_random_state(tmp_path):
     finds the same one; each loads its own state (DDP-unwrapped names); rank 1's truncated random
     state is a warning, not a failure."""
     run_dir = tmp_path / "run"
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", MAIN]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", TRAIN_MAIN]
     args = [
         *TINY[: TINY.index("--train.batch_size")], "--train.batch_size", "2",
         "--train.checkpoint_every", "1", "--output-dir", str(run_dir),
@@ -613,7 +607,7 @@ def test_two_processes_resume_past_a_damaged_random_state(tmp_path):
     def launch(steps: int) -> subprocess.CompletedProcess:
         return subprocess.run(
             [*torchrun, *args, "--max-steps", str(steps)],
-            cwd=tmp_path, env=_env(tmp_path), capture_output=True, text=True, timeout=300,
+            cwd=tmp_path, env=training_env(tmp_path), capture_output=True, text=True, timeout=300,
         )  # fmt: skip
 
     first = launch(1)
@@ -655,9 +649,10 @@ def test_a_trainer_killed_with_a_worker_leaves_no_stale_lock(tmp_path):
 
     run_dir = tmp_path / "run"
     trainer = subprocess.Popen(
-        [sys.executable, MAIN, *TINY, "--output-dir", str(run_dir), "--max-steps", "10000",
+        [sys.executable, TRAIN_MAIN, *TINY, "--output-dir", str(run_dir), "--max-steps", "10000",
          "--train.num_workers", "1", "--train.log_every", "1"],
-        cwd=tmp_path, env=_env(tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        cwd=tmp_path, env=training_env(tmp_path),
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     workers: list[int] = []
     try:
@@ -769,7 +764,7 @@ def test_out_of_range_seed_and_conflicting_flags_are_one_error_line(capsys, args
 def test_vgg_weights_that_do_not_load_are_one_error_naming_the_file(tmp_path):
     import torch
 
-    from train.loop import _find_vgg, _load_vgg
+    from train.loop import find_vgg, load_vgg
     from train.main import resolve_config
 
     text = tmp_path / "vgg19.pth"
@@ -780,7 +775,7 @@ def test_vgg_weights_that_do_not_load_are_one_error_naming_the_file(tmp_path):
     for path in (text, refused):
         cfg, _ = resolve_config([*TINY, "--vgg-weights", str(path)])
         with pytest.raises(TrainingError, match=r"^--vgg-weights ") as info:
-            _load_vgg(_find_vgg(cfg)[0])
+            load_vgg(find_vgg(cfg)[0])
         assert str(path) in str(info.value) and len(str(info.value).splitlines()) == 1
     assert not marker.exists()
 
@@ -806,12 +801,12 @@ def test_a_full_disk_during_a_checkpoint_names_the_device_and_what_was_kept(run_
     with monkeypatch.context() as patch:
         patch.setattr(os, "statvfs", full)
         with pytest.raises(TrainingError) as info:
-            with loop._writing(run_dir, staging, loop._WRITE_ERRORS):
+            with loop.writing(run_dir, staging, loop.WRITE_ERRORS):
                 raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 7")
     message = str(info.value)
     assert message.startswith("no space left on ") and "unexpected pos" in message, message
     assert f"while writing {staging}" in message
     assert "kept unchanged: checkpoint_00000004 (step 4) and final/" in message
     with pytest.raises(TrainingError, match=r"^no space left on .*kept unchanged: checkpoint_0+4"):
-        with loop._writing(run_dir, staging, loop._WRITE_ERRORS):
+        with loop.writing(run_dir, staging, loop.WRITE_ERRORS):
             raise OSError(errno.ENOSPC, "No space left on device", str(staging / "x.bin"))

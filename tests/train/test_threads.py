@@ -41,7 +41,6 @@ def test_launcher_environment_reads_the_parent_process():
 
 def test_configure_threads_sets_and_says(monkeypatch):
     before = torch.get_num_threads()
-    monkeypatch.setattr(threads, "usable_cores", lambda: 2)
     monkeypatch.setattr(threads, "usable_cpus", lambda: frozenset({0, 1}))
     # Both cores idle whatever this machine's load: the count follows the free cores.
     monkeypatch.setattr(threads, "idle_seconds", lambda cpus: 2 * time.monotonic())

@@ -7,9 +7,9 @@ import json
 import pytest
 
 from dynast.config import PRESETS
+from dynast.overrides import apply_overrides, diff, field_names, parse_text
 from train.config import RESUMABLE_CHANGES, LossWeights, RunConfig, TrainConfig, run_preset
 from train.main import main, parse_overrides, resolve_config
-from train.overrides import apply_overrides, diff, field_names, parse_text
 
 
 def test_every_model_preset_has_a_training_preset_that_round_trips():

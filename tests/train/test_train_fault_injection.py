@@ -8,7 +8,6 @@ Run by `pytest` and so by CI (not marked slow, which is opt-in): about 1-2 minut
 from __future__ import annotations
 
 import json
-import os
 import random
 import re
 import signal
@@ -18,12 +17,11 @@ import time
 from pathlib import Path
 
 import torch
+from _training_process import TRAIN_MAIN, training_env
 from safetensors.torch import load_file
 
 from train import checkpoints as ckpt
 
-REPO = Path(__file__).resolve().parents[2]
-MAIN = str(REPO / "train" / "main.py")
 STEPS = 12
 ARGS = [
     "--model.image_size", "32", "--data.image_size", "32", "--model.ngf", "8",
@@ -38,23 +36,12 @@ KILLS = 10
 SEED = 14
 
 
-def _env(tmp: Path) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(
-        PYTHONPATH=str(REPO),
-        OMP_NUM_THREADS="1",
-        TORCH_HOME=str(tmp / "torch_home"),
-        TQDM_DISABLE="1",
-    )
-    return env
-
-
 def _start(run_dir: Path, tmp: Path, log: Path) -> subprocess.Popen:
     with open(log, "w") as out:
         return subprocess.Popen(
-            [sys.executable, MAIN, *ARGS, "--output-dir", str(run_dir)],
+            [sys.executable, TRAIN_MAIN, *ARGS, "--output-dir", str(run_dir)],
             cwd=tmp,
-            env=_env(tmp),
+            env=training_env(tmp),
             stdout=out,
             stderr=subprocess.STDOUT,
         )

@@ -8,10 +8,10 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
+from _training_process import REPO, TRAIN_MAIN, training_env
 from safetensors.torch import load_file
 
 from dynast.convert import save_discriminator
@@ -22,7 +22,6 @@ from train.config import RELEASE_LOSS, RELEASED_PRESETS, TrainConfig, run_preset
 from train.losses import normalised_sum
 from train.main import resolve_config
 
-REPO = Path(__file__).resolve().parents[2]
 REAL_PRESETS = sorted(RELEASED_PRESETS)
 
 
@@ -85,12 +84,10 @@ def test_init_from_starts_a_new_epoch_based_run_from_given_weights(tmp_path):
     # lr this small leaves the weights where they started, so the run's output must equal them.
     args = [*TINY, "--train.init_from", str(source), "--train.lr", "1e-12"]
     args += ["--train.max_epochs", "1", "--train.batch_size", "16", "--output-dir", str(run_dir)]
-    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", TQDM_DISABLE="1")
-    env["TORCH_HOME"] = str(tmp_path / "torch_home")
     result = subprocess.run(
-        [sys.executable, str(REPO / "train" / "main.py"), *args],
+        [sys.executable, TRAIN_MAIN, *args],
         cwd=tmp_path,
-        env=env,
+        env=training_env(tmp_path),
         capture_output=True,
         text=True,
         timeout=300,
@@ -122,7 +119,7 @@ def test_init_from_another_architecture_is_one_clear_error(tmp_path):
     args += ["--output-dir", str(tmp_path / "run")]
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", TQDM_DISABLE="1")
     result = subprocess.run(
-        [sys.executable, str(REPO / "train" / "main.py"), *args],
+        [sys.executable, TRAIN_MAIN, *args],
         cwd=tmp_path,
         env=env,
         capture_output=True,

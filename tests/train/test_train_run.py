@@ -6,7 +6,6 @@ bad input ends in one clear error line."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,13 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _training_process import TRAIN_MAIN, training_env
 from PIL import Image
 from safetensors.torch import load_file
 
 from dynast.io import load_generator
 
-REPO = Path(__file__).resolve().parents[2]
-MAIN = str(REPO / "train" / "main.py")
 TINY = [
     "--model.image_size", "32", "--data.image_size", "32", "--model.ngf", "8",
     "--model.ndf", "8", "--model.disc_layers", "3",
@@ -33,23 +31,11 @@ TINY = [
 ]  # fmt: skip
 
 
-def _env(tmp: Path) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(
-        PYTHONPATH=str(REPO),
-        # One thread per process: deterministic, and no oversubscription of a shared machine.
-        OMP_NUM_THREADS="1",
-        TORCH_HOME=str(tmp / "torch_home"),  # no VGG19 weights: the VGG terms are off
-        TQDM_DISABLE="1",
-    )
-    return env
-
-
 def _run(launcher: list[str], args: list[str], tmp: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [*launcher, MAIN, *args],
+        [*launcher, TRAIN_MAIN, *args],
         cwd=tmp,
-        env=_env(tmp),
+        env=training_env(tmp),
         capture_output=True,
         text=True,
         timeout=300,

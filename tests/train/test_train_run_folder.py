@@ -25,7 +25,12 @@ def _fake_checkpoint(run_dir, step, complete=True):
     folder.mkdir(parents=True)
     (folder / "model.safetensors").write_bytes(b"x")
     if complete:
-        ckpt.write_progress(folder, ckpt.Progress(step, 0, step, 1, 2, 1.5))
+        ckpt.write_progress(
+            folder,
+            ckpt.Progress(
+                step=step, epoch=0, batch_in_epoch=step, world_size=1, batch_size=2, elapsed_s=1.5
+            ),
+        )
         return ckpt.publish(folder)
     return folder
 
@@ -42,7 +47,9 @@ def test_publish_rotate_and_latest_ignore_incomplete(tmp_path):
     assert partial.exists(), "rotation deletes only complete checkpoints"
     assert ckpt.remove_partial(tmp_path) == [partial] and not partial.exists()
     progress = ckpt.read_progress(ckpt.latest_checkpoint(tmp_path)[1])
-    assert progress == ckpt.Progress(6, 0, 6, 1, 2, 1.5)
+    assert progress == ckpt.Progress(
+        step=6, epoch=0, batch_in_epoch=6, world_size=1, batch_size=2, elapsed_s=1.5
+    )
 
 
 def test_publish_replaces_a_checkpoint_of_the_same_step(tmp_path):
@@ -124,25 +131,19 @@ def test_micro_batches_resume_mid_epoch_and_across_epochs():
 
 @pytest.mark.parametrize("workers", [0, 1])
 def test_data_errors_surface_as_one_clean_message(workers):
-    it = micro_batches(
-        _Numbers(6, bad=None),
-        DataPosition(),
-        batch_size=6,
-        rank=0,
-        world_size=1,
-        seed=0,
-        num_workers=workers,
-    )
-    bad = next(it)[0]["index"].tolist()[2]
-    it = micro_batches(
-        _Numbers(6, bad=bad),
-        DataPosition(),
-        batch_size=6,
-        rank=0,
-        world_size=1,
-        seed=0,
-        num_workers=workers,
-    )
+    def batches(bad: int | None):
+        return micro_batches(
+            _Numbers(6, bad=bad),
+            DataPosition(),
+            batch_size=6,
+            rank=0,
+            world_size=1,
+            seed=0,
+            num_workers=workers,
+        )
+
+    bad = next(batches(None))[0]["index"].tolist()[2]
+    it = batches(bad)
     with pytest.raises(TrainingError) as info:
         next(it)
     message = str(info.value)
@@ -213,7 +214,10 @@ def test_sample_grid_layout_and_png(tmp_path):
 
 
 def test_progress_file_is_json(tmp_path):
-    ckpt.write_progress(tmp_path, ckpt.Progress(5, 1, 2, 2, 4, 3.0))
+    ckpt.write_progress(
+        tmp_path,
+        ckpt.Progress(step=5, epoch=1, batch_in_epoch=2, world_size=2, batch_size=4, elapsed_s=3.0),
+    )
     assert json.loads((tmp_path / "progress.json").read_text())["batch_in_epoch"] == 2
 
 

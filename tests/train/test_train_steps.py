@@ -11,7 +11,7 @@ import torch
 from accelerate import Accelerator
 from torch import Tensor, nn
 
-from benchmarks.tiny import tiny_config
+from benchmarks.tiny_model import tiny_model_config
 from dynast.discriminator import MultiscaleDiscriminator
 from dynast.generator import Generator
 from train.config import LossWeights
@@ -28,7 +28,7 @@ class ScaledFeatures(nn.Module):
 
 def _parts(weights: LossWeights) -> tuple[StepParts, list[dict]]:
     torch.manual_seed(0)
-    cfg = tiny_config()
+    cfg = tiny_model_config()
     generator, discriminator = Generator(cfg), MultiscaleDiscriminator(cfg)
     parts = StepParts(
         accelerator=Accelerator(cpu=True, mixed_precision="no"),

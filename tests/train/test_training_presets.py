@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from dynast.config import DEFAULT_PRESET, PRESETS, preset
+from dynast.data.presets import PRESET_MODELS, preset_data
 from train.config import PRESET_NAMES, RELEASED_PRESETS, TRAINING_PRESETS, run_preset
 
 
@@ -29,3 +30,14 @@ def test_the_default_run_is_unchanged():
     cfg = run_preset("synthetic-64")
     assert (cfg.model.name, cfg.model.ngf, cfg.model.init_gain) == ("synthetic-64", 16, 0.3)
     assert (cfg.train.max_steps, cfg.train.output_dir) == (400, "runs/synthetic-64")
+
+
+def test_every_training_preset_has_its_data_and_model_below_training():
+    """Evaluation reads a preset's data from dynast.data.presets: the same names, the same model
+    and the same data config as the training preset's."""
+    assert set(PRESET_MODELS) == set(TRAINING_PRESETS)
+    for name in PRESET_MODELS:
+        run = run_preset(name)
+        assert (run.model.name, run.data) == (PRESET_MODELS[name], preset_data(name))
+    with pytest.raises(ValueError, match="--preset: unknown preset 'nope'; choose one of"):
+        preset_data("nope")

@@ -245,7 +245,7 @@ def test_tuning_runner_launches() -> None:
     realistic inter-scale list) computes what the gather forward computes."""
     (kernel,) = tuning_candidates.TILE_TUNABLE
     dims = {"Nq": 64, "Cqk": 24, "Cp": 8, "Cv": 20, "Cw": 3, "M": 16, "G": 4}
-    problem = tuning_candidates._random_problem(dims, DEVICE, torch.float32)  # seeded: the same
+    problem = tuning_candidates.random_problem(dims, DEVICE, torch.float32)  # seeded: the same
     out, conf, _, warp, _, _ = kernel.make_runner(dims, kernel.default(dims), DEVICE,
                                                   torch.float32)()  # fmt: skip
     want = fused.launch_forward(

@@ -1,7 +1,8 @@
 """Frozen dataclass configs <-> JSON and command-line overrides by dotted field names.
 
 Generic over any tree of frozen dataclasses, so the model and data configs (owned elsewhere) can be
-overridden from the command line (`--model.ngf 16`) without this module knowing their fields.
+overridden from the command line (`--model.ngf 16`) without this module knowing their fields. It
+sits below training and evaluation, which both parse `--data.*` flags with it.
 Every bad name or value raises `ValueError` naming the dotted field and what was expected.
 """
 
