@@ -18,6 +18,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from dynast.io import load_generator
+from train.samples import sample_grid
 
 TINY = [
     "--model.image_size", "32", "--data.image_size", "32", "--model.ngf", "8",
@@ -90,10 +91,12 @@ def test_first_run_writes_checkpoints_samples_and_logs(run):
     assert {"model.safetensors", "model_1.safetensors", "optimizer.bin", "optimizer_1.bin"} <= state
     assert load_generator(step4).config.ngf == 8  # a checkpoint folder is a generator source
     assert json.loads((step4 / "progress.json").read_text())["step"] == 4
+    # The labelled grid of 2 rows (sample_rows) of five 32-px tiles.
+    tiles = torch.zeros(2, 3, 32, 32)
+    height, width, _ = sample_grid(tiles, tiles, tiles, tiles, tiles).shape
     for step in (0, 2, 4, 6):
         with Image.open(run_dir / "samples" / f"step_{step:08d}.png") as grid:
-            # 2 rows of 32 px, 5 columns of 32 px, 2-px gaps.
-            assert grid.size == (5 * 32 + 4 * 2, 2 * 32 + 2)
+            assert grid.size == (width, height)
     records = [json.loads(line) for line in run["metrics"].splitlines()]
     evals = {r["step"]: r for r in records if "eval/correspondence_accuracy" in r}
     assert sorted(evals) == [0, 2, 4]

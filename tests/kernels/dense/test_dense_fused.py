@@ -313,7 +313,8 @@ def test_tiled_backward_allocates_what_the_budget_counts(monkeypatch: pytest.Mon
     assert tiles <= budget
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+# fp16 is left out: its memory is bf16's byte for byte (two bytes an element, the same buffers).
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_tiled_backward_live_memory_is_what_the_model_counts(
     dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch
 ) -> None:
