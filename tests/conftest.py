@@ -13,6 +13,14 @@ import torch
 if "TRITON_INTERPRET" not in os.environ and not torch.cuda.is_available():
     os.environ["TRITON_INTERPRET"] = "1"
 
+# The suite runs in two pytest-xdist workers (pyproject.toml), one per core of a 2-core CI
+# machine: a worker takes one thread unless OMP_NUM_THREADS says otherwise, since two workers
+# with two OpenMP threads each would oversubscribe the cores (spinning threads crawl). The
+# subprocesses the tests start inherit the setting.
+if "PYTEST_XDIST_WORKER" in os.environ and "OMP_NUM_THREADS" not in os.environ:
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
+
 # DYNAST_TEST_DETERMINISTIC=1 runs the suite under torch.use_deterministic_algorithms(True), one
 # of the settings docs/testing.md lists for checking that no test compares rounding noise.
 if os.environ.get("DYNAST_TEST_DETERMINISTIC", "0") not in ("", "0"):

@@ -76,7 +76,15 @@ def test_two_processes_resume_past_a_damaged_random_state(tmp_path):
     finds the same one; each loads its own state (DDP-unwrapped names); rank 1's truncated random
     state is a warning, not a failure."""
     run_dir = tmp_path / "run"
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", TRAIN_MAIN]
+    torchrun = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        TRAIN_MAIN,
+    ]
     args = [
         *TINY[: TINY.index("--train.batch_size")], "--train.batch_size", "2",
         "--train.checkpoint_every", "1", "--output-dir", str(run_dir),

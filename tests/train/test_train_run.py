@@ -45,7 +45,7 @@ def _run(launcher: list[str], args: list[str], tmp: Path) -> subprocess.Complete
 
 ACCELERATE = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1"]
 PYTHON = [sys.executable]
-TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
 
 
 def _ok(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
