@@ -54,6 +54,7 @@ from torch import Tensor
 
 from benchmarks.attention_cost import ACCOUNTINGS, PASSES, shape_cost
 from benchmarks.measure import (
+    add_csv_argument,
     append_rows,
     cell,
     csv_destination,
@@ -584,13 +585,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--warmup", type=int, default=25, help="warm-up per timing, ms")
     parser.add_argument("--rep", type=int, default=100, help="measurement per timing, ms")
-    parser.add_argument(
-        "--csv",
-        type=Path,
-        default=None,
-        help=f"rows are appended here (default on a GPU: {DEFAULT_CSV.relative_to(ROOT)}; "
-        "a CPU run writes only here)",
-    )
+    add_csv_argument(parser, DEFAULT_CSV)
     return parser
 
 

@@ -23,6 +23,7 @@ import torch
 
 from benchmarks.bench_train_step import AMP, BACKENDS, backend_config, make_inputs
 from benchmarks.measure import (
+    add_csv_argument,
     cell,
     csv_destination,
     device_and_backends,
@@ -67,13 +68,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--warmup", type=int, default=100, help="warm-up per timing, ms")
     parser.add_argument("--rep", type=int, default=1000, help="measurement per timing, ms")
-    parser.add_argument(
-        "--csv",
-        type=Path,
-        default=None,
-        help=f"rows are appended here (default on a GPU: {DEFAULT_CSV.relative_to(ROOT)}; a CPU "
-        "run writes only here)",
-    )
+    add_csv_argument(parser, DEFAULT_CSV)
     return parser
 
 

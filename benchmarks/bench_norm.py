@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 
 from benchmarks.measure import (
+    add_csv_argument,
     cell,
     csv_destination,
     environment,
@@ -166,13 +167,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--tiny", action="store_true", help="small CPU sizes (a smoke run)")
     parser.add_argument("--warmup", type=int, default=25, help="warm-up per timing, ms")
     parser.add_argument("--rep", type=int, default=200, help="measurement per timing, ms")
-    parser.add_argument(
-        "--csv",
-        type=Path,
-        default=None,
-        help=f"rows are appended here (default on a GPU: {DEFAULT_CSV.relative_to(ROOT)}; a CPU "
-        "run writes only here)",
-    )
+    add_csv_argument(parser, DEFAULT_CSV)
     return parser
 
 

@@ -55,6 +55,7 @@ from benchmarks.bench_train_step import (
 from benchmarks.bench_train_step import COLUMNS as STEP_COLUMNS
 from benchmarks.bench_train_step import DEFAULT_CSV as STEP_CSV
 from benchmarks.measure import (
+    add_csv_argument,
     append_rows,
     cell,
     csv_destination,
@@ -316,13 +317,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--warmup", type=int, default=100, help="warm-up per timing, ms")
     parser.add_argument("--rep", type=int, default=500, help="measurement per timing, ms")
-    parser.add_argument(
-        "--csv",
-        type=Path,
-        default=None,
-        help=f"rows are appended here (default on a GPU: {DEFAULT_CSV.relative_to(ROOT)}; a CPU "
-        "run writes only here)",
-    )
+    add_csv_argument(parser, DEFAULT_CSV)
     parser.add_argument(
         "--step-csv",
         type=Path,

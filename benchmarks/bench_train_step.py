@@ -45,6 +45,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from benchmarks.measure import (
+    add_csv_argument,
     cell,
     csv_destination,
     environment,
@@ -243,13 +244,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--warmup", type=int, default=100, help="warm-up per timing, ms")
     parser.add_argument("--rep", type=int, default=1000, help="measurement per timing, ms")
-    parser.add_argument(
-        "--csv",
-        type=Path,
-        default=None,
-        help="rows are appended here (default on a GPU: benchmarks/results/train_step.csv; a CPU "
-        "run writes only here)",
-    )
+    add_csv_argument(parser, DEFAULT_CSV)
     return parser
 
 

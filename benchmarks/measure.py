@@ -5,6 +5,7 @@ Imports only torch (and triton on a GPU), so the scripts run on the GPU machines
 
 from __future__ import annotations
 
+import argparse
 import csv
 import math
 import platform
@@ -62,6 +63,18 @@ def device_and_backends(
     if not names or any(b not in known for b in names):
         raise ValueError(f"--backends must list some of {tuple(known)}, got {backends!r}")
     return chosen, names
+
+
+def add_csv_argument(parser: argparse.ArgumentParser, default: Path) -> None:
+    """`--csv PATH`, read by `csv_destination`: where the rows go (`default`, under
+    benchmarks/results/, for a GPU run; a CPU run writes only to a path given here)."""
+    shown = default.relative_to(ROOT) if default.is_relative_to(ROOT) else default
+    parser.add_argument(
+        "--csv",
+        type=Path,
+        default=None,
+        help=f"rows are appended here (default on a GPU: {shown}; a CPU run writes only here)",
+    )
 
 
 def csv_destination(given: Path | None, default: Path, device: torch.device) -> Path | None:

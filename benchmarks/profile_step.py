@@ -28,7 +28,13 @@ from pathlib import Path
 import torch
 
 from benchmarks.bench_train_step import AMP, generator_loss, make_inputs
-from benchmarks.measure import csv_destination, environment, run_device, write_rows
+from benchmarks.measure import (
+    add_csv_argument,
+    csv_destination,
+    environment,
+    run_device,
+    write_rows,
+)
 from benchmarks.tiny_model import TINY_BATCH, TINY_SIZE, tiny_model_config
 from dynast.config import PRESETS, preset
 from dynast.generator import Generator
@@ -161,13 +167,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     parser.add_argument("--steps", type=int, default=3, help="profiled steps")
     parser.add_argument("--top", type=int, default=25, help="rows of the printed table")
-    parser.add_argument(
-        "--csv",
-        type=Path,
-        default=None,
-        help=f"rows are appended here (default on a GPU: {DEFAULT_CSV.relative_to(ROOT)}; a CPU "
-        "run writes only here)",
-    )
+    add_csv_argument(parser, DEFAULT_CSV)
     return parser
 
 
