@@ -119,7 +119,7 @@ class Generator(nn.Module):
         self.to_rgb = conv2d(widths[-1], 3, 3, gain=gain)
         if cfg.output_from_warp:
             # The correction starts at zero: the first image is the warped exemplar, not the
-            # warped exemplar plus a random image (docs/training.md, "The default run").
+            # warped exemplar plus a random image (docs/default-run.md).
             nn.init.zeros_(self.to_rgb.weight)
             nn.init.zeros_(self.to_rgb.bias)
         self.region_gate = RegionGate(widths[-1]) if cfg.region_gate else None
