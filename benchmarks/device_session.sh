@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One lent-GPU session measuring every row of the step's target table (docs/benchmarks.md), in
+# One lent-GPU session measuring every row of the step's target table (docs/benchmarks-h200.md), in
 # priority order, each stage under its own time limit so that a slow stage cannot starve the later
 # ones. The default stages run in two calls with the same $OUT, each under 10 minutes of limits:
 # call 1 (the default) at most 585 s, CALL=2 at most 590 s (the release's training step beside

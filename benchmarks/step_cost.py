@@ -25,8 +25,8 @@ The attention runs through the operators registered in `kernels.custom_ops`, as 
 `torch.compile`; their costs are those of the fused kernels in `benchmarks.attention_cost`
 ("derived" accounting: candidates derived from the previous top-k in the kernel).
 
-What the sums say: the floors add up to the least time the eager step could take with every
-kernel at the roofline; the measured step (docs/benchmarks.md) divided by that sum says how far the
+What the sums say: the floors add up to the least time the eager step could take with every kernel
+at the roofline; the measured step (docs/benchmarks-h200.md) divided by that sum says how far the
 kernels run from it; the bytes of a category against its compulsory bytes say what fusing it can
 save. The count of operators times `--host-us` is the host time eager dispatch needs: when it
 exceeds the device floor the step is bound by the CPU (a CUDA graph or `torch.compile` helps).

@@ -93,7 +93,7 @@ class SPADE(nn.Module):
     def forward(self, x: Tensor, cond: Tensor) -> Tensor:
         hidden = F.relu(self.shared(resize_nearest(cond, tuple(x.shape[-2:]))))
         # Padded once for both convolutions (each module would pad it again): the same values,
-        # one reflection pad fewer forward and backward (docs/benchmarks.md, "--by-node").
+        # one reflection pad fewer forward and backward (docs/benchmarks-h200.md, "--by-node").
         padded = F.pad(hidden, (1, 1, 1, 1), mode="reflect")  # gamma and beta are 3x3
         gamma = F.conv2d(padded, self.gamma.weight, self.gamma.bias)
         beta = F.conv2d(padded, self.beta.weight, self.beta.bias)

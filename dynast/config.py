@@ -45,7 +45,7 @@ class DynaSTConfig:
     `norm_backend` (ours): how the positional normalisations and SPADE modulations run, as
     `kernels.norm` ("torch": the plain expressions, bit for bit the model as it always ran;
     "triton" / "auto": one fused kernel each way, `kernels.norm.fused`). Default "torch" until a
-    GPU measurement says the fused kernels pay (docs/benchmarks.md, "Fused SPADE modulation").
+    GPU measurement says the fused kernels pay (docs/benchmarks-h200.md, "Fused SPADE modulation").
     `tie_finest_fusion` (the release; on in the released presets): the finest scale's fusion block
     is that scale's query embedding block itself, one module called at both places (the release's
     forward runs `embed_q1` there), so its weights, gradients and spectral-norm state are shared;

@@ -38,7 +38,7 @@ class LossWeights:
     `warp_dense` (ours; 1 is the release) multiplies the warp terms of the dense (coarsest)
     level's blocks, the sparse levels' keep weight `warp`: a soft warp over every coarse token
     lowers its L1 by spreading its attention, which trains the coarse matches away from the
-    right ones (docs/training.md, "The warp loss at the dense level"); the synthetic presets
+    right ones (docs/default-run.md, "The warp loss at the dense level"); the synthetic presets
     set 0.
     `vgg_l1_samples`: the pairs the VGG-L1 term averages over: "same_appearance" (the release's
     `fm` term, weighted by its self_ref: pairs whose exemplar shows the target's own appearance)
