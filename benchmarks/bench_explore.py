@@ -13,7 +13,6 @@ a CSV. Needs Chromium and the playwright package (eval.explore_browser).
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import sys
 from datetime import datetime, timezone
@@ -21,21 +20,11 @@ from pathlib import Path
 
 from benchmarks.measure import append_rows, cell, git_commit
 from eval.explore_browser import missing_tools, open_page
+from train.precision import cpu_bf16
 
 COLUMNS = [
     "timestamp", "cpu", "commit", "page", "bytes", "repeat", "ready_ms", "script_ms", "click_ms",
 ]  # fmt: skip
-
-
-def cpu_name() -> str:
-    """The CPU's model name (Linux), else what platform says."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def measure(page: Path, repeat: int) -> dict[str, object]:
@@ -82,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         print("bench_explore: error: --repeat must be >= 1", file=sys.stderr)
         return 2
     stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    common = {"timestamp": stamp, "cpu": cpu_name()}
+    common = {"timestamp": stamp, "cpu": cpu_bf16().model}
     common["commit"] = git_commit()
     rows = []
     print(f"{'page':<48} {'MB':>6} {'ready ms':>9} {'script ms':>10} {'click ms':>9}")

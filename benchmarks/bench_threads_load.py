@@ -44,6 +44,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.measure import append_rows, git_commit
+from train.precision import cpu_bf16
 
 ROOT = Path(__file__).resolve().parents[1]
 COLUMNS = [
@@ -79,16 +80,6 @@ def parse_setting(text: str) -> Setting:
     if not label:
         raise ValueError(f"--setting {text!r}: the label is empty")
     return Setting(label, variables)
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown"
 
 
 def step_times(run_dir: Path) -> list[tuple[int, float]]:
@@ -196,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     commit = git_commit()
-    print(f"{cpu_model()}, {os.cpu_count()} cores; {args.steps} steps per run")
+    print(f"{cpu_bf16().model}, {os.cpu_count()} cores; {args.steps} steps per run")
     print(f"{'setting':<10} {'busy':>5} {'load':>5} {'median s':>9} {'min':>6} {'max':>6}  threads")
     rows = []
     # Interleaved (every setting once, then again) so that other users' load hits all alike.
@@ -213,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append(
                     {
                         "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                        "cpu": cpu_model(),
+                        "cpu": cpu_bf16().model,
                         "cores": os.cpu_count(),
                         "torch": torch.__version__,
                         "commit": commit,
